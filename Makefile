@@ -1,0 +1,42 @@
+# VLQ. `make run` and `make test` work on a fresh machine: they install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench tiny migrate worker api lock clean
+
+run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker
+	$(BIN)/vlq run
+
+test: $(STAMP)  ## the whole suite against real Redis, SQLite, Postgres and worker processes
+	$(BIN)/pytest
+
+bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
+	$(BIN)/python -m bench.service_bench
+
+tiny: $(STAMP)  ## build and export the tiny random-weight Qwen3-VL (offline, once)
+	$(BIN)/vlq model build-tiny
+
+migrate: $(STAMP)
+	$(BIN)/vlq db upgrade
+
+worker: $(STAMP)
+	$(BIN)/vlq worker
+
+api: $(STAMP)
+	$(BIN)/vlq api
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# --no-deps: the lock is complete, and this keeps the resolver from pulling torchvision or CUDA torch.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+lock:  ## re-pin requirements.lock from the current .venv
+	$(BIN)/pip freeze --exclude-editable | grep -v '^torchvision' | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf .cache .pytest_cache

@@ -1,0 +1,24 @@
+"""The Flask application factory."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from service import blobs, db, dispatch, errors, settings
+from service.api import health, jobs
+from service.config import Settings
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Build the API; `config` is a Settings, or overrides on top of config.yaml and VLQ_* variables."""
+    app = Flask(__name__)
+    settings.init_app(app, config)
+    db.init_app(app)
+    blobs.init_app(app)
+    dispatch.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    return app

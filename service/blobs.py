@@ -1,0 +1,83 @@
+"""Content-addressed blob storage for images. Local directory today; an S3-compatible store fits the same interface."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from flask import Flask, current_app
+from service.settings import get_settings
+
+
+class BlobNotFound(KeyError):
+    """No blob with that digest is stored."""
+
+
+class BlobStore(ABC):
+    """Stores bytes under their sha256, so identical images are kept once."""
+
+    @abstractmethod
+    def put(self, data: bytes) -> str:
+        """Store `data` and return its sha256 hex digest."""
+
+    @abstractmethod
+    def get(self, digest: str) -> bytes:
+        """Return the bytes stored under `digest`, or raise BlobNotFound."""
+
+    @abstractmethod
+    def exists(self, digest: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, digest: str) -> None: ...
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs as files under a directory (a shared mount when workers run on several hosts)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._path(digest)
+        if path.exists():
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        try:
+            return self._path(digest).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    def exists(self, digest: str) -> bool:
+        return self._path(digest).exists()
+
+    def delete(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)
+
+    def _path(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a sha256 hex digest: {digest!r}")
+        return self.root / digest[:2] / digest[2:4] / digest
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["vlq.blobs"] = LocalBlobStore(get_settings(app).blob_dir)
+
+
+def get_blobs() -> BlobStore:
+    return current_app.extensions["vlq.blobs"]

@@ -1,0 +1,202 @@
+"""The `vlq` command: run the service, migrate, and manage models."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import redis
+
+from service.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("vlq")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as exc:
+        click.echo(f"vlq: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+def cli() -> None:
+    """VLQ: batch vision-language jobs on Qwen3-VL + OpenVINO."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- running --------------------------------------------------------------------------------
+
+@cli.command()
+def run() -> None:
+    """Migrate, then run the API and one worker until Ctrl-C."""
+    settings = load_settings()
+    _require_redis(settings)
+    _migrate(settings)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "service.cli", "api"]),
+        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"]),
+    ]
+    click.echo(f"VLQ API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
+    _supervise(children)
+
+
+@cli.command()
+@click.option("--workers", default=2, show_default=True, help="API processes.")
+@click.option("--threads", default=8, show_default=True, help="Threads per API process.")
+def api(workers: int, threads: int) -> None:
+    """Serve the HTTP API with gunicorn."""
+    settings = load_settings()
+    os.execvp(sys.executable, [
+        sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
+        "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
+        "--graceful-timeout", "10", "--access-logfile", "-", "service.app:create_app()",
+    ])
+
+
+@cli.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(loglevel: str) -> None:
+    """Run a Celery worker serving every exported model (VLQ_MODELS narrows it)."""
+    settings = load_settings()
+    _require_redis(settings)
+    from workers.celery_app import app
+
+    app.worker_main(["worker", f"--loglevel={loglevel}", "--hostname", f"vlq-{os.getpid()}@%h",
+                     "--pool", "threads", "--concurrency", str(settings.batch_size), "--without-mingle",
+                     "--without-gossip"])
+
+
+# -- database -------------------------------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to the configured database."""
+    _migrate(load_settings())
+
+
+# -- models ---------------------------------------------------------------------------------
+
+@cli.group()
+def model() -> None:
+    """The model registry (config.yaml `models:`) and its exports."""
+
+
+@model.command("list")
+def model_list() -> None:
+    """Show each registry model and whether it is exported here."""
+    from workers.registry import local_model
+
+    settings = load_settings()
+    for spec in settings.registry.values():
+        local = local_model(settings, spec)
+        state = "exported" if local.exported else "not exported"
+        click.echo(f"{spec.name:<20} {spec.weight_format:<5} {state:<13} {spec.source}  ->  {local.path}")
+
+
+@model.command("export")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Export again even if the files are present.")
+def model_export(name: str, force: bool) -> None:
+    """Export registry model NAME to OpenVINO in the model cache (once; never on a request path)."""
+    _export(load_settings(), name, force)
+
+
+@model.command("build-tiny")
+@click.option("--force", is_flag=True, help="Build again even if it is present.")
+def model_build_tiny(force: bool) -> None:
+    """Build the tiny random-weight Qwen3-VL (`tiny-random`) offline and export it."""
+    from workers.registry import TINY_SOURCE
+
+    settings = load_settings()
+    names = [spec.name for spec in settings.registry.values() if spec.source == TINY_SOURCE]
+    if not names:
+        raise click.ClickException(f"no registry model has source {TINY_SOURCE!r}")
+    for name in names:
+        _export(settings, name, force)
+
+
+def _export(settings: Settings, name: str, force: bool) -> None:
+    from workers.export import ExportError, export_model
+    from workers.registry import TINY_SOURCE, local_model
+
+    spec = settings.model(name)
+    if spec is None:
+        raise click.ClickException(f"no model named {name!r}; known: {', '.join(settings.registry)}")
+    local = local_model(settings, spec)
+    if local.exported and not force:
+        click.echo(f"{name}: already exported at {local.path}")
+        return
+    started = time.monotonic()
+    try:
+        if spec.source == TINY_SOURCE:
+            from workers.tiny_model import build_tiny_checkpoint
+
+            with tempfile.TemporaryDirectory(prefix="vlq-tiny-") as tmp:
+                export_model(build_tiny_checkpoint(Path(tmp) / "checkpoint"), local.path, spec.weight_format)
+        else:
+            export_model(spec.source, local.path, spec.weight_format)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{name}: exported to {local.path} in {time.monotonic() - started:.1f}s")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def _require_redis(settings: Settings) -> None:
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        click.echo(
+            f"vlq: Redis is not reachable at {settings.redis_url} ({exc}).\n"
+            "  Start one with `redis-server --daemonize yes` (or `docker compose up -d redis`),\n"
+            "  or point VLQ_REDIS_URL at yours.",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _migrate(settings: Settings) -> None:
+    from service.migrate import upgrade
+
+    upgrade(settings.database_url)
+    click.echo(f"database ready: {settings.database_url}")
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    """Wait on the children; stop all of them when one exits or on Ctrl-C/SIGTERM."""
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass  # the terminal sent SIGINT to the children too
+    forward(signal.SIGTERM, None)
+    deadline = time.monotonic() + 30
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    sys.exit(max(abs(child.returncode or 0) for child in children) and 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Settings: code defaults, then config.yaml, then VLQ_* environment variables, then explicit overrides.
+
+Everything reads one `Settings` object; nothing else looks at the environment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "VLQ_"
+WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: where a model comes from and how it is exported and run."""
+
+    name: str
+    source: str  # a hub id, a local checkpoint directory, or "builtin:tiny-random"
+    weight_format: str = "int8"
+    max_pixels: int = 448 * 448  # images are scaled down to at most this many pixels
+    device: str = "CPU"
+
+    @property
+    def export_dir_name(self) -> str:
+        return f"{self.name}-{self.weight_format}"
+
+
+DEFAULT_MODELS: dict[str, dict[str, Any]] = {
+    "qwen3-vl-2b": {"source": "Qwen/Qwen3-VL-2B-Instruct", "weight_format": "int8"},
+    "tiny-random": {"source": "builtin:tiny-random", "weight_format": "fp16"},
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///data/vlq.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    blob_dir: str = "data/blobs"
+    model_cache: str = "data/models"
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Engine: sequences run together, which is also how many jobs a worker takes at once.
+    batch_size: int = 8
+    kv_cache_gb: int = 1  # KV-cache memory the engine reserves
+    inference_threads: int = 0  # 0 lets OpenVINO use every core
+    models: tuple[str, ...] = ()  # restricts what a worker serves; empty serves every exported model
+    default_model: str = "qwen3-vl-2b"
+    registry: Mapping[str, ModelSpec] = field(default_factory=dict)
+
+    # Input limits.
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_prompt_chars: int = 16_000
+    max_tokens_limit: int = 4096
+    default_max_tokens: int = 512
+    max_metadata_bytes: int = 16 * 1024
+
+    # Reliability.
+    job_timeout_s: int = 600
+    max_attempts: int = 3
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+    sweep_interval_s: float = 5.0
+    cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Redis redelivers unacknowledged tasks after this; it must outlast the longest job."""
+        return self.job_timeout_s * 2 + 60
+
+    def model(self, name: str) -> ModelSpec | None:
+        return self.registry.get(name)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, config.yaml (or $VLQ_CONFIG), VLQ_* variables and `overrides`."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {"registry": dict(DEFAULT_MODELS)}
+    values.update(_read_yaml(environ))
+    values.update(_read_environ(environ))
+    values.update(overrides or {})
+    return _build(values)
+
+
+def _read_yaml(environ: Mapping[str, str]) -> dict[str, Any]:
+    path = Path(environ.get(f"{ENV_PREFIX}CONFIG", "config.yaml"))
+    if not path.exists():
+        if f"{ENV_PREFIX}CONFIG" in environ:
+            raise ConfigError(f"{ENV_PREFIX}CONFIG points to {path}, which does not exist")
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    if "models" in data and isinstance(data["models"], dict):
+        # In the file, `models:` is the registry; the env var VLQ_MODELS is the served subset.
+        data["registry"] = {**DEFAULT_MODELS, **data.pop("models")}
+    return data
+
+
+def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(Settings)} - {"registry"}
+    return {
+        name: environ[f"{ENV_PREFIX}{name.upper()}"]
+        for name in names
+        if f"{ENV_PREFIX}{name.upper()}" in environ
+    }
+
+
+def _build(values: dict[str, Any]) -> Settings:
+    hints = typing.get_type_hints(Settings)
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    kwargs = {name: _coerce(name, hints[name], value) for name, value in values.items() if name != "registry"}
+    kwargs["registry"] = _build_registry(values.get("registry", {}))
+    settings = Settings(**kwargs)
+    _validate(settings)
+    return settings
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in {"1", "true", "yes", "on"}
+            return bool(value)
+        if hint in (int, float):
+            return hint(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
+    return value
+
+
+def _build_registry(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
+    registry = {}
+    known = {f.name for f in dataclasses.fields(ModelSpec)} - {"name"}
+    for name, entry in raw.items():
+        entry = {"source": entry} if isinstance(entry, str) else dict(entry or {})
+        unknown = set(entry) - known
+        if unknown:
+            raise ConfigError(f"model {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
+        if "source" not in entry:
+            raise ConfigError(f"model {name!r}: 'source' is required (a hub id or a local directory)")
+        spec = ModelSpec(name=name, **entry)
+        if spec.weight_format not in WEIGHT_FORMATS:
+            raise ConfigError(f"model {name!r}: weight_format must be one of {', '.join(WEIGHT_FORMATS)}")
+        registry[name] = spec
+    return registry
+
+
+def _validate(settings: Settings) -> None:
+    if settings.batch_size < 1:
+        raise ConfigError("batch_size must be at least 1")
+    if settings.default_model not in settings.registry:
+        raise ConfigError(f"default_model {settings.default_model!r} is not in the model registry")
+    missing = [name for name in settings.models if name not in settings.registry]
+    if missing:
+        raise ConfigError(f"VLQ_MODELS names model(s) not in the registry: {', '.join(missing)}")
+    if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
+        raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")

@@ -1,0 +1,40 @@
+"""The API's side of the queue: send job tasks and cancel signals to workers through Redis."""
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+from flask import Flask, current_app
+
+from service.config import Settings
+from workers.celery_app import CANCEL_CHANNEL, RUN_JOB_TASK, create_celery, job_queue
+from service.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings) -> None:
+        self.celery: Celery = create_celery(settings)
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+    def enqueue(self, job_id: str, model: str, priority: str) -> None:
+        """Send the job's task; call only after the job row is committed."""
+        self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=job_queue(model, priority))
+
+    def publish_cancel(self, job_id: str) -> None:
+        """Tell every worker to stop `job_id` if it is running there."""
+        self.redis.publish(CANCEL_CHANNEL, job_id)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.celery.close()
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app))
+
+
+def get_dispatcher() -> Dispatcher:
+    return current_app.extensions["vlq.dispatcher"]

@@ -1,0 +1,85 @@
+"""One error type and one JSON body for every failure: {"error": {"code", "message", "details"?}}.
+
+The codes are stable and documented in README.md ("Error codes").
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+import sqlalchemy.exc
+from flask import Flask, g, jsonify
+from flask.typing import ResponseReturnValue
+from kombu.exceptions import OperationalError as KombuOperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+# Framework errors get the same body; these are their stable codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(Exception):
+    """An error the client can act on: HTTP status, stable machine code, human message."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(ApiError, _render_api_error)
+    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(Exception, _render_unexpected)
+
+
+def _render_api_error(error: ApiError) -> ResponseReturnValue:
+    return jsonify(error.body()), error.status, error.headers
+
+
+def _render_http_exception(error: HTTPException) -> ResponseReturnValue:
+    status = error.code or 500
+    code = _HTTP_CODES.get(status, "http_error")
+    return _render_api_error(ApiError(status, code, error.description or error.name))
+
+
+def _render_unexpected(error: Exception) -> ResponseReturnValue:
+    session = g.get("db_session")
+    if session is not None:
+        session.rollback()
+    unavailable = _unavailable_backend(error)
+    if unavailable:
+        log.warning("%s unavailable: %s", unavailable, error)
+        return _render_api_error(ApiError(
+            503, f"{unavailable}_unavailable", f"The {unavailable} is not reachable; try again shortly.",
+            headers={"Retry-After": "5"},
+        ))
+    log.exception("unhandled error")
+    return _render_api_error(ApiError(500, "internal_error", "Something went wrong on our side; it has been logged."))
+
+
+def _unavailable_backend(error: Exception) -> str | None:
+    """Name the backend behind a connection failure, so clients get a 503 they can retry, not a 500."""
+    if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return "database"
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError | KombuOperationalError):
+        return "broker"
+    return None

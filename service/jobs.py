@@ -1,0 +1,103 @@
+"""Accepting a job: store the image, insert the row, then hand it to the queue once it is committed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service import lifecycle
+from service.blobs import BlobStore
+from service.dispatch import Dispatcher
+from service.errors import ApiError
+from service.images import ImageInfo
+from service.models import Job, JobEvent, new_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated job submission."""
+
+    prompt: str
+    model: str
+    max_tokens: int
+    temperature: float
+    ignore_eos: bool
+    priority: str
+    metadata: dict[str, Any] | None
+    image_sha256: str
+    image: ImageInfo
+
+    def fingerprint(self) -> str:
+        """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
+        fields = asdict(self) | {"image": None}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def submit(
+    session: Session, blobs: BlobStore, dispatcher: Dispatcher, request: JobRequest, image_bytes: bytes,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Create and enqueue a job; returns (job, replayed) where replayed means the key matched an earlier job."""
+    fingerprint = request.fingerprint()
+    if idempotency_key:
+        existing = _by_idempotency_key(session, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, True
+
+    blobs.put(image_bytes)
+    job = lifecycle.create_job(
+        session,
+        id=new_id("job"),
+        model=request.model,
+        prompt=request.prompt,
+        priority=request.priority,
+        image_sha256=request.image_sha256,
+        image_format=request.image.format,
+        image_width=request.image.width,
+        image_height=request.image.height,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        ignore_eos=request.ignore_eos,
+        metadata_=request.metadata,
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint,
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the other one's insert won.
+        session.rollback()
+        existing = _by_idempotency_key(session, idempotency_key, fingerprint) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, True
+
+    try:
+        dispatcher.enqueue(job.id, job.model, job.priority)
+    except Exception as exc:
+        # Not accepted after all: remove the row so nothing waits forever on a task never sent.
+        log.warning("could not enqueue job %s: %s", job.id, exc)
+        session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+        session.execute(delete(Job).where(Job.id == job.id))
+        session.commit()
+        raise ApiError(503, "broker_unavailable",
+                       "The job queue (Redis) is not reachable, so the job was not accepted; retry shortly.",
+                       headers={"Retry-After": "5"}) from None
+    return job, False
+
+
+def _by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:
+    job = session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+    if job is not None and job.request_sha256 != fingerprint:
+        raise ApiError(409, "idempotency_key_reused",
+                       "This Idempotency-Key was already used for a different request.",
+                       {"job_id": job.id})
+    return job

@@ -1,0 +1,116 @@
+"""The job state machine. Every status change in the system goes through `_transition`.
+
+    queued ──> running ──> succeeded | failed | cancelled
+      │           │
+      │           └──> queued   (requeued after its worker died)
+      └──> cancelled
+
+Each transition is one conditional UPDATE, so concurrent actors (API, workers, the sweeper)
+cannot both win: a worker's finishing write is fenced by the attempt number it claimed.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.models import Job, JobEvent, JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+}
+
+
+def create_job(session: Session, **fields: Any) -> Job:
+    """Add a new queued job (and its first event) to the session."""
+    job = Job(status=JobStatus.QUEUED.value, attempts=0, created_at=utcnow(), **fields)
+    session.add(job)
+    session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
+    return job
+
+
+def claim(session: Session, job_id: str, worker: str) -> Job | None:
+    """queued -> running for this worker; None if someone else has it or it already ended."""
+    now = utcnow()
+    won = _transition(
+        session, job_id, JobStatus.QUEUED, JobStatus.RUNNING, now,
+        values={"worker": worker, "started_at": now, "attempts": Job.attempts + 1},
+    )
+    return session.get(Job, job_id, populate_existing=True) if won else None
+
+
+def finish(
+    session: Session, job: Job, status: JobStatus, **values: Any
+) -> bool:
+    """running -> a terminal state, only if `job` is still this worker's current attempt."""
+    if not status.terminal:
+        raise ValueError(f"{status} is not terminal")
+    now = utcnow()
+    return _transition(
+        session, job.id, JobStatus.RUNNING, status, now,
+        values={"finished_at": now, **values},
+        fence={"attempts": job.attempts, "worker": job.worker},
+    )
+
+
+def requeue(session: Session, job: Job) -> bool:
+    """running -> queued, after the worker holding this attempt was lost."""
+    return _transition(
+        session, job.id, JobStatus.RUNNING, JobStatus.QUEUED, utcnow(),
+        values={"started_at": None}, fence={"attempts": job.attempts, "worker": job.worker},
+    )
+
+
+def cancel_queued(session: Session, job_id: str) -> bool:
+    """queued -> cancelled; the task message is left to find the job ended and do nothing."""
+    now = utcnow()
+    return _transition(
+        session, job_id, JobStatus.QUEUED, JobStatus.CANCELLED, now,
+        values={"finished_at": now, "cancel_requested_at": now,
+                "error_code": "cancelled", "error_message": "Cancelled before it started."},
+    )
+
+
+def request_cancel(session: Session, job_id: str) -> bool:
+    """Flag a running job for cancellation; its worker makes the transition when the engine stops."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.cancel_requested_at.is_(None))
+        .values(cancel_requested_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def events(session: Session, job_id: str) -> list[JobEvent]:
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def _transition(
+    session: Session,
+    job_id: str,
+    source: JobStatus,
+    target: JobStatus,
+    now: datetime,
+    *,
+    values: dict[str, Any],
+    fence: dict[str, Any] | None = None,
+) -> bool:
+    if target not in TRANSITIONS.get(source, ()):
+        raise ValueError(f"no transition {source.value} -> {target.value}")
+    conditions = [Job.id == job_id, Job.status == source.value]
+    conditions += [getattr(Job, column) == value for column, value in (fence or {}).items()]
+    result = session.execute(
+        update(Job).where(*conditions).values(status=target.value, **values).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    attempt, worker = session.execute(select(Job.attempts, Job.worker).where(Job.id == job_id)).one()
+    session.add(JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now))
+    log.info("job %s: %s -> %s (attempt %s)", job_id, source.value, target.value, attempt)
+    return True

@@ -1,0 +1,180 @@
+"""Database models. Every schema change here needs an Alembic revision in migrations/versions."""
+from __future__ import annotations
+
+import enum
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id(prefix: str) -> str:
+    """A time-ordered id (48-bit milliseconds + 80 random bits, Crockford base32), so ids sort by creation."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC and always returns aware UTC, so SQLite and Postgres read back alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use service.models.utcnow()")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Priority(str, enum.Enum):
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_id", "status", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str] = mapped_column(Text)
+    priority: Mapped[str] = mapped_column(String(16))
+
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_format: Mapped[str] = mapped_column(String(8))
+    image_width: Mapped[int] = mapped_column(Integer)
+    image_height: Mapped[int] = mapped_column(Integer)
+
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float]
+    ignore_eos: Mapped[bool] = mapped_column(default=False)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+
+    result_text: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    ttft_ms: Mapped[float | None]
+    inference_ms: Mapped[float | None]
+    batch_size: Mapped[int | None]
+
+    worker: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the API shows it."""
+        usage = None
+        if self.prompt_tokens is not None and self.completion_tokens is not None:
+            usage = {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            }
+        return {
+            "id": self.id,
+            "object": "job",
+            "status": self.status,
+            "model": self.model,
+            "prompt": self.prompt,
+            "priority": self.priority,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "image": {"sha256": self.image_sha256, "format": self.image_format,
+                      "width": self.image_width, "height": self.image_height},
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "result": None if self.result_text is None else {"text": self.result_text},
+            "usage": usage,
+            "timings": self._timings(),
+            "batch_size": self.batch_size,
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "error": None if self.error_code is None else {"code": self.error_code, "message": self.error_message},
+            "metadata": self.metadata_,
+        }
+
+    def _timings(self) -> dict[str, float | None]:
+        return {
+            "queue_ms": _ms_between(self.created_at, self.started_at),
+            "ttft_ms": _round(self.ttft_ms),
+            "inference_ms": _round(self.inference_ms),
+            "total_ms": _ms_between(self.created_at, self.finished_at),
+        }
+
+
+class JobEvent(Base):
+    """One row per state transition, written in the same transaction as the transition itself.
+
+    It is the audit trail ("ended exactly once" is checkable) and the outbox that webhooks deliver from.
+    """
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(32))  # "job.<status>"
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 1)

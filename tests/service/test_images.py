@@ -1,0 +1,65 @@
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from service.errors import ApiError
+from service.images import decode_image_field, inspect_image
+from tests.conftest import make_image
+
+LIMITS = {"max_bytes": 1_000_000, "max_pixels": 1_000_000}
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_accepted_formats_report_their_size(fmt):
+    info = inspect_image(make_image(fmt, size=(120, 80)), **LIMITS)
+    assert (info.format, info.width, info.height) == (fmt, 120, 80)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"", 400, "invalid_image"),
+        (b"not an image at all", 400, "invalid_image"),
+        (make_image("PNG")[:80], 400, "invalid_image"),  # truncated
+        (make_image("GIF"), 400, "unsupported_image_format"),
+        (make_image("BMP"), 400, "unsupported_image_format"),
+        (make_image("PNG", size=(1100, 1000)), 400, "image_too_many_pixels"),
+    ],
+    ids=["empty", "garbage", "truncated", "gif", "bmp", "too-many-pixels"],
+)
+def test_bad_images_are_refused_with_a_stable_code(data, status, code):
+    with pytest.raises(ApiError) as caught:
+        inspect_image(data, **LIMITS)
+    assert (caught.value.status, caught.value.code) == (status, code)
+
+
+def test_byte_limit_is_a_413():
+    with pytest.raises(ApiError) as caught:
+        inspect_image(make_image("PNG"), max_bytes=100, max_pixels=10**6)
+    assert (caught.value.status, caught.value.code) == (413, "image_too_large")
+
+
+def test_decompression_bomb_is_refused_from_the_header_without_decoding():
+    # A 20000x20000 PNG of one color compresses to a few hundred KB but would inflate to 1.2 GB.
+    buffer = io.BytesIO()
+    Image.new("L", (20000, 20000)).save(buffer, "PNG", optimize=False)
+    with pytest.raises(ApiError) as caught:
+        inspect_image(buffer.getvalue(), max_bytes=10**8, max_pixels=40_000_000)
+    assert caught.value.code == "image_too_many_pixels"
+
+
+def test_data_urls_and_raw_base64_decode_to_the_same_bytes():
+    raw = make_image("PNG")
+    encoded = base64.b64encode(raw).decode()
+    assert decode_image_field(f"data:image/png;base64,{encoded}") == raw
+    assert decode_image_field(encoded) == raw
+    assert decode_image_field(encoded.rstrip("=")) == raw  # padding stripped by some clients
+
+
+@pytest.mark.parametrize("value", ["%%%notbase64", "data:image/png,rawbytes", 42])
+def test_malformed_base64_or_data_url_is_refused(value):
+    with pytest.raises(ApiError) as caught:
+        decode_image_field(value)
+    assert caught.value.code in {"invalid_base64", "missing_field"}

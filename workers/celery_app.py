@@ -1,0 +1,69 @@
+"""The Celery app, built from the same Settings as the API.
+
+Run a worker with `vlq worker` (or `celery -A workers.celery_app worker`): it uses the threads
+pool with one thread per engine sequence, so `batch_size` jobs run together in one engine.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from celery import Celery
+
+from service.config import Settings, load_settings
+from service.models import Priority
+
+RUN_JOB_TASK = "vlq.run_job"
+CANCEL_CHANNEL = "vlq:cancel"
+IDLE_QUEUE = "vlq.idle"  # consumed by a worker that has no model loaded, so it still stays up
+
+
+def job_queue(model: str, priority: str) -> str:
+    return f"vlq.{model}.{priority}"
+
+
+def worker_queues(models: Iterable[str]) -> list[str]:
+    """Queues for the served models, every interactive queue before any bulk one.
+
+    With the Redis transport's "priority" order strategy the worker always takes from the first
+    non-empty queue in this list, so bulk backfills wait while interactive work is waiting.
+    """
+    models = list(models)
+    return [job_queue(model, priority.value) for priority in Priority for model in models]
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app for `settings`; the API uses one to send, workers to consume."""
+    app = Celery("vlq", broker=settings.redis_url, include=["workers.inference"])
+    app.conf.update(
+        # Long inference tasks: acknowledge after the work, take one task per free slot,
+        # and let Redis redeliver only after the longest job could have finished.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "queue_order_strategy": "priority",
+        },
+        worker_pool="threads",
+        worker_concurrency=settings.batch_size,
+        task_ignore_result=True,  # results live in the database, not in a Celery backend
+        task_default_queue=IDLE_QUEUE,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        # A submit must not hang on a dead broker: fail fast, and the API answers 503.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,  # for Flower
+        task_send_sent_event=True,
+    )
+    app.conf.vlq_settings = settings
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    # `app` is built on first use, so the API can import the factory and queue names without
+    # this module reading the environment's config at import time.
+    if name != "app":
+        raise AttributeError(name)
+    app = globals()["app"] = create_celery(load_settings())
+    return app

@@ -1,0 +1,92 @@
+"""The interface every inference engine implements: load, warm up, submit a request, cancel it."""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+class EngineError(RuntimeError):
+    """The engine failed a request (not the caller's fault)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    image: Image.Image  # RGB, already scaled to the model's max_pixels
+    max_tokens: int
+    temperature: float = 0.0
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What came out, with the engine's own figures for this request."""
+
+    text: str
+    finish_reason: str  # "stop", "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    inference_ms: float
+    batch_size: int  # the most sequences the engine ran together while this request was in it
+
+
+class RequestHandle:
+    """A submitted request: wait for its result, or cancel it. Engines resolve it from their own thread."""
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+        self._done = threading.Event()
+        self._result: GenerationResult | None = None
+        self._error: BaseException | None = None
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """Block until the request ends; raises TimeoutError, or EngineError if the engine failed it."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        """Stop generating; `result()` then returns what was generated so far, finish_reason "cancelled"."""
+        self._cancel()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def set_result(self, result: GenerationResult) -> None:
+        self._result = result
+        self._done.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+
+class Engine(ABC):
+    """One loaded model. Implementations must accept `submit` from many threads at once."""
+
+    name: str
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load and compile the model; raise with a clear message if it cannot be loaded."""
+
+    @abstractmethod
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a request for generation and return its handle at once."""
+
+    def warmup(self) -> None:
+        """Run one small request, so the first real job does not pay for lazy initialisation."""
+        image = Image.new("RGB", (64, 64), (255, 255, 255))
+        self.submit(GenerationRequest(prompt="Describe the image.", image=image, max_tokens=2)).result(timeout=300)
+
+    def close(self) -> None:
+        """Release the model; pending requests fail."""

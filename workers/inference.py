@@ -1,0 +1,94 @@
+"""Inference tasks. The task is thin: it takes a job id and calls `execute_job`, which tests call directly."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task, signals
+
+from service import lifecycle
+from service.blobs import BlobNotFound
+from service.models import Job, JobStatus
+from workers.celery_app import IDLE_QUEUE, RUN_JOB_TASK
+from workers.engines.base import EngineError, GenerationRequest, GenerationResult
+from workers.images import prepare_image
+from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=RUN_JOB_TASK)
+def run_job(job_id: str) -> None:
+    execute_job(current_runtime(), job_id)
+
+
+def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
+    """Claim the job, run it on its engine and record how it ended. Returns the final status, or None if not ours."""
+    with runtime.db.session() as session:
+        job = lifecycle.claim(session, job_id, runtime.name)
+    if job is None:
+        # Already ended, cancelled while queued, or a redelivered duplicate: nothing to do.
+        log.info("job %s: not claimable, skipping", job_id)
+        return None
+
+    with runtime.tracking(job.id) as tracker:
+        if job.cancel_requested_at is not None or tracker.cancelled:
+            return _finish(runtime, job, JobStatus.CANCELLED, error=("cancelled", "Cancelled before it started."))
+        engine = runtime.engines.get(job.model)
+        if engine is None:  # only consumed queues reach here, so this means a misrouted task
+            return _finish(runtime, job, JobStatus.FAILED, error=("model_unavailable", f"This worker does not serve {job.model!r}."))
+        try:
+            image = prepare_image(runtime.blobs.get(job.image_sha256), runtime.settings.registry[job.model].max_pixels)
+        except (BlobNotFound, OSError, ValueError) as exc:
+            return _finish(runtime, job, JobStatus.FAILED, error=("image_unreadable", f"The stored image could not be read: {exc}"))
+
+        handle = engine.submit(GenerationRequest(
+            prompt=job.prompt, image=image, max_tokens=job.max_tokens,
+            temperature=job.temperature, ignore_eos=job.ignore_eos,
+        ))
+        tracker.attach(handle)
+        try:
+            result = handle.result(timeout=runtime.settings.job_timeout_s)
+        except TimeoutError:
+            handle.cancel()
+            return _finish(runtime, job, JobStatus.FAILED,
+                           error=("inference_timeout", f"Generation took longer than {runtime.settings.job_timeout_s}s."))
+        except EngineError as exc:
+            return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", str(exc)))
+
+    if result.finish_reason == "cancelled":
+        return _finish(runtime, job, JobStatus.CANCELLED, result=result, error=("cancelled", "Cancelled while running."))
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
+
+
+def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
+            error: tuple[str, str] | None = None) -> str | None:
+    values: dict[str, Any] = {}
+    if result is not None:
+        values.update(result_text=result.text, prompt_tokens=result.prompt_tokens,
+                      completion_tokens=result.completion_tokens, ttft_ms=result.ttft_ms,
+                      inference_ms=result.inference_ms, batch_size=result.batch_size)
+    if error is not None:
+        values.update(error_code=error[0], error_message=error[1])
+    with runtime.db.session() as session:
+        if not lifecycle.finish(session, job, status, **values):
+            # The sweeper judged this worker dead and handed the job on; that attempt owns the outcome now.
+            log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
+            return None
+    return status.value
+
+
+@signals.worker_init.connect
+def _start_runtime(sender: Any, **_: Any) -> None:
+    """Load the models once per worker process, before it consumes anything, and consume only their queues."""
+    runtime = WorkerRuntime(sender.app.conf.vlq_settings, name=sender.hostname)
+    runtime.start()
+    set_current_runtime(runtime)
+    sender.app.amqp.queues.select(runtime.queues() or [IDLE_QUEUE])
+
+
+@signals.worker_shutdown.connect
+def _stop_runtime(**_: Any) -> None:
+    runtime = current_runtime()
+    runtime.stop()
+    set_current_runtime(None)

@@ -1,0 +1,53 @@
+"""Housekeeping that keeps the promise "every accepted job ends": recover jobs whose worker died."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from service import lifecycle
+from service.config import Settings
+from service.db import Database
+from service.dispatch import Dispatcher
+from service.models import Job, JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def recover_orphaned_jobs(db: Database, dispatcher: Dispatcher, settings: Settings, live_workers: set[str]) -> dict[str, int]:
+    """Requeue (or fail, past max_attempts) running jobs whose worker is no longer alive.
+
+    A job counts as orphaned once its worker's presence key has expired; the heartbeat TTL is the grace
+    period, so a slow but living worker is not robbed. Returns how many jobs took each way out.
+    """
+    cutoff = utcnow() - timedelta(seconds=settings.heartbeat_ttl_s)
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0}
+    requeued: list[Job] = []
+    with db.session() as session:
+        running = session.scalars(
+            select(Job).where(Job.status == JobStatus.RUNNING.value, Job.started_at < cutoff)
+        ).all()
+        for job in running:
+            if job.worker in live_workers:
+                continue
+            if job.cancel_requested_at is not None:
+                outcome = "cancelled" if lifecycle.finish(
+                    session, job, JobStatus.CANCELLED, error_code="cancelled",
+                    error_message="Cancelled; its worker was lost before it stopped.") else None
+            elif job.attempts >= settings.max_attempts:
+                outcome = "failed" if lifecycle.finish(
+                    session, job, JobStatus.FAILED, error_code="worker_lost",
+                    error_message=f"The worker died during each of {job.attempts} attempts.") else None
+            elif lifecycle.requeue(session, job):
+                outcome = "requeued"
+                requeued.append(job)
+            else:
+                outcome = None
+            if outcome:
+                counts[outcome] += 1
+                log.warning("job %s: worker %s is gone; %s (attempt %s)", job.id, job.worker, outcome, job.attempts)
+    # Enqueue only after the requeue committed, so the task never finds the job still running.
+    for job in requeued:
+        dispatcher.enqueue(job.id, job.model, job.priority)
+    return counts

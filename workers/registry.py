@@ -1,0 +1,44 @@
+"""Which registry models this machine can serve: the ones whose exported files are present locally."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.config import ModelSpec, Settings
+
+# The exporter writes this file last among the model's parts; export.py renames the folder into
+# place only after a successful export, so its presence means the export is whole.
+_EXPORT_MARKER = "openvino_language_model.xml"
+TINY_SOURCE = "builtin:tiny-random"
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    spec: ModelSpec
+    path: Path
+
+    @property
+    def exported(self) -> bool:
+        return (self.path / _EXPORT_MARKER).is_file()
+
+    def missing_reason(self) -> str:
+        """What is wrong, and the command that fixes it."""
+        if self.spec.source == TINY_SOURCE:
+            how = "run `vlq model build-tiny` (offline, under a minute)"
+        elif Path(self.spec.source).is_dir():
+            how = f"run `vlq model export {self.spec.name}` to export the local checkpoint {self.spec.source}"
+        else:
+            how = (f"run `vlq model export {self.spec.name}` on a machine that can reach the Hugging Face hub "
+                   f"(it downloads {self.spec.source}), or set this model's `source` in config.yaml to a local "
+                   f"checkpoint directory; then copy {self.path} here")
+        return f"model {self.spec.name!r} is not exported at {self.path}: {how}"
+
+
+def local_model(settings: Settings, spec: ModelSpec) -> LocalModel:
+    return LocalModel(spec=spec, path=Path(settings.model_cache) / spec.export_dir_name)
+
+
+def candidate_models(settings: Settings) -> list[LocalModel]:
+    """Registry models this worker is asked to serve (all of them unless VLQ_MODELS narrows it)."""
+    names = settings.models or tuple(settings.registry)
+    return [local_model(settings, settings.registry[name]) for name in names]
