@@ -70,7 +70,7 @@ def worker(loglevel: str) -> None:
     from workers.celery_app import app
 
     app.worker_main(["worker", f"--loglevel={loglevel}", "--hostname", f"vlq-{os.getpid()}@%h",
-                     "--pool", "threads", "--concurrency", str(settings.batch_size), "--without-mingle",
+                     "--pool", "threads", "--concurrency", str(settings.worker_concurrency), "--without-mingle",
                      "--without-gossip"])
 
 
@@ -177,7 +177,11 @@ def _migrate(settings: Settings) -> None:
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
     """Wait on the children; stop all of them when one exits or on Ctrl-C/SIGTERM."""
+    stopped_by_user = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopped_by_user
+        stopped_by_user = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -187,15 +191,18 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass  # the terminal sent SIGINT to the children too
-    forward(signal.SIGTERM, None)
+        stopped_by_user = True  # the terminal sent SIGINT to the children too
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
     deadline = time.monotonic() + 30
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
-    sys.exit(max(abs(child.returncode or 0) for child in children) and 1)
+    if not stopped_by_user:
+        sys.exit("vlq: a service process exited; stopped the others")
 
 
 if __name__ == "__main__":

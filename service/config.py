@@ -77,6 +77,11 @@ class Settings:
     cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
 
     @property
+    def worker_concurrency(self) -> int:
+        """Jobs a worker holds at once: one batch generating, one being claimed and decoded behind it."""
+        return self.batch_size * 2
+
+    @property
     def visibility_timeout_s(self) -> int:
         """Redis redelivers unacknowledged tasks after this; it must outlast the longest job."""
         return self.job_timeout_s * 2 + 60

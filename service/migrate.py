@@ -6,6 +6,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from service.db import Database
+
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,4 +21,11 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the database at `database_url` up to `revision`."""
-    command.upgrade(alembic_config(database_url), revision)
+    database = Database(database_url)  # the same engine setup as the app (SQLite folder, pragmas)
+    try:
+        with database.engine.begin() as connection:
+            config = alembic_config(database_url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        database.dispose()

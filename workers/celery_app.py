@@ -45,7 +45,7 @@ def create_celery(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
         },
         worker_pool="threads",
-        worker_concurrency=settings.batch_size,
+        worker_concurrency=settings.worker_concurrency,
         task_ignore_result=True,  # results live in the database, not in a Celery backend
         task_default_queue=IDLE_QUEUE,
         broker_connection_retry_on_startup=True,

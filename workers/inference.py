@@ -89,6 +89,10 @@ def _start_runtime(sender: Any, **_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_runtime(**_: Any) -> None:
-    runtime = current_runtime()
+    """Runs after a warm shutdown has let running jobs finish."""
+    try:
+        runtime = current_runtime()
+    except RuntimeError:
+        return  # the worker stopped before its runtime started
     runtime.stop()
     set_current_runtime(None)

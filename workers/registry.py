@@ -28,9 +28,9 @@ class LocalModel:
         elif Path(self.spec.source).is_dir():
             how = f"run `vlq model export {self.spec.name}` to export the local checkpoint {self.spec.source}"
         else:
-            how = (f"run `vlq model export {self.spec.name}` on a machine that can reach the Hugging Face hub "
-                   f"(it downloads {self.spec.source}), or set this model's `source` in config.yaml to a local "
-                   f"checkpoint directory; then copy {self.path} here")
+            how = (f"run `vlq model export {self.spec.name}` where the Hugging Face hub is reachable (it downloads "
+                   f"{self.spec.source}) and copy the exported folder here, or set this model's `source` in "
+                   f"config.yaml to a local checkpoint directory and export that")
         return f"model {self.spec.name!r} is not exported at {self.path}: {how}"
 
 

@@ -168,6 +168,8 @@ class WorkerRuntime:
                         if self.cancel(job_id):
                             log.info("job %s: cancel requested, stopping its generation", job_id)
             except Exception as exc:
+                if self._stopping.is_set():
+                    return
                 log.warning("cancel listener lost Redis (%s); reconnecting", exc)
                 self._stopping.wait(1.0)
 

@@ -1,11 +1,10 @@
 """The product engine: an exported Qwen3-VL on OpenVINO GenAI's ContinuousBatchingPipeline.
 
-Celery threads call `submit` concurrently; one loop thread owns the pipeline, admitting new requests
-between steps, so up to `batch_size` sequences decode together and a finished one frees its slot at once.
+Celery threads call `submit` concurrently and add their requests to the pipeline; one loop thread steps it.
+At most `batch_size` sequences are in the pipeline at once, and a finished one frees its slot at once.
 """
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import queue
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 class _InFlight:
     request: GenerationRequest
     handle: RequestHandle
-    engine_handle: Any = None  # openvino_genai.GenerationHandle once admitted
+    engine_handle: Any  # openvino_genai.GenerationHandle
     peak_batch: int = 0
     cancel_requested: bool = False
     token_ids: list[int] = field(default_factory=list)
@@ -45,8 +44,9 @@ class OpenVINOVLMEngine(Engine):
         self._ids = itertools.count()
         self._inbox: queue.SimpleQueue[tuple[int, _InFlight]] = queue.SimpleQueue()
         self._cancels: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._waiting: collections.deque[tuple[int, _InFlight]] = collections.deque()
         self._inflight: dict[int, _InFlight] = {}
+        self._slots = threading.BoundedSemaphore(settings.batch_size)
+        self._pipe_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,7 +63,7 @@ class OpenVINOVLMEngine(Engine):
         import openvino_genai as ov_genai
 
         scheduler = ov_genai.SchedulerConfig()
-        # With dynamic split-fuse (the default) max_num_seqs does not bound the batch; `_admit` does.
+        # With dynamic split-fuse (the default) max_num_seqs does not bound the batch; `_slots` does.
         scheduler.max_num_seqs = self._settings.batch_size
         scheduler.cache_size = self._settings.kv_cache_gb
         return ov_genai.ContinuousBatchingPipeline(
@@ -78,11 +78,28 @@ class OpenVINOVLMEngine(Engine):
         return properties
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Add the request to the pipeline from the caller's thread, once one of batch_size slots is free.
+
+        Image preprocessing and vision encoding happen inside add_request, so doing it here lets the next
+        requests' images be encoded while the loop thread keeps decoding the current batch.
+        """
+        import openvino as ov
+
         if self._closed.is_set() or self._thread is None:
             raise EngineError(f"engine {self.name} is not running")
+        if not self._slots.acquire(timeout=self._settings.job_timeout_s):
+            raise EngineError(f"no engine slot came free within {self._settings.job_timeout_s}s")
         request_id = next(self._ids)
         handle = RequestHandle(cancel=lambda: self._cancel(request_id))
-        self._inbox.put((request_id, _InFlight(request=request, handle=handle)))
+        try:
+            image = ov.Tensor(np.asarray(request.image, dtype=np.uint8)[np.newaxis])
+            with self._pipe_lock:  # so a pipeline rebuild never strands a request on the old one
+                engine_handle = self._pipe.add_request(
+                    request_id, request.prompt, [image], self._generation_config(request))
+                self._inbox.put((request_id, _InFlight(request=request, handle=handle, engine_handle=engine_handle)))
+        except Exception as exc:
+            self._slots.release()
+            raise EngineError(f"the engine refused the request: {exc}") from exc
         self._wake.set()
         return handle
 
@@ -91,16 +108,24 @@ class OpenVINOVLMEngine(Engine):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        while not self._inbox.empty():
-            self._waiting.append(self._inbox.get())
-        for item in [*self._inflight.values(), *(item for _, item in self._waiting)]:
-            item.handle.set_error(EngineError("engine shut down"))
+        self._fail_all(EngineError("engine shut down"))
 
     def _cancel(self, request_id: int) -> None:
         self._cancels.put(request_id)
         self._wake.set()
 
-    # -- the loop thread: the only code that touches the pipeline --------------------------
+    def _generation_config(self, request: GenerationRequest) -> Any:
+        import openvino_genai as ov_genai
+
+        config = ov_genai.GenerationConfig()
+        config.max_new_tokens = request.max_tokens
+        config.ignore_eos = request.ignore_eos
+        if request.temperature > 0:
+            config.do_sample = True
+            config.temperature = request.temperature
+        return config
+
+    # -- the loop thread: the only code that steps the pipeline ---------------------------
 
     def _loop(self) -> None:
         while not self._closed.is_set():
@@ -115,78 +140,67 @@ class OpenVINOVLMEngine(Engine):
             except Exception as exc:
                 # A failed step leaves the pipeline unusable: fail what was in it and start a fresh one.
                 log.exception("%s: engine step failed; rebuilding the pipeline", self.name)
-                for item in self._inflight.values():
-                    item.handle.set_error(EngineError(f"engine step failed: {exc}"))
-                self._inflight.clear()
-                self._pipe = self._create_pipeline()
+                with self._pipe_lock:
+                    self._fail_all(EngineError(f"engine step failed: {exc}"))
+                    self._pipe = self._create_pipeline()
                 continue
             self._collect()
 
     def _admit(self) -> None:
-        """Move waiting requests into the pipeline while it has fewer than batch_size sequences."""
-        import openvino as ov
-
+        """Take newly added requests into the loop's view, and note how many sequences now run together."""
         while not self._inbox.empty():
-            self._waiting.append(self._inbox.get())
-        while self._waiting and len(self._inflight) < self._settings.batch_size:
-            request_id, item = self._waiting.popleft()
-            try:
-                image = ov.Tensor(np.asarray(item.request.image, dtype=np.uint8)[np.newaxis])
-                item.engine_handle = self._pipe.add_request(
-                    request_id, item.request.prompt, [image], self._generation_config(item.request))
-            except Exception as exc:
-                log.exception("%s: could not add request %s", self.name, request_id)
-                item.handle.set_error(EngineError(f"the engine refused the request: {exc}"))
-                continue
+            request_id, item = self._inbox.get()
             self._inflight[request_id] = item
         batch = len(self._inflight)
         for item in self._inflight.values():
             item.peak_batch = max(item.peak_batch, batch)
 
-    def _generation_config(self, request: GenerationRequest) -> Any:
-        import openvino_genai as ov_genai
-
-        config = ov_genai.GenerationConfig()
-        config.max_new_tokens = request.max_tokens
-        config.ignore_eos = request.ignore_eos
-        if request.temperature > 0:
-            config.do_sample = True
-            config.temperature = request.temperature
-        return config
-
     def _apply_cancels(self) -> None:
         while not self._cancels.empty():
             request_id = self._cancels.get()
             item = self._inflight.get(request_id)
-            if item is not None and not item.cancel_requested:
-                item.cancel_requested = True
-                item.engine_handle.cancel()
-            for waiting_id, waiting in list(self._waiting):
-                if waiting_id == request_id:  # never started: nothing was generated
-                    self._waiting.remove((waiting_id, waiting))
-                    waiting.handle.set_result(GenerationResult(
-                        text="", finish_reason="cancelled", prompt_tokens=0, completion_tokens=0,
-                        ttft_ms=0.0, inference_ms=0.0, batch_size=0))
+            if item is None or item.cancel_requested:
+                continue  # already finished, or cancelled twice
+            # Keep what was generated: after cancel() the handle no longer gives its output back.
+            try:
+                self._read_tokens(item)
+            except Exception:
+                log.exception("%s: could not read request %s before cancelling it", self.name, request_id)
+            item.cancel_requested = True
+            item.engine_handle.cancel()
+
+    def _fail_all(self, error: EngineError) -> None:
+        self._admit()
+        for item in self._inflight.values():
+            item.handle.set_error(error)
+            self._slots.release()
+        self._inflight.clear()
 
     def _collect(self) -> None:
-        """Read new tokens from every request, and resolve the ones that ended."""
+        """Resolve the requests that ended in the last step (one status call per request per step)."""
         import openvino_genai as ov_genai
 
         for request_id, item in list(self._inflight.items()):
             status = item.engine_handle.get_status()
-            # Tokens are read as they come: after cancel() the handle no longer gives its output back.
-            if not item.cancel_requested and item.engine_handle.can_read():
-                for output in item.engine_handle.read().values():
-                    item.token_ids.extend(output.generated_ids)
-                    item.finish_reason = output.finish_reason
             if status == ov_genai.GenerationStatus.RUNNING:
                 continue
             del self._inflight[request_id]
+            self._slots.release()
             try:
+                if not item.cancel_requested:
+                    self._read_tokens(item)
                 item.handle.set_result(self._result(item, status))
             except Exception as exc:
                 log.exception("%s: could not finish request %s", self.name, request_id)
                 item.handle.set_error(exc if isinstance(exc, EngineError) else EngineError(str(exc)))
+
+    @staticmethod
+    def _read_tokens(item: _InFlight) -> None:
+        """Move the tokens generated since the last read into `item` (each read() gives one step's output)."""
+        while item.engine_handle.can_read():
+            for output in item.engine_handle.read().values():
+                item.token_ids.extend(output.generated_ids)
+                item.finish_reason = output.finish_reason
 
     def _result(self, item: _InFlight, status: Any) -> GenerationResult:
         import openvino_genai as ov_genai

@@ -1,0 +1,78 @@
+"""The sweeper: jobs whose worker died are requeued, failed after max_attempts, or cancelled if asked."""
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from service import lifecycle
+from service.db import Database
+from service.dispatch import Dispatcher
+from service.models import Job, JobStatus, new_id, utcnow
+from workers.maintenance import recover_orphaned_jobs
+from tests.conftest import REDIS_URL
+
+MODEL = "tiny-priority"  # no session worker consumes it, so enqueued messages can be counted
+
+
+@pytest.fixture
+def db(settings):
+    database = Database(settings.database_url)
+    yield database
+    database.dispose()
+
+
+def _running_job(db, worker, *, attempts=1, started_ago_s=60.0, cancel=False):
+    job_id = new_id("job")
+    with db.session() as session:
+        lifecycle.create_job(session, id=job_id, model=MODEL, prompt="p", priority="bulk", image_sha256="0" * 64,
+                             image_format="PNG", image_width=1, image_height=1, max_tokens=4, temperature=0.0,
+                             ignore_eos=False, request_sha256="x")
+    for _ in range(attempts):
+        with db.session() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+            assert lifecycle.claim(session, job_id, worker)
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            started_at=utcnow() - timedelta(seconds=started_ago_s), cancel_requested_at=utcnow() if cancel else None))
+    return job_id
+
+
+def _job(db, job_id):
+    with db.session() as session:
+        return session.get(Job, job_id)
+
+
+def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(db, settings):
+    dispatcher = Dispatcher(settings)
+    queue_length = lambda: redis.Redis.from_url(REDIS_URL).llen(f"vlq.{MODEL}.bulk")  # noqa: E731
+    before = queue_length()
+    orphan = _running_job(db, "dead-worker")
+    exhausted = _running_job(db, "dead-worker", attempts=settings.max_attempts)
+    cancelling = _running_job(db, "dead-worker", cancel=True)
+    alive = _running_job(db, "live-worker")
+    just_started = _running_job(db, "dead-worker", started_ago_s=0.0)
+
+    counts = recover_orphaned_jobs(db, dispatcher, settings, live_workers={"live-worker"})
+
+    assert counts == {"requeued": 1, "failed": 1, "cancelled": 1}
+    assert _job(db, orphan).status == "queued" and queue_length() == before + 1
+    assert (_job(db, exhausted).status, _job(db, exhausted).error_code) == ("failed", "worker_lost")
+    assert _job(db, cancelling).status == "cancelled"
+    assert _job(db, alive).status == "running"
+    assert _job(db, just_started).status == "running"  # still inside the heartbeat grace period
+    with db.session() as session:
+        assert [e.type for e in lifecycle.events(session, orphan)] == ["job.queued", "job.running", "job.queued"]
+    dispatcher.close()
+
+
+def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings):
+    job_id = _running_job(db, "slow-worker")
+    with db.session() as session:
+        stale = session.get(Job, job_id)
+    recover_orphaned_jobs(db, Dispatcher(settings), settings, live_workers=set())
+    with db.session() as session:
+        assert lifecycle.claim(session, job_id, "new-worker").attempts == 2
+    with db.session() as session:
+        assert not lifecycle.finish(session, stale, JobStatus.SUCCEEDED, result_text="late")
+    assert _job(db, job_id).status == "running" and _job(db, job_id).worker == "new-worker"
