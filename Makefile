@@ -35,7 +35,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 lock:  ## re-pin requirements.lock from the current .venv
-	$(BIN)/pip freeze --exclude-editable | grep -v '^torchvision' | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new
+	$(BIN)/pip freeze --all --exclude-editable | grep -vE '^(torchvision|pip)==' | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:
