@@ -45,7 +45,8 @@ def receipt_images(count: int, size: int = 448) -> list[bytes]:
         image = Image.new("RGB", (size, size), "white")
         draw = ImageDraw.Draw(image)
         for line in range(14):
-            draw.text((24, 20 + line * 29), f"ITEM {index:03d}-{line:02d}   {line * 3 + index % 7}.{line:02d}", fill="black")
+            price = f"{line * 3 + index % 7}.{line:02d}"
+            draw.text((24, 20 + line * 29), f"ITEM {index:03d}-{line:02d}   {price}", fill="black")
         buffer = io.BytesIO()
         image.save(buffer, "PNG")
         images.append(buffer.getvalue())
@@ -92,10 +93,10 @@ def bench_service(settings_file: Path, model: str, images: list[bytes], tokens: 
             ids = list(pool.map(submit, images))
         _wait_all_succeeded(session, base, ids)
         elapsed = time.perf_counter() - started
-        for process in processes:
-            cpu = psutil.Process(process.pid).cpu_times()
-            children = sum(c.cpu_times().user + c.cpu_times().system for c in psutil.Process(process.pid).children(recursive=True))
-            print(f"  cpu {' '.join(process.args[-4:])}: {cpu.user + cpu.system + children:.2f}s")
+        for process in processes:  # CPU used since start (start-up included), to see where the cores went
+            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            seconds = sum(p.cpu_times().user + p.cpu_times().system for p in tree)
+            print(f"  cpu of `vlq {process.args[3]}`: {seconds:.1f}s")
         return len(images) / elapsed
     finally:
         for process in processes:
@@ -147,7 +148,8 @@ def main() -> None:
             "database_url": f"sqlite:///{tmp}/bench.db", "redis_url": BENCH_REDIS_URL, "blob_dir": f"{tmp}/blobs",
             "model_cache": str(Path(base.model_cache).resolve()), "batch_size": args.batch_size,
             "port": BENCH_PORT,
-            "models": {name: {k: v for k, v in vars(spec).items() if k != "name"} for name, spec in base.registry.items()},
+            "models": {name: {key: value for key, value in vars(spec).items() if key != "name"}
+                       for name, spec in base.registry.items()},
         }
         settings_file = Path(tmp) / "config.yaml"
         settings_file.write_text(yaml.safe_dump(config))

@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from flask import Flask, current_app
+
 from service.settings import get_settings
 
 

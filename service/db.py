@@ -10,6 +10,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)

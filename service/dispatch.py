@@ -8,8 +8,8 @@ from celery import Celery
 from flask import Flask, current_app
 
 from service.config import Settings
-from workers.celery_app import CANCEL_CHANNEL, RUN_JOB_TASK, create_celery, job_queue
 from service.settings import get_settings
+from workers.celery_app import CANCEL_CHANNEL, RUN_JOB_TASK, create_celery, job_queue
 
 log = logging.getLogger(__name__)
 

@@ -105,9 +105,8 @@ def _transition(
         raise ValueError(f"no transition {source.value} -> {target.value}")
     conditions = [Job.id == job_id, Job.status == source.value]
     conditions += [getattr(Job, column) == value for column, value in (fence or {}).items()]
-    result = session.execute(
-        update(Job).where(*conditions).values(status=target.value, **values).execution_options(synchronize_session=False)
-    )
+    statement = update(Job).where(*conditions).values(status=target.value, **values)
+    result = session.execute(statement.execution_options(synchronize_session=False))
     if result.rowcount != 1:
         return False
     attempt, worker = session.execute(select(Job.attempts, Job.worker).where(Job.id == job_id)).one()

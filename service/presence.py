@@ -27,7 +27,7 @@ def live_workers(client: redis.Redis) -> dict[str, dict[str, Any]]:
     if not keys:
         return {}
     workers = {}
-    for key, raw in zip(keys, client.mget(keys)):
+    for key, raw in zip(keys, client.mget(keys), strict=True):
         if raw is not None:  # expired between SCAN and MGET
             name = (key.decode() if isinstance(key, bytes) else key).removeprefix(_PREFIX)
             workers[name] = json.loads(raw)

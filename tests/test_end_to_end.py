@@ -5,8 +5,6 @@ import os
 import signal
 import time
 
-import requests
-
 from service import lifecycle
 from service.db import Database
 from tests.conftest import TINY, make_image, wait_for_status

@@ -36,11 +36,14 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
             return _finish(runtime, job, JobStatus.CANCELLED, error=("cancelled", "Cancelled before it started."))
         engine = runtime.engines.get(job.model)
         if engine is None:  # only consumed queues reach here, so this means a misrouted task
-            return _finish(runtime, job, JobStatus.FAILED, error=("model_unavailable", f"This worker does not serve {job.model!r}."))
+            return _finish(runtime, job, JobStatus.FAILED,
+                           error=("model_unavailable", f"This worker does not serve {job.model!r}."))
         try:
-            image = prepare_image(runtime.blobs.get(job.image_sha256), runtime.settings.registry[job.model].max_pixels)
+            max_pixels = runtime.settings.registry[job.model].max_pixels
+            image = prepare_image(runtime.blobs.get(job.image_sha256), max_pixels)
         except (BlobNotFound, OSError, ValueError) as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=("image_unreadable", f"The stored image could not be read: {exc}"))
+            return _finish(runtime, job, JobStatus.FAILED,
+                           error=("image_unreadable", f"The stored image could not be read: {exc}"))
 
         handle = engine.submit(GenerationRequest(
             prompt=job.prompt, image=image, max_tokens=job.max_tokens,
@@ -51,13 +54,15 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
             result = handle.result(timeout=runtime.settings.job_timeout_s)
         except TimeoutError:
             handle.cancel()
+            limit = runtime.settings.job_timeout_s
             return _finish(runtime, job, JobStatus.FAILED,
-                           error=("inference_timeout", f"Generation took longer than {runtime.settings.job_timeout_s}s."))
+                           error=("inference_timeout", f"Generation took longer than {limit}s."))
         except EngineError as exc:
             return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", str(exc)))
 
     if result.finish_reason == "cancelled":
-        return _finish(runtime, job, JobStatus.CANCELLED, result=result, error=("cancelled", "Cancelled while running."))
+        return _finish(runtime, job, JobStatus.CANCELLED, result=result,
+                       error=("cancelled", "Cancelled while running."))
     return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
 
 

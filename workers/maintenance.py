@@ -15,7 +15,9 @@ from service.models import Job, JobStatus, utcnow
 log = logging.getLogger(__name__)
 
 
-def recover_orphaned_jobs(db: Database, dispatcher: Dispatcher, settings: Settings, live_workers: set[str]) -> dict[str, int]:
+def recover_orphaned_jobs(
+    db: Database, dispatcher: Dispatcher, settings: Settings, live_workers: set[str]
+) -> dict[str, int]:
     """Requeue (or fail, past max_attempts) running jobs whose worker is no longer alive.
 
     A job counts as orphaned once its worker's presence key has expired; the heartbeat TTL is the grace

@@ -145,7 +145,8 @@ class WorkerRuntime:
     def _heartbeat_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                presence.announce(self.dispatcher.redis, self.name, self._presence_info(), self.settings.heartbeat_ttl_s)
+                info = self._presence_info()
+                presence.announce(self.dispatcher.redis, self.name, info, self.settings.heartbeat_ttl_s)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
             self._stopping.wait(self.settings.heartbeat_interval_s)

@@ -1,7 +1,7 @@
 """jobs and job events
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-21 05:46:04.312857
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-import service.models
 
+import service.models
 
 revision: str = '0001'
 down_revision: str | None = None

@@ -96,7 +96,9 @@ def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, 
     return limit, request.args.get("cursor") or None
 
 
-def page(rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]], key: Callable[[T], str]) -> dict[str, Any]:
+def page(
+    rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]], key: Callable[[T], str]
+) -> dict[str, Any]:
     """A list response from up to limit+1 rows: the extra row only tells whether there is more."""
     shown = rows[:limit]
     has_more = len(rows) > limit

@@ -11,17 +11,25 @@ from sqlalchemy import select
 
 from service import jobs, lifecycle
 from service.api.common import (
-    bool_option, choice_option, float_option, get_or_404, int_option, json_object_option,
-    page, page_params, request_fields, required_text,
+    bool_option,
+    choice_option,
+    float_option,
+    get_or_404,
+    int_option,
+    json_object_option,
+    page,
+    page_params,
+    request_fields,
+    required_text,
 )
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
-from service.settings import get_settings
 from service.images import decode_image_field, inspect_image
 from service.models import Job, JobStatus, Priority
+from service.settings import get_settings
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 

@@ -9,8 +9,8 @@ from service import lifecycle
 from service.db import Database
 from service.dispatch import Dispatcher
 from service.models import Job, JobStatus, new_id, utcnow
-from workers.maintenance import recover_orphaned_jobs
 from tests.conftest import REDIS_URL
+from workers.maintenance import recover_orphaned_jobs
 
 MODEL = "tiny-priority"  # no session worker consumes it, so enqueued messages can be counted
 

@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from service.config import load_settings
+from tests.conftest import TINY
 from workers.engines import create_engine
 from workers.engines.base import EngineError, GenerationRequest
 from workers.registry import local_model
-from tests.conftest import TINY
 
 IMAGE = Image.new("RGB", (160, 120), (20, 120, 200))
 
@@ -25,7 +25,8 @@ def engine(model_cache):
 
 def test_concurrent_requests_share_steps_up_to_batch_size(engine):
     with ThreadPoolExecutor(max_workers=10) as pool:
-        handles = list(pool.map(lambda i: engine.submit(GenerationRequest("Describe.", IMAGE, 24, ignore_eos=True)), range(10)))
+        request = GenerationRequest("Describe.", IMAGE, 24, ignore_eos=True)
+        handles = list(pool.map(lambda _: engine.submit(request), range(10)))
     results = [handle.result(timeout=60) for handle in handles]
     assert all(r.finish_reason == "length" and r.completion_tokens == 24 for r in results)
     assert max(r.batch_size for r in results) == 4  # never more than batch_size in the pipeline

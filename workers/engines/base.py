@@ -88,5 +88,6 @@ class Engine(ABC):
         image = Image.new("RGB", (64, 64), (255, 255, 255))
         self.submit(GenerationRequest(prompt="Describe the image.", image=image, max_tokens=2)).result(timeout=300)
 
+    @abstractmethod
     def close(self) -> None:
         """Release the model; pending requests fail."""

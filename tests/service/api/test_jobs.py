@@ -135,7 +135,8 @@ def test_list_filters_by_status_and_pages_with_a_cursor(client, settings):
     client.post(f"/v1/jobs/{ids[0]}/cancel")
     seen, cursor = [], None
     while True:
-        page = client.get("/v1/jobs", query_string={"limit": 2, "status": "queued", **({"cursor": cursor} if cursor else {})}).get_json()
+        query = {"limit": 2, "status": "queued", **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/jobs", query_string=query).get_json()
         assert len(page["data"]) <= 2
         assert all(job["status"] == "queued" for job in page["data"])
         seen += [job["id"] for job in page["data"]]
