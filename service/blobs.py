@@ -6,6 +6,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import BinaryIO
 
 from flask import Flask, current_app
 
@@ -26,6 +27,10 @@ class BlobStore(ABC):
     @abstractmethod
     def get(self, digest: str) -> bytes:
         """Return the bytes stored under `digest`, or raise BlobNotFound."""
+
+    @abstractmethod
+    def open(self, digest: str) -> BinaryIO:
+        """A readable binary stream of the blob (large batch files are read line by line)."""
 
     @abstractmethod
     def exists(self, digest: str) -> bool: ...
@@ -61,6 +66,12 @@ class LocalBlobStore(BlobStore):
     def get(self, digest: str) -> bytes:
         try:
             return self._path(digest).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    def open(self, digest: str) -> BinaryIO:
+        try:
+            return self._path(digest).open("rb")
         except FileNotFoundError:
             raise BlobNotFound(digest) from None
 

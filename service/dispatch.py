@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import redis
 from celery import Celery
 from flask import Flask, current_app
 
 from service.config import Settings
+from service.models import Job
 from service.settings import get_settings
-from workers.celery_app import CANCEL_CHANNEL, RUN_JOB_TASK, create_celery, job_queue
+from workers.celery_app import CANCEL_CHANNEL, RUN_JOB_TASK, SERVICE_QUEUE, create_celery, job_queue
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +21,16 @@ class Dispatcher:
         self.celery: Celery = create_celery(settings)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
-    def enqueue(self, job_id: str, model: str, priority: str) -> None:
-        """Send the job's task; call only after the job row is committed."""
-        self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=job_queue(model, priority))
+    def enqueue(self, jobs: Iterable[Job]) -> None:
+        """Send each job's task over one broker connection; call only after the rows are committed."""
+        with self.celery.producer_or_acquire() as producer:
+            for job in jobs:
+                self.celery.send_task(RUN_JOB_TASK, args=[job.id], queue=job_queue(job.model, job.priority),
+                                      producer=producer)
+
+    def send(self, task: str, *args: str) -> None:
+        """Send a service task (batch ingest, finalize) to the queue every worker consumes."""
+        self.celery.send_task(task, args=list(args), queue=SERVICE_QUEUE)
 
     def publish_cancel(self, job_id: str) -> None:
         """Tell every worker to stop `job_id` if it is running there."""

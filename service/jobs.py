@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 
 from service import lifecycle
 from service.blobs import BlobStore
+from service.config import Settings
 from service.dispatch import Dispatcher
 from service.errors import ApiError
+from service.fields import bool_option, float_option, int_option
 from service.images import ImageInfo
 from service.models import Job, JobEvent, new_id
 
@@ -22,14 +24,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class JobRequest:
-    """A validated job submission."""
+class GenerationOptions:
+    """How to generate: shared by single jobs and every item of a batch."""
 
-    prompt: str
     model: str
     max_tokens: int
     temperature: float
     ignore_eos: bool
+
+    def job_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated job submission."""
+
+    prompt: str
+    options: GenerationOptions
     priority: str
     metadata: dict[str, Any] | None
     image_sha256: str
@@ -39,6 +51,21 @@ class JobRequest:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
         fields = asdict(self) | {"image": None}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:
+    """model, max_tokens, temperature and ignore_eos, validated against the registry and the limits."""
+    model = fields.get("model") or settings.default_model
+    if not isinstance(model, str) or settings.model(model) is None:
+        raise ApiError(400, "unknown_model", f"No model named {model!r}.",
+                       {"model": str(model), "available": sorted(settings.registry)})
+    return GenerationOptions(
+        model=model,
+        max_tokens=int_option(fields, "max_tokens", default=settings.default_max_tokens,
+                              low=1, high=settings.max_tokens_limit),
+        temperature=float_option(fields, "temperature", default=0.0, low=0.0, high=2.0),
+        ignore_eos=bool_option(fields, "ignore_eos", default=False),
+    )
 
 
 def submit(
@@ -56,19 +83,16 @@ def submit(
     job = lifecycle.create_job(
         session,
         id=new_id("job"),
-        model=request.model,
         prompt=request.prompt,
         priority=request.priority,
         image_sha256=request.image_sha256,
         image_format=request.image.format,
         image_width=request.image.width,
         image_height=request.image.height,
-        max_tokens=request.max_tokens,
-        temperature=request.temperature,
-        ignore_eos=request.ignore_eos,
         metadata_=request.metadata,
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
+        **request.options.job_fields(),
     )
     try:
         session.commit()
@@ -81,7 +105,7 @@ def submit(
         return existing, True
 
     try:
-        dispatcher.enqueue(job.id, job.model, job.priority)
+        dispatcher.enqueue([job])
     except Exception as exc:
         # Not accepted after all: remove the row so nothing waits forever on a task never sent.
         log.warning("could not enqueue job %s: %s", job.id, exc)

@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from service.models import Job, JobEvent, JobStatus, utcnow
@@ -33,6 +33,45 @@ def create_job(session: Session, **fields: Any) -> Job:
     session.add(job)
     session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
     return job
+
+
+def create_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Bulk-insert jobs (a batch's items) and their first events in two statements.
+
+    A row's status is "queued", or "failed" for an item refused at ingest (its error fields say why).
+    """
+    if not rows:
+        return
+    now = utcnow()
+    for row in rows:
+        row.setdefault("status", JobStatus.QUEUED.value)
+        row.update(attempts=0, created_at=now)
+        if row["status"] == JobStatus.FAILED.value:
+            row["finished_at"] = now
+    session.execute(insert(Job), rows)
+    session.execute(insert(JobEvent), [
+        {"job_id": row["id"], "type": f"job.{row['status']}", "attempt": 0, "worker": None, "created_at": now}
+        for row in rows
+    ])
+
+
+def cancel_queued_in_batch(session: Session, batch_id: str) -> int:
+    """queued -> cancelled for every queued item of a batch, in one UPDATE; returns how many."""
+    now = utcnow()
+    cancelled = session.scalars(
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED.value)
+        .values(status=JobStatus.CANCELLED.value, finished_at=now, cancel_requested_at=now,
+                error_code="cancelled", error_message="The batch was cancelled before this item started.")
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if cancelled:
+        session.execute(insert(JobEvent), [
+            {"job_id": job_id, "type": "job.cancelled", "attempt": 0, "worker": None, "created_at": now}
+            for job_id in cancelled
+        ])
+    return len(cancelled)
 
 
 def claim(session: Session, job_id: str, worker: str) -> Job | None:

@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -68,20 +68,95 @@ class Priority(enum.StrEnum):
     BULK = "bulk"
 
 
+class BatchStatus(enum.StrEnum):
+    """OpenAI's batch states."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+class File(Base):
+    """An uploaded or generated file (OpenAI Files API); the bytes live in the blob store."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": _unix(self.created_at),
+                "filename": self.filename, "purpose": self.purpose, "status": "processed"}
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str | None] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    errors: Mapped[dict[str, Any] | None]  # validation errors, OpenAI's {"object": "list", "data": [...]}
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    in_progress_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+
+    def to_dict(self, request_counts: dict[str, int]) -> dict[str, Any]:
+        """The batch in OpenAI's shape; counts come from its jobs."""
+        stamps = ("created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
+                  "expired_at", "cancelling_at", "cancelled_at")
+        return {
+            "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
+            "input_file_id": self.input_file_id, "completion_window": self.completion_window,
+            "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+            **{stamp: _unix(getattr(self, stamp)) for stamp in stamps},
+            "request_counts": request_counts, "metadata": self.metadata_, "priority": self.priority,
+        }
+
+
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_batch_id_status", "batch_id", "status"),
+        UniqueConstraint("batch_id", "custom_id", name="uq_jobs_batch_custom_id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(128))
     prompt: Mapped[str] = mapped_column(Text)
     priority: Mapped[str] = mapped_column(String(16))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    custom_id: Mapped[str | None] = mapped_column(String(255))
 
-    image_sha256: Mapped[str] = mapped_column(String(64))
-    image_format: Mapped[str] = mapped_column(String(8))
-    image_width: Mapped[int] = mapped_column(Integer)
-    image_height: Mapped[int] = mapped_column(Integer)
+    # Null only for a batch item refused at ingest (its error says why).
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_format: Mapped[str | None] = mapped_column(String(8))
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
 
     max_tokens: Mapped[int] = mapped_column(Integer)
     temperature: Mapped[float]
@@ -92,6 +167,7 @@ class Job(Base):
     request_sha256: Mapped[str] = mapped_column(String(64))
 
     result_text: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | length | cancelled
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]
     ttft_ms: Mapped[float | None]
@@ -126,8 +202,9 @@ class Job(Base):
             "priority": self.priority,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
-            "image": {"sha256": self.image_sha256, "format": self.image_format,
-                      "width": self.image_width, "height": self.image_height},
+            "image": None if self.image_sha256 is None else {
+                "sha256": self.image_sha256, "format": self.image_format,
+                "width": self.image_width, "height": self.image_height},
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
@@ -139,6 +216,8 @@ class Job(Base):
             "attempts": self.attempts,
             "error": None if self.error_code is None else {"code": self.error_code, "message": self.error_message},
             "metadata": self.metadata_,
+            "batch_id": self.batch_id,
+            "custom_id": self.custom_id,
         }
 
     def _timings(self) -> dict[str, float | None]:
@@ -168,6 +247,10 @@ class JobEvent(Base):
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _unix(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
 
 
 def _round(value: float | None) -> float | None:

@@ -14,7 +14,8 @@ from service.models import Priority
 
 RUN_JOB_TASK = "vlq.run_job"
 CANCEL_CHANNEL = "vlq:cancel"
-IDLE_QUEUE = "vlq.idle"  # consumed by a worker that has no model loaded, so it still stays up
+# Batch ingest and finalize: every worker consumes it (before its model queues), even one without a model.
+SERVICE_QUEUE = "vlq.service"
 
 
 def job_queue(model: str, priority: str) -> str:
@@ -33,7 +34,7 @@ def worker_queues(models: Iterable[str]) -> list[str]:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for `settings`; the API uses one to send, workers to consume."""
-    app = Celery("vlq", broker=settings.redis_url, include=["workers.inference"])
+    app = Celery("vlq", broker=settings.redis_url, include=["workers.inference", "workers.batches"])
     app.conf.update(
         # Long inference tasks: acknowledge after the work, take one task per free slot,
         # and let Redis redeliver only after the longest job could have finished.
@@ -47,7 +48,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_pool="threads",
         worker_concurrency=settings.worker_concurrency,
         task_ignore_result=True,  # results live in the database, not in a Celery backend
-        task_default_queue=IDLE_QUEUE,
+        task_default_queue=SERVICE_QUEUE,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         # A submit must not hang on a dead broker: fail fast, and the API answers 503.

@@ -6,10 +6,10 @@ from typing import Any
 
 from celery import shared_task, signals
 
-from service import lifecycle
+from service import batches, lifecycle
 from service.blobs import BlobNotFound
 from service.models import Job, JobStatus
-from workers.celery_app import IDLE_QUEUE, RUN_JOB_TASK
+from workers.celery_app import RUN_JOB_TASK, SERVICE_QUEUE
 from workers.engines.base import EngineError, GenerationRequest, GenerationResult
 from workers.images import prepare_image
 from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
@@ -70,7 +70,7 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
             error: tuple[str, str] | None = None) -> str | None:
     values: dict[str, Any] = {}
     if result is not None:
-        values.update(result_text=result.text, prompt_tokens=result.prompt_tokens,
+        values.update(result_text=result.text, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
                       completion_tokens=result.completion_tokens, ttft_ms=result.ttft_ms,
                       inference_ms=result.inference_ms, batch_size=result.batch_size)
     if error is not None:
@@ -80,6 +80,8 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
             # The sweeper judged this worker dead and handed the job on; that attempt owns the outcome now.
             log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
             return None
+    if job.batch_id is not None:
+        batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
     return status.value
 
 
@@ -89,7 +91,8 @@ def _start_runtime(sender: Any, **_: Any) -> None:
     runtime = WorkerRuntime(sender.app.conf.vlq_settings, name=sender.hostname)
     runtime.start()
     set_current_runtime(runtime)
-    sender.app.amqp.queues.select(runtime.queues() or [IDLE_QUEUE])
+    # The service queue comes first: its tasks are rare and short, and must not wait behind a backfill.
+    sender.app.amqp.queues.select([SERVICE_QUEUE, *runtime.queues()])
 
 
 @signals.worker_shutdown.connect

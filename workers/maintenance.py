@@ -6,11 +6,12 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from service import lifecycle
+from service import batches, lifecycle
+from service.blobs import BlobStore
 from service.config import Settings
 from service.db import Database
 from service.dispatch import Dispatcher
-from service.models import Job, JobStatus, utcnow
+from service.models import Batch, BatchStatus, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ def recover_orphaned_jobs(
                 counts[outcome] += 1
                 log.warning("job %s: worker %s is gone; %s (attempt %s)", job.id, job.worker, outcome, job.attempts)
     # Enqueue only after the requeue committed, so the task never finds the job still running.
-    for job in requeued:
-        dispatcher.enqueue(job.id, job.model, job.priority)
+    dispatcher.enqueue(requeued)
     return counts
+
+
+def finalize_finished_batches(db: Database, blobs: BlobStore) -> int:
+    """Finalize batches whose items have all ended but that were never finalized (e.g. a worker died first)."""
+    with db.session() as session:
+        candidates = session.scalars(select(Batch.id).where(
+            Batch.status.in_([BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value]),
+            Batch.finalizing_at.is_(None),
+        )).all()
+    return sum(batches.maybe_finalize(db, blobs, batch_id) for batch_id in candidates)

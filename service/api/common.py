@@ -1,7 +1,6 @@
 """Helpers every blueprint shares: reading request fields, get-or-404, cursor pagination."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -9,9 +8,10 @@ from flask import request
 from sqlalchemy.orm import Session
 
 from service.errors import ApiError
+from service.fields import choice_option, int_option
+from service.models import Priority
 
 T = TypeVar("T")
-_MISSING = object()
 
 
 def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -27,6 +27,12 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 
 
+
+
+def priority_option(fields: dict[str, Any], *, default: Priority) -> str:
+    return choice_option(fields, "priority", choices=[p.value for p in Priority], default=default.value)
+
+
 def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
     row = session.get(model, ident)
     if row is None:
@@ -34,60 +40,16 @@ def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
     return row
 
 
-def required_text(fields: dict[str, Any], name: str, *, max_chars: int) -> str:
-    value = fields.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ApiError(400, "missing_field", f"'{name}' is required.", {"field": name})
-    if not isinstance(value, str):
-        raise _invalid(name, "must be a string")
-    if len(value) > max_chars:
-        raise _invalid(name, f"is {len(value)} characters; the limit is {max_chars}")
-    return value
 
 
-def int_option(fields: dict[str, Any], name: str, *, default: int, low: int, high: int) -> int:
-    return _bounded(fields, name, int, default, low, high)
 
 
-def float_option(fields: dict[str, Any], name: str, *, default: float, low: float, high: float) -> float:
-    return _bounded(fields, name, float, default, low, high)
 
 
-def bool_option(fields: dict[str, Any], name: str, *, default: bool) -> bool:
-    value = fields.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"true", "1", "false", "0"}:
-        return value.lower() in {"true", "1"}
-    raise _invalid(name, "must be true or false")
 
 
-def choice_option(fields: dict[str, Any], name: str, *, choices: Sequence[str], default: str) -> str:
-    value = fields.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return default
-    if value not in choices:
-        raise _invalid(name, f"must be one of {', '.join(choices)}")
-    return value
 
 
-def json_object_option(fields: dict[str, Any], name: str, *, max_bytes: int) -> dict[str, Any] | None:
-    """A JSON object field; multipart forms carry it as a JSON string."""
-    value = fields.get(name)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise _invalid(name, "is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise _invalid(name, "must be a JSON object")
-    if len(json.dumps(value)) > max_bytes:
-        raise _invalid(name, f"is larger than {max_bytes} bytes as JSON")
-    return value
 
 
 def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, str | None]:
@@ -110,22 +72,4 @@ def page(
     }
 
 
-def _bounded(fields: dict[str, Any], name: str, kind: type, default: Any, low: Any, high: Any) -> Any:
-    value = fields.get(name, _MISSING)
-    if value is _MISSING or value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise _invalid(name, f"must be a number between {low} and {high}")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise _invalid(name, f"must be a number between {low} and {high}") from None
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        raise _invalid(name, "must be a whole number")
-    if not low <= number <= high:  # also refuses NaN
-        raise _invalid(name, f"must be between {low} and {high}")
-    return number
 
-
-def _invalid(name: str, problem: str, **details: Any) -> ApiError:
-    return ApiError(400, "invalid_field", f"'{name}' {problem}.", {"field": name, **details})

@@ -10,23 +10,13 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from service import jobs, lifecycle
-from service.api.common import (
-    bool_option,
-    choice_option,
-    float_option,
-    get_or_404,
-    int_option,
-    json_object_option,
-    page,
-    page_params,
-    request_fields,
-    required_text,
-)
+from service.api.common import get_or_404, page, page_params, priority_option, request_fields
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
+from service.fields import choice_option, json_object_option, required_text
 from service.images import decode_image_field, inspect_image
 from service.models import Job, JobStatus, Priority
 from service.settings import get_settings
@@ -108,20 +98,12 @@ def _image_bytes(fields: dict[str, Any], files: dict[str, Any]) -> bytes:
 
 def _parse_job_request(settings: Settings, fields: dict[str, Any], image_bytes: bytes) -> jobs.JobRequest:
     prompt = required_text(fields, "prompt", max_chars=settings.max_prompt_chars)
-    model = fields.get("model") or settings.default_model
-    if settings.model(model) is None:
-        raise ApiError(400, "unknown_model", f"No model named {model!r}.",
-                       {"model": model, "available": sorted(settings.registry)})
+    options = jobs.generation_options(settings, fields)
     info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     return jobs.JobRequest(
         prompt=prompt,
-        model=model,
-        max_tokens=int_option(fields, "max_tokens", default=settings.default_max_tokens,
-                              low=1, high=settings.max_tokens_limit),
-        temperature=float_option(fields, "temperature", default=0.0, low=0.0, high=2.0),
-        ignore_eos=bool_option(fields, "ignore_eos", default=False),
-        priority=choice_option(fields, "priority", choices=[p.value for p in Priority],
-                               default=Priority.INTERACTIVE.value),
+        options=options,
+        priority=priority_option(fields, default=Priority.INTERACTIVE),
         metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
         image_sha256=hashlib.sha256(image_bytes).hexdigest(),
         image=info,
