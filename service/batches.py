@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -262,11 +262,13 @@ def _write_file(session: Session, blobs: BlobStore, batch_id: str, *, succeeded:
     if not buffer.tell():
         return None
     kind = "output" if succeeded else "errors"
-    return store_file(session, blobs, buffer.getvalue(), f"{batch_id}_{kind}.jsonl", f"batch_{kind}")
+    buffer.seek(0)
+    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}")
 
 
-def store_file(session: Session, blobs: BlobStore, data: bytes, filename: str, purpose: str) -> File:
-    file = File(id=new_id("file"), filename=filename, purpose=purpose, bytes=len(data), sha256=blobs.put(data),
+def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str) -> File:
+    sha256, size = blobs.put_stream(stream)
+    file = File(id=new_id("file"), filename=filename, purpose=purpose, bytes=size, sha256=sha256,
                 created_at=utcnow())
     session.add(file)
     return file

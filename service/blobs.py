@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -20,9 +21,13 @@ class BlobNotFound(KeyError):
 class BlobStore(ABC):
     """Stores bytes under their sha256, so identical images are kept once."""
 
-    @abstractmethod
     def put(self, data: bytes) -> str:
         """Store `data` and return its sha256 hex digest."""
+        return self.put_stream(io.BytesIO(data))[0]
+
+    @abstractmethod
+    def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
+        """Store everything `stream` yields, without holding it all in memory; returns (sha256, size)."""
 
     @abstractmethod
     def get(self, digest: str) -> bytes:
@@ -46,22 +51,23 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        path = self._path(digest)
-        if path.exists():
-            return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
+        # Hash while writing to a temporary file, then rename into place: readers never see half a blob.
+        hasher, size = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                while chunk := stream.read(1024 * 1024):
+                    hasher.update(chunk)
+                    handle.write(chunk)
+                    size += len(chunk)
+            path = self._path(hasher.hexdigest())
+            path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return digest
+        return hasher.hexdigest(), size
 
     def get(self, digest: str) -> bytes:
         try:

@@ -67,6 +67,7 @@ class Settings:
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
     max_metadata_bytes: int = 16 * 1024
+    max_upload_bytes: int = 2 * 1024**3  # a batch input file, or a native batch's images
 
     # Reliability.
     job_timeout_s: int = 600

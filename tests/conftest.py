@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 import redis
 import yaml
 from PIL import Image
+from werkzeug.serving import make_server
 
 from service import presence
 from service.app import create_app
@@ -175,6 +177,16 @@ def app(settings: Settings) -> Any:
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def live_server(app: Any) -> Iterator[str]:
+    """The app on a real loopback HTTP server, for clients that need a URL (the openai SDK, the CLI)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
 
 
 # -- inputs ------------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
 def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, str | None]:
     """(limit, cursor) from the query string."""
     limit = int_option(request.args.to_dict(), "limit", default=default_limit, low=1, high=max_limit)
-    return limit, request.args.get("cursor") or None
+    # `after` is OpenAI's name for the cursor, so its SDK's list pagination works unchanged.
+    return limit, request.args.get("cursor") or request.args.get("after") or None
 
 
 def page(
@@ -69,6 +70,8 @@ def page(
         "data": [render(row) for row in shown],
         "has_more": has_more,
         "next_cursor": key(shown[-1]) if has_more and shown else None,
+        "first_id": key(shown[0]) if shown else None,
+        "last_id": key(shown[-1]) if shown else None,
     }
 
 

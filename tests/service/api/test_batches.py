@@ -1,0 +1,197 @@
+"""Batches end to end: the openai SDK against a live server and worker, the native upload, cancel, bad input."""
+import base64
+import csv
+import io
+import json
+import time
+import zipfile
+
+import openai
+import pytest
+
+from tests.conftest import TINY, make_image
+
+
+def _line(custom_id, image=None, prompt="What is the total?", url="/v1/chat/completions", **body):
+    image = image if image is not None else make_image()
+    data_url = image if isinstance(image, str) else "data:image/png;base64," + base64.b64encode(image).decode()
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": {
+        "model": TINY, "max_tokens": 8, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url}}]}], **body}}
+
+
+def _jsonl(lines):
+    return "\n".join(json.dumps(line) for line in lines).encode()
+
+
+def _wait_batch(client, batch_id, statuses, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.get(f"/v1/batches/{batch_id}").get_json()
+        if batch["status"] in statuses:
+            return batch
+        time.sleep(0.1)
+    raise TimeoutError(f"batch {batch_id} stayed {batch['status']}")
+
+
+@pytest.fixture
+def sdk(live_server, worker):
+    return openai.OpenAI(base_url=f"{live_server}/v1", api_key="unused", max_retries=0)
+
+
+def test_the_openai_sdk_runs_a_batch_and_reads_its_output_and_error_files(sdk):
+    lines = [_line(f"receipt-{i}", make_image(color=(i * 40, 10, 10))) for i in range(3)]
+    lines.append(_line("broken-image", make_image()[:60]))  # parses, but the image is truncated
+    lines.append(_line("remote-image", "https://example.com/r.png"))  # URLs are not fetched
+    uploaded = sdk.files.create(file=("input.jsonl", _jsonl(lines)), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes > 0
+
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                               completion_window="24h", metadata={"run": "nightly"})
+    assert batch.status in ("validating", "in_progress")
+    deadline = time.monotonic() + 90
+    while batch.status not in ("completed", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        batch = sdk.batches.retrieve(batch.id)
+
+    assert batch.status == "completed", batch.errors
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (5, 3, 2)
+    assert batch.metadata == {"run": "nightly"}
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+
+    output = [json.loads(line) for line in sdk.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in output) == ["receipt-0", "receipt-1", "receipt-2"]
+    for line in output:
+        body = line["response"]["body"]
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        assert body["object"] == "chat.completion" and body["model"] == TINY
+        assert body["usage"]["completion_tokens"] >= 1
+        assert isinstance(body["choices"][0]["message"]["content"], str)
+
+    errors = {json.loads(line)["custom_id"]: json.loads(line)["error"]
+              for line in sdk.files.content(batch.error_file_id).text.splitlines()}
+    assert errors["broken-image"]["code"] == "invalid_image"
+    assert errors["remote-image"]["code"] == "unsupported_image_url"
+    assert batch.id in [b.id for b in sdk.batches.list(limit=100)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "line"),
+    [
+        (b"{not json}\n", "invalid_json_line", 1),
+        (_jsonl([_line("a"), _line("a")]), "duplicate_custom_id", 2),
+        (_jsonl([_line("a", url="/v1/embeddings")]), "invalid_url", 1),
+        (_jsonl([{"method": "POST", "url": "/v1/chat/completions", "body": {}}]), "missing_custom_id", 1),
+    ],
+)
+def test_a_malformed_input_file_fails_validation_with_line_numbers(sdk, raw, code, line):
+    uploaded = sdk.files.create(file=("bad.jsonl", raw), purpose="batch")
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 30
+    while batch.status == "validating" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        batch = sdk.batches.retrieve(batch.id)
+    assert batch.status == "failed" and batch.failed_at
+    assert (batch.errors.data[0].code, batch.errors.data[0].line) == (code, line)
+    assert batch.request_counts.total == 0  # nothing ran
+
+
+def test_native_upload_of_images_and_a_zip_gives_csv_and_jsonl_results(client, worker):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("scans/c.png", make_image(color=(0, 0, 200)))
+        zipped.writestr("scans/notes.txt", b"not an image, skipped")
+    response = client.post("/v1/batches", data={
+        "prompt": "Total?", "model": TINY, "max_tokens": "6",
+        "images": [(io.BytesIO(make_image()), "a.png"), (io.BytesIO(make_image("JPEG")), "b.jpg"),
+                   (io.BytesIO(b"garbage"), "bad.png")],
+        "archive": (io.BytesIO(archive.getvalue()), "more.zip"),
+    })
+    assert response.status_code == 200, response.get_json()
+    batch = _wait_batch(client, response.get_json()["id"], {"completed"})
+    assert batch["request_counts"] == {"total": 4, "completed": 3, "failed": 1, "cancelled": 0}
+    assert batch["priority"] == "bulk"
+
+    text = client.get(f"/v1/batches/{batch['id']}/results?format=csv").get_data(as_text=True)
+    rows = list(csv.DictReader(io.StringIO(text)))  # answers may hold newlines: quoted, so parse properly
+    assert sorted(row["custom_id"] for row in rows) == ["a.png", "b.jpg", "bad.png", "scans/c.png"]
+    assert {row["status"] for row in rows} == {"succeeded", "failed"}
+    jsonl = client.get(f"/v1/batches/{batch['id']}/results").get_data(as_text=True)
+    items = [json.loads(line) for line in jsonl.splitlines()]
+    by_id = {item["custom_id"]: item for item in items}
+    assert by_id["bad.png"]["status"] == "failed" and by_id["bad.png"]["error_code"] == "invalid_image"
+    assert by_id["a.png"]["status"] == "succeeded" and by_id["a.png"]["completion_tokens"] >= 1
+
+
+def test_cancel_stops_queued_items_and_keeps_partial_results(client, worker):
+    images = [(io.BytesIO(make_image(color=(i, i, i))), f"img-{i:02d}.png") for i in range(40)]
+    created = client.post("/v1/batches", data={"prompt": "Go.", "model": TINY, "max_tokens": "300",
+                                                "ignore_eos": "true", "images": images}).get_json()
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/batches/{created['id']}").get_json()["request_counts"]["completed"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelling = client.post(f"/v1/batches/{created['id']}/cancel").get_json()
+    assert cancelling["status"] in ("cancelling", "cancelled")
+    batch = _wait_batch(client, created["id"], {"cancelled"})
+    counts = batch["request_counts"]
+    assert counts["completed"] >= 1 and counts["cancelled"] >= 1
+    assert counts["completed"] + counts["cancelled"] + counts["failed"] == 40
+    output = client.get(f"/v1/files/{batch['output_file_id']}/content").get_data(as_text=True).splitlines()
+    assert len(output) == counts["completed"]  # partial results stay readable
+    assert client.post(f"/v1/batches/{created['id']}/cancel").status_code == 409
+
+
+def _png(name="a.png"):
+    return (io.BytesIO(make_image()), name)
+
+
+BAD_BATCHES = {
+    "no input file": (lambda: {"json": {"endpoint": "/v1/chat/completions"}}, "invalid_field"),
+    "unknown input file": (lambda: {"json": {"input_file_id": "file_x", "endpoint": "/v1/chat/completions"}},
+                           "invalid_field"),
+    "native without images": (lambda: {"data": {"prompt": "x"}}, "missing_field"),
+    "native without prompt": (lambda: {"data": {"images": [_png()]}}, "missing_field"),
+    "duplicate names": (lambda: {"data": {"prompt": "x", "images": [_png(), _png()]}}, "duplicate_custom_id"),
+    "not a zip": (lambda: {"data": {"prompt": "x", "archive": (io.BytesIO(b"no"), "a.zip")}}, "invalid_archive"),
+    "unknown model": (lambda: {"data": {"prompt": "x", "model": "nope", "images": [_png()]}}, "unknown_model"),
+    "bad window": (lambda: {"data": {"prompt": "x", "completion_window": "forever", "images": [_png()]}},
+                   "invalid_field"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES, ids=list(BAD_BATCHES))
+def test_bad_batch_requests_get_clear_errors(client, case):
+    build, code = BAD_BATCHES[case]
+    response = client.post("/v1/batches", **build())
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_wrong_endpoint_for_an_existing_file_is_refused(client):
+    uploaded = client.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(b"{}"), "x.jsonl")}).get_json()
+    response = client.post("/v1/batches", json={"input_file_id": uploaded["id"], "endpoint": "/v1/completions"})
+    assert response.get_json()["error"] == {"code": "invalid_field", "details": {"field": "endpoint"},
+                                            "message": "'endpoint' must be /v1/chat/completions."}
+
+
+def test_idempotency_key_replays_the_batch(client, worker):
+    data = lambda: {"prompt": "x", "model": TINY, "max_tokens": "2",  # noqa: E731
+                    "images": [(io.BytesIO(make_image()), "a.png")]}
+    first = client.post("/v1/batches", data=data(), headers={"Idempotency-Key": "batch-once"}).get_json()
+    second = client.post("/v1/batches", data=data(), headers={"Idempotency-Key": "batch-once"})
+    assert second.headers["Idempotent-Replayed"] == "true" and second.get_json()["id"] == first["id"]
+
+
+def test_files_api_round_trip_and_errors(client):
+    upload = {"purpose": "batch", "file": (io.BytesIO(b"hello\n"), "h.jsonl")}
+    uploaded = client.post("/v1/files", data=upload).get_json()
+    assert uploaded["object"] == "file" and uploaded["bytes"] == 6 and uploaded["filename"] == "h.jsonl"
+    assert client.get(f"/v1/files/{uploaded['id']}").get_json() == uploaded
+    assert client.get(f"/v1/files/{uploaded['id']}/content").get_data() == b"hello\n"
+    assert client.delete(f"/v1/files/{uploaded['id']}").get_json() == {"id": uploaded["id"], "object": "file",
+                                                                        "deleted": True}
+    assert client.get(f"/v1/files/{uploaded['id']}").status_code == 404
+    assert client.post("/v1/files", data={"purpose": "batch"}).get_json()["error"]["code"] == "missing_field"
+    bad_purpose = client.post("/v1/files", data={"purpose": "x", "file": (io.BytesIO(b"1"), "a")}).get_json()
+    assert bad_purpose["error"]["code"] == "invalid_field"
