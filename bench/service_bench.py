@@ -3,14 +3,18 @@
     python -m bench.service_bench [--model tiny-random] [--batch-size 8] [--images 64] [--tokens 64]
 
 1. Raw engine: the worker's engine class in this process; submit every image at once, time until all are done.
-2. Service: real API (gunicorn) + real worker processes on a scratch SQLite database and Redis db;
-   submit every image over HTTP, poll until all succeeded.
-Both generate exactly --tokens tokens per image (EOS ignored), so they do the same work.
+2. Jobs: real API (gunicorn) + real worker processes on a scratch SQLite database and Redis db;
+   submit every image as a job over HTTP, poll until all succeeded.
+3. Batch: the same images as one native batch upload, until the batch is completed.
+4. Ingest: a generated --ingest-lines OpenAI batch file, from upload until every line is a queued job.
+Runs 1-3 generate exactly --tokens tokens per image (EOS ignored), so they do the same work.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -36,10 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Read this receipt and give the merchant, the date and the total."
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/13"
 BENCH_PORT = 8099
+BASE = f"http://127.0.0.1:{BENCH_PORT}"
+UNSERVED_MODEL = "bench-unserved"  # in the registry, never exported: its jobs stay queued (ingest run)
 
 
 def receipt_images(count: int, size: int = 448) -> list[bytes]:
-    """Receipt-like PNGs (text lines on white), each slightly different so none is a cache hit later."""
+    """Receipt-like PNGs (text lines on white), each slightly different."""
     images = []
     for index in range(count):
         image = Image.new("RGB", (size, size), "white")
@@ -61,7 +67,9 @@ def bench_engine(settings: Settings, model: str, images: list[bytes], tokens: in
     engine.warmup()
     prepared = [prepare_image(data, spec.max_pixels) for data in images]
     started = time.perf_counter()
-    handles = [engine.submit(GenerationRequest(PROMPT, image, tokens, ignore_eos=True)) for image in prepared]
+    with ThreadPoolExecutor(max_workers=settings.batch_size * 2) as pool:
+        handles = list(pool.map(
+            lambda image: engine.submit(GenerationRequest(PROMPT, image, tokens, ignore_eos=True)), prepared))
     for handle in handles:
         handle.result(timeout=3600)
     elapsed = time.perf_counter() - started
@@ -69,68 +77,101 @@ def bench_engine(settings: Settings, model: str, images: list[bytes], tokens: in
     return len(images) / elapsed
 
 
-def bench_service(settings_file: Path, model: str, images: list[bytes], tokens: int, workers: int) -> float:
+def bench_jobs(http: requests.Session, model: str, images: list[bytes], tokens: int) -> float:
     """Images per second from the first HTTP submit until every job is seen succeeded."""
-    env = {**os.environ, "VLQ_CONFIG": str(settings_file), "VLQ_MODELS": model, "PYTHONUNBUFFERED": "1"}
-    logs = open(settings_file.parent / "service.log", "wb")
-    processes = [subprocess.Popen([sys.executable, "-m", "service.cli", "api", "--workers", "2"],
-                                  cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT)]
-    processes += [subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--loglevel", "WARNING"],
-                                   cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT) for _ in range(workers)]
-    base = f"http://127.0.0.1:{BENCH_PORT}"
-    try:
-        _wait_ready(base, model, workers)
-        session = requests.Session()
-        started = time.perf_counter()
+    started = time.perf_counter()
 
-        def submit(data: bytes) -> str:
-            response = session.post(f"{base}/v1/jobs", files={"image": ("r.png", data, "image/png")}, data={
-                "prompt": PROMPT, "model": model, "max_tokens": tokens, "ignore_eos": "true", "priority": "bulk"})
-            response.raise_for_status()
-            return response.json()["id"]
+    def submit(data: bytes) -> str:
+        response = http.post(f"{BASE}/v1/jobs", files={"image": ("r.png", data, "image/png")}, data={
+            "prompt": PROMPT, "model": model, "max_tokens": tokens, "ignore_eos": "true", "priority": "bulk"})
+        response.raise_for_status()
+        return response.json()["id"]
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            ids = list(pool.map(submit, images))
-        _wait_all_succeeded(session, base, ids)
-        elapsed = time.perf_counter() - started
-        for process in processes:  # CPU used since start (start-up included), to see where the cores went
-            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-            seconds = sum(p.cpu_times().user + p.cpu_times().system for p in tree)
-            print(f"  cpu of `vlq {process.args[3]}`: {seconds:.1f}s")
-        return len(images) / elapsed
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=60)
-        logs.close()
-
-
-def _wait_all_succeeded(session: requests.Session, base: str, ids: list[str]) -> None:
-    """Poll oldest-first and stop each round at the first unfinished job, so the client steals little CPU."""
-    pending = list(ids)
-    while pending:
-        job = session.get(f"{base}/v1/jobs/{pending[0]}").json()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pending = list(pool.map(submit, images))
+    while pending:  # oldest first; each round stops at the first unfinished job, so polling costs little
+        job = http.get(f"{BASE}/v1/jobs/{pending[0]}").json()
         if job["status"] == "succeeded":
             pending.pop(0)
-            continue
-        if job["status"] in ("failed", "cancelled"):
+        elif job["status"] in ("failed", "cancelled"):
             raise RuntimeError(f"job {job['id']} {job['status']}: {job['error']}")
-        time.sleep(0.02)
+        else:
+            time.sleep(0.02)
+    return len(images) / (time.perf_counter() - started)
 
 
-def _wait_ready(base: str, model: str, workers: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
+def bench_batch(http: requests.Session, model: str, images: list[bytes], tokens: int) -> float:
+    """Images per second from a native batch upload until the batch is completed."""
+    started = time.perf_counter()
+    response = http.post(f"{BASE}/v1/batches", data={
+        "prompt": PROMPT, "model": model, "max_tokens": tokens, "ignore_eos": "true",
+    }, files=[("images", (f"r{index:05d}.png", data, "image/png")) for index, data in enumerate(images)])
+    response.raise_for_status()
+    batch = _wait_batch(http, response.json()["id"], {"completed", "failed", "cancelled"})
+    if batch["request_counts"]["completed"] != len(images):
+        raise RuntimeError(f"batch ended {batch['status']} with {batch['request_counts']}")
+    return len(images) / (time.perf_counter() - started)
+
+
+def bench_ingest(http: requests.Session, lines: int) -> tuple[float, float]:
+    """(upload seconds, ingest seconds) for an OpenAI batch file of `lines` requests, each with its own image."""
+    buffer = io.BytesIO()
+    for index in range(lines):
+        image = io.BytesIO()
+        Image.new("RGB", (32, 32), (index % 256, index // 256 % 256, 7)).save(image, "PNG")
+        url = "data:image/png;base64," + base64.b64encode(image.getvalue()).decode()
+        buffer.write(json.dumps({"custom_id": f"line-{index}", "method": "POST", "url": "/v1/chat/completions",
+                                 "body": {"model": UNSERVED_MODEL, "max_tokens": 16, "messages": [{"role": "user",
+                                          "content": [{"type": "text", "text": PROMPT},
+                                                      {"type": "image_url", "image_url": {"url": url}}]}]}})
+                     .encode() + b"\n")
+    started = time.perf_counter()
+    file = http.post(f"{BASE}/v1/files", data={"purpose": "batch"},
+                     files={"file": ("input.jsonl", buffer.getvalue())}).json()
+    uploaded = time.perf_counter()
+    batch = http.post(f"{BASE}/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                                                  "completion_window": "24h"}).json()
+    batch = _wait_batch(http, batch["id"], {"in_progress", "failed"})
+    ingested = time.perf_counter()
+    if batch["request_counts"]["total"] != lines:
+        raise RuntimeError(f"ingest ended {batch['status']}: {batch['request_counts']} {batch['errors']}")
+    http.post(f"{BASE}/v1/batches/{batch['id']}/cancel").raise_for_status()
+    return uploaded - started, ingested - uploaded
+
+
+def _wait_batch(http: requests.Session, batch_id: str, statuses: set[str]) -> dict:
+    while True:
+        batch = http.get(f"{BASE}/v1/batches/{batch_id}").json()
+        if batch["status"] in statuses:
+            return batch
+        time.sleep(0.05)
+
+
+def start_service(settings_file: Path, model: str, workers: int) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "VLQ_CONFIG": str(settings_file), "PYTHONUNBUFFERED": "1"}
+    logs = open(settings_file.parent / "service.log", "wb")
+    commands = [["api", "--workers", "2"], *[["worker", "--loglevel", "WARNING"]] * workers]
+    processes = [subprocess.Popen([sys.executable, "-m", "service.cli", *command], cwd=ROOT, env=env,
+                                  stdout=logs, stderr=subprocess.STDOUT) for command in commands]
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            body = requests.get(f"{base}/readyz", timeout=2).json()
-            live = [w for w in body["workers"] if w["models"].get(model, {}).get("status") == "live"]
-            if len(live) >= workers:
-                return
+            body = requests.get(f"{BASE}/readyz", timeout=2).json()
+            if sum(w["models"].get(model, {}).get("status") == "live" for w in body["workers"]) >= workers:
+                return processes
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    raise TimeoutError("the service did not become ready")
+    raise TimeoutError(f"the service did not become ready; see {settings_file.parent / 'service.log'}")
+
+
+def cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> str:
+    """CPU used by each service process since it started, to see where the cores went."""
+    parts = []
+    for process in processes:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        parts.append(f"vlq {process.args[3]} {sum(p.cpu_times().user + p.cpu_times().system for p in tree):.1f}s")
+    return ", ".join(parts)
 
 
 def main() -> None:
@@ -139,17 +180,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1, help="worker processes for the service run")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for the service runs")
+    parser.add_argument("--ingest-lines", type=int, default=10_000)
     args = parser.parse_args()
 
     base = load_settings()
     with tempfile.TemporaryDirectory(prefix="vlq-bench-") as tmp:
+        registry = {name: {key: value for key, value in vars(spec).items() if key != "name"}
+                    for name, spec in base.registry.items()}
+        registry[UNSERVED_MODEL] = {"source": "/nonexistent", "weight_format": "int8"}
         config = {
             "database_url": f"sqlite:///{tmp}/bench.db", "redis_url": BENCH_REDIS_URL, "blob_dir": f"{tmp}/blobs",
             "model_cache": str(Path(base.model_cache).resolve()), "batch_size": args.batch_size,
-            "port": BENCH_PORT,
-            "models": {name: {key: value for key, value in vars(spec).items() if key != "name"}
-                       for name, spec in base.registry.items()},
+            "port": BENCH_PORT, "models": registry, "default_model": args.model,
         }
         settings_file = Path(tmp) / "config.yaml"
         settings_file.write_text(yaml.safe_dump(config))
@@ -160,12 +203,28 @@ def main() -> None:
         redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
         images = receipt_images(args.images)
 
-        print(f"model={args.model} batch_size={args.batch_size} images={args.images} tokens/image={args.tokens}")
+        print(f"model={args.model} batch_size={args.batch_size} images={args.images} tokens/image={args.tokens} "
+              f"cores={os.cpu_count()}")
         engine_rate = bench_engine(settings, args.model, images, args.tokens)
-        print(f"raw engine:   {engine_rate:8.2f} images/s  {engine_rate * args.tokens:9.1f} generated tokens/s")
-        service_rate = bench_service(settings_file, args.model, images, args.tokens, args.workers)
-        print(f"service e2e:  {service_rate:8.2f} images/s  {service_rate * args.tokens:9.1f} generated tokens/s")
-        print(f"ratio service/engine: {service_rate / engine_rate:.2f}")
+        print(f"raw engine    {engine_rate:8.2f} images/s  {engine_rate * args.tokens:8.1f} tokens/s")
+        processes = start_service(settings_file, args.model, args.workers)
+        try:
+            http = requests.Session()
+            jobs_rate = bench_jobs(http, args.model, images, args.tokens)
+            print(f"service jobs  {jobs_rate:8.2f} images/s  ratio to engine {jobs_rate / engine_rate:.2f}  "
+                  f"overhead {1000 * (1 / jobs_rate - 1 / engine_rate):.1f} ms/image")
+            batch_rate = bench_batch(http, args.model, images, args.tokens)
+            print(f"service batch {batch_rate:8.2f} images/s  ratio to engine {batch_rate / engine_rate:.2f}  "
+                  f"overhead {1000 * (1 / batch_rate - 1 / engine_rate):.1f} ms/image")
+            upload_s, ingest_s = bench_ingest(http, args.ingest_lines)
+            print(f"ingest        {args.ingest_lines} lines: upload {upload_s:.2f}s, validate + insert + enqueue "
+                  f"{ingest_s:.2f}s ({args.ingest_lines / ingest_s:.0f} lines/s)")
+            print(f"cpu: {cpu_seconds(processes)}")
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import redis
 
+from service import client_cli
 from service.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("vlq")
@@ -151,6 +152,10 @@ def _export(settings: Settings, name: str, force: bool) -> None:
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name}: exported to {local.path} in {time.monotonic() - started:.1f}s")
+
+
+for _command in client_cli.COMMANDS:
+    cli.add_command(_command)
 
 
 # -- helpers --------------------------------------------------------------------------------

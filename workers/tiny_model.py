@@ -365,7 +365,6 @@ _CORPUS_PARAGRAPHS: tuple[str, ...] = (
 )
 
 
-
 def build_random_checkpoint(out_dir: Path, preset: str = "tiny-random", seed: int = 0) -> Path:
     """Write a complete random-weight Qwen3-VL Hugging Face checkpoint of ``preset`` into ``out_dir``."""
     if preset not in _PRESETS:

@@ -1,0 +1,169 @@
+"""`vlq submit | status | results | cancel`: the client side, talking to a VLQ server over HTTP only."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+console = Console(stderr=True)
+
+url_option = click.option("--url", envvar="VLQ_URL", default="http://127.0.0.1:8080", show_default=True,
+                          help="The VLQ server (or set VLQ_URL).")
+
+
+class Server:
+    """A thin HTTP client that turns VLQ's error bodies into readable messages."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self.http.request(method, self.url + path, timeout=kwargs.pop("timeout", 600), **kwargs)
+        except requests.ConnectionError:
+            raise click.ClickException(f"cannot reach VLQ at {self.url}; is it running (`make run`)?") from None
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                message = f"{error['code']}: {error['message']}"
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:300]
+            raise click.ClickException(f"{method} {path} -> {response.status_code} {message}")
+        return response
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--prompt", required=True, help="The question asked of every image.")
+@click.option("--model", help="A registry model (the server's default otherwise).")
+@click.option("--max-tokens", type=int)
+@click.option("--temperature", type=float)
+@click.option("--priority", type=click.Choice(["bulk", "interactive"]), default="bulk", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write results here when done (.csv or .jsonl); implies --wait.")
+@click.option("--wait/--no-wait", default=False, help="Follow progress until the batch ends.")
+@url_option
+def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: int | None,
+           temperature: float | None, priority: str, out: Path | None, wait: bool, url: str) -> None:
+    """Submit a folder, files or globs of images as one batch. Re-running the same command resumes it."""
+    images = collect_images(paths)
+    if not images:
+        raise click.ClickException("no .jpg, .jpeg, .png or .webp files found")
+    fields = {key: str(value) for key, value in {"prompt": prompt, "model": model, "max_tokens": max_tokens,
+                                                  "temperature": temperature, "priority": priority}.items()
+              if value is not None}
+    digests = {name: _sha256(path) for name, path in images.items()}
+    # The same images and options give the same key, so a re-run finds its batch instead of resubmitting.
+    key = "vlq-submit-" + hashlib.sha256(json.dumps([fields, sorted(digests.items())]).encode()).hexdigest()
+    server = Server(url)
+    handles = [("images", (name, path.open("rb"))) for name, path in images.items()]
+    try:
+        console.print(f"uploading {len(images)} images…")
+        response = server.call("POST", "/v1/batches", data=fields, files=handles, headers={"Idempotency-Key": key})
+    finally:
+        for _, (_, handle) in handles:
+            handle.close()
+    batch = response.json()
+    resumed = response.headers.get("Idempotent-Replayed") == "true"
+    total = batch["request_counts"]["total"]
+    console.print(f"{'resumed' if resumed else 'created'} batch {batch['id']} ({total} items)")
+    click.echo(batch["id"])
+    if wait or out:
+        batch = follow(server, batch["id"])
+        if out:
+            download(server, batch["id"], out)
+
+
+@click.command()
+@click.argument("batch_id")
+@url_option
+def status(batch_id: str, url: str) -> None:
+    """Show a batch's state and counts."""
+    batch = Server(url).call("GET", f"/v1/batches/{batch_id}").json()
+    click.echo(json.dumps({key: batch[key] for key in ("id", "status", "request_counts", "output_file_id",
+                                                        "error_file_id", "errors")}, indent=2))
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".csv or .jsonl")
+@url_option
+def results(batch_id: str, out: Path, url: str) -> None:
+    """Download a batch's results so far, one row per item."""
+    download(Server(url), batch_id, out)
+
+
+@click.command()
+@click.argument("batch_id")
+@url_option
+def cancel(batch_id: str, url: str) -> None:
+    """Cancel a batch: queued items stop, running ones finish, results so far stay readable."""
+    batch = Server(url).call("POST", f"/v1/batches/{batch_id}/cancel").json()
+    click.echo(f"{batch['id']}: {batch['status']}")
+
+
+def collect_images(paths: tuple[str, ...]) -> dict[str, Path]:
+    """custom_id -> file, from folders (recursively; ids relative to the folder), files and glob patterns."""
+    images: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = {str(f.relative_to(path)): f for f in sorted(path.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES}
+        elif path.is_file():
+            found = {path.name: path}
+        else:
+            found = {f.name: f for f in sorted(Path().glob(raw)) if f.suffix.lower() in IMAGE_SUFFIXES}
+        images.update(found)
+    return images
+
+
+def follow(server: Server, batch_id: str) -> dict[str, Any]:
+    """Poll the batch with a progress bar (counts, rate, ETA) until it ends."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f}/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    started = time.monotonic()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(batch_id, total=None, rate=0.0)
+        while True:
+            batch = server.call("GET", f"/v1/batches/{batch_id}").json()
+            counts = batch["request_counts"]
+            done = counts["completed"] + counts["failed"] + counts.get("cancelled", 0)
+            progress.update(task, total=counts["total"] or None, completed=done,
+                            description=f"{batch_id} {batch['status']}",
+                            rate=done / max(time.monotonic() - started, 1e-6))
+            if batch["status"] in TERMINAL:
+                break
+            time.sleep(0.5)
+    console.print(f"{batch_id}: {batch['status']} — {counts['completed']} succeeded, {counts['failed']} failed, "
+                  f"{counts.get('cancelled', 0)} cancelled")
+    return batch
+
+
+def download(server: Server, batch_id: str, out: Path) -> None:
+    fmt = "csv" if out.suffix.lower() == ".csv" else "jsonl"
+    response = server.call("GET", f"/v1/batches/{batch_id}/results", params={"format": fmt}, stream=True)
+    with out.open("wb") as handle:
+        for chunk in response.iter_content(chunk_size=256 * 1024):
+            handle.write(chunk)
+    console.print(f"results written to {out}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+COMMANDS = (submit, status, results, cancel)

@@ -1,0 +1,62 @@
+"""The `vlq` client commands against a live server and worker."""
+import csv
+import json
+
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from service.cli import cli
+from service.db import Database
+from service.models import Job
+from tests.conftest import TINY, make_image
+
+
+def _job_count(settings):
+    with Database(settings.database_url).session() as session:
+        return session.scalar(select(func.count()).select_from(Job))
+
+
+def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(tmp_path, live_server, worker, settings):
+    folder = tmp_path / "receipts"
+    (folder / "2024").mkdir(parents=True)
+    for index in range(3):
+        (folder / f"r{index}.png").write_bytes(make_image(color=(index * 50, 0, 0)))
+    (folder / "2024" / "scan.jpg").write_bytes(make_image("JPEG"))
+    (folder / "notes.txt").write_text("ignored")
+    out = tmp_path / "results.csv"
+    args = ["submit", str(folder), "--prompt", "Total?", "--model", TINY, "--max-tokens", "4",
+            "--out", str(out), "--url", live_server]
+
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    batch_id = first.stdout.strip().splitlines()[-1]
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(row["custom_id"] for row in rows) == ["2024/scan.jpg", "r0.png", "r1.png", "r2.png"]
+    assert all(row["status"] == "succeeded" for row in rows)
+
+    jobs_before = _job_count(settings)
+    second = CliRunner().invoke(cli, args)  # the same command again
+    assert second.exit_code == 0, second.output
+    assert second.stdout.strip().splitlines()[-1] == batch_id
+    assert "resumed" in second.output
+    assert _job_count(settings) == jobs_before  # nothing was submitted twice
+
+
+def test_status_results_and_cancel_commands(tmp_path, live_server, worker):
+    (tmp_path / "a.png").write_bytes(make_image())
+    submitted = CliRunner().invoke(cli, ["submit", str(tmp_path / "a.png"), "--prompt", "x", "--model", TINY,
+                                         "--max-tokens", "2", "--wait", "--url", live_server])
+    batch_id = submitted.stdout.strip().splitlines()[-1]
+    status = json.loads(CliRunner().invoke(cli, ["status", batch_id, "--url", live_server]).stdout)
+    assert status["status"] == "completed" and status["request_counts"]["completed"] == 1
+    out = tmp_path / "r.jsonl"
+    assert CliRunner().invoke(cli, ["results", batch_id, "--out", str(out), "--url", live_server]).exit_code == 0
+    assert json.loads(out.read_text().splitlines()[0])["custom_id"] == "a.png"
+    cancelled = CliRunner().invoke(cli, ["cancel", batch_id, "--url", live_server])
+    assert cancelled.exit_code != 0 and "batch_not_cancellable" in cancelled.output
+
+
+def test_the_cli_explains_an_unreachable_server(tmp_path):
+    (tmp_path / "a.png").write_bytes(make_image())
+    result = CliRunner().invoke(cli, ["submit", str(tmp_path), "--prompt", "x", "--url", "http://127.0.0.1:1"])
+    assert result.exit_code != 0 and "cannot reach VLQ" in result.output
