@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 
 from service import blobs, db, dispatch, errors, settings
-from service.api import health, jobs
+from service.api import health, jobs, webhooks
 from service.config import Settings
 
 
@@ -21,4 +21,5 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(webhooks.bp)
     return app

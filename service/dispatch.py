@@ -7,9 +7,18 @@ import redis
 from celery import Celery
 from flask import Flask, current_app
 
+from service import webhooks
 from service.config import Settings
+from service.db import get_db
 from service.settings import get_settings
-from workers.celery_app import CANCEL_CHANNEL, RUN_JOB_TASK, create_celery, job_queue
+from workers.celery_app import (
+    CANCEL_CHANNEL,
+    DELIVER_WEBHOOK_TASK,
+    RUN_JOB_TASK,
+    WEBHOOK_QUEUE,
+    create_celery,
+    job_queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +32,10 @@ class Dispatcher:
         """Send the job's task; call only after the job row is committed."""
         self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=job_queue(model, priority))
 
+    def enqueue_delivery(self, delivery_id: str, countdown: float | None = None) -> None:
+        """Send a webhook delivery's task; call only after its row is committed."""
+        self.celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE, countdown=countdown)
+
     def publish_cancel(self, job_id: str) -> None:
         """Tell every worker to stop `job_id` if it is running there."""
         self.redis.publish(CANCEL_CHANNEL, job_id)
@@ -33,7 +46,8 @@ class Dispatcher:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app))
+    dispatcher = app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app))
+    webhooks.attach_outbox(get_db(app).sessions, dispatcher.enqueue_delivery)
 
 
 def get_dispatcher() -> Dispatcher:

@@ -34,6 +34,8 @@ class JobRequest:
     metadata: dict[str, Any] | None
     image_sha256: str
     image: ImageInfo
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
     def fingerprint(self) -> str:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
@@ -69,6 +71,8 @@ def submit(
         metadata_=request.metadata,
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
+        webhook_url=request.webhook_url,
+        webhook_secret=request.webhook_secret,
     )
     try:
         session.commit()

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from service import webhooks
 from service.models import Job, JobEvent, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ def _transition(
     if result.rowcount != 1:
         return False
     attempt, worker = session.execute(select(Job.attempts, Job.worker).where(Job.id == job_id)).one()
-    session.add(JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now))
+    job_event = JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now)
+    session.add(job_event)
+    if target.terminal:
+        webhooks.record_job_event(session, job_id, job_event)  # the outbox: same transaction as the transition
     log.info("job %s: %s -> %s (attempt %s)", job_id, source.value, target.value, attempt)
     return True

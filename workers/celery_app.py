@@ -15,6 +15,8 @@ from service.models import Priority
 RUN_JOB_TASK = "vlq.run_job"
 CANCEL_CHANNEL = "vlq:cancel"
 IDLE_QUEUE = "vlq.idle"  # consumed by a worker that has no model loaded, so it still stays up
+DELIVER_WEBHOOK_TASK = "vlq.deliver_webhook"
+WEBHOOK_QUEUE = "vlq.webhooks"  # every worker consumes it, after its inference queues
 
 
 def job_queue(model: str, priority: str) -> str:
@@ -33,7 +35,7 @@ def worker_queues(models: Iterable[str]) -> list[str]:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for `settings`; the API uses one to send, workers to consume."""
-    app = Celery("vlq", broker=settings.redis_url, include=["workers.inference"])
+    app = Celery("vlq", broker=settings.redis_url, include=["workers.inference", "workers.webhooks"])
     app.conf.update(
         # Long inference tasks: acknowledge after the work, take one task per free slot,
         # and let Redis redeliver only after the longest job could have finished.
