@@ -80,6 +80,7 @@ class Settings:
     webhook_retry_schedule_s: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_timeout_s: float = 10.0  # connect + answer, per attempt
     webhook_concurrency: int = 4  # deliveries one worker sends at once, beside its inference slots
+    webhook_queue: str = "vlq.webhooks"  # the Celery queue deliveries go through; every worker consumes it
     webhook_secret: str = ""  # used for a job's webhook_url when the job brings no webhook_secret
     egress_allow_cidrs: tuple[str, ...] = ()  # private ranges outbound requests may reach anyway
 

@@ -15,7 +15,6 @@ from workers.celery_app import (
     CANCEL_CHANNEL,
     DELIVER_WEBHOOK_TASK,
     RUN_JOB_TASK,
-    WEBHOOK_QUEUE,
     create_celery,
     job_queue,
 )
@@ -26,6 +25,7 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     def __init__(self, settings: Settings) -> None:
         self.celery: Celery = create_celery(settings)
+        self.webhook_queue = settings.webhook_queue
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
     def enqueue(self, job_id: str, model: str, priority: str) -> None:
@@ -34,7 +34,7 @@ class Dispatcher:
 
     def enqueue_delivery(self, delivery_id: str, countdown: float | None = None) -> None:
         """Send a webhook delivery's task; call only after its row is committed."""
-        self.celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE, countdown=countdown)
+        self.celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=self.webhook_queue, countdown=countdown)
 
     def publish_cancel(self, job_id: str) -> None:
         """Tell every worker to stop `job_id` if it is running there."""

@@ -16,7 +16,6 @@ RUN_JOB_TASK = "vlq.run_job"
 CANCEL_CHANNEL = "vlq:cancel"
 IDLE_QUEUE = "vlq.idle"  # consumed by a worker that has no model loaded, so it still stays up
 DELIVER_WEBHOOK_TASK = "vlq.deliver_webhook"
-WEBHOOK_QUEUE = "vlq.webhooks"  # every worker consumes it, after its inference queues
 
 
 def job_queue(model: str, priority: str) -> str:

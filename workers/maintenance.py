@@ -61,8 +61,9 @@ def recover_orphaned_jobs(
 def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Settings, limit: int = 500) -> int:
     """Enqueue deliveries that are due and held by no worker: retries past a long wait, a dead worker's, lost sends.
 
-    A delivery this pass enqueued is not enqueued again until a lease's length later, so a backlog in
-    the webhooks queue does not grow with every pass. Returns how many were enqueued.
+    A delivery is left alone for one sweep interval after it fell due (its own send normally takes it
+    within milliseconds), and one this pass enqueued is not enqueued again until a lease's length later,
+    so a backlog in the webhooks queue does not grow with every pass. Returns how many were enqueued.
     """
     now = utcnow()
     quiet_since = now - timedelta(seconds=settings.webhook_lease_s)
@@ -70,6 +71,7 @@ def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Setti
         ids = list(session.scalars(
             select(WebhookDelivery.id)
             .where(*webhooks.due_filter(now))
+            .where(WebhookDelivery.next_attempt_at <= now - timedelta(seconds=settings.sweep_interval_s))
             .where((WebhookDelivery.enqueued_at.is_(None)) | (WebhookDelivery.enqueued_at < quiet_since))
             .order_by(WebhookDelivery.next_attempt_at).limit(limit)
         ))

@@ -20,7 +20,7 @@ from service.config import Settings
 from service.db import Database
 from service.dispatch import Dispatcher
 from workers import maintenance
-from workers.celery_app import CANCEL_CHANNEL, WEBHOOK_QUEUE, worker_queues
+from workers.celery_app import CANCEL_CHANNEL, worker_queues
 from workers.engines import create_engine
 from workers.engines.base import Engine, RequestHandle
 from workers.registry import candidate_models
@@ -80,7 +80,7 @@ class WorkerRuntime:
 
     def queues(self) -> list[str]:
         """The queues to consume: those of the models that loaded, then webhook deliveries."""
-        return [*worker_queues(self.engines), WEBHOOK_QUEUE]
+        return [*worker_queues(self.engines), self.settings.webhook_queue]
 
     def _load_models(self) -> None:
         for model in candidate_models(self.settings):
