@@ -197,5 +197,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"VLQ_MODELS names model(s) not in the registry: {', '.join(missing)}")
     if not settings.webhook_retry_schedule_s or min(settings.webhook_retry_schedule_s) < 0:
         raise ConfigError("webhook_retry_schedule_s must list at least one delay, none negative")
+    if settings.webhook_secret and not settings.webhook_secret.startswith("whsec_"):
+        raise ConfigError("webhook_secret must be a Standard Webhooks secret, whsec_<base64>")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")
