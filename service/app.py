@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 
 from service import blobs, db, dispatch, errors, settings
-from service.api import batches, files, health, jobs
+from service.api import batches, files, health, jobs, webhooks
 from service.config import Settings
 
 
@@ -23,4 +23,5 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(webhooks.bp)
     return app

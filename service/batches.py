@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service import lifecycle
+from service import lifecycle, webhooks
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db import Database
@@ -46,6 +46,7 @@ _TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     BatchStatus.FINALIZING: frozenset({BatchStatus.COMPLETED}),
     BatchStatus.CANCELLING: frozenset({BatchStatus.CANCELLED}),
 }
+_ENDINGS = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED})
 _STAMPS = {
     BatchStatus.IN_PROGRESS: "in_progress_at", BatchStatus.FINALIZING: "finalizing_at",
     BatchStatus.COMPLETED: "completed_at", BatchStatus.FAILED: "failed_at", BatchStatus.EXPIRED: "expired_at",
@@ -280,6 +281,10 @@ def transition(session: Session, batch_id: str, source: BatchStatus, target: Bat
         raise ValueError(f"no batch transition {source.value} -> {target.value}")
     result = session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == source.value).values(
         status=target.value, **{_STAMPS[target]: utcnow()}, **values))
-    if result.rowcount == 1:
-        log.info("batch %s: %s -> %s", batch_id, source.value, target.value)
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    log.info("batch %s: %s -> %s", batch_id, source.value, target.value)
+    if target in _ENDINGS:  # the outbox: the batch summary, in the same transaction as its ending
+        batch = session.get(Batch, batch_id, populate_existing=True)
+        webhooks.record_event(session, f"batch.{target.value}", batch_id, render(session, batch))
+    return True

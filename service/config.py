@@ -77,6 +77,14 @@ class Settings:
     sweep_interval_s: float = 5.0
     cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
 
+    # Webhooks. The schedule is the delay before each attempt (Standard Webhooks' default).
+    webhook_retry_schedule_s: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_timeout_s: float = 10.0  # connect + answer, per attempt
+    webhook_concurrency: int = 4  # deliveries one worker sends at once, beside its inference slots
+    webhook_queue: str = "vlq.webhooks"  # the Celery queue deliveries go through; every worker consumes it
+    webhook_secret: str = ""  # used for a job's webhook_url when the job brings no webhook_secret
+    egress_allow_cidrs: tuple[str, ...] = ()  # private ranges outbound requests may reach anyway
+
     @property
     def worker_concurrency(self) -> int:
         """Jobs a worker holds at once: one batch generating, one being claimed and decoded behind it."""
@@ -86,6 +94,11 @@ class Settings:
     def visibility_timeout_s(self) -> int:
         """Redis redelivers unacknowledged tasks after this; it must outlast the longest job."""
         return self.job_timeout_s * 2 + 60
+
+    @property
+    def webhook_lease_s(self) -> float:
+        """How long a worker holds a delivery: longer than one attempt can take (connect, answer, body)."""
+        return 3 * self.webhook_timeout_s + 5
 
     def model(self, name: str) -> ModelSpec | None:
         return self.registry.get(name)
@@ -149,7 +162,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return hint(value)
         if origin is tuple:
             items = value.split(",") if isinstance(value, str) else value
-            return tuple(str(item).strip() for item in items if str(item).strip())
+            element = typing.get_args(hint)[0]
+            return tuple(element(str(item).strip()) for item in items if str(item).strip())
         if hint is str:
             return str(value)
     except (TypeError, ValueError) as exc:
@@ -182,5 +196,9 @@ def _validate(settings: Settings) -> None:
     missing = [name for name in settings.models if name not in settings.registry]
     if missing:
         raise ConfigError(f"VLQ_MODELS names model(s) not in the registry: {', '.join(missing)}")
+    if not settings.webhook_retry_schedule_s or min(settings.webhook_retry_schedule_s) < 0:
+        raise ConfigError("webhook_retry_schedule_s must list at least one delay, none negative")
+    if settings.webhook_secret and not settings.webhook_secret.startswith("whsec_"):
+        raise ConfigError("webhook_secret must be a Standard Webhooks secret, whsec_<base64>")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")

@@ -64,8 +64,8 @@ def init_app(app: Flask) -> None:
     app.teardown_appcontext(_close_request_session)
 
 
-def get_db() -> Database:
-    return current_app.extensions["vlq.db"]
+def get_db(app: Flask | None = None) -> Database:
+    return (app or current_app).extensions["vlq.db"]
 
 
 def get_session() -> Session:

@@ -8,10 +8,19 @@ import redis
 from celery import Celery
 from flask import Flask, current_app
 
+from service import webhooks
 from service.config import Settings
+from service.db import get_db
 from service.models import Job
 from service.settings import get_settings
-from workers.celery_app import CANCEL_CHANNEL, RUN_JOB_TASK, SERVICE_QUEUE, create_celery, job_queue
+from workers.celery_app import (
+    CANCEL_CHANNEL,
+    DELIVER_WEBHOOK_TASK,
+    RUN_JOB_TASK,
+    SERVICE_QUEUE,
+    create_celery,
+    job_queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +28,7 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     def __init__(self, settings: Settings) -> None:
         self.celery: Celery = create_celery(settings)
+        self.webhook_queue = settings.webhook_queue
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
     def enqueue(self, jobs: Iterable[Job]) -> None:
@@ -32,6 +42,10 @@ class Dispatcher:
         """Send a service task (batch ingest, finalize) to the queue every worker consumes."""
         self.celery.send_task(task, args=list(args), queue=SERVICE_QUEUE)
 
+    def enqueue_delivery(self, delivery_id: str, countdown: float | None = None) -> None:
+        """Send a webhook delivery's task; call only after its row is committed."""
+        self.celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=self.webhook_queue, countdown=countdown)
+
     def publish_cancel(self, job_id: str) -> None:
         """Tell every worker to stop `job_id` if it is running there."""
         self.redis.publish(CANCEL_CHANNEL, job_id)
@@ -42,7 +56,8 @@ class Dispatcher:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app))
+    dispatcher = app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app))
+    webhooks.attach_outbox(get_db(app).sessions, dispatcher.enqueue_delivery)
 
 
 def get_dispatcher() -> Dispatcher:

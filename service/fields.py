@@ -5,7 +5,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from service import egress
+from service.config import Settings
 from service.errors import ApiError
+from service.webhook_signing import secret_key
 
 _MISSING = object()
 
@@ -85,3 +88,31 @@ def _bounded(fields: dict[str, Any], name: str, kind: type, default: Any, low: A
 
 def _invalid(name: str, problem: str, **details: Any) -> ApiError:
     return ApiError(400, "invalid_field", f"'{name}' {problem}.", {"field": name, **details})
+
+
+def webhook_url_option(fields: dict[str, Any], name: str, settings: Settings) -> str | None:
+    """An http(s) URL that resolves to an address outbound requests may reach (the SSRF guard, at submit time)."""
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 2048:
+        raise ApiError(400, "invalid_webhook_url", f"'{name}' must be an http(s) URL of at most 2048 characters.",
+                       {"field": name})
+    try:
+        egress.resolve(value, settings.egress_allow_cidrs)
+    except egress.EgressDenied as exc:
+        code = "webhook_url_forbidden" if exc.code == "forbidden_address" else "invalid_webhook_url"
+        raise ApiError(400, code, f"'{name}' is not accepted: {exc}.", {"field": name, "reason": exc.code}) from None
+    return value
+
+
+def webhook_secret_option(fields: dict[str, Any], name: str) -> str | None:
+    """A Standard Webhooks secret, `whsec_<base64>`."""
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        secret_key(value)
+    except ValueError as exc:
+        raise _invalid(name, str(exc)) from None
+    return value

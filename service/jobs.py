@@ -46,6 +46,8 @@ class JobRequest:
     metadata: dict[str, Any] | None
     image_sha256: str
     image: ImageInfo
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
     def fingerprint(self) -> str:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
@@ -93,6 +95,8 @@ def submit(
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
         **request.options.job_fields(),
+        webhook_url=request.webhook_url,
+        webhook_secret=request.webhook_secret,
     )
     try:
         session.commit()

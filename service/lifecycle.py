@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from service import webhooks
 from service.models import Job, JobEvent, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def create_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
         {"job_id": row["id"], "type": f"job.{row['status']}", "attempt": 0, "worker": None, "created_at": now}
         for row in rows
     ])
+    refused = [row["id"] for row in rows if row["status"] == JobStatus.FAILED.value]
+    webhooks.record_job_events(session, refused, "job.failed")
 
 
 def cancel_queued_in_batch(session: Session, batch_id: str) -> int:
@@ -71,6 +74,7 @@ def cancel_queued_in_batch(session: Session, batch_id: str) -> int:
             {"job_id": job_id, "type": "job.cancelled", "attempt": 0, "worker": None, "created_at": now}
             for job_id in cancelled
         ])
+        webhooks.record_job_events(session, list(cancelled), "job.cancelled")
     return len(cancelled)
 
 
@@ -149,6 +153,9 @@ def _transition(
     if result.rowcount != 1:
         return False
     attempt, worker = session.execute(select(Job.attempts, Job.worker).where(Job.id == job_id)).one()
-    session.add(JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now))
+    job_event = JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now)
+    session.add(job_event)
+    if target.terminal:
+        webhooks.record_job_event(session, job_id, job_event)  # the outbox: same transaction as the transition
     log.info("job %s: %s -> %s (attempt %s)", job_id, source.value, target.value, attempt)
     return True

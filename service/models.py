@@ -184,6 +184,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
 
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))  # never shown by the API
+
     def to_dict(self) -> dict[str, Any]:
         """The job as the API shows it."""
         usage = None
@@ -218,6 +221,7 @@ class Job(Base):
             "metadata": self.metadata_,
             "batch_id": self.batch_id,
             "custom_id": self.custom_id,
+            "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
         }
 
     def _timings(self) -> dict[str, float | None]:
@@ -242,6 +246,71 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(32))  # "job.<status>"
     attempt: Mapped[int] = mapped_column(Integer)
     worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+class WebhookEndpoint(Base):
+    """A receiver registered once (POST /v1/webhooks) for every event its filter matches."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[str] | None] = mapped_column(JSON)  # None: every event type
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # "active" | "disabled" (a 410 from the receiver)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One event to one receiver: its id is the `webhook-id`, the same on every attempt.
+
+    Created in the transaction that records the event (the outbox); delivered by workers, retried
+    from `next_attempt_at`, and held by one worker at a time through `lease_until`.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_type", "subject_id", "target", name="uq_webhook_deliveries_event_target"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(40), index=True)  # the job (or batch) the event is about
+    target: Mapped[str] = mapped_column(String(40))  # an endpoint id, or "request" for the job's own webhook_url
+    endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent on every attempt
+    status: Mapped[str] = mapped_column(String(16))  # pending | succeeded | failed | cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """The log of one delivery attempt."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(String(64))  # timeout | connection_error | forbidden_address
+    latency_ms: Mapped[float]
+    response_body: Mapped[str | None] = mapped_column(Text)  # truncated
+    next_attempt_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
 
 

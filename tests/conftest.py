@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +20,14 @@ import pytest
 import redis
 import yaml
 from PIL import Image
+from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
 from service import presence
 from service.app import create_app
 from service.config import Settings, load_settings
 from service.migrate import upgrade
+from service.webhook_signing import generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("VLQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -81,6 +86,10 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "heartbeat_interval_s": 0.5,
         "heartbeat_ttl_s": 3,
         "sweep_interval_s": 1,
+        # Webhooks: a fast schedule and short timeouts, and loopback allowed so the test receiver can be reached.
+        "webhook_retry_schedule_s": [0, 0.2, 0.3, 0.4, 1.2],
+        "webhook_timeout_s": 1,
+        "egress_allow_cidrs": ["127.0.0.0/8"],
         "models": {
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
             # Aliases of the same export, each served only by the workers a test starts for it.
@@ -208,3 +217,136 @@ def wait_for_status(client: Any, job_id: str, statuses: set[str], timeout: float
             return job
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} stayed {job['status']}")
+
+
+# -- webhook receiver --------------------------------------------------------------------------
+
+@dataclass
+class Delivery:
+    """One request the receiver got: its webhook-id, whether the signature verified, the payload, its answer."""
+
+    webhook_id: str
+    verified: bool
+    payload: dict[str, Any] | None
+    answered: int | None  # the status it answered, None if it was stalled or timed out
+
+
+class Receiver:
+    """A real HTTP server on loopback that verifies every request with `standardwebhooks` and answers from a script.
+
+    Script entries: a status code, (status, {headers}), "timeout" (answers only after the sender gave up),
+    or "stall" (holds the request until `release()`; `stalled` is set when one arrives). Then 200s.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.secret = generate_secret()
+        self.deliveries: list[Delivery] = []
+        self.stalled = threading.Event()
+        self._released = threading.Event()
+        self._script: list[Any] = []
+        self._lock = threading.Lock()
+        self._timeout_s = timeout_s
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+
+    def script(self, *answers: Any) -> None:
+        self._script = list(answers)
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while len(self.deliveries) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.deliveries) >= count, f"got {len(self.deliveries)} deliveries, wanted {count}"
+        return self.deliveries
+
+    def close(self) -> None:
+        self._released.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                try:
+                    payload = Webhook(receiver.secret).verify(body, dict(self.headers))
+                    verified = True
+                except Exception:
+                    payload, verified = json.loads(body or b"null"), False
+                with receiver._lock:
+                    answer = receiver._script.pop(0) if receiver._script else 200
+                    record = Delivery(self.headers.get("webhook-id", ""), verified, payload, None)
+                    receiver.deliveries.append(record)
+                if answer == "stall":
+                    receiver.stalled.set()
+                    receiver._released.wait(60)
+                    return
+                if answer == "timeout":
+                    time.sleep(receiver._timeout_s + 0.5)
+                    return
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                record.answered = status
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def receiver(settings: Settings) -> Iterator[Receiver]:
+    server = Receiver(settings.webhook_timeout_s)
+    yield server
+    server.close()
+
+
+def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-priority", **fields: Any) -> str:
+    """A job taken through queued -> running -> `status` by the state machine (and so through the outbox)."""
+    from service import lifecycle
+    from service.models import Job, JobStatus, new_id
+
+    job_id = new_id("job")
+    with database.session() as session:
+        lifecycle.create_job(session, id=job_id, model=model, prompt="p", priority="bulk", image_sha256="0" * 64,
+                             image_format="PNG", image_width=1, image_height=1, max_tokens=4, temperature=0.0,
+                             ignore_eos=False, request_sha256="x", **fields)
+    with database.session() as session:
+        lifecycle.claim(session, job_id, "test-worker")
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        assert lifecycle.finish(session, job, JobStatus(status), result_text="forty-two", prompt_tokens=3,
+                                completion_tokens=2)
+    return job_id
+
+
+def drive_delivery(database: Any, settings: Settings, delivery_id: str, timeout: float = 20) -> Any:
+    """Make each due attempt of a delivery (a worker may make some of them) until it is no longer pending."""
+    from service.models import WebhookDelivery, utcnow
+    from workers.webhooks import deliver
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with database.session() as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery.status != "pending":
+            return delivery
+        if delivery.next_attempt_at <= utcnow():
+            deliver(database, settings, delivery_id)
+        time.sleep(0.02)
+    raise TimeoutError(f"delivery {delivery_id} still pending")

@@ -16,6 +16,7 @@ RUN_JOB_TASK = "vlq.run_job"
 CANCEL_CHANNEL = "vlq:cancel"
 # Batch ingest and finalize: every worker consumes it (before its model queues), even one without a model.
 SERVICE_QUEUE = "vlq.service"
+DELIVER_WEBHOOK_TASK = "vlq.deliver_webhook"
 
 
 def job_queue(model: str, priority: str) -> str:
@@ -34,7 +35,8 @@ def worker_queues(models: Iterable[str]) -> list[str]:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for `settings`; the API uses one to send, workers to consume."""
-    app = Celery("vlq", broker=settings.redis_url, include=["workers.inference", "workers.batches"])
+    app = Celery("vlq", broker=settings.redis_url,
+                 include=["workers.inference", "workers.batches", "workers.webhooks"])
     app.conf.update(
         # Long inference tasks: acknowledge after the work, take one task per free slot,
         # and let Redis redeliver only after the longest job could have finished.

@@ -1,17 +1,20 @@
-"""Housekeeping that keeps the promise "every accepted job ends": recover jobs whose worker died."""
+"""Housekeeping that keeps two promises: every accepted job ends, and every webhook delivery is sent.
+
+Recovers jobs whose worker died, and re-sends deliveries that are due but in no worker's hands.
+"""
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from service import batches, lifecycle
+from service import batches, lifecycle, webhooks
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db import Database
 from service.dispatch import Dispatcher
-from service.models import Batch, BatchStatus, Job, JobStatus, utcnow
+from service.models import Batch, BatchStatus, Job, JobStatus, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +66,29 @@ def finalize_finished_batches(db: Database, blobs: BlobStore) -> int:
             Batch.finalizing_at.is_(None),
         )).all()
     return sum(batches.maybe_finalize(db, blobs, batch_id) for batch_id in candidates)
+
+
+def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Settings, limit: int = 500) -> int:
+    """Enqueue deliveries that are due and held by no worker: retries past a long wait, a dead worker's, lost sends.
+
+    A delivery is left alone for one sweep interval after it fell due (its own send normally takes it
+    within milliseconds), and one this pass enqueued is not enqueued again until a lease's length later,
+    so a backlog in the webhooks queue does not grow with every pass. Returns how many were enqueued.
+    """
+    now = utcnow()
+    quiet_since = now - timedelta(seconds=settings.webhook_lease_s)
+    with db.session() as session:
+        ids = list(session.scalars(
+            select(WebhookDelivery.id)
+            .where(*webhooks.due_filter(now))
+            .where(WebhookDelivery.next_attempt_at <= now - timedelta(seconds=settings.sweep_interval_s))
+            .where((WebhookDelivery.enqueued_at.is_(None)) | (WebhookDelivery.enqueued_at < quiet_since))
+            .order_by(WebhookDelivery.next_attempt_at).limit(limit)
+        ))
+        if ids:
+            session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(enqueued_at=now))
+    for delivery_id in ids:
+        dispatcher.enqueue_delivery(delivery_id)
+    if ids:
+        log.info("re-sent %d due webhook deliveries", len(ids))
+    return len(ids)

@@ -10,10 +10,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from service import presence
+from service import presence, webhooks
 from service.blobs import LocalBlobStore
 from service.config import Settings
 from service.db import Database
@@ -47,6 +48,8 @@ class WorkerRuntime:
         self.db = Database(settings.database_url)
         self.blobs = LocalBlobStore(settings.blob_dir)
         self.dispatcher = Dispatcher(settings)
+        webhooks.attach_outbox(self.db.sessions, self.dispatcher.enqueue_delivery)
+        self.webhook_pool = BoundedPool(settings.webhook_concurrency, name="vlq-webhook")
         self.engines: dict[str, Engine] = {}
         self.models: dict[str, dict[str, Any]] = {}  # name -> {"status": loading|live|unavailable, "reason"?}
         self._active: dict[str, RequestHandle | None] = {}
@@ -68,6 +71,7 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.webhook_pool.shutdown()
         presence.withdraw(self.dispatcher.redis, self.name)
         for engine in self.engines.values():
             engine.close()
@@ -75,8 +79,8 @@ class WorkerRuntime:
         self.db.dispose()
 
     def queues(self) -> list[str]:
-        """The queues to consume: those of the models that loaded."""
-        return worker_queues(self.engines)
+        """The queues to consume: those of the models that loaded, then webhook deliveries."""
+        return [*worker_queues(self.engines), self.settings.webhook_queue]
 
     def _load_models(self) -> None:
         for model in candidate_models(self.settings):
@@ -183,6 +187,7 @@ class WorkerRuntime:
                     live = set(presence.live_workers(self.dispatcher.redis))
                     maintenance.recover_orphaned_jobs(self.db, self.dispatcher, self.settings, live)
                     maintenance.finalize_finished_batches(self.db, self.blobs)
+                    maintenance.requeue_due_deliveries(self.db, self.dispatcher, self.settings)
             except Exception:
                 log.exception("sweep failed; will retry")
 
@@ -200,3 +205,32 @@ class JobTracker:
     @property
     def cancelled(self) -> bool:
         return self._runtime._is_cancelled(self._job_id)
+
+
+class BoundedPool:
+    """A few threads for side work (webhook deliveries), so it never takes the Celery threads inference needs.
+
+    `submit` blocks only while `2 × size` tasks are already waiting or running here.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+        self._slots = threading.BoundedSemaphore(size * 2)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._slots.acquire()
+        try:
+            self._executor.submit(self._run, fn, *args, **kwargs)
+        except RuntimeError:  # shut down meanwhile; the work stays due in the database
+            self._slots.release()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            log.exception("%s failed; it stays due and will be retried", getattr(fn, "__name__", fn))
+        finally:
+            self._slots.release()

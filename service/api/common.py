@@ -52,6 +52,10 @@ def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
 
 
 
+
+
+
+
 def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, str | None]:
     """(limit, cursor) from the query string."""
     limit = int_option(request.args.to_dict(), "limit", default=default_limit, low=1, high=max_limit)

@@ -10,13 +10,25 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from service import jobs, lifecycle
-from service.api.common import get_or_404, page, page_params, priority_option, request_fields
+from service.api.common import (
+    get_or_404,
+    page,
+    page_params,
+    priority_option,
+    request_fields,
+)
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
-from service.fields import choice_option, json_object_option, required_text
+from service.fields import (
+    choice_option,
+    json_object_option,
+    required_text,
+    webhook_secret_option,
+    webhook_url_option,
+)
 from service.images import decode_image_field, inspect_image
 from service.models import Job, JobStatus, Priority
 from service.settings import get_settings
@@ -107,4 +119,20 @@ def _parse_job_request(settings: Settings, fields: dict[str, Any], image_bytes: 
         metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
         image_sha256=hashlib.sha256(image_bytes).hexdigest(),
         image=info,
+        **_webhook_options(settings, fields),
     )
+
+
+def _webhook_options(settings: Settings, fields: dict[str, Any]) -> dict[str, str | None]:
+    """The job's own webhook; without a webhook_secret it is signed with the configured webhook_secret."""
+    url = webhook_url_option(fields, "webhook_url", settings)
+    secret = webhook_secret_option(fields, "webhook_secret")
+    if url is None:
+        if secret is not None:
+            raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})
+        return {}
+    secret = secret or settings.webhook_secret or None
+    if secret is None:
+        raise ApiError(400, "missing_field", "'webhook_secret' is required: this server has no default webhook_secret.",
+                       {"field": "webhook_secret"})
+    return {"webhook_url": url, "webhook_secret": secret}

@@ -1,0 +1,158 @@
+"""Webhook deliveries: claim a due delivery, POST it signed, log the attempt, and schedule the next one.
+
+The task is thin: it hands the delivery id to the worker's small webhook pool and returns, so a slow
+receiver holds a webhook thread, never an inference slot. The database is the source of truth: a
+delivery is held through a lease, and one whose worker died is found by the periodic pass once the
+lease expires (`workers.maintenance.requeue_due_deliveries`).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy import select, update
+
+from service import egress
+from service.config import Settings
+from service.db import Database
+from service.dispatch import Dispatcher
+from service.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
+from service.webhook_signing import signed_headers
+from service.webhooks import cancel_pending, due_filter
+from workers.celery_app import DELIVER_WEBHOOK_TASK
+from workers.runtime import current_runtime
+
+log = logging.getLogger(__name__)
+
+MAX_LOGGED_BODY = 1024  # bytes of the receiver's answer kept in the log
+SHORT_DELAY_S = 60.0  # retries sooner than this go through a Celery countdown; later ones wait for the periodic pass
+_JITTER = 0.1  # each delay is stretched by up to 10%, so retries to one receiver spread out
+
+
+@shared_task(name=DELIVER_WEBHOOK_TASK)
+def deliver_webhook(delivery_id: str) -> None:
+    runtime = current_runtime()
+    runtime.webhook_pool.submit(deliver, runtime.db, runtime.settings, delivery_id, dispatcher=runtime.dispatcher)
+
+
+def deliver(db: Database, settings: Settings, delivery_id: str, *, dispatcher: Dispatcher | None = None) -> str | None:
+    """Make one attempt at a due delivery; returns its status after it, or None if it was not ours to make."""
+    attempt = _claim(db, settings, delivery_id)
+    if attempt is None:
+        return None
+    with db.session() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id) if delivery.endpoint_id else None
+        if endpoint is not None and (endpoint.status != "active" or endpoint.deleted_at is not None):
+            state = "deleted" if endpoint.deleted_at is not None else endpoint.status
+            cancel_pending(session, endpoint.id, f"endpoint {state}")
+            session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(lease_until=None))
+            return "cancelled"
+    body = delivery.body.encode()
+    headers = {"content-type": "application/json", "user-agent": "vlq-webhooks/1",
+               **signed_headers(delivery.secret, delivery.id, body)}
+
+    started = time.monotonic()
+    status_code: int | None = None
+    response_body: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    try:
+        response = egress.post(delivery.url, body, headers, allow_cidrs=settings.egress_allow_cidrs,
+                               timeout_s=settings.webhook_timeout_s, max_body_bytes=MAX_LOGGED_BODY)
+        status_code = response.status
+        response_body = response.body.decode("utf-8", errors="replace")
+        retry_after = _retry_after_s(response.headers.get("retry-after"))
+    except egress.EgressDenied as exc:
+        error, response_body = exc.code, str(exc)
+    except egress.EgressFailed as exc:
+        error, response_body = exc.kind, str(exc)[:MAX_LOGGED_BODY]
+    latency_ms = (time.monotonic() - started) * 1000
+
+    outcome, delay = _judge(settings, attempt, status_code, error, retry_after)
+    now = utcnow()
+    next_at = now + timedelta(seconds=delay) if delay is not None else None
+    with db.session() as session:
+        won = session.execute(update(WebhookDelivery).where(
+            WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt,
+        ).values(
+            status=outcome, next_attempt_at=next_at, lease_until=None, last_status_code=status_code,
+            last_error=error, finished_at=None if outcome == "pending" else now,
+        )).rowcount == 1
+        if not won:  # our lease ran out and another worker took the delivery over; its attempt counts
+            log.warning("delivery %s: attempt %s lost its lease; dropping its outcome", delivery_id, attempt)
+            return None
+        session.add(WebhookAttempt(delivery_id=delivery_id, attempt=attempt, status_code=status_code, error=error,
+                                   latency_ms=latency_ms, response_body=response_body, next_attempt_at=next_at,
+                                   created_at=now))
+        if status_code == 410 and delivery.endpoint_id:
+            _disable(session, delivery.endpoint_id)
+    log.info("delivery %s (%s -> %s) attempt %s: %s %s", delivery_id, delivery.event_type, delivery.url, attempt,
+             status_code or error, f"retry in {delay:.1f}s" if delay is not None else outcome)
+    if delay is not None and delay < SHORT_DELAY_S and dispatcher is not None:
+        dispatcher.enqueue_delivery(delivery_id, countdown=delay + 0.05)
+    return outcome
+
+
+def next_delay_s(settings: Settings, attempts_made: int, retry_after_s: float | None = None) -> float | None:
+    """Seconds until the next attempt after `attempts_made` failures, or None when the schedule is spent."""
+    schedule = settings.webhook_retry_schedule_s
+    if attempts_made >= len(schedule):
+        return None
+    delay = schedule[attempts_made] * (1 + random.uniform(0, _JITTER))
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max(schedule)))  # honoured, but never past the longest wait
+    return delay
+
+
+def _claim(db: Database, settings: Settings, delivery_id: str) -> int | None:
+    """Take the lease on a due delivery; returns the attempt number, or None if it is not due or is held."""
+    now = utcnow()
+    with db.session() as session:
+        claimed = session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, *due_filter(now))
+                                  .values(lease_until=now + timedelta(seconds=settings.webhook_lease_s),
+                                          attempts=WebhookDelivery.attempts + 1)
+                                  .execution_options(synchronize_session=False)).rowcount == 1
+        if not claimed:
+            return None
+        return session.scalar(select(WebhookDelivery.attempts).where(WebhookDelivery.id == delivery_id))
+
+
+def _judge(settings: Settings, attempt: int, status_code: int | None, error: str | None,
+           retry_after: float | None) -> tuple[str, float | None]:
+    """(status, delay before the next attempt or None) after one attempt."""
+    if status_code is not None and 200 <= status_code < 300:
+        return "succeeded", None
+    retryable = error in ("timeout", "connection_error") or status_code == 429 or (
+        status_code is not None and status_code >= 500)
+    if not retryable:  # other 4xx, a 410, a refused address: sending again would not help
+        return "failed", None
+    delay = next_delay_s(settings, attempt, retry_after)
+    return ("pending", delay) if delay is not None else ("failed", None)
+
+
+def _disable(session: Any, endpoint_id: str) -> None:
+    reason = "The receiver answered 410 Gone."
+    session.execute(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.status == "active")
+                    .values(status="disabled", disabled_reason=reason, disabled_at=utcnow()))
+    cancel_pending(session, endpoint_id, reason)
+    log.warning("webhook endpoint %s disabled: %s", endpoint_id, reason)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - utcnow()).total_seconds())
+    except (TypeError, ValueError):
+        return None
