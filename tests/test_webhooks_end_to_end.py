@@ -1,5 +1,6 @@
 """HTTP request -> worker runs the job -> its terminal event is delivered, signed, by a worker to a real receiver."""
 import base64
+import io
 import os
 import signal
 import time
@@ -58,3 +59,17 @@ def test_a_delivery_survives_its_worker_being_killed_mid_request(client, start_w
     assert sum(1 for d in receiver.deliveries if d.answered == 200) == 1
     assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"  # untouched by the webhook
     rescuer.stop()
+
+
+def test_a_registered_endpoint_receives_the_batch_summary_when_it_completes(client, worker, receiver):
+    endpoint = client.post("/v1/webhooks", json={"url": receiver.url, "events": ["batch.completed"]}).get_json()
+    receiver.secret = endpoint["secret"]
+    batch = client.post("/v1/batches", data={"prompt": "Total?", "max_tokens": "2", "images": [
+        (io.BytesIO(make_image()), "a.png"), (io.BytesIO(b"junk"), "b.png")]}).get_json()
+    try:
+        [delivery] = receiver.wait_for(1, timeout=60)
+    finally:
+        client.delete(f"/v1/webhooks/{endpoint['id']}")
+    assert delivery.verified
+    assert delivery.payload["type"] == "batch.completed" and delivery.payload["data"]["id"] == batch["id"]
+    assert delivery.payload["data"]["request_counts"] == {"total": 2, "completed": 1, "failed": 1, "cancelled": 0}
