@@ -131,7 +131,7 @@ def model_build_tiny(force: bool) -> None:
 
 def _export(settings: Settings, name: str, force: bool) -> None:
     from workers.export import ExportError, export_model
-    from workers.registry import TINY_SOURCE, local_model
+    from workers.registry import builtin_preset, local_model
 
     spec = settings.model(name)
     if spec is None:
@@ -142,11 +142,13 @@ def _export(settings: Settings, name: str, force: bool) -> None:
         return
     started = time.monotonic()
     try:
-        if spec.source == TINY_SOURCE:
-            from workers.tiny_model import build_tiny_checkpoint
+        preset = builtin_preset(spec)
+        if preset:
+            from workers.random_model import build_random_checkpoint
 
-            with tempfile.TemporaryDirectory(prefix="vlq-tiny-") as tmp:
-                export_model(build_tiny_checkpoint(Path(tmp) / "checkpoint"), local.path, spec.weight_format)
+            with tempfile.TemporaryDirectory(prefix="vlq-random-") as tmp:
+                checkpoint = build_random_checkpoint(Path(tmp) / "checkpoint", preset)
+                export_model(checkpoint, local.path, spec.weight_format)
         else:
             export_model(spec.source, local.path, spec.weight_format)
     except ExportError as exc:

@@ -27,7 +27,7 @@ class ModelSpec:
     """One registry entry: where a model comes from and how it is exported and run."""
 
     name: str
-    source: str  # a hub id, a local checkpoint directory, or "builtin:tiny-random"
+    source: str  # a hub id, a local checkpoint directory, or "builtin:<preset>" (random weights, built offline)
     weight_format: str = "int8"
     max_pixels: int = 448 * 448  # images are scaled down to at most this many pixels
     device: str = "CPU"
@@ -40,6 +40,7 @@ class ModelSpec:
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "qwen3-vl-2b": {"source": "Qwen/Qwen3-VL-2B-Instruct", "weight_format": "int8"},
     "tiny-random": {"source": "builtin:tiny-random", "weight_format": "fp16"},
+    "qwen3-vl-2b-random": {"source": "builtin:qwen3-vl-2b-random", "weight_format": "int8"},
 }
 
 

@@ -9,7 +9,13 @@ from service.config import ModelSpec, Settings
 # The exporter writes this file last among the model's parts; export.py renames the folder into
 # place only after a successful export, so its presence means the export is whole.
 _EXPORT_MARKER = "openvino_language_model.xml"
+BUILTIN_PREFIX = "builtin:"  # built offline by workers.random_model: the real architecture, random weights
 TINY_SOURCE = "builtin:tiny-random"
+
+
+def builtin_preset(spec: ModelSpec) -> str | None:
+    """The random_model preset a `builtin:` source names, else None."""
+    return spec.source.removeprefix(BUILTIN_PREFIX) if spec.source.startswith(BUILTIN_PREFIX) else None
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class LocalModel:
         """What is wrong, and the command that fixes it."""
         if self.spec.source == TINY_SOURCE:
             how = "run `vlq model build-tiny` (offline, under a minute)"
+        elif builtin_preset(self.spec):
+            how = f"run `vlq model export {self.spec.name}` (offline: random weights, the real architecture)"
         elif Path(self.spec.source).is_dir():
             how = f"run `vlq model export {self.spec.name}` to export the local checkpoint {self.spec.source}"
         else:

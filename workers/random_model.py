@@ -391,9 +391,6 @@ def build_random_checkpoint(out_dir: Path, preset: str = "tiny-random", seed: in
     return out_dir
 
 
-def build_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
-    """Write the ``tiny-random`` checkpoint into ``out_dir`` (shorthand for build_random_checkpoint)."""
-    return build_random_checkpoint(out_dir, "tiny-random", seed)
 
 
 def _build_tokenizer(spec: _Preset) -> Any:
