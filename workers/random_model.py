@@ -569,12 +569,10 @@ def _generation_config(token_ids: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def _image_processor_config(spec: _Preset) -> dict[str, Any]:
-    """Return preprocessor_config.json for the Qwen2-VL image processor as Qwen3-VL uses it."""
-    min_pixels, max_pixels = spec.image_pixels
+def _processor_common(spec: _Preset, processor_key: str, processor_type: str) -> dict[str, Any]:
+    """The settings Qwen3-VL's image and video processors share: normalisation and the patch grid."""
     return {
-        # The slow processor: the "Fast" variant needs torchvision, which is not installed.
-        "image_processor_type": "Qwen2VLImageProcessor",
+        processor_key: processor_type,
         "processor_class": "Qwen3VLProcessor",
         "do_resize": True,
         "do_rescale": True,
@@ -587,6 +585,15 @@ def _image_processor_config(spec: _Preset) -> dict[str, Any]:
         "patch_size": spec.vision["patch_size"],
         "merge_size": spec.vision["spatial_merge_size"],
         "temporal_patch_size": spec.vision["temporal_patch_size"],
+    }
+
+
+def _image_processor_config(spec: _Preset) -> dict[str, Any]:
+    """Return preprocessor_config.json for the Qwen2-VL image processor as Qwen3-VL uses it."""
+    min_pixels, max_pixels = spec.image_pixels
+    # The slow processor: the "Fast" variant needs torchvision, which is not installed.
+    return {
+        **_processor_common(spec, "image_processor_type", "Qwen2VLImageProcessor"),
         # Qwen3-VL expresses the pixel budget as size.{shortest,longest}_edge (in pixels²);
         # min_pixels/max_pixels carry the same numbers for readers that look for those
         # (OpenVINO GenAI prefers them and falls back to size.*, so either way it agrees).
@@ -600,20 +607,8 @@ def _video_processor_config(spec: _Preset) -> dict[str, Any]:
     """Return video_preprocessor_config.json mirroring Qwen3-VL's video processor settings."""
     min_pixels, max_pixels = spec.video_pixels
     return {
-        "video_processor_type": "Qwen3VLVideoProcessor",
-        "processor_class": "Qwen3VLProcessor",
-        "do_resize": True,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "do_convert_rgb": True,
+        **_processor_common(spec, "video_processor_type", "Qwen3VLVideoProcessor"),
         "do_sample_frames": True,
-        "resample": 3,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-        "patch_size": spec.vision["patch_size"],
-        "merge_size": spec.vision["spatial_merge_size"],
-        "temporal_patch_size": spec.vision["temporal_patch_size"],
         "fps": 2,
         "min_frames": 4,
         "max_frames": spec.video_max_frames,

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from service import batches, jobs
-from service.api.common import get_or_404, page, page_params, priority_option, request_fields
+from service.api.common import get_or_404, newest_first, page, priority_option, request_fields
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import Database, get_db, get_session
@@ -136,14 +136,9 @@ def _uploaded_images() -> Iterator[tuple[str, bytes]]:
 
 @bp.get("")
 def list_batches() -> ResponseReturnValue:
-    limit, cursor = page_params()
-    query = select(Batch).order_by(Batch.id.desc()).limit(limit + 1)
-    if cursor:
-        query = query.where(Batch.id < cursor)
-    session = get_session()
-    rows = list(session.scalars(query))
-    counts = batches.request_counts(session, [row.id for row in rows])
-    return jsonify(page(rows, limit, lambda batch: batch.to_dict(counts[batch.id]), key=lambda batch: batch.id))
+    rows, limit = newest_first(Batch)
+    counts = batches.request_counts(get_session(), [row.id for row in rows])
+    return jsonify(page(rows, limit, lambda batch: batch.to_dict(counts[batch.id])))
 
 
 @bp.get("/<batch_id>")

@@ -5,8 +5,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from flask import request
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.db import get_session
 from service.errors import ApiError
 from service.fields import choice_option, int_option
 from service.models import Priority
@@ -63,9 +65,19 @@ def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, 
     return limit, request.args.get("cursor") or request.args.get("after") or None
 
 
-def page(
-    rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]], key: Callable[[T], str]
-) -> dict[str, Any]:
+def newest_first(model: Any, *conditions: Any, max_limit: int = 100) -> tuple[list[Any], int]:
+    """One page of `model` rows matching `conditions`, newest first (ids sort by time), after the cursor.
+
+    Returns (rows, limit); rows holds one extra row when there are more, which `page` uses and drops.
+    """
+    limit, cursor = page_params(max_limit=max_limit)
+    query = select(model).where(*conditions)
+    if cursor:
+        query = query.where(model.id < cursor)
+    return list(get_session().scalars(query.order_by(model.id.desc()).limit(limit + 1))), limit
+
+
+def page(rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]]) -> dict[str, Any]:
     """A list response from up to limit+1 rows: the extra row only tells whether there is more."""
     shown = rows[:limit]
     has_more = len(rows) > limit
@@ -73,9 +85,9 @@ def page(
         "object": "list",
         "data": [render(row) for row in shown],
         "has_more": has_more,
-        "next_cursor": key(shown[-1]) if has_more and shown else None,
-        "first_id": key(shown[0]) if shown else None,
-        "last_id": key(shown[-1]) if shown else None,
+        "next_cursor": shown[-1].id if has_more and shown else None,
+        "first_id": shown[0].id if shown else None,
+        "last_id": shown[-1].id if shown else None,
     }
 
 

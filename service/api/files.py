@@ -5,7 +5,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from service.api.common import get_or_404, page, page_params, request_fields
+from service.api.common import get_or_404, newest_first, page, request_fields
 from service.batches import store_file
 from service.blobs import get_blobs
 from service.db import get_session
@@ -36,14 +36,9 @@ def upload() -> ResponseReturnValue:
 
 @bp.get("")
 def list_files() -> ResponseReturnValue:
-    limit, cursor = page_params(max_limit=10_000)
-    query = select(File).order_by(File.id.desc()).limit(limit + 1)
-    if request.args.get("purpose"):
-        query = query.where(File.purpose == request.args["purpose"])
-    if cursor:
-        query = query.where(File.id < cursor)
-    rows = list(get_session().scalars(query))
-    return jsonify(page(rows, limit, File.to_dict, key=lambda file: file.id))
+    purpose = request.args.get("purpose")
+    rows, limit = newest_first(File, *([File.purpose == purpose] if purpose else []), max_limit=10_000)
+    return jsonify(page(rows, limit, File.to_dict))
 
 
 @bp.get("/<file_id>")

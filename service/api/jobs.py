@@ -12,8 +12,8 @@ from sqlalchemy import select
 from service import jobs, lifecycle
 from service.api.common import (
     get_or_404,
+    newest_first,
     page,
-    page_params,
     priority_option,
     request_fields,
 )
@@ -55,15 +55,9 @@ def create_job() -> ResponseReturnValue:
 
 @bp.get("")
 def list_jobs() -> ResponseReturnValue:
-    limit, cursor = page_params()
-    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
     status = choice_option(request.args.to_dict(), "status", choices=[s.value for s in JobStatus], default="")
-    if status:
-        query = query.where(Job.status == status)
-    if cursor:
-        query = query.where(Job.id < cursor)
-    rows = list(get_session().scalars(query))
-    return jsonify(page(rows, limit, Job.to_dict, key=lambda job: job.id))
+    rows, limit = newest_first(Job, *([Job.status == status] if status else []))
+    return jsonify(page(rows, limit, Job.to_dict))
 
 
 @bp.get("/<job_id>")

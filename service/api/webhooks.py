@@ -5,10 +5,9 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
 from service import webhooks
-from service.api.common import get_or_404, page, page_params, request_fields
+from service.api.common import get_or_404, newest_first, page, request_fields
 from service.db import get_session
 from service.errors import ApiError
 from service.fields import webhook_secret_option, webhook_url_option
@@ -40,12 +39,8 @@ def create_endpoint() -> ResponseReturnValue:
 
 @bp.get("")
 def list_endpoints() -> ResponseReturnValue:
-    limit, cursor = page_params()
-    query = select(WebhookEndpoint).where(WebhookEndpoint.deleted_at.is_(None))
-    if cursor:
-        query = query.where(WebhookEndpoint.id < cursor)
-    rows = list(get_session().scalars(query.order_by(WebhookEndpoint.id.desc()).limit(limit + 1)))
-    return jsonify(page(rows, limit, webhooks.endpoint_to_dict, key=lambda endpoint: endpoint.id))
+    rows, limit = newest_first(WebhookEndpoint, WebhookEndpoint.deleted_at.is_(None))
+    return jsonify(page(rows, limit, webhooks.endpoint_to_dict))
 
 
 @bp.get("/<endpoint_id>")
@@ -67,20 +62,12 @@ def delete_endpoint(endpoint_id: str) -> ResponseReturnValue:
 @bp.get("/deliveries")
 def list_deliveries() -> ResponseReturnValue:
     """The delivery log, newest first; filter by `job_id` (or any `subject_id`), `endpoint_id`, `status`."""
-    limit, cursor = page_params()
     args = request.args
-    query = select(WebhookDelivery)
-    subject = args.get("job_id") or args.get("subject_id")
-    for column, value in ((WebhookDelivery.subject_id, subject), (WebhookDelivery.endpoint_id, args.get("endpoint_id")),
-                          (WebhookDelivery.status, args.get("status"))):
-        if value:
-            query = query.where(column == value)
-    if cursor:
-        query = query.where(WebhookDelivery.id < cursor)
-    session = get_session()
-    rows = list(session.scalars(query.order_by(WebhookDelivery.id.desc()).limit(limit + 1)))
-    logs = webhooks.attempts_of(session, [row.id for row in rows])
-    return jsonify(page(rows, limit, lambda row: webhooks.delivery_to_dict(row, logs[row.id]), key=lambda row: row.id))
+    filters = ((WebhookDelivery.subject_id, args.get("job_id") or args.get("subject_id")),
+               (WebhookDelivery.endpoint_id, args.get("endpoint_id")), (WebhookDelivery.status, args.get("status")))
+    rows, limit = newest_first(WebhookDelivery, *(column == value for column, value in filters if value))
+    logs = webhooks.attempts_of(get_session(), [row.id for row in rows])
+    return jsonify(page(rows, limit, lambda row: webhooks.delivery_to_dict(row, logs[row.id])))
 
 
 @bp.get("/deliveries/<delivery_id>")
