@@ -22,7 +22,7 @@ class LocalModel:
     def exported(self) -> bool:
         """Whether this machine can serve the model: an export on disk, or for OCR, the rapidocr package."""
         if self.spec.engine == "rapidocr":
-            return importlib.util.find_spec("rapidocr") is not None
+            return self.path.is_dir()
         return (self.path / _EXPORT_MARKER).is_file()
 
     def missing_reason(self) -> str:
@@ -41,6 +41,10 @@ class LocalModel:
 
 
 def local_model(settings: Settings, spec: ModelSpec) -> LocalModel:
+    if spec.engine == "rapidocr":  # its models ship inside the package; nothing is exported
+        found = importlib.util.find_spec("rapidocr")
+        path = Path(found.origin).parent / "models" if found and found.origin else Path("rapidocr-not-installed")
+        return LocalModel(spec=spec, path=path)
     return LocalModel(spec=spec, path=Path(settings.model_cache) / spec.export_dir_name)
 
 

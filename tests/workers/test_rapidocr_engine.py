@@ -11,6 +11,12 @@ from workers.engines.base import GenerationRequest
 from workers.registry import local_model
 
 
+def test_the_model_is_available_wherever_the_package_is_installed():
+    settings = load_settings({"default_model": "rapidocr"}, environ={})
+    local = local_model(settings, settings.registry["rapidocr"])
+    assert local.exported and any(local.path.glob("*.onnx"))  # PP-OCR models inside the wheel
+
+
 @pytest.fixture(scope="module")
 def engine():
     settings = load_settings({"default_model": "rapidocr"}, environ={})
