@@ -15,7 +15,8 @@ import jsonschema
 from service.errors import ApiError
 from service.structured import check_schema, compile_schema
 
-OCR_MODEL = "rapidocr"
+OCR_MODEL = "rapidocr"  # the registry model the `ocr` preset runs on
+OCR_ENGINE = "rapidocr"
 
 _MONEY = {"type": ["number", "null"], "minimum": 0}
 _LINE_ITEMS = {
@@ -100,7 +101,7 @@ def _build(name: str, fields: dict[str, Any], models: Mapping[str, Any], max_tok
         raise PresetError(f"preset {name!r}: model {fields['model']!r} is not in the model registry")
     preset = Preset(name=name, **{**fields, "labels": tuple(fields.get("labels") or ())})
     schema = preset.output_schema()
-    if preset.model is not None and getattr(models[preset.model], "engine", None) == OCR_MODEL:
+    if preset.model is not None and getattr(models[preset.model], "engine", None) == OCR_ENGINE:
         if schema is not None or preset.ground_with_ocr:
             raise PresetError(f"preset {name!r}: an OCR model takes no schema and no OCR grounding")
     if schema is not None:
