@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench tiny migrate worker api lock clean
+.PHONY: run test bench eval tiny migrate worker api lock clean
 
 run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker
 	$(BIN)/vlq run
@@ -14,6 +14,9 @@ test: $(STAMP)  ## the whole suite against real Redis, SQLite, Postgres and work
 
 bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
 	$(BIN)/python -m bench.service_bench
+
+eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts and invoices -> docs/BENCHMARKS.md
+	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md
 
 tiny: $(STAMP)  ## build and export the tiny random-weight Qwen3-VL (offline, once)
 	$(BIN)/vlq model build-tiny

@@ -38,7 +38,7 @@ from workers.registry import local_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Read this receipt and give the merchant, the date and the total."
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/13"
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/11"  # apart from the tests (15)
 BENCH_PORT = 8099
 BASE = f"http://127.0.0.1:{BENCH_PORT}"
 UNSERVED_MODEL = "bench-unserved"  # in the registry, never exported: its jobs stay queued (ingest run)

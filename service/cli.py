@@ -137,6 +137,9 @@ def _export(settings: Settings, name: str, force: bool) -> None:
     if spec is None:
         raise click.ClickException(f"no model named {name!r}; known: {', '.join(settings.registry)}")
     local = local_model(settings, spec)
+    if spec.engine == "rapidocr":
+        click.echo(f"{name}: nothing to export, its models ship in the rapidocr package ({local.path})")
+        return
     if local.exported and not force:
         click.echo(f"{name}: already exported at {local.path}")
         return

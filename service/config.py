@@ -14,8 +14,11 @@ from typing import Any
 
 import yaml
 
+from service.presets import Preset, PresetError, build_presets
+
 ENV_PREFIX = "VLQ_"
 WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
+ENGINES = ("openvino-vlm", "rapidocr")
 
 
 class ConfigError(ValueError):
@@ -31,6 +34,7 @@ class ModelSpec:
     weight_format: str = "int8"
     max_pixels: int = 448 * 448  # images are scaled down to at most this many pixels
     device: str = "CPU"
+    engine: str = "openvino-vlm"  # openvino-vlm | rapidocr
 
     @property
     def export_dir_name(self) -> str:
@@ -41,6 +45,9 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "qwen3-vl-2b": {"source": "Qwen/Qwen3-VL-2B-Instruct", "weight_format": "int8"},
     "tiny-random": {"source": "builtin:tiny-random", "weight_format": "fp16"},
     "qwen3-vl-2b-random": {"source": "builtin:qwen3-vl-2b-random", "weight_format": "int8"},
+    # PP-OCR models that ship inside the rapidocr wheel; OCR wants resolution, hence the larger pixel budget.
+    "rapidocr": {"source": "builtin:rapidocr", "weight_format": "fp32", "engine": "rapidocr",
+                 "max_pixels": 4_000_000},
 }
 
 
@@ -60,6 +67,7 @@ class Settings:
     models: tuple[str, ...] = ()  # restricts what a worker serves; empty serves every exported model
     default_model: str = "qwen3-vl-2b"
     registry: Mapping[str, ModelSpec] = field(default_factory=dict)
+    presets: Mapping[str, Preset] = field(default_factory=dict)  # built-ins overlaid with config.yaml `presets:`
 
     # Input limits.
     max_image_bytes: int = 20 * 1024 * 1024
@@ -131,7 +139,7 @@ def _read_yaml(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(Settings)} - {"registry"}
+    names = {f.name for f in dataclasses.fields(Settings)} - {"registry", "presets"}
     return {
         name: environ[f"{ENV_PREFIX}{name.upper()}"]
         for name in names
@@ -145,8 +153,14 @@ def _build(values: dict[str, Any]) -> Settings:
     unknown = set(values) - fields
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    kwargs = {name: _coerce(name, hints[name], value) for name, value in values.items() if name != "registry"}
+    kwargs = {name: _coerce(name, hints[name], value) for name, value in values.items()
+              if name not in ("registry", "presets")}
     kwargs["registry"] = _build_registry(values.get("registry", {}))
+    try:
+        kwargs["presets"] = build_presets(values.get("presets"), kwargs["registry"],
+                                          kwargs.get("max_tokens_limit", Settings.max_tokens_limit))
+    except PresetError as exc:
+        raise ConfigError(str(exc)) from None
     settings = Settings(**kwargs)
     _validate(settings)
     return settings
@@ -185,6 +199,8 @@ def _build_registry(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
         spec = ModelSpec(name=name, **entry)
         if spec.weight_format not in WEIGHT_FORMATS:
             raise ConfigError(f"model {name!r}: weight_format must be one of {', '.join(WEIGHT_FORMATS)}")
+        if spec.engine not in ENGINES:
+            raise ConfigError(f"model {name!r}: engine must be one of {', '.join(ENGINES)}")
         registry[name] = spec
     return registry
 

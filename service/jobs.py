@@ -18,7 +18,7 @@ from service.dispatch import Dispatcher
 from service.errors import ApiError
 from service.fields import bool_option, float_option, int_option
 from service.images import ImageInfo
-from service.models import Job, JobEvent, new_id
+from service.models import Job, JobEvent, JobStatus, new_id
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,26 @@ class JobRequest:
     image: ImageInfo
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    preset: str | None = None
+    response_schema: dict[str, Any] | None = None
+    ground_with_ocr: bool = False
+    no_cache: bool = False  # run it even if an identical request already has a result
 
     def fingerprint(self) -> str:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
         fields = asdict(self) | {"image": None}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    def cache_key(self) -> str | None:
+        """What makes two requests' results interchangeable; None if the result must not be reused.
+
+        Sampled (temperature > 0) results are random draws, and ignore_eos runs are load tests: neither is cached.
+        The preset counts through what it resolved to (prompt, model, schema, max_tokens), not by name.
+        """
+        if self.options.temperature > 0 or self.options.ignore_eos:
+            return None
+        fields = {"image": self.image_sha256, "model": self.options.model, "prompt": self.prompt,
+                  "max_tokens": self.options.max_tokens, "schema": self.response_schema, "ocr": self.ground_with_ocr}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -82,6 +98,7 @@ def submit(
             return existing, True
 
     blobs.put(image_bytes)
+    cache_key = request.cache_key()
     job = lifecycle.create_job(
         session,
         id=new_id("job"),
@@ -92,12 +109,17 @@ def submit(
         image_width=request.image.width,
         image_height=request.image.height,
         metadata_=request.metadata,
+        preset=request.preset,
+        response_schema=request.response_schema,
+        ground_with_ocr=request.ground_with_ocr,
+        cache_key=cache_key,
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
         **request.options.job_fields(),
         webhook_url=request.webhook_url,
         webhook_secret=request.webhook_secret,
     )
+    cached = cache_key is not None and not request.no_cache and _answer_from_cache(session, job, cache_key)
     try:
         session.commit()
     except IntegrityError:
@@ -107,6 +129,9 @@ def submit(
         if existing is None:
             raise
         return existing, True
+    if cached:
+        session.refresh(job)
+        return job, False
 
     try:
         dispatcher.enqueue([job])
@@ -120,6 +145,18 @@ def submit(
                        "The job queue (Redis) is not reachable, so the job was not accepted; retry shortly.",
                        headers={"Retry-After": "5"}) from None
     return job, False
+
+
+def _answer_from_cache(session: Session, job: Job, cache_key: str) -> bool:
+    """Finish `job` with the newest succeeded result of an identical request, if there is one."""
+    source = session.scalars(
+        select(Job).where(Job.cache_key == cache_key, Job.status == JobStatus.SUCCEEDED.value, Job.id != job.id)
+        .order_by(Job.finished_at.desc()).limit(1)
+    ).first()
+    if source is None:
+        return False
+    session.flush()  # the new row must exist for its conditional UPDATE
+    return lifecycle.complete_from_cache(session, job.id, source)
 
 
 def _by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:

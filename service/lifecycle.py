@@ -3,7 +3,8 @@
     queued ──> running ──> succeeded | failed | cancelled
       │           │
       │           └──> queued   (requeued after its worker died)
-      └──> cancelled
+      ├──> cancelled
+      └──> succeeded   (answered from the dedup cache, never run)
 
 Each transition is one conditional UPDATE, so concurrent actors (API, workers, the sweeper)
 cannot both win: a worker's finishing write is fenced by the attempt number it claimed.
@@ -23,7 +24,7 @@ from service.models import Job, JobEvent, JobStatus, utcnow
 log = logging.getLogger(__name__)
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SUCCEEDED}),
     JobStatus.RUNNING: frozenset({JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
 }
 
@@ -99,6 +100,18 @@ def finish(
         session, job.id, JobStatus.RUNNING, status, now,
         values={"finished_at": now, **values},
         fence={"attempts": job.attempts, "worker": job.worker},
+    )
+
+
+def complete_from_cache(session: Session, job_id: str, source: Job) -> bool:
+    """queued -> succeeded with `source`'s result; the job never runs, and costs no tokens or engine time."""
+    now = utcnow()
+    return _transition(
+        session, job_id, JobStatus.QUEUED, JobStatus.SUCCEEDED, now,
+        values={"started_at": now, "finished_at": now, "cached_from": source.cached_from or source.id,
+                "result_text": source.result_text, "result_json": source.result_json,
+                "result_lines": source.result_lines, "prompt_tokens": 0 if source.prompt_tokens is not None else None,
+                "completion_tokens": 0 if source.completion_tokens is not None else None, "inference_ms": 0.0},
     )
 
 

@@ -162,12 +162,20 @@ class Job(Base):
     temperature: Mapped[float]
     ignore_eos: Mapped[bool] = mapped_column(default=False)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    preset: Mapped[str | None] = mapped_column(String(64))
+    response_schema: Mapped[dict[str, Any] | None]  # the output must validate against it (preset or response_format)
+    ground_with_ocr: Mapped[bool] = mapped_column(default=False)
+    # Identical requests share a key (see service.cache); None for requests that are never cached.
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    cached_from: Mapped[str | None] = mapped_column(String(40))  # the job whose result this one reused
 
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_sha256: Mapped[str] = mapped_column(String(64))
 
     result_text: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | length | cancelled
+    result_json: Mapped[dict[str, Any] | None]  # the parsed output of a schema-constrained job
+    result_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # OCR: [{text, box, confidence}]
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]
     ttft_ms: Mapped[float | None]
@@ -211,7 +219,10 @@ class Job(Base):
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
-            "result": None if self.result_text is None else {"text": self.result_text},
+            "preset": self.preset,
+            "result": self._result(),
+            "cached": self.cached_from is not None,
+            "cache_of": self.cached_from,
             "usage": usage,
             "timings": self._timings(),
             "batch_size": self.batch_size,
@@ -223,6 +234,16 @@ class Job(Base):
             "custom_id": self.custom_id,
             "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
         }
+
+    def _result(self) -> dict[str, Any] | None:
+        if self.result_text is None:
+            return None
+        result: dict[str, Any] = {"text": self.result_text}
+        if self.response_schema is not None:
+            result["json"] = self.result_json
+        if self.result_lines is not None:
+            result["lines"] = self.result_lines
+        return result
 
     def _timings(self) -> dict[str, float | None]:
         return {

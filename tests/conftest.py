@@ -94,10 +94,10 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
             # Aliases of the same export, each served only by the workers a test starts for it.
             **{alias: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128}
-               for alias in ("tiny-victim", "tiny-priority")},
+               for alias in ("tiny-victim", "tiny-priority", "tiny-grounded")},
         },
     }
-    for alias in ("tiny-victim", "tiny-priority"):
+    for alias in ("tiny-victim", "tiny-priority", "tiny-grounded"):
         link = model_cache / f"{alias}-fp16"
         if not link.exists():
             link.symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)

@@ -1,12 +1,13 @@
 """Inference tasks. The task is thin: it takes a job id and calls `execute_job`, which tests call directly."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from celery import shared_task, signals
 
-from service import batches, lifecycle
+from service import batches, lifecycle, structured
 from service.blobs import BlobNotFound
 from service.models import Job, JobStatus
 from workers.celery_app import RUN_JOB_TASK, SERVICE_QUEUE
@@ -39,15 +40,21 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=("model_unavailable", f"This worker does not serve {job.model!r}."))
         try:
-            max_pixels = runtime.settings.registry[job.model].max_pixels
-            image = prepare_image(runtime.blobs.get(job.image_sha256), max_pixels)
+            blob = runtime.blobs.get(job.image_sha256)
+            image = prepare_image(blob, runtime.settings.registry[job.model].max_pixels)
         except (BlobNotFound, OSError, ValueError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=("image_unreadable", f"The stored image could not be read: {exc}"))
+        try:
+            prompt = _grounded_prompt(runtime, job, blob) if job.ground_with_ocr else job.prompt
+        except _OCRUnavailable as exc:
+            return _finish(runtime, job, JobStatus.FAILED, error=("model_unavailable", str(exc)))
+        except (EngineError, TimeoutError) as exc:
+            return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", f"OCR grounding failed: {exc}"))
 
         handle = engine.submit(GenerationRequest(
-            prompt=job.prompt, image=image, max_tokens=job.max_tokens,
-            temperature=job.temperature, ignore_eos=job.ignore_eos,
+            prompt=prompt, image=image, max_tokens=job.max_tokens,
+            temperature=job.temperature, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
         ))
         tracker.attach(handle)
         try:
@@ -63,14 +70,49 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
     if result.finish_reason == "cancelled":
         return _finish(runtime, job, JobStatus.CANCELLED, result=result,
                        error=("cancelled", "Cancelled while running."))
+    if job.response_schema is not None:
+        parsed, problem = _parse_output(result.text, job.response_schema)
+        if problem is not None:
+            return _finish(runtime, job, JobStatus.FAILED, result=result, error=("invalid_output", problem))
+        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed)
     return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
 
 
+class _OCRUnavailable(Exception):
+    pass
+
+
+def _grounded_prompt(runtime: WorkerRuntime, job: Job, blob: bytes) -> str:
+    """The job's prompt followed by the text OCR reads from its full-resolution image."""
+    name = next((name for name, spec in runtime.settings.registry.items()
+                 if spec.engine == "rapidocr" and name in runtime.engines), None)
+    if name is None:
+        raise _OCRUnavailable(f"ground_with_ocr needs an OCR model, and this worker serving {job.model!r} has none.")
+    image = prepare_image(blob, runtime.settings.registry[name].max_pixels)
+    ocr = runtime.engines[name].submit(GenerationRequest(prompt="", image=image, max_tokens=1))
+    text = ocr.result(timeout=runtime.settings.job_timeout_s).text[: runtime.settings.max_prompt_chars]
+    return f"{job.prompt}\n\nText read from the image by OCR (it may contain mistakes):\n{text}"
+
+
+def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
+    """(parsed JSON, None), or (None, why) when the output is not JSON valid against `schema`.
+
+    With a grammar-constrained schema this fails only if max_tokens cut the output short.
+    """
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"The output is not complete JSON ({exc}); raise max_tokens."
+    problem = structured.validation_error(parsed, schema)
+    return (parsed, None) if problem is None else (None, f"The output does not match the schema: {problem}")
+
+
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
-            error: tuple[str, str] | None = None) -> str | None:
+            parsed: Any = None, error: tuple[str, str] | None = None) -> str | None:
     values: dict[str, Any] = {}
     if result is not None:
-        values.update(result_text=result.text, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
+        values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,
+                      finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
                       completion_tokens=result.completion_tokens, ttft_ms=result.ttft_ms,
                       inference_ms=result.inference_ms, batch_size=result.batch_size)
     if error is not None:

@@ -1,6 +1,7 @@
 """Which registry models this machine can serve: the ones whose exported files are present locally."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,15 @@ class LocalModel:
 
     @property
     def exported(self) -> bool:
+        """Whether this machine can serve the model: an export on disk, or for OCR, the rapidocr package."""
+        if self.spec.engine == "rapidocr":
+            return self.path.is_dir()
         return (self.path / _EXPORT_MARKER).is_file()
 
     def missing_reason(self) -> str:
         """What is wrong, and the command that fixes it."""
+        if self.spec.engine == "rapidocr":
+            return f"model {self.spec.name!r} needs the rapidocr package: pip install rapidocr (see requirements.lock)"
         if self.spec.source == TINY_SOURCE:
             how = "run `vlq model build-tiny` (offline, under a minute)"
         elif builtin_preset(self.spec):
@@ -43,6 +49,10 @@ class LocalModel:
 
 
 def local_model(settings: Settings, spec: ModelSpec) -> LocalModel:
+    if spec.engine == "rapidocr":  # its models ship inside the package; nothing is exported
+        found = importlib.util.find_spec("rapidocr")
+        path = Path(found.origin).parent / "models" if found and found.origin else Path("rapidocr-not-installed")
+        return LocalModel(spec=spec, path=path)
     return LocalModel(spec=spec, path=Path(settings.model_cache) / spec.export_dir_name)
 
 

@@ -7,7 +7,11 @@ from workers.registry import LocalModel
 
 
 def create_engine(model: LocalModel, settings: Settings) -> Engine:
-    """The engine for a registry model. Qwen3-VL on OpenVINO is the only one today."""
+    """The engine the registry entry names: Qwen3-VL on OpenVINO GenAI, or RapidOCR."""
+    if model.spec.engine == "rapidocr":
+        from workers.engines.rapidocr_engine import RapidOCREngine
+
+        return RapidOCREngine(model, settings)
     from workers.engines.openvino_vlm import OpenVINOVLMEngine
 
     return OpenVINOVLMEngine(model, settings)

@@ -5,6 +5,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -20,19 +21,24 @@ class GenerationRequest:
     max_tokens: int
     temperature: float = 0.0
     ignore_eos: bool = False
+    json_schema: dict[str, Any] | None = None  # constrain the output to JSON that validates against this
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """What came out, with the engine's own figures for this request."""
+    """What came out, with the engine's own figures for this request.
+
+    Engines without tokens (OCR) report prompt/completion tokens and ttft_ms as None, and `lines`.
+    """
 
     text: str
     finish_reason: str  # "stop", "length" or "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ttft_ms: float | None
     inference_ms: float
     batch_size: int  # the most sequences the engine ran together while this request was in it
+    lines: list[dict[str, Any]] | None = None  # OCR: [{text, box: [[x, y] x4], confidence}]
 
 
 class RequestHandle:

@@ -6,6 +6,7 @@ At most `batch_size` sequences are in the pipeline at once, and a finished one f
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
+from service.structured import compile_schema
 from workers.engines.base import Engine, EngineError, GenerationRequest, GenerationResult, RequestHandle
 from workers.registry import LocalModel
 
@@ -123,6 +125,8 @@ class OpenVINOVLMEngine(Engine):
         if request.temperature > 0:
             config.do_sample = True
             config.temperature = request.temperature
+        if request.json_schema is not None:
+            config.structured_output_config = _structured_output(request.json_schema)
         return config
 
     # -- the loop thread: the only code that steps the pipeline ---------------------------
@@ -221,3 +225,13 @@ class OpenVINOVLMEngine(Engine):
             inference_ms=float(metrics.get_generate_duration().mean),
             batch_size=item.peak_batch,
         )
+
+
+def _structured_output(schema: dict[str, Any]) -> Any:
+    """The whitespace-free regex for schemas in the supported subset, else GenAI's own JSON-schema grammar."""
+    import openvino_genai as ov_genai
+
+    grammar = compile_schema(schema)
+    if grammar is not None:
+        return ov_genai.StructuredOutputConfig(regex=grammar.regex)
+    return ov_genai.StructuredOutputConfig(json_schema=json.dumps(schema))
