@@ -29,9 +29,10 @@ from service.config import Settings
 from service.db import Database
 from service.errors import ApiError
 from service.images import inspect_image
-from service.jobs import GenerationOptions, generation_options
+from service.jobs import generation_options
 from service.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
 from service.openai_format import chat_completion, parse_chat_request
+from service.structured import parse_response_format
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,14 @@ def create_batch(session: Session, *, endpoint: str, input_file_id: str | None, 
     return batch
 
 
-def item_row(settings: Settings, blobs: BlobStore, batch: Batch, custom_id: str, prompt: str, image: bytes,
-             options: GenerationOptions) -> dict[str, Any]:
-    """One batch item as a job row; a bad image makes a row that is already failed, never a failed batch."""
-    row: dict[str, Any] = {"id": new_id("job"), "batch_id": batch.id, "custom_id": custom_id, "prompt": prompt,
-                           "priority": batch.priority, **options.job_fields()}
+def item_row(settings: Settings, blobs: BlobStore, batch: Batch, custom_id: str, image: bytes,
+             task_fields: dict[str, Any]) -> dict[str, Any]:
+    """One batch item as a job row; a bad image makes a row that is already failed, never a failed batch.
+
+    `task_fields` are the job columns of what to ask and how (prompt, model, options, preset, schema).
+    """
+    row: dict[str, Any] = {"id": new_id("job"), "batch_id": batch.id, "custom_id": custom_id,
+                           "priority": batch.priority, **task_fields}
     try:
         info = inspect_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     except ApiError as error:
@@ -146,6 +150,7 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
             request = parse_chat_request(line.get("body"))
             options = generation_options(settings, {"model": request.model, "max_tokens": request.max_tokens,
                                                     "temperature": request.temperature})
+            schema = parse_response_format(request.response_format)
         except ApiError as error:
             # The line is well-formed but its request is not: that item fails, its neighbours run.
             placeholder = {"id": new_id("job"), "batch_id": batch.id, "custom_id": custom_id, "prompt": "",
@@ -153,7 +158,8 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
                            "temperature": 0.0, "ignore_eos": False}
             ingest.rows.append(refused_row(placeholder, error))
             continue
-        ingest.rows.append(item_row(settings, blobs, batch, custom_id, request.prompt, request.image, options))
+        ingest.rows.append(item_row(settings, blobs, batch, custom_id, request.image,
+                                    {"prompt": request.prompt, "response_schema": schema, **options.job_fields()}))
     return ingest
 
 

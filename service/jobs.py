@@ -16,9 +16,11 @@ from service.blobs import BlobStore
 from service.config import Settings
 from service.dispatch import Dispatcher
 from service.errors import ApiError
-from service.fields import bool_option, float_option, int_option
+from service.fields import bool_option, float_option, int_option, required_text
 from service.images import ImageInfo
 from service.models import Job, JobEvent, JobStatus, new_id
+from service.presets import apply_preset
+from service.structured import parse_response_format
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,13 @@ class GenerationOptions:
 class JobRequest:
     """A validated job submission."""
 
-    prompt: str
-    options: GenerationOptions
+    task: Task
     priority: str
     metadata: dict[str, Any] | None
     image_sha256: str
     image: ImageInfo
     webhook_url: str | None = None
     webhook_secret: str | None = None
-    preset: str | None = None
-    response_schema: dict[str, Any] | None = None
-    ground_with_ocr: bool = False
     no_cache: bool = False  # run it even if an identical request already has a result
 
     def fingerprint(self) -> str:
@@ -64,11 +62,47 @@ class JobRequest:
         Sampled (temperature > 0) results are random draws, and ignore_eos runs are load tests: neither is cached.
         The preset counts through what it resolved to (prompt, model, schema, max_tokens), not by name.
         """
-        if self.options.temperature > 0 or self.options.ignore_eos:
+        task, options = self.task, self.task.options
+        if options.temperature > 0 or options.ignore_eos:
             return None
-        fields = {"image": self.image_sha256, "model": self.options.model, "prompt": self.prompt,
-                  "max_tokens": self.options.max_tokens, "schema": self.response_schema, "ocr": self.ground_with_ocr}
+        fields = {"image": self.image_sha256, "model": options.model, "prompt": task.prompt,
+                  "max_tokens": options.max_tokens, "schema": task.response_schema, "ocr": task.ground_with_ocr}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Task:
+    """What to ask and how, after presets are applied: shared by a job and every item of a native batch."""
+
+    prompt: str
+    options: GenerationOptions
+    preset: str | None
+    response_schema: dict[str, Any] | None
+    ground_with_ocr: bool
+
+    def job_fields(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "preset": self.preset, "response_schema": self.response_schema,
+                "ground_with_ocr": self.ground_with_ocr, **self.options.job_fields()}
+
+
+def resolve_task(settings: Settings, fields: dict[str, Any]) -> Task:
+    """Apply the `preset`, then validate prompt, generation options, `response_format` and `ground_with_ocr`."""
+    fields, preset = apply_preset(settings.presets, fields)
+    options = generation_options(settings, fields)
+    ocr = settings.registry[options.model].engine == "rapidocr"
+    prompt = "" if ocr and not fields.get("prompt") else required_text(fields, "prompt",
+                                                                        max_chars=settings.max_prompt_chars)
+    schema = parse_response_format(fields.get("response_format"))
+    if schema is None and preset is not None:
+        schema = preset.output_schema()
+    ground_with_ocr = bool_option(fields, "ground_with_ocr", default=False)
+    if ocr and (schema is not None or ground_with_ocr):
+        field = "response_format" if schema is not None else "ground_with_ocr"
+        raise ApiError(400, "invalid_field",
+                       f"'{field}' needs a vision-language model; {options.model!r} is an OCR engine.",
+                       {"field": field})
+    return Task(prompt=prompt, options=options, preset=preset.name if preset else None, response_schema=schema,
+                ground_with_ocr=ground_with_ocr)
 
 
 def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:
@@ -102,20 +136,16 @@ def submit(
     job = lifecycle.create_job(
         session,
         id=new_id("job"),
-        prompt=request.prompt,
         priority=request.priority,
         image_sha256=request.image_sha256,
         image_format=request.image.format,
         image_width=request.image.width,
         image_height=request.image.height,
         metadata_=request.metadata,
-        preset=request.preset,
-        response_schema=request.response_schema,
-        ground_with_ocr=request.ground_with_ocr,
         cache_key=cache_key,
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
-        **request.options.job_fields(),
+        **request.task.job_fields(),
         webhook_url=request.webhook_url,
         webhook_secret=request.webhook_secret,
     )

@@ -18,6 +18,7 @@ class ChatRequest:
     model: str | None
     max_tokens: Any
     temperature: Any
+    response_format: Any
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -45,6 +46,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         model=body.get("model"),
         max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
         temperature=body.get("temperature"),
+        response_format=body.get("response_format"),
     )
 
 

@@ -21,7 +21,7 @@ from service.config import Settings
 from service.db import Database, get_db, get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
-from service.fields import json_object_option, required_text
+from service.fields import json_object_option
 from service.models import Batch, File, Job, Priority
 from service.settings import get_settings
 from workers.batches import INGEST_TASK
@@ -82,8 +82,7 @@ def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) 
 
 
 def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) -> Batch:
-    prompt = required_text(fields, "prompt", max_chars=settings.max_prompt_chars)
-    options = jobs.generation_options(settings, fields)
+    task = jobs.resolve_task(settings, fields)
     images = list(_uploaded_images())
     if not images:
         raise ApiError(400, "missing_field", "Send images as 'images' files or a zip as 'archive'.",
@@ -102,7 +101,7 @@ def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) 
         idempotency_key=key,
     )
     session.flush()
-    ingest = batches.Ingest(rows=[batches.item_row(settings, get_blobs(), batch, name, prompt, data, options)
+    ingest = batches.Ingest(rows=[batches.item_row(settings, get_blobs(), batch, name, data, task.job_fields())
                                   for name, data in images])
     queued = batches.start(session, batch, ingest)
     session.commit()
@@ -186,7 +185,7 @@ def _result_row(job: Job) -> dict[str, Any]:
     data = job.to_dict()
     usage = data["usage"] or {}
     return {
-        "custom_id": job.custom_id, "status": job.status, "text": job.result_text,
+        "custom_id": job.custom_id, "status": job.status, "text": job.result_text, "json": job.result_json,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "total_tokens": usage.get("total_tokens"), **data["timings"],
         "error_code": job.error_code, "error_message": job.error_message, "job_id": job.id,
@@ -195,7 +194,7 @@ def _result_row(job: Job) -> dict[str, Any]:
 
 def _csv(items: Iterator[dict[str, Any]]) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore")  # `json` is in `text` already
     writer.writeheader()
     for item in items:
         writer.writerow(item)

@@ -26,15 +26,12 @@ from service.fields import (
     bool_option,
     choice_option,
     json_object_option,
-    required_text,
     webhook_secret_option,
     webhook_url_option,
 )
 from service.images import decode_image_field, inspect_image
 from service.models import Job, JobStatus, Priority
-from service.presets import apply_preset
 from service.settings import get_settings
-from service.structured import parse_response_format
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -106,31 +103,14 @@ def _image_bytes(fields: dict[str, Any], files: dict[str, Any]) -> bytes:
 
 
 def _parse_job_request(settings: Settings, fields: dict[str, Any], image_bytes: bytes) -> jobs.JobRequest:
-    fields, preset = apply_preset(settings.presets, fields)
-    options = jobs.generation_options(settings, fields)
-    ocr = settings.registry[options.model].engine == "rapidocr"
-    prompt = "" if ocr and not fields.get("prompt") else required_text(fields, "prompt",
-                                                                        max_chars=settings.max_prompt_chars)
-    schema = parse_response_format(fields.get("response_format"))
-    if schema is None and preset is not None:
-        schema = preset.output_schema()
-    ground_with_ocr = bool_option(fields, "ground_with_ocr", default=False)
-    if ocr and (schema is not None or ground_with_ocr):
-        field = "response_format" if schema is not None else "ground_with_ocr"
-        raise ApiError(400, "invalid_field",
-                       f"'{field}' needs a vision-language model; {options.model!r} is an OCR engine.",
-                       {"field": field})
+    task = jobs.resolve_task(settings, fields)
     info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     return jobs.JobRequest(
-        prompt=prompt,
-        options=options,
+        task=task,
         priority=priority_option(fields, default=Priority.INTERACTIVE),
         metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
         image_sha256=hashlib.sha256(image_bytes).hexdigest(),
         image=info,
-        preset=preset.name if preset else None,
-        response_schema=schema,
-        ground_with_ocr=ground_with_ocr,
         no_cache=bool_option(fields, "no_cache", default=False),
         **_webhook_options(settings, fields),
     )

@@ -195,3 +195,15 @@ def test_files_api_round_trip_and_errors(client):
     assert client.post("/v1/files", data={"purpose": "batch"}).get_json()["error"]["code"] == "missing_field"
     bad_purpose = client.post("/v1/files", data={"purpose": "x", "file": (io.BytesIO(b"1"), "a")}).get_json()
     assert bad_purpose["error"]["code"] == "invalid_field"
+
+
+def test_a_native_batch_can_use_a_preset_and_every_item_validates(client, worker, settings):
+    images = [(io.BytesIO(make_image(color=(i * 60, 0, 0))), f"photo-{i}.png") for i in range(3)]
+    response = client.post("/v1/batches", data={"preset": "moderate", "model": TINY, "images": images})
+    assert response.status_code == 200, response.get_json()
+    batch = _wait_batch(client, response.get_json()["id"], {"completed"})
+    assert batch["request_counts"]["completed"] == 3
+    items = [json.loads(line) for line in client.get(f"/v1/batches/{batch['id']}/results").get_data(
+        as_text=True).splitlines()]
+    labels = settings.presets["moderate"].labels
+    assert all(item["json"]["label"] in labels and json.loads(item["text"]) == item["json"] for item in items)
