@@ -89,12 +89,14 @@ def expires_at_for(window: str) -> Any:
 
 
 def create_batch(session: Session, *, endpoint: str, input_file_id: str | None, completion_window: str,
-                 priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None) -> Batch:
+                 priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
+                 webhook_url: str | None = None, webhook_secret: str | None = None) -> Batch:
     """Add a new batch in `validating` to the session."""
     batch = Batch(id=new_id("batch"), status=BatchStatus.VALIDATING.value, endpoint=endpoint,
                   input_file_id=input_file_id, completion_window=completion_window, priority=priority,
                   metadata_=metadata, idempotency_key=idempotency_key, created_at=utcnow(),
-                  expires_at=expires_at_for(completion_window))
+                  expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
+                  webhook_secret=webhook_secret)
     session.add(batch)
     return batch
 
@@ -205,8 +207,9 @@ def render(session: Session, batch: Batch) -> dict[str, Any]:
 
 
 def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterator[dict[str, Any]]:
-    """The batch's output-file lines (succeeded items) or error-file lines (the rest), in custom_id order."""
-    wanted = Job.status == JobStatus.SUCCEEDED.value if succeeded else Job.status != JobStatus.SUCCEEDED.value
+    """The batch's output-file lines (succeeded items) or error-file lines (the rest that ended), by custom_id."""
+    ended = [JobStatus.FAILED.value, JobStatus.CANCELLED.value]
+    wanted = Job.status == JobStatus.SUCCEEDED.value if succeeded else Job.status.in_(ended)
     query = select(Job).where(Job.batch_id == batch_id, wanted).order_by(Job.custom_id)
     for job in session.scalars(query.execution_options(yield_per=500)):
         yield output_line(job)
@@ -252,14 +255,39 @@ def maybe_finalize(db: Database, blobs: BlobStore, batch_id: str) -> bool:
         if batch.status == BatchStatus.IN_PROGRESS.value:
             transition(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
     with db.session() as session:
-        output = _write_file(session, blobs, batch_id, succeeded=True)
-        errors = _write_file(session, blobs, batch_id, succeeded=False)
         batch = session.get(Batch, batch_id, populate_existing=True)
         ending = BatchStatus.COMPLETED if batch.status == BatchStatus.FINALIZING.value else BatchStatus.CANCELLED
-        transition(session, batch_id, BatchStatus(batch.status), ending,
-                   output_file_id=output.id if output else None, error_file_id=errors.id if errors else None)
-    log.info("batch %s finalized as %s", batch_id, ending.value)
+        _end_with_files(session, blobs, batch_id, BatchStatus(batch.status), ending)
     return True
+
+
+def expire_overdue(db: Database, blobs: BlobStore) -> int:
+    """Batches past their completion_window: queued items are cancelled and the batch ends `expired`,
+    with what finished so far in its files (items still running finish, but after the batch ended)."""
+    with db.session() as session:
+        overdue = session.scalars(select(Batch.id).where(
+            Batch.status == BatchStatus.IN_PROGRESS.value, Batch.expires_at < utcnow(),
+            Batch.finalizing_at.is_(None))).all()
+    expired = 0
+    for batch_id in overdue:
+        with db.session() as session:
+            claimed = session.execute(update(Batch).where(Batch.id == batch_id, Batch.finalizing_at.is_(None))
+                                      .values(finalizing_at=utcnow())).rowcount == 1
+            if claimed:
+                lifecycle.cancel_queued_in_batch(session, batch_id)
+                _end_with_files(session, blobs, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED)
+                expired += 1
+    return expired
+
+
+def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: BatchStatus,
+                    ending: BatchStatus) -> None:
+    """Write the output and error files of everything ended so far, and move the batch to `ending`."""
+    output = _write_file(session, blobs, batch_id, succeeded=True)
+    errors = _write_file(session, blobs, batch_id, succeeded=False)
+    transition(session, batch_id, source, ending,
+               output_file_id=output.id if output else None, error_file_id=errors.id if errors else None)
+    log.info("batch %s ended as %s", batch_id, ending.value)
 
 
 def _write_file(session: Session, blobs: BlobStore, batch_id: str, *, succeeded: bool) -> File | None:
@@ -292,5 +320,6 @@ def transition(session: Session, batch_id: str, source: BatchStatus, target: Bat
     log.info("batch %s: %s -> %s", batch_id, source.value, target.value)
     if target in _ENDINGS:  # the outbox: the batch summary, in the same transaction as its ending
         batch = session.get(Batch, batch_id, populate_existing=True)
-        webhooks.record_event(session, f"batch.{target.value}", batch_id, render(session, batch))
+        webhooks.record_event(session, f"batch.{target.value}", batch_id, render(session, batch),
+                              url=batch.webhook_url, secret=batch.webhook_secret)
     return True

@@ -112,6 +112,8 @@ class Batch(Base):
     output_file_id: Mapped[str | None] = mapped_column(String(40))
     error_file_id: Mapped[str | None] = mapped_column(String(40))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))  # gets the batch's ending event
+    webhook_secret: Mapped[str | None] = mapped_column(String(255))
 
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
@@ -133,6 +135,7 @@ class Batch(Base):
             "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
             **{stamp: _unix(getattr(self, stamp)) for stamp in stamps},
             "request_counts": request_counts, "metadata": self.metadata_, "priority": self.priority,
+            "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
         }
 
 

@@ -73,3 +73,13 @@ def test_a_registered_endpoint_receives_the_batch_summary_when_it_completes(clie
     assert delivery.verified
     assert delivery.payload["type"] == "batch.completed" and delivery.payload["data"]["id"] == batch["id"]
     assert delivery.payload["data"]["request_counts"] == {"total": 2, "completed": 1, "failed": 1, "cancelled": 0}
+
+
+def test_a_batch_carrying_its_own_webhook_url_is_told_when_it_ends(client, worker, receiver):
+    batch = client.post("/v1/batches", data={
+        "prompt": "Total?", "max_tokens": "2", "webhook_url": receiver.url, "webhook_secret": receiver.secret,
+        "images": [(io.BytesIO(make_image()), "a.png")]}).get_json()
+    assert batch["webhook"] == {"url": receiver.url} and "webhook_secret" not in batch
+    [delivery] = receiver.wait_for(1, timeout=60)
+    assert delivery.verified and delivery.payload["type"] == "batch.completed"
+    assert delivery.payload["data"]["id"] == batch["id"] and delivery.payload["data"]["status"] == "completed"

@@ -58,14 +58,16 @@ def recover_orphaned_jobs(
     return counts
 
 
-def finalize_finished_batches(db: Database, blobs: BlobStore) -> int:
-    """Finalize batches whose items have all ended but that were never finalized (e.g. a worker died first)."""
+def sweep_batches(db: Database, blobs: BlobStore) -> int:
+    """End overdue batches as `expired`, and finalize batches whose items all ended but that were never
+    finalized (say a worker died first). Returns how many batches ended."""
+    expired = batches.expire_overdue(db, blobs)
     with db.session() as session:
         candidates = session.scalars(select(Batch.id).where(
             Batch.status.in_([BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value]),
             Batch.finalizing_at.is_(None),
         )).all()
-    return sum(batches.maybe_finalize(db, blobs, batch_id) for batch_id in candidates)
+    return expired + sum(batches.maybe_finalize(db, blobs, batch_id) for batch_id in candidates)
 
 
 def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Settings, limit: int = 500) -> int:

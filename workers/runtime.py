@@ -186,7 +186,7 @@ class WorkerRuntime:
                 if self.dispatcher.redis.set("vlq:sweeper", self.name, nx=True, px=int(interval * 1000)):
                     live = set(presence.live_workers(self.dispatcher.redis))
                     maintenance.recover_orphaned_jobs(self.db, self.dispatcher, self.settings, live)
-                    maintenance.finalize_finished_batches(self.db, self.blobs)
+                    maintenance.sweep_batches(self.db, self.blobs)
                     maintenance.requeue_due_deliveries(self.db, self.dispatcher, self.settings)
             except Exception:
                 log.exception("sweep failed; will retry")

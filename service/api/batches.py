@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from service import batches, jobs
-from service.api.common import get_or_404, newest_first, page, priority_option, request_fields
+from service.api.common import get_or_404, newest_first, page, priority_option, request_fields, webhook_options
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import Database, get_db, get_session
@@ -69,6 +69,7 @@ def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) 
         priority=priority_option(fields, default=Priority.BULK),
         metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
         idempotency_key=key,
+        **webhook_options(settings, fields),
     )
     session.commit()
     try:
@@ -99,6 +100,7 @@ def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) 
         priority=priority_option(fields, default=Priority.BULK),
         metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
         idempotency_key=key,
+        **webhook_options(settings, fields),
     )
     session.flush()
     ingest = batches.Ingest(rows=[batches.item_row(settings, get_blobs(), batch, name, data, task.job_fields())

@@ -8,9 +8,10 @@ from flask import request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.config import Settings
 from service.db import get_session
 from service.errors import ApiError
-from service.fields import choice_option, int_option
+from service.fields import choice_option, int_option, webhook_secret_option, webhook_url_option
 from service.models import Priority
 
 T = TypeVar("T")
@@ -91,4 +92,16 @@ def page(rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]]) -
     }
 
 
-
+def webhook_options(settings: Settings, fields: dict[str, Any]) -> dict[str, str | None]:
+    """A job's or batch's own webhook; without a webhook_secret it is signed with the configured one."""
+    url = webhook_url_option(fields, "webhook_url", settings)
+    secret = webhook_secret_option(fields, "webhook_secret")
+    if url is None:
+        if secret is not None:
+            raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})
+        return {}
+    secret = secret or settings.webhook_secret or None
+    if secret is None:
+        raise ApiError(400, "missing_field", "'webhook_secret' is required: this server has no default webhook_secret.",
+                       {"field": "webhook_secret"})
+    return {"webhook_url": url, "webhook_secret": secret}

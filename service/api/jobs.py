@@ -16,6 +16,7 @@ from service.api.common import (
     page,
     priority_option,
     request_fields,
+    webhook_options,
 )
 from service.blobs import get_blobs
 from service.config import Settings
@@ -26,8 +27,6 @@ from service.fields import (
     bool_option,
     choice_option,
     json_object_option,
-    webhook_secret_option,
-    webhook_url_option,
 )
 from service.images import decode_image_field, inspect_image
 from service.models import Job, JobStatus, Priority
@@ -112,20 +111,5 @@ def _parse_job_request(settings: Settings, fields: dict[str, Any], image_bytes: 
         image_sha256=hashlib.sha256(image_bytes).hexdigest(),
         image=info,
         no_cache=bool_option(fields, "no_cache", default=False),
-        **_webhook_options(settings, fields),
+        **webhook_options(settings, fields),
     )
-
-
-def _webhook_options(settings: Settings, fields: dict[str, Any]) -> dict[str, str | None]:
-    """The job's own webhook; without a webhook_secret it is signed with the configured webhook_secret."""
-    url = webhook_url_option(fields, "webhook_url", settings)
-    secret = webhook_secret_option(fields, "webhook_secret")
-    if url is None:
-        if secret is not None:
-            raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})
-        return {}
-    secret = secret or settings.webhook_secret or None
-    if secret is None:
-        raise ApiError(400, "missing_field", "'webhook_secret' is required: this server has no default webhook_secret.",
-                       {"field": "webhook_secret"})
-    return {"webhook_url": url, "webhook_secret": secret}

@@ -1,4 +1,5 @@
 """The sweeper: jobs whose worker died are requeued, failed after max_attempts, or cancelled if asked."""
+import json
 from datetime import timedelta
 
 import pytest
@@ -76,3 +77,39 @@ def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings):
     with db.session() as session:
         assert not lifecycle.finish(session, stale, JobStatus.SUCCEEDED, result_text="late")
     assert _job(db, job_id).status == "running" and _job(db, job_id).worker == "new-worker"
+
+
+def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_path):
+    from service import batches
+    from service.blobs import LocalBlobStore
+    from service.models import Batch
+    from workers.maintenance import sweep_batches
+
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    done, waiting = new_id("job"), new_id("job")
+    with db.session() as session:
+        batch = batches.create_batch(session, endpoint="/v1/jobs", input_file_id=None, completion_window="1m",
+                                     priority="bulk", metadata=None, idempotency_key=None)
+        batch_id = batch.id
+        session.flush()
+        common = {"batch_id": batch_id, "model": MODEL, "prompt": "p", "priority": "bulk", "max_tokens": 4,
+                  "temperature": 0.0, "ignore_eos": False, "request_sha256": "x"}
+        lifecycle.create_jobs(session, [{"id": done, "custom_id": "a", **common},
+                                        {"id": waiting, "custom_id": "b", **common}])
+        batches.transition(session, batch_id, batches.BatchStatus.VALIDATING, batches.BatchStatus.IN_PROGRESS)
+    with db.session() as session:
+        assert lifecycle.claim(session, done, "w1")
+    with db.session() as session:
+        job = session.get(Job, done)
+        assert lifecycle.finish(session, job, JobStatus.SUCCEEDED, result_text="ok", prompt_tokens=1,
+                                completion_tokens=1)
+        session.execute(update(Batch).where(Batch.id == batch_id).values(expires_at=utcnow() - timedelta(seconds=1)))
+
+    assert sweep_batches(db, blobs) >= 1
+    with db.session() as session:
+        batch = session.get(Batch, batch_id)
+        assert batch.status == "expired" and batch.expired_at is not None
+        assert session.get(Job, waiting).status == "cancelled"
+        output = session.get(batches.File, batch.output_file_id)
+    lines = blobs.get(output.sha256).decode().splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == ["a"]
