@@ -84,7 +84,8 @@ def bench_jobs(http: requests.Session, model: str, images: list[bytes], tokens: 
     def submit(data: bytes) -> str:
         response = http.post(f"{BASE}/v1/jobs", files={"image": ("r.png", data, "image/png")}, data={
             "prompt": PROMPT, "model": model, "max_tokens": tokens, "ignore_eos": "true", "priority": "bulk"})
-        response.raise_for_status()
+        if response.status_code != 202:
+            raise RuntimeError(f"submit answered {response.status_code}: {response.text}")
         return response.json()["id"]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -224,7 +225,10 @@ def main() -> None:
             for process in processes:
                 process.terminate()
             for process in processes:
-                process.wait(timeout=60)
+                try:
+                    process.wait(timeout=120)  # a warm shutdown lets running jobs finish
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
 if __name__ == "__main__":

@@ -63,3 +63,18 @@ def test_a_closed_engine_refuses_requests(model_cache):
     engine.close()
     with pytest.raises(EngineError):
         engine.submit(GenerationRequest("Hi.", IMAGE, 4))
+
+
+def test_a_crashed_engine_process_fails_its_requests_and_is_restarted(model_cache):
+    settings = load_settings({"model_cache": str(model_cache), "batch_size": 2, "default_model": TINY}, environ={})
+    engine = create_engine(local_model(settings, settings.registry[TINY]), settings)
+    engine.load()
+    try:
+        running = engine.submit(GenerationRequest("Go on.", IMAGE, 4000, ignore_eos=True))
+        engine.submit(GenerationRequest("Short.", IMAGE, 4)).result(timeout=60)  # the long one is generating now
+        engine._process.kill()  # what an out-of-memory kill or a crash in native code looks like
+        with pytest.raises(EngineError, match="died"):
+            running.result(timeout=60)
+        assert engine.submit(GenerationRequest("Again.", IMAGE, 4)).result(timeout=120).completion_tokens == 4
+    finally:
+        engine.close()

@@ -1,0 +1,195 @@
+"""The process that owns a ContinuousBatchingPipeline: it adds requests, steps, and sends back results.
+
+It runs apart from the Celery worker because OpenVINO GenAI holds the GIL inside `add_request` (which
+encodes the image) and `step`: seconds at a time for a 2B model. In the worker's own process that froze
+every other thread (Celery's consumer, the heartbeat, a database transaction half-way through) for as
+long. Here only this loop waits; the worker talks to it through two queues:
+
+    requests: ("add", id, prompt, image ndarray, generation dict) | ("cancel", id) | ("stop",)
+    results:  ("ready", seconds) | ("failed", message) | ("done", id, GenerationResult) | ("error", id, message)
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engines.base import GenerationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What the child needs to build the pipeline; plain data, so it crosses the process boundary."""
+
+    path: str
+    device: str
+    batch_size: int
+    kv_cache_gb: int
+    properties: dict[str, Any]
+
+
+@dataclass
+class _InFlight:
+    handle: Any  # openvino_genai.GenerationHandle
+    peak_batch: int = 0
+    cancel_requested: bool = False
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: Any = None
+
+
+def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
+    """The child's entry point: build the pipeline, say so, then loop until told to stop."""
+    try:
+        started = time.monotonic()
+        loop = _Loop(config, results)
+    except Exception as exc:  # the parent turns this into the model's "unavailable" reason
+        results.put(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    results.put(("ready", time.monotonic() - started))
+    loop.run(requests)
+
+
+class _Loop:
+    def __init__(self, config: PipelineConfig, results: Any) -> None:
+        self._config = config
+        self._results = results
+        self._pipe = self._create_pipeline()
+        self._tokenizer = self._pipe.get_tokenizer()
+        self._inflight: dict[int, _InFlight] = {}
+
+    def _create_pipeline(self) -> Any:
+        import openvino_genai as ov_genai
+
+        scheduler = ov_genai.SchedulerConfig()
+        # With dynamic split-fuse (the default) max_num_seqs does not bound the batch; the parent's slots do.
+        scheduler.max_num_seqs = self._config.batch_size
+        scheduler.cache_size = self._config.kv_cache_gb
+        return ov_genai.ContinuousBatchingPipeline(
+            self._config.path, scheduler, self._config.device, self._config.properties)
+
+    def run(self, requests: Any) -> None:
+        while True:
+            # Block only when idle; while generating, take whatever arrived and step again.
+            try:
+                message = requests.get(timeout=0.5) if not self._inflight else requests.get_nowait()
+            except queue.Empty:
+                message = None
+            while message is not None:
+                if message[0] == "stop":
+                    return
+                self._handle(message)
+                try:
+                    message = requests.get_nowait()
+                except queue.Empty:
+                    message = None
+            if self._inflight:
+                self._step()
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "add":
+            _, request_id, prompt, image, generation = message
+            self._add(request_id, prompt, image, generation)
+        elif message[0] == "cancel":
+            self._cancel(message[1])
+
+    def _add(self, request_id: int, prompt: str, image: Any, generation: dict[str, Any]) -> None:
+        import openvino as ov
+
+        try:
+            handle = self._pipe.add_request(request_id, prompt, [ov.Tensor(image)], _generation_config(generation))
+        except Exception as exc:
+            self._results.put(("error", request_id, f"the engine refused the request: {exc}"))
+            return
+        self._inflight[request_id] = _InFlight(handle=handle)
+        batch = len(self._inflight)
+        for item in self._inflight.values():
+            item.peak_batch = max(item.peak_batch, batch)
+
+    def _cancel(self, request_id: int) -> None:
+        item = self._inflight.get(request_id)
+        if item is None or item.cancel_requested:
+            return  # already finished, or cancelled twice
+        # Keep what was generated: after cancel() the handle no longer gives its output back.
+        try:
+            _read_tokens(item)
+        except Exception:
+            log.exception("could not read request %s before cancelling it", request_id)
+        item.cancel_requested = True
+        item.handle.cancel()
+
+    def _step(self) -> None:
+        try:
+            self._pipe.step()
+        except Exception as exc:
+            # A failed step leaves the pipeline unusable: fail what was in it and start a fresh one.
+            log.exception("engine step failed; rebuilding the pipeline")
+            for request_id in self._inflight:
+                self._results.put(("error", request_id, f"engine step failed: {exc}"))
+            self._inflight.clear()
+            self._pipe = self._create_pipeline()
+            return
+        self._collect()
+
+    def _collect(self) -> None:
+        """Send back the requests that ended in the last step (one status call per request per step)."""
+        import openvino_genai as ov_genai
+
+        for request_id, item in list(self._inflight.items()):
+            status = item.handle.get_status()
+            if status == ov_genai.GenerationStatus.RUNNING:
+                continue
+            del self._inflight[request_id]
+            try:
+                if not item.cancel_requested:
+                    _read_tokens(item)
+                self._results.put(("done", request_id, self._result(item, status)))
+            except Exception as exc:
+                self._results.put(("error", request_id, str(exc)))
+
+    def _result(self, item: _InFlight, status: Any) -> GenerationResult:
+        import openvino_genai as ov_genai
+
+        if item.cancel_requested:
+            reason = "cancelled"
+        elif status == ov_genai.GenerationStatus.FINISHED:
+            reason = "length" if item.finish_reason == ov_genai.GenerationFinishReason.LENGTH else "stop"
+        else:  # IGNORED without a cancel: the scheduler dropped it, e.g. the KV cache was too small
+            raise RuntimeError(f"the engine dropped the request ({status.name}); raise kv_cache_gb or lower max_tokens")
+        metrics = item.handle.get_perf_metrics()
+        return GenerationResult(
+            text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
+            finish_reason=reason,
+            prompt_tokens=int(metrics.get_num_input_tokens()),
+            completion_tokens=int(metrics.get_num_generated_tokens()),
+            ttft_ms=float(metrics.get_ttft().mean),
+            inference_ms=float(metrics.get_generate_duration().mean),
+            batch_size=item.peak_batch,
+        )
+
+
+def _read_tokens(item: _InFlight) -> None:
+    """Move the tokens generated since the last read into `item` (each read() gives one step's output)."""
+    while item.handle.can_read():
+        for output in item.handle.read().values():
+            item.token_ids.extend(output.generated_ids)
+            item.finish_reason = output.finish_reason
+
+
+def _generation_config(generation: dict[str, Any]) -> Any:
+    import openvino_genai as ov_genai
+
+    config = ov_genai.GenerationConfig()
+    config.max_new_tokens = generation["max_tokens"]
+    config.ignore_eos = generation["ignore_eos"]
+    if generation["temperature"] > 0:
+        config.do_sample = True
+        config.temperature = generation["temperature"]
+    if generation.get("regex") is not None:
+        config.structured_output_config = ov_genai.StructuredOutputConfig(regex=generation["regex"])
+    elif generation.get("json_schema") is not None:
+        config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=generation["json_schema"])
+    return config
