@@ -54,7 +54,9 @@ class OpenVINOVLMEngine(Engine):
         threading.Thread(target=self._read_results, name=f"engine-{self.name}", daemon=True).start()
 
     def _start_process(self) -> None:
-        self._requests, self._results = self._context.Queue(), self._context.Queue()
+        """Start an engine process on fresh queues and wait until its pipeline is compiled."""
+        with self._lock:  # requests submitted from now on wait in the new queue for the new process
+            self._requests, self._results = self._context.Queue(), self._context.Queue()
         config = pipeline_process.PipelineConfig(
             path=str(self._model.path), device=self._model.spec.device, batch_size=self._settings.batch_size,
             kv_cache_gb=self._settings.kv_cache_gb, properties=self._properties())
@@ -87,10 +89,10 @@ class OpenVINOVLMEngine(Engine):
             raise EngineError(f"no engine slot came free within {self._settings.job_timeout_s}s")
         request_id = next(self._ids)
         handle = RequestHandle(cancel=lambda: self._requests.put(("cancel", request_id)))
-        with self._lock:
-            self._handles[request_id] = handle
         image = np.ascontiguousarray(np.asarray(request.image, dtype=np.uint8)[np.newaxis])
-        self._requests.put(("add", request_id, request.prompt, image, _generation(request)))
+        with self._lock:  # the handle and its message belong to the same engine process
+            self._handles[request_id] = handle
+            self._requests.put(("add", request_id, request.prompt, image, _generation(request)))
         return handle
 
     def close(self) -> None:
@@ -110,8 +112,17 @@ class OpenVINOVLMEngine(Engine):
             except queue.Empty:
                 if not self._closed.is_set() and not self._process.is_alive():
                     log.error("%s: engine process died (exit %s); restarting it", self.name, self._process.exitcode)
-                    self._fail_all(EngineError("the engine process died"))
-                    self._start_process()
+                    with self._lock:
+                        lost, self._handles = self._handles, {}
+                    try:
+                        self._start_process()
+                    except EngineError:
+                        log.exception("%s: the engine could not be restarted; it refuses requests now", self.name)
+                        self._closed.set()
+                    finally:
+                        for handle in lost.values():
+                            handle.set_error(EngineError("the engine process died"))
+                            self._slots.release()
                 continue
             kind, request_id, payload = message
             with self._lock:
