@@ -208,15 +208,16 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (96, 64), color: tuple[
     return buffer.getvalue()
 
 
-def wait_for_status(client: Any, job_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
-    """Poll GET /v1/jobs/{id} until its status is one of `statuses`."""
+def wait_for_status(client: Any, job_id: str, statuses: set[str], timeout: float = 60,
+                    resource: str = "jobs") -> dict[str, Any]:
+    """Poll GET /v1/{resource}/{id} (a job, or a batch) until its status is one of `statuses`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").get_json()
-        if job["status"] in statuses:
-            return job
+        found = client.get(f"/v1/{resource}/{job_id}").get_json()
+        if found["status"] in statuses:
+            return found
         time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} stayed {job['status']}")
+    raise TimeoutError(f"{resource} {job_id} stayed {found['status']}")
 
 
 # -- webhook receiver --------------------------------------------------------------------------

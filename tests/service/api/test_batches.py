@@ -9,7 +9,7 @@ import zipfile
 import openai
 import pytest
 
-from tests.conftest import TINY, make_image
+from tests.conftest import TINY, make_image, wait_for_status
 
 
 def _line(custom_id, image=None, prompt="What is the total?", url="/v1/chat/completions", **body):
@@ -25,13 +25,7 @@ def _jsonl(lines):
 
 
 def _wait_batch(client, batch_id, statuses, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = client.get(f"/v1/batches/{batch_id}").get_json()
-        if batch["status"] in statuses:
-            return batch
-        time.sleep(0.1)
-    raise TimeoutError(f"batch {batch_id} stayed {batch['status']}")
+    return wait_for_status(client, batch_id, statuses, timeout, resource="batches")
 
 
 @pytest.fixture
