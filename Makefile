@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench eval tiny migrate worker api lock clean
+.PHONY: run test bench bench-full eval tiny migrate worker api lock clean
 
 run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker
 	$(BIN)/vlq run
@@ -14,6 +14,9 @@ test: $(STAMP)  ## the whole suite against real Redis, SQLite, Postgres and work
 
 bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
 	$(BIN)/python -m bench.service_bench
+
+bench-full: $(STAMP)  ## the 2B architecture: PyTorch fp32/bf16 vs OpenVINO int8/int4 x batch vs service (about an hour here)
+	$(BIN)/python -m bench.full_bench --tune kv-f16,no-dynamic-quantization,batched-tokens-1024,prefix-caching,max-pixels-100k,int4-g64 --write docs/BENCHMARKS.md
 
 eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts and invoices -> docs/BENCHMARKS.md
 	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md

@@ -16,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.markdown import write_section
 from bench.receipts import Document, dataset, render
 from service.config import load_settings
 from workers.engines import create_engine
@@ -102,18 +103,6 @@ def report(results: dict[str, dict[str, float]], count: int, load: float) -> str
         "| set | images | CER mean | CER max | header exact | totals exact | line items exact | p50 ms | max ms |",
         "|---|---|---|---|---|---|---|---|---|", *rows, "",
     ])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the OCR section of the benchmarks file, leaving the other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(_SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(_SECTION))
-        text = text[:start] + section + ("" if end == -1 else text[end + 1:])
-    path.write_text(text)
 
 
 def main() -> None:

@@ -64,6 +64,10 @@ class Settings:
     batch_size: int = 8
     kv_cache_gb: int = 1  # KV-cache memory the engine reserves
     inference_threads: int = 0  # 0 lets OpenVINO use every core
+    # Engine tuning, passed through: OpenVINO properties (e.g. KV_CACHE_PRECISION) and SchedulerConfig fields
+    # (e.g. max_num_batched_tokens, enable_prefix_caching). docs/BENCHMARKS.md shows what each one did here.
+    openvino_properties: Mapping[str, Any] = field(default_factory=dict)
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
     models: tuple[str, ...] = ()  # restricts what a worker serves; empty serves every exported model
     default_model: str = "qwen3-vl-2b"
     registry: Mapping[str, ModelSpec] = field(default_factory=dict)
@@ -181,7 +185,12 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return tuple(element(str(item).strip()) for item in items if str(item).strip())
         if hint is str:
             return str(value)
-    except (TypeError, ValueError) as exc:
+        if origin is Mapping:  # from the environment: a YAML/JSON mapping, e.g. '{"KV_CACHE_PRECISION": "u8"}'
+            value = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(value, Mapping):
+                raise TypeError("a mapping is needed")
+            return dict(value)
+    except (TypeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"setting {name!r}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
     return value
 

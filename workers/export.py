@@ -60,6 +60,7 @@ def export_model(
     *,
     overwrite: bool = True,
     timeout_s: float | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Path:
     """Export ``source`` (hub id or local checkpoint dir) to OpenVINO IR in ``out_dir`` atomically."""
     # An existing out_dir is replaced only after the new export succeeded (overwrite=False
@@ -79,7 +80,8 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
         started = time.monotonic()
-        _run_exporter(model_arg, staging, weight_format, offline=local_source is not None, timeout_s=timeout_s)
+        _run_exporter(model_arg, staging, weight_format, extra_args, offline=local_source is not None,
+                      timeout_s=timeout_s)
         _copy_side_files(local_source, str(source), staging)
         missing = [name for name in REQUIRED_FILES if not (staging / name).is_file()]
         if missing:
@@ -94,8 +96,8 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def exporter_command(model_arg: str, output: Path, weight_format: str) -> list[str]:
-    """Return the optimum-cli command line used for the export (useful for logs and docs)."""
+def exporter_command(model_arg: str, output: Path, weight_format: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """Return the optimum-cli command line used for the export (extra_args: e.g. ("--group-size", "64"))."""
     # `python -m` of this interpreter, rather than an `optimum-cli` found on PATH, guarantees
     # the exporter runs in the same virtualenv as the service.
     return [
@@ -110,6 +112,7 @@ def exporter_command(model_arg: str, output: Path, weight_format: str) -> list[s
         "image-text-to-text",
         "--weight-format",
         weight_format,
+        *extra_args,
         str(output),
     ]
 
@@ -125,7 +128,8 @@ def _local_source(source: str | Path) -> Path | None:
     return None
 
 
-def _run_exporter(model_arg: str, output: Path, weight_format: str, offline: bool, timeout_s: float | None) -> None:
+def _run_exporter(model_arg: str, output: Path, weight_format: str, extra_args: tuple[str, ...], offline: bool,
+                  timeout_s: float | None) -> None:
     """Run optimum-cli in a subprocess, raising ExportError with its output tail on failure."""
     env = dict(os.environ)
     if offline:
@@ -134,7 +138,7 @@ def _run_exporter(model_arg: str, output: Path, weight_format: str, offline: boo
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    command = exporter_command(model_arg, output, weight_format)
+    command = exporter_command(model_arg, output, weight_format, extra_args)
     logger.info("running %s", " ".join(command))
     try:
         proc = subprocess.run(

@@ -38,6 +38,17 @@ def test_invalid_settings_say_which_key(overrides, message):
         load_settings(overrides, environ={})
 
 
+def test_engine_tuning_mappings_come_from_the_file_or_the_environment(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("scheduler:\n  enable_prefix_caching: true\n")
+    settings = load_settings(environ={"VLQ_CONFIG": str(config),
+                                      "VLQ_OPENVINO_PROPERTIES": '{"KV_CACHE_PRECISION": "u8"}'})
+    assert settings.scheduler == {"enable_prefix_caching": True}
+    assert settings.openvino_properties == {"KV_CACHE_PRECISION": "u8"}
+    with pytest.raises(ConfigError, match="scheduler"):
+        load_settings(environ={"VLQ_SCHEDULER": "[1, 2]"})
+
+
 def test_missing_config_file_named_by_env_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(environ={"VLQ_CONFIG": str(tmp_path / "missing.yaml")})

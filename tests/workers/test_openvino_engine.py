@@ -1,4 +1,5 @@
 """The OpenVINO engine in-process, on the tiny Qwen3-VL."""
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -32,6 +33,30 @@ def test_concurrent_requests_share_steps_up_to_batch_size(engine):
     assert max(r.batch_size for r in results) == 4  # never more than batch_size in the pipeline
     assert all(r.prompt_tokens > 20 for r in results)  # prompt + chat template + image tokens
     assert all(0 < r.ttft_ms <= r.inference_ms for r in results)
+
+
+def test_results_time_the_image_encoding_and_the_first_token(engine):
+    submitted = time.monotonic()
+    result = engine.submit(GenerationRequest("Describe.", IMAGE, 16, ignore_eos=True)).result(timeout=60)
+    assert result.encode_ms > 0
+    # The engine process stamps the first token on the machine-wide monotonic clock: after the submit, before now.
+    assert submitted < result.first_token_at < time.monotonic()
+
+
+def test_scheduler_and_openvino_settings_reach_the_pipeline(model_cache):
+    settings = load_settings({"model_cache": str(model_cache), "batch_size": 2, "default_model": TINY,
+                              "scheduler": {"enable_prefix_caching": True, "max_num_batched_tokens": 512},
+                              "openvino_properties": {"KV_CACHE_PRECISION": "f16"}}, environ={})
+    engine = create_engine(local_model(settings, settings.registry[TINY]), settings)
+    engine.load()
+    try:
+        assert engine.submit(GenerationRequest("Hi.", IMAGE, 4, ignore_eos=True)).result(timeout=60).completion_tokens == 4
+    finally:
+        engine.close()
+    wrong = load_settings({"model_cache": str(model_cache), "default_model": TINY,
+                           "scheduler": {"max_num_batched_tokenz": 512}}, environ={})
+    with pytest.raises(EngineError, match="max_num_batched_tokenz"):
+        create_engine(local_model(wrong, wrong.registry[TINY]), wrong).load()
 
 
 def test_greedy_output_is_deterministic(engine):

@@ -39,6 +39,8 @@ class GenerationResult:
     inference_ms: float
     batch_size: int  # the most sequences the engine ran together while this request was in it
     lines: list[dict[str, Any]] | None = None  # OCR: [{text, box: [[x, y] x4], confidence}]
+    encode_ms: float | None = None  # VLM: tokenizing the prompt and encoding the image, before prefill
+    first_token_at: float | None = None  # VLM: time.monotonic() when the first token was out (for latency)
 
 
 class RequestHandle:

@@ -59,7 +59,8 @@ class OpenVINOVLMEngine(Engine):
             self._requests, self._results = self._context.Queue(), self._context.Queue()
         config = pipeline_process.PipelineConfig(
             path=str(self._model.path), device=self._model.spec.device, batch_size=self._settings.batch_size,
-            kv_cache_gb=self._settings.kv_cache_gb, properties=self._properties())
+            kv_cache_gb=self._settings.kv_cache_gb, properties=self._properties(),
+            scheduler=dict(self._settings.scheduler))
         self._process = self._context.Process(
             target=pipeline_process.serve, args=(config, self._requests, self._results),
             name=f"vlq-engine-{self.name}", daemon=True)
@@ -79,7 +80,7 @@ class OpenVINOVLMEngine(Engine):
         properties: dict[str, Any] = {"CACHE_DIR": str(cache_dir)}
         if self._settings.inference_threads:
             properties["INFERENCE_NUM_THREADS"] = self._settings.inference_threads
-        return properties
+        return properties | dict(self._settings.openvino_properties)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue the request for the engine process once one of batch_size slots is free."""

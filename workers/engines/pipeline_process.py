@@ -30,6 +30,7 @@ class PipelineConfig:
     batch_size: int
     kv_cache_gb: int
     properties: dict[str, Any]
+    scheduler: dict[str, Any] = field(default_factory=dict)  # SchedulerConfig fields set on top of ours
 
 
 @dataclass
@@ -39,6 +40,8 @@ class _InFlight:
     cancel_requested: bool = False
     token_ids: list[int] = field(default_factory=list)
     finish_reason: Any = None
+    encode_ms: float = 0.0  # time inside add_request: tokenizing, and encoding the image
+    first_token_at: float | None = None  # time.monotonic(), a clock every process on the machine shares
 
 
 def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
@@ -68,6 +71,10 @@ class _Loop:
         # With dynamic split-fuse (the default) max_num_seqs does not bound the batch; the parent's slots do.
         scheduler.max_num_seqs = self._config.batch_size
         scheduler.cache_size = self._config.kv_cache_gb
+        for name, value in self._config.scheduler.items():
+            if not hasattr(scheduler, name):
+                raise ValueError(f"scheduler: SchedulerConfig has no field {name!r}")
+            setattr(scheduler, name, value)
         return ov_genai.ContinuousBatchingPipeline(
             self._config.path, scheduler, self._config.device, self._config.properties)
 
@@ -99,12 +106,13 @@ class _Loop:
     def _add(self, request_id: int, prompt: str, image: Any, generation: dict[str, Any]) -> None:
         import openvino as ov
 
+        started = time.monotonic()
         try:
             handle = self._pipe.add_request(request_id, prompt, [ov.Tensor(image)], _generation_config(generation))
         except Exception as exc:
             self._results.put(("error", request_id, f"the engine refused the request: {exc}"))
             return
-        self._inflight[request_id] = _InFlight(handle=handle)
+        self._inflight[request_id] = _InFlight(handle=handle, encode_ms=1000 * (time.monotonic() - started))
         batch = len(self._inflight)
         for item in self._inflight.values():
             item.peak_batch = max(item.peak_batch, batch)
@@ -140,6 +148,9 @@ class _Loop:
 
         for request_id, item in list(self._inflight.items()):
             status = item.handle.get_status()
+            if item.first_token_at is None and item.handle.can_read():
+                item.first_token_at = time.monotonic()
+                _read_tokens(item)
             if status == ov_genai.GenerationStatus.RUNNING:
                 continue
             del self._inflight[request_id]
@@ -168,6 +179,8 @@ class _Loop:
             ttft_ms=float(metrics.get_ttft().mean),
             inference_ms=float(metrics.get_generate_duration().mean),
             batch_size=item.peak_batch,
+            encode_ms=item.encode_ms,
+            first_token_at=item.first_token_at,
         )
 
 

@@ -1,0 +1,248 @@
+"""The full-size benchmark: the real Qwen3-VL-2B compute, PyTorch baselines vs OpenVINO vs the service.
+
+    python -m bench.full_bench [--images 8] [--tokens 64] [--batches 1,4,8,16] [--write docs/BENCHMARKS.md]
+
+The model is the published Qwen3-VL-2B-Instruct architecture with random weights (`qwen3-vl-2b-random`),
+built offline: per token it computes exactly what the real model does. The checkpoint and its OpenVINO
+exports are cached under --cache (git-ignored). Every run generates --tokens tokens per image with EOS
+ignored, on the same images: receipt-like 448x448 PNGs and one large scan that max_pixels scales down.
+
+Each measurement runs in a fresh process (bench.full_bench_run), so its load time and peak RSS are its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+import requests as http_client
+import yaml
+
+from bench.full_bench_run import MAX_PIXELS, PeakRss, receipt_images
+from bench.markdown import write_section
+from bench.service_bench import BENCH_REDIS_URL, BENCH_PORT, bench_jobs, start_service
+from service.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "qwen3-vl-2b-random"
+
+
+@dataclass(frozen=True)
+class Export:
+    """One OpenVINO export of the random 2B checkpoint."""
+
+    label: str  # what the table calls it
+    weight_format: str
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def dir_name(self) -> str:
+        return f"{MODEL}-{self.label}"
+
+
+EXPORTS = {
+    "int8": Export("int8", "int8"),
+    "int4": Export("int4", "int4"),
+    "int4-g64": Export("int4-g64", "int4", ("--group-size", "64")),
+    "int4-g32": Export("int4-g32", "int4", ("--group-size", "32")),
+}
+
+
+def checkpoint_dir(cache: Path) -> Path:
+    """The random-weight Hugging Face checkpoint, built once."""
+    from workers.random_model import build_random_checkpoint
+
+    path = cache / "checkpoints" / MODEL
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+        started = time.monotonic()
+        partial = path.with_name(path.name + ".partial")
+        build_random_checkpoint(partial, MODEL)
+        partial.rename(path)
+        print(f"built {MODEL} checkpoint in {time.monotonic() - started:.0f}s", flush=True)
+    return path
+
+
+def export_dir(cache: Path, export: Export) -> Path:
+    """The OpenVINO export, made once (atomically, by the service's own exporter)."""
+    from workers.export import export_model
+
+    path = cache / export.dir_name
+    if not (path / "openvino_language_model.xml").is_file():
+        started = time.monotonic()
+        export_model(checkpoint_dir(cache), path, export.weight_format, extra_args=export.extra_args)
+        print(f"exported {export.label} in {time.monotonic() - started:.0f}s", flush=True)
+    return path
+
+
+@dataclass
+class Row:
+    """One line of the table: a configuration and what it measured."""
+
+    name: str
+    batch: int
+    measured: dict = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.measured["requests"] / self.measured["elapsed_s"]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.measured["generated"] / self.measured["elapsed_s"]
+
+    def markdown(self, baseline: float) -> str:
+        m = self.measured
+        ready = f"{m['ready_s']:.1f}" if "ready_s" in m else "-"
+        ttft = f"{m['ttft_p50_s']:.1f} / {m['ttft_p95_s']:.1f}" if "ttft_p50_s" in m else "-"
+        rss = f"{m['peak_rss_bytes'] / 2**30:.2f}" if "peak_rss_bytes" in m else "-"
+        return (f"| {self.name} | {self.batch} | {m['requests']} | {self.images_per_s:.3f} | {self.tokens_per_s:.2f} "
+                f"| {self.images_per_s / baseline:.1f}x | {ttft} | {ready} | {rss} |")
+
+
+def measure(config: dict) -> dict:
+    """Run one configuration in a fresh process (bench.full_bench_run) and return what it printed."""
+    config = {**config, "launched_at": time.time()}
+    process = subprocess.run([sys.executable, "-m", "bench.full_bench_run", json.dumps(config)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if process.returncode != 0:
+        raise RuntimeError(f"measurement failed ({process.returncode}): {config}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    flags = Path("/proc/cpuinfo").read_text()
+    isa = ", ".join(name for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {name}" in flags)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} vCPU {cpu} ({isa}), {memory:.0f} GiB RAM, Linux {platform.release()}"
+
+
+def measure_service(cache: Path, images: int, requests: int, tokens: int, batch: int) -> dict:
+    """HTTP -> API -> SQLite -> Redis -> one `vlq worker` -> SQLite, every image a job (as bench.service_bench)."""
+    with tempfile.TemporaryDirectory(prefix="vlq-full-bench-") as tmp:
+        config = {
+            "database_url": f"sqlite:///{tmp}/bench.db", "redis_url": BENCH_REDIS_URL, "blob_dir": f"{tmp}/blobs",
+            "model_cache": str(cache.resolve()), "batch_size": batch, "kv_cache_gb": 2, "port": BENCH_PORT,
+            "default_model": MODEL,
+            "models": {MODEL: {"source": f"builtin:{MODEL}", "weight_format": "int8", "max_pixels": MAX_PIXELS}},
+        }
+        settings_file = Path(tmp) / "config.yaml"
+        settings_file.write_text(yaml.safe_dump(config))
+        upgrade(config["database_url"])
+        redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+        started = time.monotonic()
+        processes = start_service(settings_file, MODEL, workers=1)
+        ready_s = time.monotonic() - started
+        worker_rss = PeakRss(psutil.Process(processes[1].pid))
+        try:
+            sources = receipt_images(images)
+            rate = bench_jobs(http_client.Session(), MODEL, [sources[i % len(sources)] for i in range(requests)],
+                              tokens)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=300)
+    return {"requests": requests, "elapsed_s": requests / rate, "generated": requests * tokens,
+            "ready_s": ready_s, "peak_rss_bytes": worker_rss.stop()}
+
+
+# Tuning variants, each on int8 at batch 8 against the plain int8 batch-8 row: what moved the numbers.
+TUNING = {
+    "kv-f16": {"properties": {"KV_CACHE_PRECISION": "f16"}},
+    "no-dynamic-quantization": {"properties": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}},
+    "batched-tokens-1024": {"scheduler": {"max_num_batched_tokens": 1024}},
+    "prefix-caching": {"scheduler": {"enable_prefix_caching": True}},
+    "threads-1": {"threads": 1},
+    "max-pixels-100k": {"max_pixels": 100352},
+    "int4-g64": {"export": "int4-g64"},
+    "int4-g32": {"export": "int4-g32"},
+}
+
+
+def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load: float) -> str:
+    baseline = next((row.images_per_s for row in rows if row.name.startswith("PyTorch fp32")), rows[0].images_per_s)
+    lines = [
+        "## Full-size benchmark: Qwen3-VL-2B compute, PyTorch vs OpenVINO vs the service", "",
+        f"Command: `make bench-full` (= `python -m bench.full_bench {' '.join(args.argv)}`)".replace(" `)", "`)"),
+        f"Machine: {machine()}; load average {load:.1f} when the run started.",
+        f"Workload: `{MODEL}` (the published Qwen3-VL-2B-Instruct architecture, random weights), {args.images} "
+        f"images cycled ({args.images - 1} receipt-like 448x448 PNGs and one 1700x2200 scan scaled down to "
+        f"max_pixels {MAX_PIXELS}), {args.tokens} generated tokens per image with EOS ignored.",
+        "TTFT: from submitting a request until its first generated token, queueing in the engine included "
+        "(every request is submitted at once). Ready: from process start until the model answered a warm-up "
+        "request. RSS: peak resident memory of the process and its children.", "",
+        "| run | batch | requests | images/s | tokens/s | vs PyTorch fp32 | TTFT p50 / p95 s | ready s | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(row.markdown(baseline) for row in rows),
+    ]
+    if service is not None:
+        engine = next(row for row in rows if row.name == "OpenVINO int8" and row.batch == service.batch)
+        lines += [service.markdown(baseline), "",
+                  f"Service path / raw engine (int8, batch {service.batch}, same images): "
+                  f"**{service.images_per_s / engine.images_per_s:.2f}**. The service row's ready time is from "
+                  "starting the API and worker until the worker reported the model live (OpenVINO's compiled-model "
+                  "cache warm); its RSS is the worker's (Celery process and engine process together)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-models")
+    parser.add_argument("--images", type=int, default=8, help="distinct images; runs cycle through them")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--batches", default="1,4,8,16")
+    parser.add_argument("--formats", default="int8,int4")
+    parser.add_argument("--torch", default="fp32,bf16", help="PyTorch dtypes ('' for none)")
+    parser.add_argument("--torch-requests", type=int, default=2)
+    parser.add_argument("--min-requests", type=int, default=8, help="requests per OpenVINO run (at least the batch)")
+    parser.add_argument("--tune", default="", help=f"comma-separated variants at int8 batch 8: {', '.join(TUNING)}")
+    parser.add_argument("--no-service", action="store_true")
+    parser.add_argument("--write", type=Path, help="update this markdown file's section")
+    args = parser.parse_args()
+    args.argv = sys.argv[1:]
+    load = os.getloadavg()[0]
+    common = {"images": args.images, "tokens": args.tokens, "cache": str(args.cache)}
+
+    rows = []
+    for dtype in filter(None, args.torch.split(",")):
+        rows.append(Row(f"PyTorch {dtype} eager", 1, measure(
+            {**common, "engine": "torch", "dtype": dtype, "checkpoint": str(checkpoint_dir(args.cache)),
+             "requests": args.torch_requests})))
+        print(rows[-1].markdown(rows[0].images_per_s), flush=True)
+    batches = [int(batch) for batch in args.batches.split(",")]
+    for label in filter(None, args.formats.split(",")):
+        for batch in batches:
+            rows.append(Row(f"OpenVINO {label}", batch, measure(
+                {**common, "engine": "openvino", "model_dir": str(export_dir(args.cache, EXPORTS[label])),
+                 "batch_size": batch, "requests": max(batch, args.min_requests)})))
+            print(rows[-1].markdown(rows[0].images_per_s), flush=True)
+    for name in filter(None, args.tune.split(",")):
+        variant = dict(TUNING[name])
+        model_dir = export_dir(args.cache, EXPORTS[variant.pop("export", "int8")])
+        rows.append(Row(f"OpenVINO int8, {name}" if "int4" not in name else f"OpenVINO {name}", 8, measure(
+            {**common, **variant, "engine": "openvino", "model_dir": str(model_dir), "batch_size": 8,
+             "requests": max(8, args.min_requests)})))
+        print(rows[-1].markdown(rows[0].images_per_s), flush=True)
+    service = None
+    if not args.no_service:
+        service = Row("service path (HTTP, Redis, worker, DB), int8", 8,
+                      measure_service(args.cache, args.images, max(8, args.min_requests), args.tokens, 8))
+    text = section(rows, service, args, load)
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+
+
+if __name__ == "__main__":
+    main()
