@@ -157,6 +157,38 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
             "ready_s": ready_s, "peak_rss_bytes": worker_rss.stop()}
 
 
+def gemm_gflops(seconds: float = 3.0) -> float:
+    """What this machine's BLAS sustains on a large fp32 matrix product: the practical compute ceiling."""
+    import torch  # its oneDNN/MKL GEMM, on every core
+
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        runs += 1
+    return runs * 2 * 2048**3 / (time.perf_counter() - started) / 1e9
+
+
+def flops_per_image(checkpoint: Path, prompt_tokens: int, image_tokens: int, generated: int) -> dict[str, float]:
+    """About how much arithmetic one request is, from the model's config: vision, prefill, and each decode step."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    text, vision = config["text_config"], config["vision_config"]
+    hidden, head_dim = text["hidden_size"], text["head_dim"]
+    attention = hidden * head_dim * (2 * text["num_attention_heads"] + 2 * text["num_key_value_heads"])
+    llm = text["num_hidden_layers"] * (attention + 3 * hidden * text["intermediate_size"])
+    patches = image_tokens * vision["spatial_merge_size"] ** 2
+    width = vision["hidden_size"]
+    vision_layer = 4 * width * width + 2 * width * vision["intermediate_size"]
+    return {
+        # weights x tokens (x2: multiply and add), plus attention's n^2 terms.
+        "vision": 2 * vision["depth"] * (vision_layer * patches + 2 * width * patches**2),
+        "prefill": 2 * llm * prompt_tokens + 2 * text["num_hidden_layers"] * hidden * prompt_tokens**2,
+        "decode_step": 2 * (llm + hidden * text["vocab_size"]),  # the LM head runs on every generated token
+        "generated": generated,
+    }
+
+
 # Tuning variants, each on int8 at batch 8 against the plain int8 batch-8 row: what moved the numbers.
 TUNING = {
     "kv-f16": {"properties": {"KV_CACHE_PRECISION": "f16"}},
@@ -170,7 +202,7 @@ TUNING = {
 }
 
 
-def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load: float) -> str:
+def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load: float, gflops: float) -> str:
     baseline = next((row.images_per_s for row in rows if row.name.startswith("PyTorch fp32")), rows[0].images_per_s)
     lines = [
         "## Full-size benchmark: Qwen3-VL-2B compute, PyTorch vs OpenVINO vs the service", "",
@@ -193,7 +225,38 @@ def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load
                   f"**{service.images_per_s / engine.images_per_s:.2f}**. The service row's ready time is from "
                   "starting the API and worker until the worker reported the model live (OpenVINO's compiled-model "
                   "cache warm); its RSS is the worker's (Celery process and engine process together)."]
+    single = next((row for row in rows if row.name == "OpenVINO int8" and row.batch == 1), None)
+    if single is not None:
+        lines += where_time_goes(single, args, gflops)
     return "\n".join(lines) + "\n"
+
+
+def where_time_goes(row: Row, args: argparse.Namespace, gflops: float) -> list[str]:
+    """From the engine's own figures at batch 1: image encoding, prefill and decoding, against the machine."""
+    import statistics
+
+    m = row.measured
+    encode_s = statistics.median(m["encode_ms"]) / 1000
+    prefill_s = statistics.median(m["engine_ttft_ms"]) / 1000
+    decode_s = statistics.median([(total - first) / (args.tokens - 1) for total, first
+                                  in zip(m["engine_ms"], m["engine_ttft_ms"])]) / 1000
+    prompt = int(statistics.median(m["prompt_tokens"]))
+    flops = flops_per_image(checkpoint_dir(args.cache), prompt, image_tokens=(448 // 32) ** 2, generated=args.tokens)
+    weights = (export_dir(args.cache, EXPORTS["int8"]) / "openvino_language_model.bin").stat().st_size
+    per_image = encode_s + prefill_s + decode_s * (args.tokens - 1)
+    return [
+        "", f"### Where the time goes ({row.name}, batch 1, the engine's own figures, medians)", "",
+        "| stage | seconds per image | share | work | achieved |", "|---|---|---|---|---|",
+        f"| image encoding (vision tower, in `add_request`) | {encode_s:.2f} | {encode_s / per_image:.0%} "
+        f"| {flops['vision'] / 1e9:.0f} GFLOP | {flops['vision'] / encode_s / 1e9:.0f} GFLOP/s |",
+        f"| prefill ({prompt} prompt tokens) | {prefill_s:.2f} | {prefill_s / per_image:.0%} "
+        f"| {flops['prefill'] / 1e9:.0f} GFLOP | {flops['prefill'] / prefill_s / 1e9:.0f} GFLOP/s |",
+        f"| decode ({args.tokens - 1} more tokens, {1000 * decode_s:.0f} ms each) | {decode_s * (args.tokens - 1):.2f} "
+        f"| {decode_s * (args.tokens - 1) / per_image:.0%} | {weights / 2**30:.2f} GiB of weights read per step "
+        f"| {weights / decode_s / 2**30:.1f} GiB/s |",
+        "", f"The machine's ceiling: a large fp32 matrix product (torch, every core) sustains {gflops:.0f} GFLOP/s "
+        "here, measured at the start of the run.",
+    ]
 
 
 def main() -> None:
@@ -212,6 +275,7 @@ def main() -> None:
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     load = os.getloadavg()[0]
+    gflops = gemm_gflops()
     common = {"images": args.images, "tokens": args.tokens, "cache": str(args.cache)}
 
     rows = []
@@ -238,7 +302,7 @@ def main() -> None:
     if not args.no_service:
         service = Row("service path (HTTP, Redis, worker, DB), int8", 8,
                       measure_service(args.cache, args.images, max(8, args.min_requests), args.tokens, 8))
-    text = section(rows, service, args, load)
+    text = section(rows, service, args, load, gflops)
     print(text)
     if args.write:
         write_section(args.write, text)
