@@ -156,8 +156,7 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
         except ApiError as error:
             # The line is well-formed but its request is not: that item fails, its neighbours run.
             placeholder = {"id": new_id("job"), "tenant": batch.tenant, "batch_id": batch.id, "custom_id": custom_id,
-                           "prompt": "",
-                           "priority": batch.priority, "model": settings.default_model, "max_tokens": 0,
+                           "prompt": "", "priority": batch.priority, "model": settings.default_model, "max_tokens": 0,
                            "temperature": 0.0, "ignore_eos": False}
             ingest.rows.append(refused_row(placeholder, error))
             continue

@@ -16,6 +16,7 @@ import click
 import redis
 
 from service import client_cli
+from service import keys as api_keys  # `keys` is the command group below
 from service.auth import DISABLED_WARNING
 from service.config import ConfigError, Settings, load_settings
 from service.db import Database
@@ -113,8 +114,6 @@ def keys() -> None:
 @click.option("--max-queued", type=int, help="Queued + running jobs of its tenant (default: max_queued_jobs).")
 def keys_create(name: str, tenant: str, admin: bool, rate_limit: float | None, max_queued: int | None) -> None:
     """Create a key and print its secret, once: only a hash of it is stored."""
-    from service import keys as api_keys
-
     fields = {"name": name, "tenant": tenant, "admin": admin, "rate_limit_rps": rate_limit,
               "max_queued_jobs": max_queued}
     with _database() as database, database.session() as session:
@@ -130,8 +129,6 @@ def keys_create(name: str, tenant: str, admin: bool, rate_limit: float | None, m
 @keys.command("list")
 def keys_list() -> None:
     """Every key, revoked ones too (never the secrets)."""
-    from service import keys as api_keys
-
     with _database() as database, database.session() as session:
         rows = api_keys.list_keys(session)
     click.echo(f"{'id':<31} {'name':<20} {'tenant':<12} {'prefix':<12} {'admin':<5} {'rps':>6} {'queued':>8}  "
@@ -149,8 +146,6 @@ def keys_list() -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke key KEY_ID; requests with it get 401 from now on."""
-    from service import keys as api_keys
-
     with _database() as database, database.session() as session:
         key = api_keys.revoke_key(session, key_id)
         if key is None:

@@ -105,8 +105,8 @@ def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_pa
                                      completion_window="1m", priority="bulk", metadata=None, idempotency_key=None)
         batch_id = batch.id
         session.flush()
-        common = {"tenant": batch.tenant, "batch_id": batch_id, "model": MODEL, "prompt": "p", "priority": "bulk", "max_tokens": 4,
-                  "temperature": 0.0, "ignore_eos": False, "request_sha256": "x"}
+        common = {"tenant": batch.tenant, "batch_id": batch_id, "model": MODEL, "prompt": "p", "priority": "bulk",
+                  "max_tokens": 4, "temperature": 0.0, "ignore_eos": False, "request_sha256": "x"}
         lifecycle.create_jobs(session, [{"id": done, "custom_id": "a", **common},
                                         {"id": waiting, "custom_id": "b", **common}])
         batches.transition(session, batch_id, batches.BatchStatus.VALIDATING, batches.BatchStatus.IN_PROGRESS)
