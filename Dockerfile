@@ -8,5 +8,6 @@ RUN grep -vE '^(torch|nncf|optimum|optimum-intel|scikit-learn|scipy)==' requirem
  && pip install --no-cache-dir --no-deps -r requirements.serve
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e .
-ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models
+# The copied config.yaml disables auth for `make run`; the image serves networks, so it turns auth back on.
+ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models VLQ_DISABLE_AUTH=false
 CMD ["vlq", "api"]

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Flask
 
-from service import blobs, db, dispatch, errors, settings
-from service.api import batches, files, health, jobs, webhooks
+from service import auth, blobs, db, dispatch, errors, ratelimit, settings
+from service.api import batches, files, health, jobs, keys, webhooks
 from service.config import Settings
 
 
@@ -19,9 +19,12 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     blobs.init_app(app)
     dispatch.init_app(app)
     errors.init_app(app)
+    ratelimit.init_app(app)
+    auth.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(keys.bp)
     return app

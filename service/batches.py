@@ -88,11 +88,11 @@ def expires_at_for(window: str) -> Any:
     return utcnow() + (timedelta(hours=amount) if unit == "h" else timedelta(minutes=amount))
 
 
-def create_batch(session: Session, *, endpoint: str, input_file_id: str | None, completion_window: str,
+def create_batch(session: Session, *, tenant: str, endpoint: str, input_file_id: str | None, completion_window: str,
                  priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
                  webhook_url: str | None = None, webhook_secret: str | None = None) -> Batch:
-    """Add a new batch in `validating` to the session."""
-    batch = Batch(id=new_id("batch"), status=BatchStatus.VALIDATING.value, endpoint=endpoint,
+    """Add a new batch of `tenant` in `validating` to the session; its items and files will belong to that tenant."""
+    batch = Batch(id=new_id("batch"), tenant=tenant, status=BatchStatus.VALIDATING.value, endpoint=endpoint,
                   input_file_id=input_file_id, completion_window=completion_window, priority=priority,
                   metadata_=metadata, idempotency_key=idempotency_key, created_at=utcnow(),
                   expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
@@ -107,7 +107,7 @@ def item_row(settings: Settings, blobs: BlobStore, batch: Batch, custom_id: str,
 
     `task_fields` are the job columns of what to ask and how (prompt, model, options, preset, schema).
     """
-    row: dict[str, Any] = {"id": new_id("job"), "batch_id": batch.id, "custom_id": custom_id,
+    row: dict[str, Any] = {"id": new_id("job"), "tenant": batch.tenant, "batch_id": batch.id, "custom_id": custom_id,
                            "priority": batch.priority, **task_fields}
     try:
         info = inspect_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
@@ -155,14 +155,20 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
             schema = parse_response_format(request.response_format)
         except ApiError as error:
             # The line is well-formed but its request is not: that item fails, its neighbours run.
-            placeholder = {"id": new_id("job"), "batch_id": batch.id, "custom_id": custom_id, "prompt": "",
-                           "priority": batch.priority, "model": settings.default_model, "max_tokens": 0,
+            placeholder = {"id": new_id("job"), "tenant": batch.tenant, "batch_id": batch.id, "custom_id": custom_id,
+                           "prompt": "", "priority": batch.priority, "model": settings.default_model, "max_tokens": 0,
                            "temperature": 0.0, "ignore_eos": False}
             ingest.rows.append(refused_row(placeholder, error))
             continue
         ingest.rows.append(item_row(settings, blobs, batch, custom_id, request.image,
                                     {"prompt": request.prompt, "response_schema": schema, **options.job_fields()}))
     return ingest
+
+
+def count_requests(blobs: BlobStore, file: File) -> int:
+    """The requests in a batch input file: its non-blank lines, as ingest will read them."""
+    with blobs.open(file.sha256) as lines:
+        return sum(1 for line in lines if line.strip())
 
 
 def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
@@ -283,14 +289,15 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
 def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: BatchStatus,
                     ending: BatchStatus) -> None:
     """Write the output and error files of everything ended so far, and move the batch to `ending`."""
-    output = _write_file(session, blobs, batch_id, succeeded=True)
-    errors = _write_file(session, blobs, batch_id, succeeded=False)
+    tenant = session.scalar(select(Batch.tenant).where(Batch.id == batch_id))
+    output = _write_file(session, blobs, batch_id, tenant, succeeded=True)
+    errors = _write_file(session, blobs, batch_id, tenant, succeeded=False)
     transition(session, batch_id, source, ending,
                output_file_id=output.id if output else None, error_file_id=errors.id if errors else None)
     log.info("batch %s ended as %s", batch_id, ending.value)
 
 
-def _write_file(session: Session, blobs: BlobStore, batch_id: str, *, succeeded: bool) -> File | None:
+def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, *, succeeded: bool) -> File | None:
     buffer = io.BytesIO()
     for line in result_lines(session, batch_id, succeeded=succeeded):
         buffer.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
@@ -298,12 +305,14 @@ def _write_file(session: Session, blobs: BlobStore, batch_id: str, *, succeeded:
         return None
     kind = "output" if succeeded else "errors"
     buffer.seek(0)
-    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}")
+    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}", tenant)
 
 
-def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str) -> File:
+def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str,
+               tenant: str) -> File:
+    """Store the bytes and add the file row of `tenant` to the session."""
     sha256, size = blobs.put_stream(stream)
-    file = File(id=new_id("file"), filename=filename, purpose=purpose, bytes=size, sha256=sha256,
+    file = File(id=new_id("file"), tenant=tenant, filename=filename, purpose=purpose, bytes=size, sha256=sha256,
                 created_at=utcnow())
     session.add(file)
     return file
@@ -321,5 +330,5 @@ def transition(session: Session, batch_id: str, source: BatchStatus, target: Bat
     if target in _ENDINGS:  # the outbox: the batch summary, in the same transaction as its ending
         batch = session.get(Batch, batch_id, populate_existing=True)
         webhooks.record_event(session, f"batch.{target.value}", batch_id, render(session, batch),
-                              url=batch.webhook_url, secret=batch.webhook_secret)
+                              tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)
     return True

@@ -1,4 +1,4 @@
-"""The `vlq` command: run the service, migrate, and manage models."""
+"""The `vlq` command: run the service, migrate, and manage API keys and models."""
 from __future__ import annotations
 
 import logging
@@ -8,13 +8,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 import redis
 
 from service import client_cli
+from service import keys as api_keys  # `keys` is the command group below
+from service.auth import DISABLED_WARNING
 from service.config import ConfigError, Settings, load_settings
+from service.db import Database
+from service.errors import ApiError
+from service.tenancy import DEFAULT_TENANT
 
 log = logging.getLogger("vlq")
 
@@ -42,19 +49,23 @@ def run() -> None:
     _require_redis(settings)
     _migrate(settings)
     children = [
-        subprocess.Popen([sys.executable, "-m", "service.cli", "api"]),
+        subprocess.Popen([sys.executable, "-m", "service.cli", "api", "--no-auth-warning"]),  # run warns itself
         subprocess.Popen([sys.executable, "-m", "service.cli", "worker"]),
     ]
     click.echo(f"VLQ API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
+    _warn_if_auth_disabled(settings)
     _supervise(children)
 
 
 @cli.command()
 @click.option("--workers", default=2, show_default=True, help="API processes.")
 @click.option("--threads", default=8, show_default=True, help="Threads per API process.")
-def api(workers: int, threads: int) -> None:
+@click.option("--no-auth-warning", is_flag=True, hidden=True)
+def api(workers: int, threads: int, no_auth_warning: bool) -> None:
     """Serve the HTTP API with gunicorn."""
     settings = load_settings()
+    if not no_auth_warning:
+        _warn_if_auth_disabled(settings)
     os.execvp(sys.executable, [
         sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
         "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
@@ -86,6 +97,60 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply every migration to the configured database."""
     _migrate(load_settings())
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+@cli.group()
+def keys() -> None:
+    """API keys, straight in the database (the admin API, /v1/keys, does the same over HTTP)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="What the key is for, e.g. the client that will use it.")
+@click.option("--tenant", default=DEFAULT_TENANT, show_default=True, help="Whose jobs, batches and files it reaches.")
+@click.option("--admin", is_flag=True, help="May manage keys (/v1/keys).")
+@click.option("--rate-limit", type=float, help="Requests per second (default: rate_limit_rps; 0 is unlimited).")
+@click.option("--max-queued", type=int, help="Queued + running jobs of its tenant (default: max_queued_jobs).")
+def keys_create(name: str, tenant: str, admin: bool, rate_limit: float | None, max_queued: int | None) -> None:
+    """Create a key and print its secret, once: only a hash of it is stored."""
+    fields = {"name": name, "tenant": tenant, "admin": admin, "rate_limit_rps": rate_limit,
+              "max_queued_jobs": max_queued}
+    with _database() as database, database.session() as session:
+        try:
+            key, secret = api_keys.create_key(session, api_keys.KeySpec.from_fields(fields))
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"created {key.id} ({key.name}) for tenant {key.tenant}{', admin' if key.admin else ''}. "
+               "The key is shown only now; store it:", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key, revoked ones too (never the secrets)."""
+    with _database() as database, database.session() as session:
+        rows = api_keys.list_keys(session)
+    click.echo(f"{'id':<31} {'name':<20} {'tenant':<12} {'prefix':<12} {'admin':<5} {'rps':>6} {'queued':>8}  "
+               f"{'last used':<20} revoked")
+    for key in rows:
+        data = key.to_dict()
+        rps = "default" if key.rate_limit_rps is None else f"{key.rate_limit_rps:g}"
+        queued = "default" if key.max_queued_jobs is None else str(key.max_queued_jobs)
+        click.echo(f"{key.id:<31} {key.name[:20]:<20} {key.tenant[:12]:<12} {key.prefix:<12} "
+                   f"{'yes' if key.admin else 'no':<5} {rps:>6} {queued:>8}  {(data['last_used_at'] or '-')[:19]:<20} "
+                   f"{(data['revoked_at'] or '-')[:19]}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke key KEY_ID; requests with it get 401 from now on."""
+    with _database() as database, database.session() as session:
+        key = api_keys.revoke_key(session, key_id)
+        if key is None:
+            raise click.ClickException(f"no key with id {key_id!r}")
+    click.echo(f"revoked {key_id}")
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -176,6 +241,20 @@ def _require_redis(settings: Settings) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+@contextmanager
+def _database() -> Iterator[Database]:
+    database = Database(load_settings().database_url)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def _warn_if_auth_disabled(settings: Settings) -> None:
+    if settings.disable_auth:
+        click.secho(f"\n  WARNING: {DISABLED_WARNING}\n", fg="red", bold=True, err=True)
 
 
 def _migrate(settings: Settings) -> None:

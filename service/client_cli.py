@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import requests
@@ -16,16 +17,25 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 console = Console(stderr=True)
 
-url_option = click.option("--url", envvar="VLQ_URL", default="http://127.0.0.1:8080", show_default=True,
-                          help="The VLQ server (or set VLQ_URL).")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def server_options(command: F) -> F:
+    """--url and --api-key (or VLQ_URL and VLQ_API_KEY), which every client command takes."""
+    command = click.option("--api-key", envvar="VLQ_API_KEY",
+                           help="An API key (or set VLQ_API_KEY); not needed if the server has auth disabled.")(command)
+    return click.option("--url", envvar="VLQ_URL", default="http://127.0.0.1:8080", show_default=True,
+                        help="The VLQ server (or set VLQ_URL).")(command)
 
 
 class Server:
-    """A thin HTTP client that turns VLQ's error bodies into readable messages."""
+    """A thin HTTP client that sends the API key and turns VLQ's error bodies into readable messages."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.http = requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:
@@ -38,6 +48,8 @@ class Server:
                 message = f"{error['code']}: {error['message']}"
             except (ValueError, KeyError, TypeError):
                 message = response.text[:300]
+            if response.status_code == 401:
+                message += " (pass --api-key or set VLQ_API_KEY)"
             raise click.ClickException(f"{method} {path} -> {response.status_code} {message}")
         return response
 
@@ -52,9 +64,10 @@ class Server:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write results here when done (.csv or .jsonl); implies --wait.")
 @click.option("--wait/--no-wait", default=False, help="Follow progress until the batch ends.")
-@url_option
+@server_options
 def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: int | None,
-           temperature: float | None, priority: str, out: Path | None, wait: bool, url: str) -> None:
+           temperature: float | None, priority: str, out: Path | None, wait: bool, url: str,
+           api_key: str | None) -> None:
     """Submit a folder, files or globs of images as one batch. Re-running the same command resumes it."""
     images = collect_images(paths)
     if not images:
@@ -65,7 +78,7 @@ def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: i
     digests = {name: _sha256(path) for name, path in images.items()}
     # The same images and options give the same key, so a re-run finds its batch instead of resubmitting.
     key = "vlq-submit-" + hashlib.sha256(json.dumps([fields, sorted(digests.items())]).encode()).hexdigest()
-    server = Server(url)
+    server = Server(url, api_key)
     handles = [("images", (name, path.open("rb"))) for name, path in images.items()]
     try:
         console.print(f"uploading {len(images)} images…")
@@ -86,10 +99,10 @@ def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: i
 
 @click.command()
 @click.argument("batch_id")
-@url_option
-def status(batch_id: str, url: str) -> None:
+@server_options
+def status(batch_id: str, url: str, api_key: str | None) -> None:
     """Show a batch's state and counts."""
-    batch = Server(url).call("GET", f"/v1/batches/{batch_id}").json()
+    batch = Server(url, api_key).call("GET", f"/v1/batches/{batch_id}").json()
     click.echo(json.dumps({key: batch[key] for key in ("id", "status", "request_counts", "output_file_id",
                                                         "error_file_id", "errors")}, indent=2))
 
@@ -97,18 +110,18 @@ def status(batch_id: str, url: str) -> None:
 @click.command()
 @click.argument("batch_id")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".csv or .jsonl")
-@url_option
-def results(batch_id: str, out: Path, url: str) -> None:
+@server_options
+def results(batch_id: str, out: Path, url: str, api_key: str | None) -> None:
     """Download a batch's results so far, one row per item."""
-    download(Server(url), batch_id, out)
+    download(Server(url, api_key), batch_id, out)
 
 
 @click.command()
 @click.argument("batch_id")
-@url_option
-def cancel(batch_id: str, url: str) -> None:
+@server_options
+def cancel(batch_id: str, url: str, api_key: str | None) -> None:
     """Cancel a batch: queued items stop, running ones finish, results so far stay readable."""
-    batch = Server(url).call("POST", f"/v1/batches/{batch_id}/cancel").json()
+    batch = Server(url, api_key).call("POST", f"/v1/batches/{batch_id}/cancel").json()
     click.echo(f"{batch['id']}: {batch['status']}")
 
 

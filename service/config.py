@@ -98,6 +98,11 @@ class Settings:
     webhook_secret: str = ""  # used for a job's webhook_url when the job brings no webhook_secret
     egress_allow_cidrs: tuple[str, ...] = ()  # private ranges outbound requests may reach anyway
 
+    # Access. Every request needs an API key unless auth is disabled, which only local use should do.
+    disable_auth: bool = False
+    rate_limit_rps: float = 20.0  # per key, for keys without their own; 0 is unlimited
+    max_queued_jobs: int = 100_000  # queued + running jobs per tenant, for keys without their own; 0 is unlimited
+
     @property
     def worker_concurrency(self) -> int:
         """Jobs a worker holds at once: one batch generating, one being claimed and decoded behind it."""
@@ -174,9 +179,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     origin = typing.get_origin(hint)
     try:
         if hint is bool:
-            if isinstance(value, str):
-                return value.strip().lower() in {"1", "true", "yes", "on"}
-            return bool(value)
+            return _boolean(value)
         if hint in (int, float):
             return hint(value)
         if origin is tuple:
@@ -193,6 +196,18 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     except (TypeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"setting {name!r}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
     return value
+
+
+def _boolean(value: Any) -> bool:
+    # Strict, so a typo in a flag such as disable_auth is an error rather than a silent guess.
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
 
 
 def _build_registry(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
@@ -226,5 +241,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("webhook_retry_schedule_s must list at least one delay, none negative")
     if settings.webhook_secret and not settings.webhook_secret.startswith("whsec_"):
         raise ConfigError("webhook_secret must be a Standard Webhooks secret, whsec_<base64>")
+    if settings.rate_limit_rps < 0 or settings.max_queued_jobs < 0:
+        raise ConfigError("rate_limit_rps and max_queued_jobs must not be negative (0 means unlimited)")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")

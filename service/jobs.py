@@ -21,6 +21,7 @@ from service.images import ImageInfo
 from service.models import Job, JobEvent, JobStatus, new_id
 from service.presets import apply_preset
 from service.structured import parse_response_format
+from service.tenancy import Caller
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +123,24 @@ def generation_options(settings: Settings, fields: dict[str, Any]) -> Generation
 
 def submit(
     session: Session, blobs: BlobStore, dispatcher: Dispatcher, request: JobRequest, image_bytes: bytes,
-    idempotency_key: str | None,
+    idempotency_key: str | None, caller: Caller,
 ) -> tuple[Job, bool]:
-    """Create and enqueue a job; returns (job, replayed) where replayed means the key matched an earlier job."""
+    """Create and enqueue a job for the caller's tenant; returns (job, replayed) where replayed means the key
+    matched an earlier job of that tenant. A new job must fit the caller's quota (429 otherwise)."""
     fingerprint = request.fingerprint()
+    tenant = caller.tenant
     if idempotency_key:
-        existing = _by_idempotency_key(session, idempotency_key, fingerprint)
+        existing = _by_idempotency_key(session, tenant, idempotency_key, fingerprint)
         if existing is not None:
             return existing, True
+    caller.admit_jobs(session, 1)
 
     blobs.put(image_bytes)
     cache_key = request.cache_key()
     job = lifecycle.create_job(
         session,
         id=new_id("job"),
+        tenant=tenant,
         priority=request.priority,
         image_sha256=request.image_sha256,
         image_format=request.image.format,
@@ -155,7 +160,7 @@ def submit(
     except IntegrityError:
         # Two requests with one Idempotency-Key raced; the other one's insert won.
         session.rollback()
-        existing = _by_idempotency_key(session, idempotency_key, fingerprint) if idempotency_key else None
+        existing = _by_idempotency_key(session, tenant, idempotency_key, fingerprint) if idempotency_key else None
         if existing is None:
             raise
         return existing, True
@@ -178,9 +183,13 @@ def submit(
 
 
 def _answer_from_cache(session: Session, job: Job, cache_key: str) -> bool:
-    """Finish `job` with the newest succeeded result of an identical request, if there is one."""
+    """Finish `job` with the newest succeeded result of an identical request of its tenant, if there is one.
+
+    Tenants never share results: a hit would tell one tenant that another sent the same image and prompt.
+    """
     source = session.scalars(
-        select(Job).where(Job.cache_key == cache_key, Job.status == JobStatus.SUCCEEDED.value, Job.id != job.id)
+        select(Job).where(Job.cache_key == cache_key, Job.tenant == job.tenant, Job.status == JobStatus.SUCCEEDED.value,
+                          Job.id != job.id)
         .order_by(Job.finished_at.desc()).limit(1)
     ).first()
     if source is None:
@@ -189,8 +198,8 @@ def _answer_from_cache(session: Session, job: Job, cache_key: str) -> bool:
     return lifecycle.complete_from_cache(session, job.id, source)
 
 
-def _by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:
-    job = session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: str) -> Job | None:
+    job = session.scalars(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).first()
     if job is not None and job.request_sha256 != fingerprint:
         raise ApiError(409, "idempotency_key_reused",
                        "This Idempotency-Key was already used for a different request.",

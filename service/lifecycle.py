@@ -55,27 +55,31 @@ def create_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
         {"job_id": row["id"], "type": f"job.{row['status']}", "attempt": 0, "worker": None, "created_at": now}
         for row in rows
     ])
-    refused = [row["id"] for row in rows if row["status"] == JobStatus.FAILED.value]
-    webhooks.record_job_events(session, refused, "job.failed")
+    refused: dict[str, list[str]] = {}
+    for row in rows:
+        if row["status"] == JobStatus.FAILED.value:
+            refused.setdefault(row["tenant"], []).append(row["id"])
+    for tenant, job_ids in refused.items():
+        webhooks.record_job_events(session, tenant, job_ids, "job.failed")
 
 
 def cancel_queued_in_batch(session: Session, batch_id: str) -> int:
     """queued -> cancelled for every queued item of a batch, in one UPDATE; returns how many."""
     now = utcnow()
-    cancelled = session.scalars(
+    cancelled = session.execute(
         update(Job)
         .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED.value)
         .values(status=JobStatus.CANCELLED.value, finished_at=now, cancel_requested_at=now,
                 error_code="cancelled", error_message="The batch was cancelled before this item started.")
-        .returning(Job.id)
+        .returning(Job.id, Job.tenant)
         .execution_options(synchronize_session=False)
     ).all()
     if cancelled:
         session.execute(insert(JobEvent), [
             {"job_id": job_id, "type": "job.cancelled", "attempt": 0, "worker": None, "created_at": now}
-            for job_id in cancelled
+            for job_id, _ in cancelled
         ])
-        webhooks.record_job_events(session, list(cancelled), "job.cancelled")
+        webhooks.record_job_events(session, cancelled[0].tenant, [job_id for job_id, _ in cancelled], "job.cancelled")
     return len(cancelled)
 
 

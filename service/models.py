@@ -7,7 +7,19 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -48,6 +60,40 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
+class TenantOwned:
+    """A row that belongs to one tenant: the API finds it only for that tenant's keys (service/api/common.py).
+
+    No default on purpose: a row created without a tenant fails its insert instead of landing in some tenant.
+    """
+
+    tenant: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the secret is stored (see service/keys.py for why that hash)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    tenant: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256 of the whole secret
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to tell keys apart in lists
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float)  # None: the configured default; 0: unlimited
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)  # None: the configured default; 0: unlimited
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The key as the API shows it: never the secret, nor its hash."""
+        return {"id": self.id, "object": "api_key", "name": self.name, "tenant": self.tenant, "admin": self.admin,
+                "prefix": self.prefix, "rate_limit_rps": self.rate_limit_rps, "max_queued_jobs": self.max_queued_jobs,
+                "created_at": _iso(self.created_at), "last_used_at": _iso(self.last_used_at),
+                "revoked_at": _iso(self.revoked_at)}
+
+
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -81,10 +127,11 @@ class BatchStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class File(Base):
+class File(TenantOwned, Base):
     """An uploaded or generated file (OpenAI Files API); the bytes live in the blob store."""
 
     __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_id", "tenant", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     filename: Mapped[str] = mapped_column(String(255))
@@ -98,8 +145,12 @@ class File(Base):
                 "filename": self.filename, "purpose": self.purpose, "status": "processed"}
 
 
-class Batch(Base):
+class Batch(TenantOwned, Base):
     __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_tenant_id", "tenant", "id"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_batches_tenant_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -111,7 +162,7 @@ class Batch(Base):
     errors: Mapped[dict[str, Any] | None]  # validation errors, OpenAI's {"object": "list", "data": [...]}
     output_file_id: Mapped[str | None] = mapped_column(String(40))
     error_file_id: Mapped[str | None] = mapped_column(String(40))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per tenant
     webhook_url: Mapped[str | None] = mapped_column(String(2048))  # gets the batch's ending event
     webhook_secret: Mapped[str | None] = mapped_column(String(255))
 
@@ -139,12 +190,15 @@ class Batch(Base):
         }
 
 
-class Job(Base):
+class Job(TenantOwned, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_batch_id_status", "batch_id", "status"),
+        Index("ix_jobs_tenant_id", "tenant", "id"),
+        Index("ix_jobs_tenant_status_id", "tenant", "status", "id"),  # the quota's count, and filtered lists
         UniqueConstraint("batch_id", "custom_id", name="uq_jobs_batch_custom_id"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -172,7 +226,7 @@ class Job(Base):
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     cached_from: Mapped[str | None] = mapped_column(String(40))  # the job whose result this one reused
 
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per tenant
     request_sha256: Mapped[str] = mapped_column(String(64))
 
     result_text: Mapped[str | None] = mapped_column(Text)
@@ -273,10 +327,11 @@ class JobEvent(Base):
     created_at: Mapped[datetime]
 
 
-class WebhookEndpoint(Base):
-    """A receiver registered once (POST /v1/webhooks) for every event its filter matches."""
+class WebhookEndpoint(TenantOwned, Base):
+    """A receiver registered once (POST /v1/webhooks) for every event of its tenant that its filter matches."""
 
     __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_id", "tenant", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     url: Mapped[str] = mapped_column(Text)
@@ -290,7 +345,7 @@ class WebhookEndpoint(Base):
     deleted_at: Mapped[datetime | None]
 
 
-class WebhookDelivery(Base):
+class WebhookDelivery(TenantOwned, Base):
     """One event to one receiver: its id is the `webhook-id`, the same on every attempt.
 
     Created in the transaction that records the event (the outbox); delivered by workers, retried
@@ -301,6 +356,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("event_type", "subject_id", "target", name="uq_webhook_deliveries_event_target"),
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_tenant_id", "tenant", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

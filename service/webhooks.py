@@ -1,7 +1,8 @@
 """Webhook events and the outbox: an event becomes one delivery row per receiver, in the event's own transaction.
 
 Adding an event source takes one call: `record_event(session, "batch.completed", batch.id, batch.to_dict(),
-url=batch.webhook_url, secret=batch.webhook_secret)` where the batch's transition is written.
+tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)` where the batch's transition is written.
+An event reaches only the endpoints of its subject's tenant.
 Deliveries created in a transaction are sent to the workers once it commits (see `attach_outbox`);
 if that send is lost, the workers' periodic pass finds them due in the database and sends them again.
 """
@@ -27,9 +28,9 @@ REQUEST_TARGET = "request"  # a delivery to the URL the job (or batch) itself ca
 _PENDING_KEY = "vlq.webhook_deliveries"
 
 
-def record_event(session: Session, event_type: str, subject_id: str, data: dict[str, Any], *,
+def record_event(session: Session, event_type: str, subject_id: str, data: dict[str, Any], *, tenant: str,
                  url: str | None = None, secret: str | None = None) -> list[WebhookDelivery]:
-    """Create a pending delivery of this event to the subject's own URL and to every matching endpoint."""
+    """Create a pending delivery of this event to the subject's own URL and to every matching endpoint of `tenant`."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event {event_type!r}")
     now = utcnow()
@@ -37,11 +38,10 @@ def record_event(session: Session, event_type: str, subject_id: str, data: dict[
     targets: list[tuple[str, str | None, str, str]] = []
     if url and secret:
         targets.append((REQUEST_TARGET, None, url, secret))
-    endpoints = session.scalars(select(WebhookEndpoint).where(
-        WebhookEndpoint.status == "active", WebhookEndpoint.deleted_at.is_(None)).order_by(WebhookEndpoint.id))
+    endpoints = _live_endpoints(session, tenant)
     targets += [(e.id, e.id, e.url, e.secret) for e in endpoints if e.events is None or event_type in e.events]
     deliveries = [
-        WebhookDelivery(id=new_id("msg"), event_type=event_type, subject_id=subject_id, target=target,
+        WebhookDelivery(id=new_id("msg"), tenant=tenant, event_type=event_type, subject_id=subject_id, target=target,
                         endpoint_id=endpoint_id, url=target_url, secret=target_secret, body=body,
                         status="pending", attempts=0, next_attempt_at=now, created_at=now)
         for target, endpoint_id, target_url, target_secret in targets
@@ -55,21 +55,27 @@ def record_job_event(session: Session, job_id: str, job_event: JobEvent) -> list
     """The outbox side of a job reaching a terminal state; called by the state machine."""
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
-    return record_event(session, job_event.type, job.id, job.to_dict(), url=job.webhook_url, secret=job.webhook_secret)
+    return record_event(session, job_event.type, job.id, job.to_dict(), tenant=job.tenant, url=job.webhook_url,
+                        secret=job.webhook_secret)
 
 
-def record_job_events(session: Session, job_ids: list[str], event_type: str) -> None:
-    """The outbox side of many batch items ending at once (refused at ingest, cancelled with their batch).
+def record_job_events(session: Session, tenant: str, job_ids: list[str], event_type: str) -> None:
+    """The outbox side of many items of one tenant's batch ending at once (refused at ingest, cancelled with it).
 
     Batch items carry no webhook_url of their own, so only registered endpoints can want these; with none
     subscribed this is one query, whatever the batch's size.
     """
-    endpoints = session.scalars(select(WebhookEndpoint).where(
-        WebhookEndpoint.status == "active", WebhookEndpoint.deleted_at.is_(None)))
+    endpoints = _live_endpoints(session, tenant)
     if not job_ids or not any(e.events is None or event_type in e.events for e in endpoints):
         return
     for job in session.scalars(select(Job).where(Job.id.in_(job_ids))):
-        record_event(session, event_type, job.id, job.to_dict())
+        record_event(session, event_type, job.id, job.to_dict(), tenant=tenant)
+
+
+def _live_endpoints(session: Session, tenant: str) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).where(
+        WebhookEndpoint.tenant == tenant, WebhookEndpoint.status == "active", WebhookEndpoint.deleted_at.is_(None),
+    ).order_by(WebhookEndpoint.id)))
 
 
 def send_after_commit(session: Session, delivery_ids: list[str]) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +36,8 @@ POSTGRES_URL = os.environ.get("VLQ_TEST_POSTGRES_URL", "postgresql+psycopg://pos
 # Built once and reused across runs; `make clean` removes it.
 MODEL_CACHE = Path(os.environ.get("VLQ_TEST_MODEL_CACHE", ROOT / ".cache" / "test-models"))
 TINY = "tiny-random"
+# The tenant of the session's API key: not the default one, so a row stamped with the wrong tenant goes missing.
+TENANT = "acme"
 
 
 # -- the tiny model ----------------------------------------------------------------------------
@@ -50,23 +53,32 @@ def model_cache() -> Path:
 
 # -- databases ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A freshly migrated database of each kind: a SQLite file, and a private schema in Postgres."""
-    if request.param == "sqlite":
+@contextmanager
+def fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory, revision: str = "head") -> Iterator[str]:
+    """A new database of `kind` migrated to `revision`: a SQLite file, or a private schema in Postgres."""
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'vlq.db'}"
-        upgrade(url)
+        upgrade(url, revision)
         yield url
         return
     schema = f"vlq_test_{uuid.uuid4().hex[:10]}"
     dsn = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    upgrade(url)
-    yield url
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    try:
+        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        upgrade(url, revision)
+        yield url
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A freshly migrated database of each kind, for the whole session."""
+    with fresh_database(request.param, tmp_path_factory) as url:
+        yield url
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -183,9 +195,36 @@ def app(settings: Settings) -> Any:
     return create_app(settings)
 
 
+def make_key(settings: Settings, **spec: Any) -> str:
+    """A new API key's secret; `spec` as for `vlq keys create` (name, tenant, admin, rate_limit_rps, ...)."""
+    from service.db import Database
+    from service.keys import KeySpec, create_key
+
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            _, secret = create_key(session, KeySpec.from_fields({"name": "test", **spec}))
+    finally:
+        database.dispose()
+    return secret
+
+
+def keyed(test_client: Any, secret: str | None) -> Any:
+    """A Flask test client that sends `secret` as its bearer key on every request."""
+    if secret is not None:
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return test_client
+
+
+@pytest.fixture(scope="session")
+def api_key(settings: Settings) -> str:
+    """The session's key: tenant `acme`, no rate limit or quota (the tests poll fast and leave jobs queued)."""
+    return make_key(settings, name="session", tenant=TENANT, rate_limit_rps=0, max_queued_jobs=0)
+
+
 @pytest.fixture
-def client(app: Any) -> Any:
-    return app.test_client()
+def client(app: Any, api_key: str) -> Any:
+    return keyed(app.test_client(), api_key)
 
 
 @pytest.fixture(scope="session")
@@ -318,11 +357,13 @@ def receiver(settings: Settings) -> Iterator[Receiver]:
 
 
 def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-priority", **fields: Any) -> str:
-    """A job taken through queued -> running -> `status` by the state machine (and so through the outbox)."""
+    """A job (of the session key's tenant unless `tenant` says otherwise) taken through queued -> running ->
+    `status` by the state machine, and so through the outbox."""
     from service import lifecycle
     from service.models import Job, JobStatus, new_id
 
     job_id = new_id("job")
+    fields.setdefault("tenant", TENANT)
     with database.session() as session:
         lifecycle.create_job(session, id=job_id, model=model, prompt="p", priority="bulk", image_sha256="0" * 64,
                              image_format="PNG", image_width=1, image_height=1, max_tokens=4, temperature=0.0,

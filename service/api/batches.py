@@ -15,7 +15,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from service import batches, jobs
-from service.api.common import get_or_404, newest_first, page, priority_option, request_fields, webhook_options
+from service.api.common import (
+    get_or_404,
+    newest_first,
+    owned_or_none,
+    page,
+    priority_option,
+    request_fields,
+    tenant_scope,
+    webhook_options,
+)
+from service.auth import current_caller
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import Database, get_db, get_session
@@ -35,13 +45,16 @@ _CSV_COLUMNS = ["custom_id", "status", "text", "prompt_tokens", "completion_toke
 
 @bp.post("")
 def create_batch() -> ResponseReturnValue:
-    """JSON: OpenAI's form (input_file_id, endpoint, completion_window). Multipart: images or a zip + one prompt."""
+    """JSON: OpenAI's form (input_file_id, endpoint, completion_window). Multipart: images or a zip + one prompt.
+
+    A batch that would take the tenant past its key's job quota is refused whole (429), before anything is stored.
+    """
     settings = get_settings()
     request.max_content_length = settings.max_upload_bytes
     key = request.headers.get("Idempotency-Key") or None
     session = get_session()
     if key:
-        existing = session.scalars(select(Batch).where(Batch.idempotency_key == key)).first()
+        existing = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).first()
         if existing is not None:
             return jsonify(batches.render(session, existing)), 200, {"Idempotent-Replayed": "true"}
     fields, _ = request_fields()
@@ -50,21 +63,24 @@ def create_batch() -> ResponseReturnValue:
         batch = _create_native(settings, fields, key) if native else _create_openai(settings, fields, key)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
-        batch = session.scalars(select(Batch).where(Batch.idempotency_key == key)).one()
+        batch = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).one()
     return jsonify(batches.render(session, batch))
 
 
 def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) -> Batch:
     session = get_session()
     file_id = fields.get("input_file_id")
-    file = session.get(File, file_id) if isinstance(file_id, str) else None
+    file = owned_or_none(session, File, file_id) if isinstance(file_id, str) else None
     if file is None:
         raise ApiError(400, "invalid_field", f"No file with id {file_id!r}; upload it with POST /v1/files.",
                        {"field": "input_file_id"})
     if fields.get("endpoint") != batches.CHAT_ENDPOINT:
         raise ApiError(400, "invalid_field", f"'endpoint' must be {batches.CHAT_ENDPOINT}.", {"field": "endpoint"})
+    caller = current_caller()
+    if caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
+        caller.admit_jobs(session, batches.count_requests(get_blobs(), file))
     batch = batches.create_batch(
-        session, endpoint=batches.CHAT_ENDPOINT, input_file_id=file.id,
+        session, tenant=caller.tenant, endpoint=batches.CHAT_ENDPOINT, input_file_id=file.id,
         completion_window=fields.get("completion_window") or "24h",
         priority=priority_option(fields, default=Priority.BULK),
         metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
@@ -94,8 +110,10 @@ def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) 
         raise ApiError(400, "duplicate_custom_id", "Image file names must be unique; they become custom_ids.",
                        {"duplicates": duplicates[:20]})
     session = get_session()
+    caller = current_caller()
+    caller.admit_jobs(session, len(images))
     batch = batches.create_batch(
-        session, endpoint=batches.NATIVE_ENDPOINT, input_file_id=None,
+        session, tenant=caller.tenant, endpoint=batches.NATIVE_ENDPOINT, input_file_id=None,
         completion_window=fields.get("completion_window") or "24h",
         priority=priority_option(fields, default=Priority.BULK),
         metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),

@@ -1,4 +1,4 @@
-"""Helpers every blueprint shares: reading request fields, get-or-404, cursor pagination."""
+"""Helpers every blueprint shares: reading request fields, tenant-scoped get-or-404 and listing, cursor pagination."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -8,11 +8,12 @@ from flask import request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.auth import current_tenant
 from service.config import Settings
 from service.db import get_session
 from service.errors import ApiError
 from service.fields import choice_option, int_option, webhook_secret_option, webhook_url_option
-from service.models import Priority
+from service.models import Priority, TenantOwned
 
 T = TypeVar("T")
 
@@ -30,33 +31,29 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 
 
-
-
 def priority_option(fields: dict[str, Any], *, default: Priority) -> str:
     return choice_option(fields, "priority", choices=[p.value for p in Priority], default=default.value)
 
 
 def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
-    row = session.get(model, ident)
+    """The row with this id, if the caller's tenant owns it; another tenant's row is a 404, as if it did not exist."""
+    row = owned_or_none(session, model, ident)
     if row is None:
         raise ApiError(404, "not_found", f"No {kind} with id {ident!r}.", {"id": ident})
     return row
 
 
+def owned_or_none(session: Session, model: type[T], ident: str) -> T | None:
+    """The row with this id if the caller's tenant owns it (any row of a model that has no tenant), else None."""
+    row = session.get(model, ident)
+    if row is None or (isinstance(row, TenantOwned) and row.tenant != current_tenant()):
+        return None
+    return row
 
 
-
-
-
-
-
-
-
-
-
-
-
-
+def tenant_scope(model: Any) -> list[Any]:
+    """The WHERE conditions that keep a query on `model` inside the caller's tenant (none for untenanted models)."""
+    return [model.tenant == current_tenant()] if issubclass(model, TenantOwned) else []
 
 
 def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, str | None]:
@@ -67,12 +64,12 @@ def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, 
 
 
 def newest_first(model: Any, *conditions: Any, max_limit: int = 100) -> tuple[list[Any], int]:
-    """One page of `model` rows matching `conditions`, newest first (ids sort by time), after the cursor.
+    """One page of the caller's `model` rows matching `conditions`, newest first (ids sort by time), after the cursor.
 
     Returns (rows, limit); rows holds one extra row when there are more, which `page` uses and drops.
     """
     limit, cursor = page_params(max_limit=max_limit)
-    query = select(model).where(*conditions)
+    query = select(model).where(*conditions, *tenant_scope(model))
     if cursor:
         query = query.where(model.id < cursor)
     return list(get_session().scalars(query.order_by(model.id.desc()).limit(limit + 1))), limit

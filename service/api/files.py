@@ -6,6 +6,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from service.api.common import get_or_404, newest_first, page, request_fields
+from service.auth import current_tenant
 from service.batches import store_file
 from service.blobs import get_blobs
 from service.db import get_session
@@ -29,7 +30,7 @@ def upload() -> ResponseReturnValue:
     if purpose not in PURPOSES:
         raise ApiError(400, "invalid_field", f"'purpose' must be one of {', '.join(PURPOSES)}.", {"field": "purpose"})
     session = get_session()
-    file = store_file(session, get_blobs(), upload.stream, upload.filename or "upload", purpose)
+    file = store_file(session, get_blobs(), upload.stream, upload.filename or "upload", purpose, current_tenant())
     session.commit()
     return jsonify(file.to_dict())
 

@@ -18,6 +18,7 @@ from service.api.common import (
     request_fields,
     webhook_options,
 )
+from service.auth import current_caller
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import get_session
@@ -45,7 +46,8 @@ def create_job() -> ResponseReturnValue:
     if key is not None and len(key) > 255:
         raise ApiError(400, "invalid_header", "Idempotency-Key is longer than 255 characters.")
 
-    job, replayed = jobs.submit(get_session(), get_blobs(), get_dispatcher(), job_request, image_bytes, key)
+    job, replayed = jobs.submit(get_session(), get_blobs(), get_dispatcher(), job_request, image_bytes, key,
+                                current_caller())
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

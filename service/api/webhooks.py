@@ -8,6 +8,7 @@ from flask.typing import ResponseReturnValue
 
 from service import webhooks
 from service.api.common import get_or_404, newest_first, page, request_fields
+from service.auth import current_tenant
 from service.db import get_session
 from service.errors import ApiError
 from service.fields import webhook_secret_option, webhook_url_option
@@ -26,7 +27,8 @@ def create_endpoint() -> ResponseReturnValue:
     if url is None:
         raise ApiError(400, "missing_field", "'url' is required.", {"field": "url"})
     endpoint = WebhookEndpoint(
-        id=new_id("whep"), url=url, secret=webhook_secret_option(fields, "secret") or generate_secret(),
+        id=new_id("whep"), tenant=current_tenant(), url=url,
+        secret=webhook_secret_option(fields, "secret") or generate_secret(),
         events=_events(fields.get("events")), description=_description(fields.get("description")),
         status="active", created_at=utcnow(),
     )

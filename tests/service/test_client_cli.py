@@ -16,7 +16,8 @@ def _job_count(settings):
         return session.scalar(select(func.count()).select_from(Job))
 
 
-def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(tmp_path, live_server, worker, settings):
+def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(tmp_path, live_server, worker, settings,
+                                                                                api_key):
     folder = tmp_path / "receipts"
     (folder / "2024").mkdir(parents=True)
     for index in range(3):
@@ -25,7 +26,7 @@ def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(t
     (folder / "notes.txt").write_text("ignored")
     out = tmp_path / "results.csv"
     args = ["submit", str(folder), "--prompt", "Total?", "--model", TINY, "--max-tokens", "4",
-            "--out", str(out), "--url", live_server]
+            "--out", str(out), "--url", live_server, "--api-key", api_key]
 
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
@@ -42,18 +43,25 @@ def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(t
     assert _job_count(settings) == jobs_before  # nothing was submitted twice
 
 
-def test_status_results_and_cancel_commands(tmp_path, live_server, worker):
+def test_status_results_and_cancel_commands(tmp_path, live_server, worker, api_key):
     (tmp_path / "a.png").write_bytes(make_image())
-    submitted = CliRunner().invoke(cli, ["submit", str(tmp_path / "a.png"), "--prompt", "x", "--model", TINY,
-                                         "--max-tokens", "2", "--wait", "--url", live_server])
+    # The key from the environment, as a user would set it once.
+    runner = CliRunner(env={"VLQ_URL": live_server, "VLQ_API_KEY": api_key})
+    submitted = runner.invoke(cli, ["submit", str(tmp_path / "a.png"), "--prompt", "x", "--model", TINY,
+                                    "--max-tokens", "2", "--wait"])
     batch_id = submitted.stdout.strip().splitlines()[-1]
-    status = json.loads(CliRunner().invoke(cli, ["status", batch_id, "--url", live_server]).stdout)
+    status = json.loads(runner.invoke(cli, ["status", batch_id]).stdout)
     assert status["status"] == "completed" and status["request_counts"]["completed"] == 1
     out = tmp_path / "r.jsonl"
-    assert CliRunner().invoke(cli, ["results", batch_id, "--out", str(out), "--url", live_server]).exit_code == 0
+    assert runner.invoke(cli, ["results", batch_id, "--out", str(out)]).exit_code == 0
     assert json.loads(out.read_text().splitlines()[0])["custom_id"] == "a.png"
-    cancelled = CliRunner().invoke(cli, ["cancel", batch_id, "--url", live_server])
+    cancelled = runner.invoke(cli, ["cancel", batch_id])
     assert cancelled.exit_code != 0 and "batch_not_cancellable" in cancelled.output
+
+
+def test_the_cli_without_a_key_says_how_to_pass_one(tmp_path, live_server):
+    result = CliRunner(env={"VLQ_API_KEY": None}).invoke(cli, ["status", "batch_x", "--url", live_server])
+    assert result.exit_code != 0 and "unauthorized" in result.output and "VLQ_API_KEY" in result.output
 
 
 def test_the_cli_explains_an_unreachable_server(tmp_path):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from service.config import ConfigError, load_settings
@@ -52,3 +54,19 @@ def test_engine_tuning_mappings_come_from_the_file_or_the_environment(tmp_path):
 def test_missing_config_file_named_by_env_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(environ={"VLQ_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_auth_is_on_unless_a_flag_turns_it_off(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("port: 9000\n")
+    assert load_settings(environ={"VLQ_CONFIG": str(path)}).disable_auth is False  # the code default
+    assert load_settings(environ={"VLQ_CONFIG": str(path), "VLQ_DISABLE_AUTH": "true"}).disable_auth is True
+    with pytest.raises(ConfigError, match="disable_auth"):  # a typo is an error, never a guess
+        load_settings(environ={"VLQ_CONFIG": str(path), "VLQ_DISABLE_AUTH": "ture"})
+
+
+def test_the_local_config_file_turns_auth_off_and_the_server_examples_turn_it_on():
+    root = Path(__file__).resolve().parents[2]
+    assert load_settings(environ={"VLQ_CONFIG": str(root / "config.yaml")}).disable_auth is True
+    assert 'VLQ_DISABLE_AUTH: "false"' in (root / "docker-compose.yml").read_text()
+    assert "VLQ_DISABLE_AUTH=false" in (root / "Dockerfile").read_text()

@@ -6,11 +6,11 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from service import lifecycle
+from service import lifecycle, presence
 from service.db import Database
 from service.dispatch import Dispatcher
 from service.models import Job, JobStatus, new_id, utcnow
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, TENANT
 from workers.maintenance import recover_orphaned_jobs
 
 MODEL = "tiny-priority"  # no session worker consumes it, so enqueued messages can be counted
@@ -23,12 +23,25 @@ def db(settings):
     database.dispose()
 
 
+@pytest.fixture
+def unswept():
+    """Presence for the worker names these tests use, so that the sweepers of the session's real workers leave
+    their jobs alone; the tests tell `recover_orphaned_jobs` themselves which workers are alive."""
+    client = redis.Redis.from_url(REDIS_URL)
+    names = ("dead-worker", "live-worker", "slow-worker", "new-worker")
+    for name in names:
+        presence.announce(client, name, {"pid": 0, "models": {}}, ttl_s=120)
+    yield
+    for name in names:
+        presence.withdraw(client, name)
+
+
 def _running_job(db, worker, *, attempts=1, started_ago_s=60.0, cancel=False):
     job_id = new_id("job")
     with db.session() as session:
         lifecycle.create_job(session, id=job_id, model=MODEL, prompt="p", priority="bulk", image_sha256="0" * 64,
                              image_format="PNG", image_width=1, image_height=1, max_tokens=4, temperature=0.0,
-                             ignore_eos=False, request_sha256="x")
+                             ignore_eos=False, request_sha256="x", tenant=TENANT)
     for _ in range(attempts):
         with db.session() as session:
             session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
@@ -44,7 +57,7 @@ def _job(db, job_id):
         return session.get(Job, job_id)
 
 
-def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(db, settings):
+def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(db, settings, unswept):
     dispatcher = Dispatcher(settings)
     queue_length = lambda: redis.Redis.from_url(REDIS_URL).llen(f"vlq.{MODEL}.bulk")  # noqa: E731
     before = queue_length()
@@ -67,7 +80,7 @@ def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(
     dispatcher.close()
 
 
-def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings):
+def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings, unswept):
     job_id = _running_job(db, "slow-worker")
     with db.session() as session:
         stale = session.get(Job, job_id)
@@ -88,12 +101,12 @@ def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_pa
     blobs = LocalBlobStore(tmp_path / "blobs")
     done, waiting = new_id("job"), new_id("job")
     with db.session() as session:
-        batch = batches.create_batch(session, endpoint="/v1/jobs", input_file_id=None, completion_window="1m",
-                                     priority="bulk", metadata=None, idempotency_key=None)
+        batch = batches.create_batch(session, tenant=TENANT, endpoint="/v1/jobs", input_file_id=None,
+                                     completion_window="1m", priority="bulk", metadata=None, idempotency_key=None)
         batch_id = batch.id
         session.flush()
-        common = {"batch_id": batch_id, "model": MODEL, "prompt": "p", "priority": "bulk", "max_tokens": 4,
-                  "temperature": 0.0, "ignore_eos": False, "request_sha256": "x"}
+        common = {"tenant": batch.tenant, "batch_id": batch_id, "model": MODEL, "prompt": "p", "priority": "bulk",
+                  "max_tokens": 4, "temperature": 0.0, "ignore_eos": False, "request_sha256": "x"}
         lifecycle.create_jobs(session, [{"id": done, "custom_id": "a", **common},
                                         {"id": waiting, "custom_id": "b", **common}])
         batches.transition(session, batch_id, batches.BatchStatus.VALIDATING, batches.BatchStatus.IN_PROGRESS)
@@ -113,3 +126,4 @@ def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_pa
         output = session.get(batches.File, batch.output_file_id)
     lines = blobs.get(output.sha256).decode().splitlines()
     assert [json.loads(line)["custom_id"] for line in lines] == ["a"]
+    assert output.tenant == TENANT  # a file the worker side writes belongs to the batch's tenant

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from service.db import Database
 from service.dispatch import Dispatcher
 from service.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
-from tests.conftest import drive_delivery, finished_job
+from tests.conftest import TENANT, drive_delivery, finished_job
 from workers.maintenance import requeue_due_deliveries
 from workers.webhooks import deliver, next_delay_s
 
@@ -80,7 +80,7 @@ def test_a_4xx_other_than_429_is_not_retried(db, settings, receiver):
 
 def test_a_410_disables_the_endpoint_and_cancels_its_pending_deliveries(db, settings, receiver):
     with db.session() as session:
-        endpoint = WebhookEndpoint(id=new_id("whep"), url=receiver.url, secret=receiver.secret,
+        endpoint = WebhookEndpoint(id=new_id("whep"), tenant=TENANT, url=receiver.url, secret=receiver.secret,
                                    events=["job.failed"], status="active", created_at=utcnow())
         session.add(endpoint)
     receiver.script(410)

@@ -29,8 +29,8 @@ def _wait_batch(client, batch_id, statuses, timeout=90):
 
 
 @pytest.fixture
-def sdk(live_server, worker):
-    return openai.OpenAI(base_url=f"{live_server}/v1", api_key="unused", max_retries=0)
+def sdk(live_server, worker, api_key):
+    return openai.OpenAI(base_url=f"{live_server}/v1", api_key=api_key, max_retries=0)
 
 
 def test_the_openai_sdk_runs_a_batch_and_reads_its_output_and_error_files(sdk):

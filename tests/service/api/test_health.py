@@ -6,7 +6,7 @@ import time
 from service.app import create_app
 from service.db import Database
 from service.models import Job
-from tests.conftest import make_image
+from tests.conftest import keyed, make_image
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -24,8 +24,8 @@ def test_readyz_reports_redis_missing(settings):
     assert body["checks"]["database"] == "ok"
 
 
-def test_submit_with_the_broker_down_is_a_503_and_stores_no_job(settings):
-    client = create_app(dataclasses.replace(settings, redis_url=DEAD_REDIS)).test_client()
+def test_submit_with_the_broker_down_is_a_503_and_stores_no_job(settings, api_key):
+    client = keyed(create_app(dataclasses.replace(settings, redis_url=DEAD_REDIS)).test_client(), api_key)
     with Database(settings.database_url).session() as session:
         before = session.query(Job).count()
     started = time.monotonic()

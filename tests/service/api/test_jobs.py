@@ -9,7 +9,7 @@ import redis
 from service import lifecycle
 from service.db import Database
 from service.models import Job
-from tests.conftest import REDIS_URL, make_image
+from tests.conftest import REDIS_URL, keyed, make_image
 
 # A registry model no worker serves in this session, so jobs stay queued while the API is examined.
 IDLE_MODEL = "tiny-priority"
@@ -115,11 +115,11 @@ def test_malformed_json_or_base64_is_a_400(client, body, code):
     assert response.get_json()["error"]["code"] == code
 
 
-def test_image_over_the_byte_limit_is_a_413(app, settings):
+def test_image_over_the_byte_limit_is_a_413(app, settings, api_key):
     from service.app import create_app
 
     small = create_app(settings.__class__(**{**settings.__dict__, "max_image_bytes": 500}))
-    response = small.test_client().post("/v1/jobs", data=_multipart(make_image(size=(300, 300))))
+    response = keyed(small.test_client(), api_key).post("/v1/jobs", data=_multipart(make_image(size=(300, 300))))
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] in {"image_too_large", "request_too_large"}
 

@@ -1,0 +1,48 @@
+"""API keys, for admin keys only: create (the answer is the only place the secret appears), list, revoke."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from service import keys
+from service.api.common import get_or_404, newest_first, page, request_fields
+from service.auth import require_admin
+from service.db import get_session
+from service.models import ApiKey
+
+bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
+
+
+@bp.before_request
+def _admins_only() -> None:
+    require_admin()
+
+
+@bp.post("")
+def create_key() -> ResponseReturnValue:
+    fields, _ = request_fields()
+    session = get_session()
+    key, secret = keys.create_key(session, keys.KeySpec.from_fields(fields))
+    session.commit()
+    return jsonify({**key.to_dict(), "key": secret}), 201, {"Location": f"/v1/keys/{key.id}"}
+
+
+@bp.get("")
+def list_keys() -> ResponseReturnValue:
+    rows, limit = newest_first(ApiKey)
+    return jsonify(page(rows, limit, ApiKey.to_dict))
+
+
+@bp.get("/<key_id>")
+def get_key(key_id: str) -> ResponseReturnValue:
+    return jsonify(get_or_404(get_session(), ApiKey, key_id, "API key").to_dict())
+
+
+@bp.delete("/<key_id>")
+def revoke_key(key_id: str) -> ResponseReturnValue:
+    """Revoke a key: it stops working at once, and stays listed with its revoked_at."""
+    session = get_session()
+    get_or_404(session, ApiKey, key_id, "API key")
+    key = keys.revoke_key(session, key_id)
+    session.commit()
+    return jsonify(key.to_dict())
