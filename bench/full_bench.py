@@ -29,7 +29,8 @@ import yaml
 
 from bench.full_bench_run import MAX_PIXELS, PeakRss, receipt_images
 from bench.markdown import write_section
-from bench.service_bench import BENCH_REDIS_URL, BENCH_PORT, bench_jobs, start_service
+from bench.service_bench import BENCH_REDIS_URL, BENCH_PORT, bench_jobs, bench_key, start_service
+from service.config import load_settings
 from service.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +140,8 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
         settings_file = Path(tmp) / "config.yaml"
         settings_file.write_text(yaml.safe_dump(config))
         upgrade(config["database_url"])
+        http = http_client.Session()
+        http.headers["Authorization"] = f"Bearer {bench_key(load_settings(config, environ={}))}"
         redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
         started = time.monotonic()
         processes = start_service(settings_file, MODEL, workers=1)
@@ -146,8 +149,7 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
         worker_rss = PeakRss(psutil.Process(processes[1].pid))
         try:
             sources = receipt_images(images)
-            rate = bench_jobs(http_client.Session(), MODEL, [sources[i % len(sources)] for i in range(requests)],
-                              tokens)
+            rate = bench_jobs(http, MODEL, [sources[i % len(sources)] for i in range(requests)], tokens)
         finally:
             for process in processes:
                 process.terminate()
