@@ -141,7 +141,8 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
         settings_file.write_text(yaml.safe_dump(config))
         upgrade(config["database_url"])
         http = http_client.Session()
-        http.headers["Authorization"] = f"Bearer {bench_key(load_settings(environ={"VLQ_CONFIG": str(settings_file)}))}"
+        api_key = bench_key(load_settings(environ={"VLQ_CONFIG": str(settings_file)}))
+        http.headers["Authorization"] = f"Bearer {api_key}"
         redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
         started = time.monotonic()
         processes = start_service(settings_file, MODEL, workers=1)
