@@ -60,11 +60,12 @@ def test_a_model_whose_worker_failed_to_load_it_is_a_503_naming_why(live_server,
     process.stop()
 
 
-def test_a_model_still_loading_is_a_503_and_health_says_so(live_server, start_worker, config_file):
+def test_a_model_still_loading_is_a_503_and_the_model_list_says_so(live_server, start_worker, config_file):
     process = start_worker(STUCK)
     try:
         _wait_model_state(process, STUCK, "loading")
         _assert_refused(live_server, STUCK, "model_loading", 4004)
+        assert requests.get(f"{live_server}/v1/models/{STUCK}", timeout=10).json()["status"] == "loading"
     finally:
         release_stuck_model(config_file)
         _wait_model_state(process, STUCK, "unavailable")
