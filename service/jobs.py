@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from service import lifecycle
 from service.blobs import BlobStore
 from service.config import Settings
+from service.db import Database
 from service.dispatch import Dispatcher
 from service.errors import ApiError
 from service.fields import bool_option, float_option, int_option, required_text
@@ -238,3 +239,10 @@ def cancel(session: Session, dispatcher: Dispatcher, job_id: str) -> bool:
     if signalled:
         dispatcher.publish_cancel(job_id)
     return signalled
+
+
+def ended(db: Database, job_id: str) -> bool:
+    """Whether the job has reached a terminal state, read in a short transaction of its own (so it sees new writes)."""
+    with db.session() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status is None or JobStatus(status).terminal

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 
 from service import jobs, presence, token_stream
-from service.api.common import job_ended
 from service.blobs import get_blobs
 from service.db import get_db, get_session
 from service.dispatch import get_dispatcher
@@ -71,7 +70,7 @@ def answer(request: jobs.JobRequest, image_bytes: bytes) -> Job:
     """Submit and wait for the job's ending; returns the succeeded job, or raises its error as an ApiError."""
     job = submit(request, image_bytes)
     timeout_s = get_settings().sync_timeout_s
-    if not get_job_endings().wait(job.id, lambda: job_ended(job.id), timeout_s):
+    if not get_job_endings().wait(job.id, lambda: jobs.ended(get_db(), job.id), timeout_s):
         raise timed_out(job.id, timeout_s)
     return succeeded(job.id)
 
@@ -88,7 +87,7 @@ def pieces(job: Job) -> Iterator[str | Job]:
     client = get_dispatcher().redis
     streamed, after = "", "0"
     with get_job_endings().watch(job.id) as announced:
-        ended = job_ended(job.id)
+        ended = jobs.ended(get_db(), job.id)
         while True:
             if not ended and time.monotonic() >= deadline:
                 raise timed_out(job.id, timeout_s)
@@ -108,7 +107,7 @@ def pieces(job: Job) -> Iterator[str | Job]:
                 break
             if not batch or announced.is_set():
                 announced.clear()
-                ended = job_ended(job.id)
+                ended = jobs.ended(get_db(), job.id)
             if not batch and not ended:
                 yield ""
     final = succeeded(job.id)

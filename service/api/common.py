@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service import jobs
 from service.config import Settings
-from service.db import get_db, get_session
+from service.db import get_session
 from service.errors import ApiError
 from service.fields import (
     bool_option,
@@ -22,7 +22,7 @@ from service.fields import (
     webhook_url_option,
 )
 from service.images import decode_image_field, inspect_image
-from service.models import Job, JobStatus, Priority
+from service.models import Priority
 
 T = TypeVar("T")
 
@@ -63,13 +63,6 @@ def job_request_from(settings: Settings, fields: dict[str, Any], image_bytes: by
         stream=stream,
         **webhook_options(settings, fields),
     )
-
-
-def job_ended(job_id: str) -> bool:
-    """Whether the job has reached a terminal state, read in a short transaction of its own (so it sees new writes)."""
-    with get_db().session() as session:
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
-    return status is None or JobStatus(status).terminal
 
 
 def priority_option(fields: dict[str, Any], *, default: Priority) -> str:

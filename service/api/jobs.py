@@ -8,7 +8,6 @@ from service import jobs
 from service.api.common import (
     get_or_404,
     image_bytes_field,
-    job_ended,
     job_request_from,
     newest_first,
     page,
@@ -16,7 +15,7 @@ from service.api.common import (
 )
 from service.blobs import get_blobs
 from service.config import Settings
-from service.db import get_session
+from service.db import get_db, get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
 from service.fields import choice_option
@@ -65,6 +64,6 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
         raise ApiError(409, "job_already_finished", f"The job already ended as {job.status}.",
                        {"status": job.status})
     if jobs.cancel(session, get_dispatcher(), job_id):
-        get_job_endings().wait(job_id, lambda: job_ended(job_id), get_settings().cancel_wait_s)
+        get_job_endings().wait(job_id, lambda: jobs.ended(get_db(), job_id), get_settings().cancel_wait_s)
     session.expire_all()
     return jsonify(get_or_404(session, Job, job_id, "job").to_dict()), 202
