@@ -6,8 +6,18 @@ from typing import Any
 
 from flask import Flask
 
-from service import auth, blobs, db, dispatch, errors, ratelimit, settings
-from service.api import batches, files, health, jobs, keys, webhooks
+from service import auth, blobs, db, dispatch, errors, job_endings, ratelimit, settings
+from service.api import (
+    batches,
+    chat_completions,
+    files,
+    generate_content,
+    health,
+    jobs,
+    keys,
+    simple_chat,
+    webhooks,
+)
 from service.config import Settings
 
 
@@ -18,6 +28,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     blobs.init_app(app)
     dispatch.init_app(app)
+    job_endings.init_app(app)
     errors.init_app(app)
     ratelimit.init_app(app)
     auth.init_app(app)
@@ -27,4 +38,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(batches.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(keys.bp)
+    app.register_blueprint(chat_completions.bp)
+    app.register_blueprint(simple_chat.bp)
+    app.register_blueprint(generate_content.bp)
     return app

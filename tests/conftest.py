@@ -1,6 +1,7 @@
 """Shared fixtures: real Redis, real SQLite and Postgres, the tiny model, and real worker processes."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -38,6 +39,9 @@ MODEL_CACHE = Path(os.environ.get("VLQ_TEST_MODEL_CACHE", ROOT / ".cache" / "tes
 TINY = "tiny-random"
 # The tenant of the session's API key: not the default one, so a row stamped with the wrong tenant goes missing.
 TENANT = "acme"
+ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle")
+BROKEN = "tiny-broken"  # looks exported, but its language model is garbage: a worker fails to load it
+STUCK = "tiny-stuck"  # its generation_config.json is a FIFO: a worker loading it waits until the test writes to it
 
 
 # -- the tiny model ----------------------------------------------------------------------------
@@ -91,7 +95,7 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "database_url": database_url,
         "redis_url": REDIS_URL,
         "blob_dir": str(tmp / "blobs"),
-        "model_cache": str(model_cache),
+        "model_cache": str(tmp / "models"),
         "batch_size": 4,
         "default_model": TINY,
         "job_timeout_s": 60,
@@ -102,21 +106,50 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "webhook_retry_schedule_s": [0, 0.2, 0.3, 0.4, 1.2],
         "webhook_timeout_s": 1,
         "egress_allow_cidrs": ["127.0.0.0/8"],
+        "sync_timeout_s": 60,
         "models": {
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
             # Aliases of the same export, each served only by the workers a test starts for it.
             **{alias: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128}
-               for alias in ("tiny-victim", "tiny-priority", "tiny-grounded")},
+               for alias in (*ALIASES, BROKEN, STUCK)},
         },
     }
-    for alias in ("tiny-victim", "tiny-priority", "tiny-grounded"):
-        link = model_cache / f"{alias}-fp16"
-        if not link.exists():
-            link.symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
+    # The session's own model folder: the tiny export and its aliases linked in, and a broken copy.
+    models = tmp / "models"
+    models.mkdir()
+    compiled = model_cache / ".compiled"  # OpenVINO's compiled-model cache, kept warm across sessions
+    compiled.mkdir(exist_ok=True)
+    (models / ".compiled").symlink_to(compiled, target_is_directory=True)
+    for name in (TINY, *ALIASES):
+        (models / f"{name}-fp16").symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
+    _linked_export(model_cache / f"{TINY}-fp16", models / f"{BROKEN}-fp16", "openvino_language_model.xml")
+    (models / f"{BROKEN}-fp16" / "openvino_language_model.xml").write_text("<net>this is not a model</net>")
+    _linked_export(model_cache / f"{TINY}-fp16", models / f"{STUCK}-fp16", "generation_config.json")
+    os.mkfifo(models / f"{STUCK}-fp16" / "generation_config.json")
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     redis.Redis.from_url(REDIS_URL).flushdb()
     return path
+
+
+def _linked_export(source: Path, target: Path, missing: str) -> None:
+    """A copy of an export, every file linked to the original but `missing`, which the caller puts there."""
+    target.mkdir()
+    for item in source.iterdir():
+        if item.name != missing:
+            (target / item.name).symlink_to(item)
+
+
+def release_stuck_model(config_file: Path) -> None:
+    """Let a worker stuck loading STUCK go on: an empty read of its FIFO fails the load (the model is unavailable)."""
+    fifo = config_file.parent / "models" / f"{STUCK}-fp16" / "generation_config.json"
+    deadline = time.monotonic() + 60  # the engine process may still be starting, not yet reading
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while nothing is reading it
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -227,14 +260,23 @@ def client(app: Any, api_key: str) -> Any:
     return keyed(app.test_client(), api_key)
 
 
-@pytest.fixture(scope="session")
-def live_server(app: Any) -> Iterator[str]:
-    """The app on a real loopback HTTP server, for clients that need a URL (the openai SDK, the CLI)."""
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """`app` on a real loopback HTTP server, for clients that need a URL (the openai SDK, requests, the CLI)."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live_server(app: Any) -> Iterator[str]:
+    """The session's app on a real loopback HTTP server."""
+    with serve(app) as url:
+        yield url
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -245,6 +287,10 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (96, 64), color: tuple[
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+def data_url(image: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
 
 
 def wait_for_status(client: Any, job_id: str, statuses: set[str], timeout: float = 60,

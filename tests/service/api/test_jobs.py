@@ -12,7 +12,7 @@ from service.models import Job
 from tests.conftest import REDIS_URL, keyed, make_image
 
 # A registry model no worker serves in this session, so jobs stay queued while the API is examined.
-IDLE_MODEL = "tiny-priority"
+IDLE_MODEL = "tiny-idle"
 
 
 def _multipart(image: bytes = None, **fields):

@@ -8,7 +8,7 @@ from service.db import Database
 from service.models import Job, JobStatus
 from tests.conftest import make_image
 
-IDLE_MODEL = "tiny-priority"  # no worker serves it in this session, so jobs stay queued
+IDLE_MODEL = "tiny-idle"  # no worker serves it in this session, so jobs stay queued
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["total"],
           "properties": {"total": {"type": "number"}}}
 

@@ -7,7 +7,7 @@ import pytest
 from service.db import Database
 from tests.conftest import drive_delivery, finished_job, make_image
 
-IDLE_MODEL = "tiny-priority"  # no session worker serves it, so submitted jobs stay queued
+IDLE_MODEL = "tiny-idle"  # no session worker serves it, so submitted jobs stay queued
 
 
 @pytest.fixture
