@@ -84,12 +84,20 @@ def _resolve_caller() -> None:
 
 
 def _authenticate(default_rps: float, default_max_queued: int) -> Caller:
-    """The caller behind the request's `Authorization: Bearer` key; 401 if it has none, or a wrong or revoked one."""
+    """The caller behind the request's key; 401 if it has none, or a wrong or revoked one.
+
+    The key comes as `Authorization: Bearer <key>`, or as `x-goog-api-key: <key>`, the header generateContent
+    clients send.
+    """
     credentials = request.authorization
-    if credentials is None or credentials.type != "bearer" or not credentials.token:
+    if credentials is not None and credentials.type == "bearer" and credentials.token:
+        secret = credentials.token
+    else:
+        secret = request.headers.get("x-goog-api-key", "")
+    if not secret:
         raise ApiError(401, "unauthorized", "Send an API key as 'Authorization: Bearer <key>'.",
                        headers={"WWW-Authenticate": 'Bearer realm="vlq"'})
-    key = keys.find_key(get_session(), credentials.token)  # a read in the request's own session: no extra connection
+    key = keys.find_key(get_session(), secret)  # a read in the request's own session: no extra connection
     if key is None or key.revoked_at is not None:
         problem = "was revoked" if key is not None else "is not valid"
         raise ApiError(401, "unauthorized", f"This API key {problem}.",

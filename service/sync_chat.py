@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 from service import jobs, presence, token_stream
+from service.auth import current_caller
 from service.blobs import get_blobs
 from service.db import get_db, get_session
 from service.dispatch import get_dispatcher
@@ -62,7 +63,7 @@ def admit(model: str) -> None:
 def submit(request: jobs.JobRequest, image_bytes: bytes) -> Job:
     """Admit the request, then create and enqueue its job (it may come back already answered from the cache)."""
     admit(request.task.options.model)
-    job, _ = jobs.submit(get_session(), get_blobs(), get_dispatcher(), request, image_bytes, None)
+    job, _ = jobs.submit(get_session(), get_blobs(), get_dispatcher(), request, image_bytes, None, current_caller())
     return job
 
 

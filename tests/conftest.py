@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 import redis
 import yaml
 from PIL import Image
@@ -258,6 +259,14 @@ def api_key(settings: Settings) -> str:
 @pytest.fixture
 def client(app: Any, api_key: str) -> Any:
     return keyed(app.test_client(), api_key)
+
+
+@pytest.fixture
+def http(api_key: str) -> Iterator[requests.Session]:
+    """`requests` as a client of the live server uses it: with the session's key on every request."""
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {api_key}"
+        yield session
 
 
 @contextmanager

@@ -32,6 +32,7 @@ def readyz() -> ResponseReturnValue:
 
 
 @bp.get("/health")
+@public
 def health() -> ResponseReturnValue:
     """The OpenAI-compatible servers' health check: {"status": "healthy"} when ready."""
     body = readiness()

@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from service import presence, sync_chat
 from service.api.common import job_request_from
+from service.auth import public
 from service.dispatch import get_dispatcher
 from service.errors import ApiError, as_api_error
 from service.fields import int_option
@@ -79,6 +80,7 @@ def _image(value: Any) -> bytes:
 
 
 @bp.get("/health")
+@public
 def health() -> ResponseReturnValue:
     """{status: ok} while a live worker serves the default model; otherwise 503 with status loading or unavailable."""
     model = get_settings().default_model

@@ -38,27 +38,27 @@ def image_server():
     server.shutdown()
 
 
-def _ask(url, image_url):
-    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+def _ask(url, image_url, api_key):
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
     return sdk.chat.completions.create(model=TINY, max_tokens=4, messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": "What is it?"}]}])
 
 
-def test_an_image_url_is_fetched_when_allowed(settings, worker, image_server):
+def test_an_image_url_is_fetched_when_allowed(settings, worker, image_server, api_key):
     with serve(create_app(dataclasses.replace(settings, image_url_fetch=True, max_image_bytes=100_000))) as url:
-        assert _ask(url, f"{image_server}/receipt.jpg").usage.prompt_tokens > 0
+        assert _ask(url, f"{image_server}/receipt.jpg", api_key).usage.prompt_tokens > 0
         with pytest.raises(openai.BadRequestError) as caught:
-            _ask(url, f"{image_server}/missing.jpg")
+            _ask(url, f"{image_server}/missing.jpg", api_key)
         assert caught.value.code == "image_url_unreachable"
         with pytest.raises(openai.APIStatusError) as caught:
-            _ask(url, f"{image_server}/big.png")
+            _ask(url, f"{image_server}/big.png", api_key)
         assert caught.value.status_code == 413 and caught.value.code == "image_too_large"
 
 
-def test_private_addresses_are_refused_unless_allowed(settings, image_server):
+def test_private_addresses_are_refused_unless_allowed(settings, image_server, api_key):
     app = create_app(dataclasses.replace(settings, image_url_fetch=True, egress_allow_cidrs=()))
     with serve(app) as url, pytest.raises(openai.BadRequestError) as caught:
-        _ask(url, f"{image_server}/receipt.jpg")
+        _ask(url, f"{image_server}/receipt.jpg", api_key)
     assert caught.value.code == "image_url_forbidden"
 
 

@@ -10,8 +10,8 @@ from tests.conftest import TINY, data_url, make_image, serve
 
 
 @pytest.fixture
-def sdk(live_server, worker):
-    return openai.OpenAI(base_url=f"{live_server}/v1", api_key="unused", max_retries=0)
+def sdk(live_server, worker, api_key):
+    return openai.OpenAI(base_url=f"{live_server}/v1", api_key=api_key, max_retries=0)
 
 
 def _user(text, image=None, mime="image/png"):
@@ -75,8 +75,8 @@ def test_streaming_sends_the_text_as_it_is_generated_then_usage(sdk, client):
     assert "".join(texts) == job["result"]["text"]
 
 
-def test_multipart_with_requests_answers_content_and_total_time(live_server, worker):
-    response = requests.post(f"{live_server}/v1/chat/completions", files={"image": ("r.jpg", make_image("JPEG"))},
+def test_multipart_with_requests_answers_content_and_total_time(http, live_server, worker):
+    response = http.post(f"{live_server}/v1/chat/completions", files={"image": ("r.jpg", make_image("JPEG"))},
                              data={"prompt": "What is in the picture?", "max_tokens": "6"}, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -84,17 +84,17 @@ def test_multipart_with_requests_answers_content_and_total_time(live_server, wor
     assert body["usage"]["total_time_ms"] > 0 and body["usage"]["completion_tokens"] >= 1
 
 
-def test_models_list_and_health(sdk, live_server):
+def test_models_list_and_health(http, sdk, live_server):
     models = {model.id: model for model in sdk.models.list()}
     assert models[TINY].object == "model" and models[TINY].model_extra["status"] == "live"
     assert "qwen3-vl-2b" in models
     assert sdk.models.retrieve(TINY).id == TINY
     with pytest.raises(openai.NotFoundError):
         sdk.models.retrieve("no-such-model")
-    assert requests.get(f"{live_server}/health", timeout=10).json() == {"status": "healthy"}
+    assert http.get(f"{live_server}/health", timeout=10).json() == {"status": "healthy"}
 
 
-def test_input_errors_come_in_openais_shape(sdk, live_server):
+def test_input_errors_come_in_openais_shape(http, sdk, live_server):
     with pytest.raises(openai.BadRequestError) as caught:  # a truncated PNG
         sdk.chat.completions.create(model=TINY, messages=[_user("Hi", make_image()[:60])], max_tokens=4)
     assert caught.value.status_code == 400 and caught.value.code == "invalid_image"
@@ -113,22 +113,22 @@ def test_input_errors_come_in_openais_shape(sdk, live_server):
             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}, {"type": "text", "text": "Hi"}]}])
     assert caught.value.code == "unsupported_image_url"
 
-    response = requests.post(f"{live_server}/v1/chat/completions", files={"image": ("a.png", make_image())},
+    response = http.post(f"{live_server}/v1/chat/completions", files={"image": ("a.png", make_image())},
                              data={"prompt": ""}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["code"] == "missing_field"
-    response = requests.post(f"{live_server}/v1/chat/completions", files={"image": ("a.png", b"not an image")},
+    response = http.post(f"{live_server}/v1/chat/completions", files={"image": ("a.png", b"not an image")},
                              data={"prompt": "Hi"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_image"
 
 
-def test_an_image_over_the_byte_limit_is_413(settings, worker):
+def test_an_image_over_the_byte_limit_is_413(http, settings, worker, api_key):
     image = make_image(size=(300, 300), color=(1, 2, 3), compress_level=0)
     small = dataclasses.replace(settings, max_image_bytes=len(image) - 1)
     with serve(create_app(small)) as url:
-        response = requests.post(f"{url}/v1/chat/completions", files={"image": ("a.png", image)},
+        response = http.post(f"{url}/v1/chat/completions", files={"image": ("a.png", image)},
                                  data={"prompt": "Hi"}, timeout=30)
         assert response.status_code == 413 and response.json()["error"]["code"] == "image_too_large"
-        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
         with pytest.raises(openai.APIStatusError) as caught:
             sdk.chat.completions.create(model=TINY, messages=[_user("Hi", image)], max_tokens=4)
         assert caught.value.status_code == 413

@@ -14,9 +14,9 @@ def _contents(text="What is the total?", image=None, mime="image/png"):
 
 
 @pytest.fixture
-def generate(live_server, worker):
+def generate(http, live_server, worker):
     def post(model=TINY, prefix="v1", **body):
-        return requests.post(f"{live_server}/{prefix}/models/{model}:generateContent", json=body, timeout=60)
+        return http.post(f"{live_server}/{prefix}/models/{model}:generateContent", json=body, timeout=60)
     return post
 
 

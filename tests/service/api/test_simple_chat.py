@@ -10,9 +10,9 @@ from tests.conftest import TINY, data_url, make_image
 
 
 @pytest.fixture
-def chat(live_server, worker):
+def chat(http, live_server, worker):
     def post(**body):
-        return requests.post(f"{live_server}/api/v1/chat", json=body, timeout=60)
+        return http.post(f"{live_server}/api/v1/chat", json=body, timeout=60)
     return post
 
 
@@ -30,8 +30,8 @@ def test_a_data_url_image_and_prompt_get_the_answer_with_token_usage(chat):
     assert data["inference_time_ms"] > 0
 
 
-def test_health_names_the_model(live_server, worker, settings):
-    body = requests.get(f"{live_server}/api/v1/health", timeout=10).json()
+def test_health_names_the_model(http, live_server, worker, settings):
+    body = http.get(f"{live_server}/api/v1/health", timeout=10).json()
     assert body["status"] == "ok" and body["model"] == settings.default_model == TINY
     assert body["multimodal"] is True and body["cpu_optimized"] is True and body["timestamp"].endswith("Z")
 
@@ -65,6 +65,6 @@ def test_input_errors_carry_the_documented_codes(chat, body, code, status):
     assert answer["code"] == code and answer["data"] is None and answer["message"]
 
 
-def test_a_body_that_is_not_json_is_4000(live_server):
-    response = requests.post(f"{live_server}/api/v1/chat", data="image=x", timeout=10)
+def test_a_body_that_is_not_json_is_4000(http, live_server):
+    response = http.post(f"{live_server}/api/v1/chat", data="image=x", timeout=10)
     assert response.status_code == 400 and response.json()["code"] == 4000

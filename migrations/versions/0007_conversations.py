@@ -1,7 +1,7 @@
 """conversations, streaming and top_p on jobs (compatible chat endpoints)
 
-Revision ID: compat_0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-21 09:00:00.000000
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = 'compat_0006'
-down_revision: str | None = '0005'
+revision: str = '0007'
+down_revision: str | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -2,7 +2,7 @@
 
 Rows from before this revision belong to the tenant "default" (what every request acts as with auth off).
 
-Revision ID: access_0006
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-21 08:30:00.000000
 """
@@ -15,7 +15,7 @@ from alembic import op
 
 import service.models
 
-revision: str = 'access_0006'
+revision: str = '0006'
 down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
