@@ -30,7 +30,7 @@ def test_rows_from_before_tenants_belong_to_the_default_tenant(kind, tmp_path_fa
             connection.execute(text(
                 "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at) "
                 "VALUES ('file_old', 'a.jsonl', 'batch', 1, 'abc', '2026-01-01 00:00:00')"))
-        upgrade(url)
+        upgrade(url, "0006")  # the revision under test; later ones add columns this raw SQL does not fill
         with database.engine.begin() as connection:
             assert connection.execute(text("SELECT tenant FROM jobs")).scalars().all() == ["default"]
             assert connection.execute(text("SELECT tenant FROM files")).scalars().all() == ["default"]

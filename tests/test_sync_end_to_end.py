@@ -12,7 +12,8 @@ import requests
 
 from service import presence
 from service.app import create_app
-from tests.conftest import BROKEN, REDIS_URL, STUCK, TINY, data_url, make_image, release_stuck_model, serve
+from tests.conftest import (BROKEN, REDIS_URL, STUCK, TINY, data_url, keyed, make_image, release_stuck_model,
+                            serve)
 
 BUSY = "tiny-sync"  # served by this module's one-slot worker, kept busy
 IDLE = "tiny-idle"  # in the registry and exported, but no worker ever serves it
@@ -84,10 +85,10 @@ def test_with_redis_down_every_family_answers_503_or_its_internal_error_code(htt
 # -- a busy model: one engine slot, two long jobs in the worker and one waiting in the queue ------------------
 
 @pytest.fixture(scope="module")
-def busy(client_app, start_worker):
+def busy(client_app, start_worker, api_key):
     process = start_worker(BUSY, VLQ_BATCH_SIZE="1")  # one slot, so the worker holds two jobs and runs one
     process.wait_live(BUSY)
-    client = client_app.test_client()
+    client = keyed(client_app.test_client(), api_key)
     blockers = [client.post("/v1/jobs", json={
         "image": data_url(make_image(color=(i, 1, 1))), "prompt": "Go on.", "model": BUSY, "max_tokens": 4000,
         "ignore_eos": True, "no_cache": True}).get_json()["id"] for i in range(3)]
@@ -112,12 +113,12 @@ def test_a_full_queue_is_refused_with_503_overloaded(http, busy, settings):
         _assert_refused(http, url, BUSY, "overloaded", 5000)
 
 
-def test_no_answer_in_time_is_504_or_5001_and_the_job_is_cancelled(http, busy, settings, client_app):
+def test_no_answer_in_time_is_504_or_5001_and_the_job_is_cancelled(http, busy, settings, client_app, api_key):
     with serve(create_app(dataclasses.replace(settings, sync_timeout_s=0.5))) as url:
         code, body = _call(http, url, "openai", BUSY)
         assert code == 504 and body["error"]["code"] == "sync_timeout", body
         job_id = re.search(r"job_\w+", body["error"]["message"]).group(0)
-        job = client_app.test_client().get(f"/v1/jobs/{job_id}").get_json()
+        job = keyed(client_app.test_client(), api_key).get(f"/v1/jobs/{job_id}").get_json()
         assert job["status"] == "cancelled" and job["priority"] == "interactive"
 
         code, body = _call(http, url, "simple", BUSY, max_tokens=64)
