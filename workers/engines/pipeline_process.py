@@ -11,6 +11,7 @@ long. Here only this loop waits; the worker talks to it through two queues:
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
 import time
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
         results.put(("failed", f"{type(exc).__name__}: {exc}"))
         return
     results.put(("ready", time.monotonic() - started))
-    loop.run(requests)
+    loop.run(requests, multiprocessing.parent_process())
 
 
 class _Loop:
@@ -78,8 +79,13 @@ class _Loop:
         return ov_genai.ContinuousBatchingPipeline(
             self._config.path, scheduler, self._config.device, self._config.properties)
 
-    def run(self, requests: Any) -> None:
+    def run(self, requests: Any, parent: Any) -> None:
         while True:
+            # A SIGKILLed worker cannot stop its engine: without this check the engine would go on holding
+            # the model's memory, an orphan, for ever.
+            if parent is not None and not parent.is_alive():
+                log.error("the worker process is gone; the engine process exits")
+                return
             # Block only when idle; while generating, take whatever arrived and step again.
             try:
                 message = requests.get(timeout=0.5) if not self._inflight else requests.get_nowait()
