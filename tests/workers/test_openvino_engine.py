@@ -1,12 +1,15 @@
 """The OpenVINO engine in-process, on the tiny Qwen3-VL."""
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 from PIL import Image
 
 from service.config import load_settings
-from tests.conftest import TINY
+from tests.conftest import ROOT, TINY
 from workers.engines import create_engine
 from workers.engines.base import EngineError, GenerationRequest
 from workers.registry import local_model
@@ -139,3 +142,28 @@ def test_engine_failures_that_mean_out_of_memory_are_told_apart():
     assert error_code(RuntimeError("Exception from src/core: std::bad_alloc")) == "out_of_memory"
     assert error_code(_OutOfMemory("the engine dropped the request (IGNORED)")) == "out_of_memory"
     assert error_code(RuntimeError("shape mismatch")) == "inference_error"
+
+
+def test_the_engine_process_exits_when_its_worker_is_killed(model_cache, tmp_path):
+    script = tmp_path / "worker.py"
+    # The engine's spawned process imports this file again (as __mp_main__): only __main__ runs the worker part.
+    script.write_text(
+        "import time\n"
+        "from service.config import load_settings\n"
+        "from workers.engines import create_engine\n"
+        "from workers.registry import local_model\n"
+        "if __name__ == '__main__':\n"
+        f"    settings = load_settings({{'model_cache': {str(model_cache)!r}, 'default_model': {TINY!r}}}, environ={{}})\n"
+        f"    engine = create_engine(local_model(settings, settings.registry[{TINY!r}]), settings)\n"
+        "    engine.load()\n"
+        "    print(engine._process.pid, flush=True)\n"
+        "    time.sleep(600)\n")
+    worker = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        engine = psutil.Process(int(worker.stdout.readline()))
+        worker.kill()  # SIGKILL: no atexit, no daemon-process cleanup
+        worker.wait()
+        gone, _ = psutil.wait_procs([engine], timeout=30)
+        assert gone, "the engine process outlived its worker"
+    finally:
+        worker.kill()

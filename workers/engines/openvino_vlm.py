@@ -65,14 +65,23 @@ class OpenVINOVLMEngine(Engine):
             target=pipeline_process.serve, args=(config, self._requests, self._results),
             name=f"vlq-engine-{self.name}", daemon=True)
         self._process.start()
-        try:
-            message = self._results.get(timeout=_LOAD_TIMEOUT_S)
-        except queue.Empty:
-            self._process.kill()
-            raise EngineError(f"{self.name} did not load within {_LOAD_TIMEOUT_S}s") from None
+        message = self._wait_until_loaded()
         if message[0] != "ready":
             self._process.join(timeout=10)
             raise EngineError(f"{self.name} failed to load: {message[1]}")
+
+    def _wait_until_loaded(self) -> tuple[Any, ...]:
+        """The engine process's first message; fails fast if the process dies before it could send one."""
+        deadline = time.monotonic() + _LOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                return self._results.get(timeout=1.0)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise EngineError(f"{self.name}: the engine process exited while loading "
+                                      f"(exit code {self._process.exitcode})") from None
+        self._process.kill()
+        raise EngineError(f"{self.name} did not load within {_LOAD_TIMEOUT_S}s")
 
     def _properties(self) -> dict[str, Any]:
         # OpenVINO caches compiled blobs here, so a restarted worker skips most of compilation.

@@ -67,7 +67,7 @@ def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
         results.put(("failed", f"{type(exc).__name__}: {exc}"))
         return
     results.put(("ready", time.monotonic() - started))
-    loop.run(requests)
+    loop.run(requests, multiprocessing.parent_process())
 
 
 class _Loop:
@@ -92,16 +92,18 @@ class _Loop:
         return ov_genai.ContinuousBatchingPipeline(
             self._config.path, scheduler, self._config.device, self._config.properties)
 
-    def run(self, requests: Any) -> None:
+    def run(self, requests: Any, parent: Any) -> None:
         while True:
+            # A SIGKILLed worker cannot stop its engine: without this check the engine would go on holding
+            # the model's memory, an orphan, for ever.
+            if parent is not None and not parent.is_alive():
+                log.error("the worker process is gone; the engine process exits")
+                return
             # Block only when idle; while generating, take whatever arrived and step again.
             try:
                 message = requests.get(timeout=0.5) if not self._inflight else requests.get_nowait()
             except queue.Empty:
                 message = None
-                if not self._inflight and not _parent_alive():
-                    log.warning("the worker that started this engine process is gone; exiting")
-                    return
             while message is not None:
                 if message[0] == "stop":
                     return
@@ -235,12 +237,6 @@ class _Loop:
             encode_ms=item.encode_ms,
             first_token_at=item.first_token_at,
         )
-
-
-def _parent_alive() -> bool:
-    """False once the worker died without stopping us (SIGKILL), so its engine does not hold memory for nothing."""
-    parent = multiprocessing.parent_process()
-    return parent is None or parent.is_alive()
 
 
 def error_code(exc: BaseException) -> str:
