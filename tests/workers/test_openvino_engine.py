@@ -1,4 +1,5 @@
 """The OpenVINO engine in-process, on the tiny Qwen3-VL."""
+import os
 import subprocess
 import sys
 import time
@@ -158,7 +159,8 @@ def test_the_engine_process_exits_when_its_worker_is_killed(model_cache, tmp_pat
         "    engine.load()\n"
         "    print(engine._process.pid, flush=True)\n"
         "    time.sleep(600)\n")
-    worker = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         engine = psutil.Process(int(worker.stdout.readline()))
         worker.kill()  # SIGKILL: no atexit, no daemon-process cleanup
