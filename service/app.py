@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Flask
 
-from service import blobs, db, dispatch, errors, settings
-from service.api import batches, files, health, jobs, webhooks
+from service import blobs, db, dispatch, errors, settings, ui
+from service.api import batches, files, health, jobs, presets, webhooks
 from service.config import Settings
 
 
@@ -24,4 +24,6 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(presets.bp)
+    app.register_blueprint(ui.bp)
     return app

@@ -37,15 +37,14 @@ def cli() -> None:
 
 @cli.command()
 def run() -> None:
-    """Migrate, then run the API and one worker until Ctrl-C."""
+    """Migrate, then run the API, one worker and Flower until Ctrl-C."""
     settings = load_settings()
     _require_redis(settings)
     _migrate(settings)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "service.cli", "api"]),
-        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"]),
-    ]
-    click.echo(f"VLQ API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
+    children = [subprocess.Popen([sys.executable, "-m", "service.cli", command])
+                for command in ("api", "worker", "flower")]
+    click.echo(f"VLQ on http://{settings.host}:{settings.port}  Flower on {settings.flower_link}  "
+               "(Ctrl-C stops everything)")
     _supervise(children)
 
 
@@ -73,6 +72,16 @@ def worker(loglevel: str) -> None:
     app.worker_main(["worker", f"--loglevel={loglevel}", "--hostname", f"vlq-{os.getpid()}@%h",
                      "--pool", "threads", "--concurrency", str(settings.worker_concurrency), "--without-mingle",
                      "--without-gossip"])
+
+
+@cli.command()
+def flower() -> None:
+    """Run Flower, Celery's monitor, on flower_host:flower_port."""
+    settings = load_settings()
+    os.execvp(sys.executable, [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
+        f"--address={settings.flower_host}", f"--port={settings.flower_port}",
+    ])
 
 
 # -- database -------------------------------------------------------------------------------

@@ -94,6 +94,11 @@ class Settings:
     webhook_secret: str = ""  # used for a job's webhook_url when the job brings no webhook_secret
     egress_allow_cidrs: tuple[str, ...] = ()  # private ranges outbound requests may reach anyway
 
+    # Flower, Celery's monitor: where `vlq run` and `vlq flower` bind it, and the URL the web UI links to.
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_url: str = ""  # empty: http://{flower_host}:{flower_port}; set it when Flower sits behind a proxy
+
     @property
     def worker_concurrency(self) -> int:
         """Jobs a worker holds at once: one batch generating, one being claimed and decoded behind it."""
@@ -108,6 +113,11 @@ class Settings:
     def webhook_lease_s(self) -> float:
         """How long a worker holds a delivery: longer than one attempt can take (connect, answer, body)."""
         return 3 * self.webhook_timeout_s + 5
+
+    @property
+    def flower_link(self) -> str:
+        """The URL the web UI links to for Flower."""
+        return self.flower_url or f"http://{self.flower_host}:{self.flower_port}"
 
     def model(self, name: str) -> ModelSpec | None:
         return self.registry.get(name)

@@ -35,6 +35,7 @@ POSTGRES_URL = os.environ.get("VLQ_TEST_POSTGRES_URL", "postgresql+psycopg://pos
 # Built once and reused across runs; `make clean` removes it.
 MODEL_CACHE = Path(os.environ.get("VLQ_TEST_MODEL_CACHE", ROOT / ".cache" / "test-models"))
 TINY = "tiny-random"
+ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-idle")
 
 
 # -- the tiny model ----------------------------------------------------------------------------
@@ -92,12 +93,13 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "egress_allow_cidrs": ["127.0.0.0/8"],
         "models": {
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
-            # Aliases of the same export, each served only by the workers a test starts for it.
+            # Aliases of the same export, each served only by the workers a test starts for it
+            # (no test starts one for tiny-idle: its jobs stay queued).
             **{alias: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128}
-               for alias in ("tiny-victim", "tiny-priority", "tiny-grounded")},
+               for alias in ALIASES},
         },
     }
-    for alias in ("tiny-victim", "tiny-priority", "tiny-grounded"):
+    for alias in ALIASES:
         link = model_cache / f"{alias}-fp16"
         if not link.exists():
             link.symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
