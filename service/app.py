@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Flask
 
-from service import blobs, db, dispatch, errors, settings, ui
-from service.api import batches, files, health, jobs, presets, webhooks
+from service import blobs, db, dispatch, errors, job_endings, settings, ui
+from service.api import batches, chat_completions, files, health, jobs, presets, webhooks
 from service.config import Settings
 
 
@@ -18,12 +18,14 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     blobs.init_app(app)
     dispatch.init_app(app)
+    job_endings.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(chat_completions.bp)
     app.register_blueprint(presets.bp)
     app.register_blueprint(ui.bp)
     return app

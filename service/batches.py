@@ -149,9 +149,8 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
         if not ingest.claim_custom_id(custom_id, number):
             continue
         try:
-            request = parse_chat_request(line.get("body"))
-            options = generation_options(settings, {"model": request.model, "max_tokens": request.max_tokens,
-                                                    "temperature": request.temperature})
+            request = parse_chat_request(line.get("body"), settings)
+            options = generation_options(settings, request.job_fields())
             schema = parse_response_format(request.response_format)
         except ApiError as error:
             # The line is well-formed but its request is not: that item fails, its neighbours run.
@@ -160,8 +159,10 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
                            "temperature": 0.0, "ignore_eos": False}
             ingest.rows.append(refused_row(placeholder, error))
             continue
-        ingest.rows.append(item_row(settings, blobs, batch, custom_id, request.image,
-                                    {"prompt": request.prompt, "response_schema": schema, **options.job_fields()}))
+        conversation = request.conversation
+        ingest.rows.append(item_row(settings, blobs, batch, custom_id, conversation.image,
+                                    {"prompt": conversation.prompt, "messages": conversation.messages,
+                                     "response_schema": schema, **options.job_fields()}))
     return ingest
 
 

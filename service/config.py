@@ -86,6 +86,12 @@ class Settings:
     sweep_interval_s: float = 5.0
     cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
 
+    # Synchronous endpoints (chat completions, /api/v1/chat, generateContent): bounded waits, bounded queues.
+    sync_timeout_s: float = 120.0  # a request still unanswered after this is cancelled and answered 504
+    sync_max_queue_depth: int = 32  # refuse (503) while this many interactive jobs already wait for the model
+    image_url_fetch: bool = False  # fetch http(s) image_url parts (through the SSRF guard); data URLs always work
+    image_url_timeout_s: float = 10.0  # the bound on fetching one image URL
+
     # Webhooks. The schedule is the delay before each attempt (Standard Webhooks' default).
     webhook_retry_schedule_s: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_timeout_s: float = 10.0  # connect + answer, per attempt
@@ -227,5 +233,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("webhook_retry_schedule_s must list at least one delay, none negative")
     if settings.webhook_secret and not settings.webhook_secret.startswith("whsec_"):
         raise ConfigError("webhook_secret must be a Standard Webhooks secret, whsec_<base64>")
+    if settings.sync_timeout_s <= 0 or settings.image_url_timeout_s <= 0:
+        raise ConfigError("sync_timeout_s and image_url_timeout_s must be positive")
+    if settings.sync_max_queue_depth < 0:
+        raise ConfigError("sync_max_queue_depth must not be negative")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")

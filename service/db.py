@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event, text
@@ -57,6 +58,29 @@ def _create_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def after_commit(session: Session, key: str, item: Any) -> None:
+    """Remember `item` under `key` until this session's transaction ends; see `on_commit`."""
+    session.info.setdefault(key, []).append(item)
+
+
+def on_commit(sessions: sessionmaker[Session], key: str, handle: Callable[[Any], None]) -> None:
+    """Hand each item `after_commit` remembered under `key` to `handle` once its transaction commits.
+
+    A rollback drops them: what was rolled back never happened. `handle` failures are logged, not raised,
+    since the transaction is already committed; each user of this keeps a way to catch up (a sweeper, a re-check).
+    """
+
+    def committed(session: Session) -> None:
+        for item in session.info.pop(key, []):
+            try:
+                handle(item)
+            except Exception as exc:
+                log.warning("after-commit %s for %s failed: %s", key, item, exc)
+
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_soft_rollback", lambda session, _previous: session.info.pop(key, None))
 
 
 def init_app(app: Flask) -> None:

@@ -8,7 +8,7 @@ import redis
 from celery import Celery
 from flask import Flask, current_app
 
-from service import webhooks
+from service import job_endings, webhooks
 from service.config import Settings
 from service.db import get_db
 from service.models import Job
@@ -46,6 +46,10 @@ class Dispatcher:
         """Send a webhook delivery's task; call only after its row is committed."""
         self.celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=self.webhook_queue, countdown=countdown)
 
+    def queue_depth(self, model: str, priority: str) -> int:
+        """Tasks waiting in a model's queue that no worker has taken yet."""
+        return int(self.redis.llen(job_queue(model, priority)))
+
     def publish_cancel(self, job_id: str) -> None:
         """Tell every worker to stop `job_id` if it is running there."""
         self.redis.publish(CANCEL_CHANNEL, job_id)
@@ -58,6 +62,7 @@ class Dispatcher:
 def init_app(app: Flask) -> None:
     dispatcher = app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app))
     webhooks.attach_outbox(get_db(app).sessions, dispatcher.enqueue_delivery)
+    job_endings.attach(get_db(app).sessions, dispatcher.redis)
 
 
 def get_dispatcher() -> Dispatcher:

@@ -95,6 +95,17 @@ def is_allowed(address: IPAddress, allow: Iterable[ipaddress.IPv4Network | ipadd
 def post(url: str, body: bytes, headers: Mapping[str, str], *, allow_cidrs: Iterable[str] = (),
          timeout_s: float = 10.0, max_body_bytes: int = 4096) -> Response:
     """POST `body` to the resolved, checked address of `url`; never follows redirects."""
+    return _send("POST", url, body, headers, allow_cidrs, timeout_s, max_body_bytes)
+
+
+def get(url: str, *, allow_cidrs: Iterable[str] = (), timeout_s: float = 10.0, max_body_bytes: int = 4096,
+        headers: Mapping[str, str] | None = None) -> Response:
+    """GET the resolved, checked address of `url`; never follows redirects. The body is cut at `max_body_bytes`."""
+    return _send("GET", url, None, headers or {}, allow_cidrs, timeout_s, max_body_bytes)
+
+
+def _send(method: str, url: str, body: bytes | None, headers: Mapping[str, str], allow_cidrs: Iterable[str],
+          timeout_s: float, max_body_bytes: int) -> Response:
     target = resolve(url, allow_cidrs)
     deadline = time.monotonic() + timeout_s
     default_port = 443 if target.scheme == "https" else 80
@@ -102,7 +113,7 @@ def post(url: str, body: bytes, headers: Mapping[str, str], *, allow_cidrs: Iter
     pool = _pool(target, timeout_s)
     try:
         response = pool.urlopen(
-            "POST", target.path, body=body, headers={**headers, "Host": host_header},
+            method, target.path, body=body, headers={**headers, "Host": host_header},
             redirect=False, retries=False, preload_content=False, assert_same_host=False,
         )
         try:
@@ -135,7 +146,7 @@ def _read_capped(response: urllib3.BaseHTTPResponse, limit: int, deadline: float
     while size < limit:
         if time.monotonic() > deadline:
             raise TimeoutError("the answer took too long")
-        chunk = response.read(min(1024, limit - size))
+        chunk = response.read(min(65536, limit - size))
         if not chunk:
             break
         chunks.append(chunk)

@@ -46,34 +46,34 @@ class ApiError(Exception):
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(ApiError, _render_api_error)
-    app.register_error_handler(HTTPException, _render_http_exception)
-    app.register_error_handler(Exception, _render_unexpected)
+    app.register_error_handler(Exception, lambda error: render(as_api_error(error)))
 
 
-def _render_api_error(error: ApiError) -> ResponseReturnValue:
+def render(error: ApiError) -> ResponseReturnValue:
     return jsonify(error.body()), error.status, error.headers
 
 
-def _render_http_exception(error: HTTPException) -> ResponseReturnValue:
-    status = error.code or 500
-    code = _HTTP_CODES.get(status, "http_error")
-    return _render_api_error(ApiError(status, code, error.description or error.name))
+def as_api_error(error: Exception) -> ApiError:
+    """Any exception as the ApiError a client sees; compatible API families render the result in their own shapes.
 
-
-def _render_unexpected(error: Exception) -> ResponseReturnValue:
+    A framework error keeps its status; a lost backend is a 503 to retry; anything else is a logged 500, after the
+    request's session is rolled back.
+    """
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        return ApiError(status, _HTTP_CODES.get(status, "http_error"), error.description or error.name)
     session = g.get("db_session")
     if session is not None:
         session.rollback()
     unavailable = _unavailable_backend(error)
     if unavailable:
         log.warning("%s unavailable: %s", unavailable, error)
-        return _render_api_error(ApiError(
-            503, f"{unavailable}_unavailable", f"The {unavailable} is not reachable; try again shortly.",
-            headers={"Retry-After": "5"},
-        ))
-    log.exception("unhandled error")
-    return _render_api_error(ApiError(500, "internal_error", "Something went wrong on our side; it has been logged."))
+        return ApiError(503, f"{unavailable}_unavailable", f"The {unavailable} is not reachable; try again shortly.",
+                        headers={"Retry-After": "5"})
+    log.exception("unhandled error", exc_info=error)
+    return ApiError(500, "internal_error", "Something went wrong on our side; it has been logged.")
 
 
 def _unavailable_backend(error: Exception) -> str | None:

@@ -33,6 +33,7 @@ class GenerationOptions:
     max_tokens: int
     temperature: float
     ignore_eos: bool
+    top_p: float | None = None  # None: the engine's default
 
     def job_fields(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,10 +51,16 @@ class JobRequest:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     no_cache: bool = False  # run it even if an identical request already has a result
+    stream: bool = False  # the worker publishes the text as it is generated (service.token_stream)
 
     def fingerprint(self) -> str:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
         fields = asdict(self) | {"image": None}
+        fields.pop("stream")  # how the answer is delivered, not what is asked
+        # Options added later count only when set, so requests from before them keep their fingerprints.
+        for holder, name in ((fields["task"], "messages"), (fields["task"]["options"], "top_p")):
+            if holder[name] is None:
+                del holder[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def cache_key(self) -> str | None:
@@ -67,6 +74,8 @@ class JobRequest:
             return None
         fields = {"image": self.image_sha256, "model": options.model, "prompt": task.prompt,
                   "max_tokens": options.max_tokens, "schema": task.response_schema, "ocr": task.ground_with_ocr}
+        if task.messages is not None:  # a conversation: every turn counts, not only the last prompt
+            fields["messages"] = task.messages
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -79,14 +88,18 @@ class Task:
     preset: str | None
     response_schema: dict[str, Any] | None
     ground_with_ocr: bool
+    messages: list[dict[str, Any]] | None = None  # a conversation (see Job.messages); `prompt` is its last turn
 
     def job_fields(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "preset": self.preset, "response_schema": self.response_schema,
-                "ground_with_ocr": self.ground_with_ocr, **self.options.job_fields()}
+                "ground_with_ocr": self.ground_with_ocr, "messages": self.messages, **self.options.job_fields()}
 
 
-def resolve_task(settings: Settings, fields: dict[str, Any]) -> Task:
-    """Apply the `preset`, then validate prompt, generation options, `response_format` and `ground_with_ocr`."""
+def resolve_task(settings: Settings, fields: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> Task:
+    """Apply the `preset`, then validate prompt, generation options, `response_format` and `ground_with_ocr`.
+
+    `messages` makes it a conversation, whose last user turn is `fields["prompt"]`.
+    """
     fields, preset = apply_preset(settings.presets, fields)
     options = generation_options(settings, fields)
     ocr = settings.registry[options.model].engine == "rapidocr"
@@ -101,12 +114,15 @@ def resolve_task(settings: Settings, fields: dict[str, Any]) -> Task:
         raise ApiError(400, "invalid_field",
                        f"'{field}' needs a vision-language model; {options.model!r} is an OCR engine.",
                        {"field": field})
+    if messages is not None and ground_with_ocr:
+        raise ApiError(400, "invalid_field", "'ground_with_ocr' works on a single prompt, not a conversation.",
+                       {"field": "ground_with_ocr"})
     return Task(prompt=prompt, options=options, preset=preset.name if preset else None, response_schema=schema,
-                ground_with_ocr=ground_with_ocr)
+                ground_with_ocr=ground_with_ocr, messages=messages)
 
 
 def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:
-    """model, max_tokens, temperature and ignore_eos, validated against the registry and the limits."""
+    """model, max_tokens, temperature, top_p and ignore_eos, validated against the registry and the limits."""
     model = fields.get("model") or settings.default_model
     if not isinstance(model, str) or settings.model(model) is None:
         raise ApiError(400, "unknown_model", f"No model named {model!r}.",
@@ -117,7 +133,17 @@ def generation_options(settings: Settings, fields: dict[str, Any]) -> Generation
                               low=1, high=settings.max_tokens_limit),
         temperature=float_option(fields, "temperature", default=0.0, low=0.0, high=2.0),
         ignore_eos=bool_option(fields, "ignore_eos", default=False),
+        top_p=_top_p(fields),
     )
+
+
+def _top_p(fields: dict[str, Any]) -> float | None:
+    if fields.get("top_p") is None or fields.get("top_p") == "":
+        return None
+    top_p = float_option(fields, "top_p", default=1.0, low=0.0, high=1.0)
+    if top_p == 0:
+        raise ApiError(400, "invalid_field", "'top_p' must be above 0 and at most 1.", {"field": "top_p"})
+    return top_p
 
 
 def submit(
@@ -148,6 +174,7 @@ def submit(
         **request.task.job_fields(),
         webhook_url=request.webhook_url,
         webhook_secret=request.webhook_secret,
+        stream=request.stream,
     )
     cached = cache_key is not None and not request.no_cache and _answer_from_cache(session, job, cache_key)
     try:
@@ -196,3 +223,18 @@ def _by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | N
                        "This Idempotency-Key was already used for a different request.",
                        {"job_id": job.id})
     return job
+
+
+def cancel(session: Session, dispatcher: Dispatcher, job_id: str) -> bool:
+    """Cancel a queued job now, or signal a running one's worker; True if a running job was signalled.
+
+    Commits. A job that already ended, or whose cancel is already on its way, is left as it is.
+    """
+    if lifecycle.cancel_queued(session, job_id):
+        session.commit()
+        return False
+    signalled = lifecycle.request_cancel(session, job_id)
+    session.commit()
+    if signalled:
+        dispatcher.publish_cancel(job_id)
+    return signalled

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from service import webhooks
+from service import job_endings, webhooks
 from service.models import Job, JobEvent, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -170,5 +170,6 @@ def _transition(
     session.add(job_event)
     if target.terminal:
         webhooks.record_job_event(session, job_id, job_event)  # the outbox: same transaction as the transition
+        job_endings.mark_ended(session, job_id)  # wakes synchronous requests waiting on it, once committed
     log.info("job %s: %s -> %s (attempt %s)", job_id, source.value, target.value, attempt)
     return True

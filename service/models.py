@@ -163,7 +163,12 @@ class Job(Base):
 
     max_tokens: Mapped[int] = mapped_column(Integer)
     temperature: Mapped[float]
+    top_p: Mapped[float | None]  # nucleus sampling; None leaves the engine's default (1.0)
     ignore_eos: Mapped[bool] = mapped_column(default=False)
+    # A conversation (chat requests): system/user/assistant turns, `{"type": "image"}` marking where the job's
+    # image sits. The engine applies the model's chat template over all of them. None for a single prompt.
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    stream: Mapped[bool] = mapped_column(default=False)  # the worker publishes text as it is generated
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     preset: Mapped[str | None] = mapped_column(String(64))
     response_schema: Mapped[dict[str, Any] | None]  # the output must validate against it (preset or response_format)
@@ -216,6 +221,8 @@ class Job(Base):
             "priority": self.priority,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
+            "top_p": self.top_p,
+            "messages": self.messages,
             "image": None if self.image_sha256 is None else {
                 "sha256": self.image_sha256, "format": self.image_format,
                 "width": self.image_width, "height": self.image_height},

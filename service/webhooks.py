@@ -12,9 +12,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import event, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import after_commit, on_commit
 from service.models import Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, _iso, new_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -74,24 +75,13 @@ def record_job_events(session: Session, job_ids: list[str], event_type: str) -> 
 
 def send_after_commit(session: Session, delivery_ids: list[str]) -> None:
     """Mark deliveries to be sent to the workers once this session's transaction commits."""
-    session.info.setdefault(_PENDING_KEY, []).extend(delivery_ids)
+    for delivery_id in delivery_ids:
+        after_commit(session, _PENDING_KEY, delivery_id)
 
 
 def attach_outbox(sessions: sessionmaker[Session], send: Callable[[str], None]) -> None:
     """Send the deliveries each committed transaction of `sessions` created; a failed send is left to the sweeper."""
-
-    def after_commit(session: Session) -> None:
-        for delivery_id in session.info.pop(_PENDING_KEY, []):
-            try:
-                send(delivery_id)
-            except Exception as exc:
-                log.warning("delivery %s not enqueued (%s); the periodic pass will send it", delivery_id, exc)
-
-    def after_rollback(session: Session) -> None:
-        session.info.pop(_PENDING_KEY, None)
-
-    event.listen(sessions, "after_commit", after_commit)
-    event.listen(sessions, "after_soft_rollback", lambda session, _previous: after_rollback(session))
+    on_commit(sessions, _PENDING_KEY, send)
 
 
 def redeliver(session: Session, delivery: WebhookDelivery) -> None:

@@ -1,6 +1,7 @@
 """Shared fixtures: real Redis, real SQLite and Postgres, the tiny model, and real worker processes."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,7 +37,8 @@ POSTGRES_URL = os.environ.get("VLQ_TEST_POSTGRES_URL", "postgresql+psycopg://pos
 # Built once and reused across runs; `make clean` removes it.
 MODEL_CACHE = Path(os.environ.get("VLQ_TEST_MODEL_CACHE", ROOT / ".cache" / "test-models"))
 TINY = "tiny-random"
-ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-idle")
+ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle")
+BROKEN = "tiny-broken"  # looks exported, but its language model is garbage: a worker fails to load it
 
 
 # -- the tiny model ----------------------------------------------------------------------------
@@ -80,7 +83,7 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "database_url": database_url,
         "redis_url": REDIS_URL,
         "blob_dir": str(tmp / "blobs"),
-        "model_cache": str(model_cache),
+        "model_cache": str(tmp / "models"),
         "batch_size": 4,
         "default_model": TINY,
         "job_timeout_s": 60,
@@ -91,22 +94,34 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "webhook_retry_schedule_s": [0, 0.2, 0.3, 0.4, 1.2],
         "webhook_timeout_s": 1,
         "egress_allow_cidrs": ["127.0.0.0/8"],
+        "sync_timeout_s": 60,
         "models": {
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
             # Aliases of the same export, each served only by the workers a test starts for it
             # (no test starts one for tiny-idle: its jobs stay queued).
             **{alias: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128}
-               for alias in ALIASES},
+               for alias in (*ALIASES, BROKEN)},
         },
     }
-    for alias in ALIASES:
-        link = model_cache / f"{alias}-fp16"
-        if not link.exists():
-            link.symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
+    # The session's own model folder: the tiny export and its aliases linked in, and a broken copy.
+    models = tmp / "models"
+    models.mkdir()
+    for name in (TINY, *ALIASES):
+        (models / f"{name}-fp16").symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
+    _corrupt_export(model_cache / f"{TINY}-fp16", models / f"{BROKEN}-fp16")
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     redis.Redis.from_url(REDIS_URL).flushdb()
     return path
+
+
+def _corrupt_export(source: Path, target: Path) -> None:
+    """A copy of an export (files linked) whose language model XML is not a model: loading it fails."""
+    target.mkdir()
+    for item in source.iterdir():
+        if item.name != "openvino_language_model.xml":
+            (target / item.name).symlink_to(item)
+    (target / "openvino_language_model.xml").write_text("<net>this is not a model</net>")
 
 
 @pytest.fixture(scope="session")
@@ -190,14 +205,23 @@ def client(app: Any) -> Any:
     return app.test_client()
 
 
-@pytest.fixture(scope="session")
-def live_server(app: Any) -> Iterator[str]:
-    """The app on a real loopback HTTP server, for clients that need a URL (the openai SDK, the CLI)."""
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """`app` on a real loopback HTTP server, for clients that need a URL (the openai SDK, requests, the CLI)."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live_server(app: Any) -> Iterator[str]:
+    """The session's app on a real loopback HTTP server."""
+    with serve(app) as url:
+        yield url
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -208,6 +232,10 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (96, 64), color: tuple[
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+def data_url(image: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
 
 
 def wait_for_status(client: Any, job_id: str, statuses: set[str], timeout: float = 60,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from celery import shared_task, signals
 
-from service import batches, lifecycle, structured
+from service import batches, lifecycle, structured, token_stream
 from service.blobs import BlobNotFound
 from service.models import Job, JobStatus
 from workers.celery_app import RUN_JOB_TASK, SERVICE_QUEUE
@@ -52,12 +53,18 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
         except (EngineError, TimeoutError) as exc:
             return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", f"OCR grounding failed: {exc}"))
 
-        handle = engine.submit(GenerationRequest(
-            prompt=prompt, image=image, max_tokens=job.max_tokens,
-            temperature=job.temperature, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-        ))
+        try:
+            handle = engine.submit(GenerationRequest(
+                prompt=prompt, image=image, max_tokens=job.max_tokens, temperature=job.temperature,
+                top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
+                messages=job.messages, stream=job.stream,
+            ))
+        except EngineError as exc:
+            return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
         tracker.attach(handle)
         try:
+            if job.stream:
+                _publish_text(runtime, job.id, handle.stream(timeout=runtime.settings.job_timeout_s))
             result = handle.result(timeout=runtime.settings.job_timeout_s)
         except TimeoutError:
             handle.cancel()
@@ -65,7 +72,7 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=("inference_timeout", f"Generation took longer than {limit}s."))
         except EngineError as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", str(exc)))
+            return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
 
     if result.finish_reason == "cancelled":
         return _finish(runtime, job, JobStatus.CANCELLED, result=result,
@@ -80,6 +87,19 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
 
 class _OCRUnavailable(Exception):
     pass
+
+
+def _publish_text(runtime: WorkerRuntime, job_id: str, pieces: Iterator[str]) -> None:
+    """Relay a streamed job's text to its Redis stream; if Redis fails, the job still runs to its end."""
+    publishing = True
+    for text in pieces:
+        if not publishing:
+            continue
+        try:
+            token_stream.append(runtime.dispatcher.redis, job_id, text)
+        except Exception as exc:
+            log.warning("job %s: could not stream its text (%s); the final answer is unaffected", job_id, exc)
+            publishing = False
 
 
 def _grounded_prompt(runtime: WorkerRuntime, job: Job, blob: bytes) -> str:
@@ -122,6 +142,11 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
             # The sweeper judged this worker dead and handed the job on; that attempt owns the outcome now.
             log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
             return None
+    if job.stream:  # after the commit, so a reader that sees the end finds the job ended
+        try:
+            token_stream.end(runtime.dispatcher.redis, job.id)
+        except Exception as exc:
+            log.warning("job %s: could not end its stream (%s); its reader falls back to the job's ending", job.id, exc)
     if job.batch_id is not None:
         batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
     return status.value

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from service import presence, webhooks
+from service import job_endings, presence, webhooks
 from service.blobs import LocalBlobStore
 from service.config import Settings
 from service.db import Database
@@ -49,6 +49,7 @@ class WorkerRuntime:
         self.blobs = LocalBlobStore(settings.blob_dir)
         self.dispatcher = Dispatcher(settings)
         webhooks.attach_outbox(self.db.sessions, self.dispatcher.enqueue_delivery)
+        job_endings.attach(self.db.sessions, self.dispatcher.redis)
         self.webhook_pool = BoundedPool(settings.webhook_concurrency, name="vlq-webhook")
         self.engines: dict[str, Engine] = {}
         self.models: dict[str, dict[str, Any]] = {}  # name -> {"status": loading|live|unavailable, "reason"?}

@@ -1,6 +1,7 @@
-"""Helpers every blueprint shares: reading request fields, get-or-404, cursor pagination."""
+"""Helpers every blueprint shares: reading request fields, get-or-404, cursor pagination, job requests."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -8,11 +9,20 @@ from flask import request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.config import Settings
-from service.db import get_session
+from service.db import get_db, get_session
 from service.errors import ApiError
-from service.fields import choice_option, int_option, webhook_secret_option, webhook_url_option
-from service.models import Priority
+from service.fields import (
+    bool_option,
+    choice_option,
+    int_option,
+    json_object_option,
+    webhook_secret_option,
+    webhook_url_option,
+)
+from service.images import decode_image_field, inspect_image
+from service.models import Job, JobStatus, Priority
 
 T = TypeVar("T")
 
@@ -30,6 +40,36 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 
 
+def image_bytes_field(fields: dict[str, Any], files: dict[str, Any]) -> bytes:
+    """The `image`: an uploaded file, or a data URL / base64 string."""
+    upload = files.get("image")
+    if upload is not None:
+        return upload.read()
+    return decode_image_field(fields.get("image"))
+
+
+def job_request_from(settings: Settings, fields: dict[str, Any], image_bytes: bytes, *,
+                     messages: list[dict[str, Any]] | None = None, stream: bool = False) -> jobs.JobRequest:
+    """Validate a job's fields and image (and conversation) into a JobRequest; interactive unless it says bulk."""
+    task = jobs.resolve_task(settings, fields, messages)
+    info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return jobs.JobRequest(
+        task=task,
+        priority=priority_option(fields, default=Priority.INTERACTIVE),
+        metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
+        image_sha256=hashlib.sha256(image_bytes).hexdigest(),
+        image=info,
+        no_cache=bool_option(fields, "no_cache", default=False),
+        stream=stream,
+        **webhook_options(settings, fields),
+    )
+
+
+def job_ended(job_id: str) -> bool:
+    """Whether the job has reached a terminal state, read in a short transaction of its own (so it sees new writes)."""
+    with get_db().session() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status is None or JobStatus(status).terminal
 
 
 def priority_option(fields: dict[str, Any], *, default: Priority) -> str:
@@ -41,22 +81,6 @@ def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
     if row is None:
         raise ApiError(404, "not_found", f"No {kind} with id {ident!r}.", {"id": ident})
     return row
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, str | None]:

@@ -1,4 +1,4 @@
-"""Liveness (/healthz: the process answers) and readiness (/readyz: it can do useful work)."""
+"""Liveness (/healthz: the process answers) and readiness (/readyz, and /health in the OpenAI servers' shape)."""
 from __future__ import annotations
 
 import logging
@@ -24,6 +24,21 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
     """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing."""
+    body = readiness()
+    return jsonify(body), 200 if not body["missing"] else 503
+
+
+@bp.get("/health")
+def health() -> ResponseReturnValue:
+    """The OpenAI-compatible servers' health check: {"status": "healthy"} when ready."""
+    body = readiness()
+    if not body["missing"]:
+        return jsonify({"status": "healthy"})
+    return jsonify({"status": "unhealthy", "missing": body["missing"]}), 503
+
+
+def readiness() -> dict[str, Any]:
+    """What /readyz reports: the checks, what is missing (empty when ready), the live models and workers."""
     checks: dict[str, Any] = {}
     missing: list[str] = []
     try:
@@ -44,11 +59,10 @@ def readyz() -> ResponseReturnValue:
     models = presence.live_models(workers)
     if "redis" not in missing and not models:
         missing.append("worker" if not workers else "model")
-    body = {
+    return {
         "status": "ready" if not missing else "not_ready",
         "missing": missing,
         "checks": checks,
         "models": models,
         "workers": [{"name": name, **info} for name, info in sorted(workers.items())],
     }
-    return jsonify(body), 200 if not missing else 503

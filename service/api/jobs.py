@@ -1,35 +1,28 @@
 """Jobs: one image + one prompt, answered asynchronously. POST /v1/jobs, then poll GET /v1/jobs/{id}."""
 from __future__ import annotations
 
-import hashlib
-import time
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
-from service import jobs, lifecycle
+from service import jobs
 from service.api.common import (
     get_or_404,
+    image_bytes_field,
+    job_ended,
+    job_request_from,
     newest_first,
     page,
-    priority_option,
     request_fields,
-    webhook_options,
 )
 from service.blobs import BlobNotFound, get_blobs
 from service.config import Settings
 from service.db import get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
-from service.fields import (
-    bool_option,
-    choice_option,
-    json_object_option,
-)
-from service.images import ACCEPTED_FORMATS, decode_image_field, inspect_image
-from service.models import Job, JobStatus, Priority
+from service.fields import choice_option
+from service.images import ACCEPTED_FORMATS
+from service.job_endings import get_job_endings
+from service.models import Job, JobStatus
 from service.settings import get_settings
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -39,8 +32,8 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 def create_job() -> ResponseReturnValue:
     settings: Settings = get_settings()
     fields, files = request_fields()
-    image_bytes = _image_bytes(fields, files)
-    job_request = _parse_job_request(settings, fields, image_bytes)
+    image_bytes = image_bytes_field(fields, files)
+    job_request = job_request_from(settings, fields, image_bytes)
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 255:
         raise ApiError(400, "invalid_header", "Idempotency-Key is longer than 255 characters.")
@@ -90,44 +83,7 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
     if JobStatus(job.status).terminal:
         raise ApiError(409, "job_already_finished", f"The job already ended as {job.status}.",
                        {"status": job.status})
-    if lifecycle.cancel_queued(session, job_id):
-        session.commit()
-    elif lifecycle.request_cancel(session, job_id):
-        session.commit()
-        get_dispatcher().publish_cancel(job_id)
-        _wait_until_ended(session, job_id, get_settings().cancel_wait_s)
-    else:
-        session.commit()  # the job moved on meanwhile (or a cancel is already on its way)
+    if jobs.cancel(session, get_dispatcher(), job_id):
+        get_job_endings().wait(job_id, lambda: job_ended(job_id), get_settings().cancel_wait_s)
     session.expire_all()
     return jsonify(get_or_404(session, Job, job_id, "job").to_dict()), 202
-
-
-def _wait_until_ended(session: Any, job_id: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
-        session.commit()  # end the read transaction so the next poll sees the worker's write
-        if JobStatus(status).terminal:
-            return
-        time.sleep(0.05)
-
-
-def _image_bytes(fields: dict[str, Any], files: dict[str, Any]) -> bytes:
-    upload = files.get("image")
-    if upload is not None:
-        return upload.read()
-    return decode_image_field(fields.get("image"))
-
-
-def _parse_job_request(settings: Settings, fields: dict[str, Any], image_bytes: bytes) -> jobs.JobRequest:
-    task = jobs.resolve_task(settings, fields)
-    info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return jobs.JobRequest(
-        task=task,
-        priority=priority_option(fields, default=Priority.INTERACTIVE),
-        metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
-        image_sha256=hashlib.sha256(image_bytes).hexdigest(),
-        image=info,
-        no_cache=bool_option(fields, "no_cache", default=False),
-        **webhook_options(settings, fields),
-    )

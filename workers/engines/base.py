@@ -1,9 +1,11 @@
 """The interface every inference engine implements: load, warm up, submit a request, cancel it."""
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,11 @@ from PIL import Image
 
 
 class EngineError(RuntimeError):
-    """The engine failed a request (not the caller's fault)."""
+    """The engine failed a request (not the caller's fault); `code` is the job error code it becomes."""
+
+    def __init__(self, message: str, code: str = "inference_error") -> None:
+        super().__init__(message)
+        self.code = code  # inference_error, or out_of_memory when the engine ran out of memory
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,11 @@ class GenerationRequest:
     temperature: float = 0.0
     ignore_eos: bool = False
     json_schema: dict[str, Any] | None = None  # constrain the output to JSON that validates against this
+    top_p: float | None = None  # None: the engine's default
+    # A conversation instead of `prompt`: the model's chat template is applied over all its turns, the image
+    # going where a user turn holds {"type": "image"}.
+    messages: list[dict[str, Any]] | None = None
+    stream: bool = False  # pass text to the handle as it is generated (RequestHandle.stream)
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,26 @@ class RequestHandle:
         self._done = threading.Event()
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
+        self._pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # streamed text; None once it ended
+
+    def stream(self, timeout: float) -> Iterator[str]:
+        """Yield text as the engine generates it, until the request ends (then `result()` answers at once).
+
+        Engines that do not stream yield nothing and simply end. Raises TimeoutError after `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                piece = self._pieces.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError("generation did not finish in time") from None
+            if piece is None:
+                return
+            yield piece
+
+    def add_text(self, text: str) -> None:
+        """Called by the engine with each new piece of a streamed request's text."""
+        self._pieces.put(text)
 
     def result(self, timeout: float | None = None) -> GenerationResult:
         """Block until the request ends; raises TimeoutError, or EngineError if the engine failed it."""
@@ -70,10 +101,12 @@ class RequestHandle:
     def set_result(self, result: GenerationResult) -> None:
         self._result = result
         self._done.set()
+        self._pieces.put(None)
 
     def set_error(self, error: BaseException) -> None:
         self._error = error
         self._done.set()
+        self._pieces.put(None)
 
 
 class Engine(ABC):

@@ -90,9 +90,10 @@ class OpenVINOVLMEngine(Engine):
         request_id = next(self._ids)
         handle = RequestHandle(cancel=lambda: self._requests.put(("cancel", request_id)))
         image = np.ascontiguousarray(np.asarray(request.image, dtype=np.uint8)[np.newaxis])
+        prompt = request.messages if request.messages is not None else request.prompt
         with self._lock:  # the handle and its message belong to the same engine process
             self._handles[request_id] = handle
-            self._requests.put(("add", request_id, request.prompt, image, _generation(request)))
+            self._requests.put(("add", request_id, prompt, image, _generation(request)))
         return handle
 
     def close(self) -> None:
@@ -126,14 +127,18 @@ class OpenVINOVLMEngine(Engine):
                 continue
             kind, request_id, payload = message
             with self._lock:
-                handle = self._handles.pop(request_id, None)
+                handle = self._handles.get(request_id) if kind == "text" else self._handles.pop(request_id, None)
             if handle is None:
+                continue
+            if kind == "text":
+                handle.add_text(payload)
                 continue
             self._slots.release()
             if kind == "done":
                 handle.set_result(payload)
             else:
-                handle.set_error(EngineError(payload))
+                code, text = payload
+                handle.set_error(EngineError(text, code))
 
     def _fail_all(self, error: EngineError) -> None:
         with self._lock:
@@ -146,7 +151,7 @@ class OpenVINOVLMEngine(Engine):
 def _generation(request: GenerationRequest) -> dict[str, Any]:
     """The request's generation settings as plain data for the engine process, the grammar compiled here."""
     generation: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature,
-                                  "ignore_eos": request.ignore_eos}
+                                  "top_p": request.top_p, "ignore_eos": request.ignore_eos, "stream": request.stream}
     if request.json_schema is not None:
         # The whitespace-free regex for schemas in the supported subset, else GenAI's own JSON-schema grammar.
         grammar = compile_schema(request.json_schema)

@@ -5,8 +5,13 @@ encodes the image) and `step`: seconds at a time for a 2B model. In the worker's
 every other thread (Celery's consumer, the heartbeat, a database transaction half-way through) for as
 long. Here only this loop waits; the worker talks to it through two queues:
 
-    requests: ("add", id, prompt, image ndarray, generation dict) | ("cancel", id) | ("stop",)
-    results:  ("ready", seconds) | ("failed", message) | ("done", id, GenerationResult) | ("error", id, message)
+    requests: ("add", id, prompt or messages, image ndarray, generation dict) | ("cancel", id) | ("stop",)
+    results:  ("ready", seconds) | ("failed", message) | ("done", id, GenerationResult)
+              | ("error", id, (code, message)) | ("text", id, new text of a streamed request)
+
+A prompt gets the model's chat template from the pipeline, with the image before the text. Messages (a
+conversation) are templated here with the tokenizer's own chat template over every turn, the image where
+its user turn holds {"type": "image"}, and handed over with the pipeline's templating turned off.
 """
 from __future__ import annotations
 
@@ -35,10 +40,18 @@ class PipelineConfig:
 @dataclass
 class _InFlight:
     handle: Any  # openvino_genai.GenerationHandle
+    stream: bool = False
     peak_batch: int = 0
     cancel_requested: bool = False
     token_ids: list[int] = field(default_factory=list)
     finish_reason: Any = None
+    # Streaming: token_ids[prefix_offset:read_offset] is the window decoded last time (see _new_text).
+    prefix_offset: int = 0
+    read_offset: int = 0
+
+
+class _OutOfMemory(RuntimeError):
+    pass
 
 
 def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
@@ -96,15 +109,20 @@ class _Loop:
         elif message[0] == "cancel":
             self._cancel(message[1])
 
-    def _add(self, request_id: int, prompt: str, image: Any, generation: dict[str, Any]) -> None:
+    def _add(self, request_id: int, prompt: str | list[dict[str, Any]], image: Any,
+             generation: dict[str, Any]) -> None:
         import openvino as ov
 
+        config = _generation_config(generation)
         try:
-            handle = self._pipe.add_request(request_id, prompt, [ov.Tensor(image)], _generation_config(generation))
+            if isinstance(prompt, list):
+                prompt = self._tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+                config.apply_chat_template = False  # templated already, over the whole conversation
+            handle = self._pipe.add_request(request_id, prompt, [ov.Tensor(image)], config)
         except Exception as exc:
-            self._results.put(("error", request_id, f"the engine refused the request: {exc}"))
+            self._results.put(("error", request_id, (error_code(exc), f"the engine refused the request: {exc}")))
             return
-        self._inflight[request_id] = _InFlight(handle=handle)
+        self._inflight[request_id] = _InFlight(handle=handle, stream=bool(generation.get("stream")))
         batch = len(self._inflight)
         for item in self._inflight.values():
             item.peak_batch = max(item.peak_batch, batch)
@@ -128,7 +146,7 @@ class _Loop:
             # A failed step leaves the pipeline unusable: fail what was in it and start a fresh one.
             log.exception("engine step failed; rebuilding the pipeline")
             for request_id in self._inflight:
-                self._results.put(("error", request_id, f"engine step failed: {exc}"))
+                self._results.put(("error", request_id, (error_code(exc), f"engine step failed: {exc}")))
             self._inflight.clear()
             self._pipe = self._create_pipeline()
             return
@@ -141,6 +159,8 @@ class _Loop:
         for request_id, item in list(self._inflight.items()):
             status = item.handle.get_status()
             if status == ov_genai.GenerationStatus.RUNNING:
+                if item.stream and not item.cancel_requested:
+                    self._send_text(request_id, item)
                 continue
             del self._inflight[request_id]
             try:
@@ -148,7 +168,34 @@ class _Loop:
                     _read_tokens(item)
                 self._results.put(("done", request_id, self._result(item, status)))
             except Exception as exc:
-                self._results.put(("error", request_id, str(exc)))
+                self._results.put(("error", request_id, (error_code(exc), str(exc))))
+
+    def _send_text(self, request_id: int, item: _InFlight) -> None:
+        """Send a streamed request the text its latest tokens completed."""
+        try:
+            _read_tokens(item)
+            text = self._new_text(item)
+        except Exception:
+            log.exception("could not read request %s's new tokens", request_id)
+            return
+        if text:
+            self._results.put(("text", request_id, text))
+
+    def _new_text(self, item: _InFlight) -> str:
+        """The text the tokens since the last call add, decoding only a small window (not the whole output).
+
+        A token can end half-way through a UTF-8 character, which decodes as U+FFFD: that text is held back
+        until the next token completes it. The same window technique as text-generation-inference.
+        """
+        ids = item.token_ids
+        if len(ids) == item.read_offset:
+            return ""
+        before = self._tokenizer.decode(ids[item.prefix_offset:item.read_offset], skip_special_tokens=True)
+        after = self._tokenizer.decode(ids[item.prefix_offset:], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        item.prefix_offset, item.read_offset = item.read_offset, len(ids)
+        return after[len(before):]
 
     def _result(self, item: _InFlight, status: Any) -> GenerationResult:
         import openvino_genai as ov_genai
@@ -158,7 +205,8 @@ class _Loop:
         elif status == ov_genai.GenerationStatus.FINISHED:
             reason = "length" if item.finish_reason == ov_genai.GenerationFinishReason.LENGTH else "stop"
         else:  # IGNORED without a cancel: the scheduler dropped it, e.g. the KV cache was too small
-            raise RuntimeError(f"the engine dropped the request ({status.name}); raise kv_cache_gb or lower max_tokens")
+            raise _OutOfMemory(f"the engine dropped the request ({status.name}): out of KV-cache memory; "
+                               f"raise kv_cache_gb or lower max_tokens")
         metrics = item.handle.get_perf_metrics()
         return GenerationResult(
             text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
@@ -169,6 +217,17 @@ class _Loop:
             inference_ms=float(metrics.get_generate_duration().mean),
             batch_size=item.peak_batch,
         )
+
+
+def error_code(exc: BaseException) -> str:
+    """The job error code an engine failure becomes: out_of_memory when memory ran out, else inference_error."""
+    if isinstance(exc, MemoryError | _OutOfMemory):
+        return "out_of_memory"
+    # OpenVINO surfaces C++ allocation failures as RuntimeError text.
+    text = str(exc).lower()
+    if any(sign in text for sign in ("bad_alloc", "out of memory", "failed to allocate")):
+        return "out_of_memory"
+    return "inference_error"
 
 
 def _read_tokens(item: _InFlight) -> None:
@@ -188,6 +247,8 @@ def _generation_config(generation: dict[str, Any]) -> Any:
     if generation["temperature"] > 0:
         config.do_sample = True
         config.temperature = generation["temperature"]
+        if generation.get("top_p") is not None:
+            config.top_p = generation["top_p"]
     if generation.get("regex") is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(regex=generation["regex"])
     elif generation.get("json_schema") is not None:

@@ -1,0 +1,138 @@
+"""OpenAI-compatible chat: POST /v1/chat/completions (JSON, streamed or not, or multipart) and GET /v1/models.
+
+Scripts written for OpenAI's API work unchanged with `base_url` pointed here. Each request is a job at
+interactive priority that the caller waits for (see `service.sync_chat`); errors come in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, mapped from VLQ's codes in `render_error` alone.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask.typing import ResponseReturnValue
+
+from service import presence, sync_chat
+from service.api.common import image_bytes_field, job_request_from, request_fields
+from service.dispatch import get_dispatcher
+from service.errors import ApiError, as_api_error
+from service.fields import bool_option
+from service.models import Job
+from service.openai_format import chat_chunk, chat_completion, finish_reason, parse_chat_request, usage_chunk
+from service.settings import get_settings
+
+bp = Blueprint("chat_completions", __name__, url_prefix="/v1")
+
+# The multipart form's fields (`image` is the file); anything else in the form is ignored.
+_FORM_FIELDS = ("prompt", "model", "max_tokens", "temperature", "top_p")
+
+
+@bp.post("/chat/completions")
+def create_chat_completion() -> ResponseReturnValue:
+    """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
+    settings = get_settings()
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "The body is not a JSON object.")
+        if body.get("n") not in (None, 1):
+            raise ApiError(400, "invalid_field", "Only n=1 is supported.", {"field": "n"})
+        chat = parse_chat_request(body, settings)
+        fields, image, messages = chat.job_fields(), chat.conversation.image, chat.conversation.messages
+        options = body
+    else:
+        form, files = request_fields()
+        fields = {name: form[name] for name in _FORM_FIELDS if name in form}
+        image, messages, options = image_bytes_field(form, files), None, form
+    stream = bool_option(options, "stream", default=False)
+    job_request = job_request_from(settings, fields, image, messages=messages, stream=stream)
+    if not stream:
+        return jsonify(chat_completion(sync_chat.answer(job_request, image)))
+    stream_options = options.get("stream_options") if isinstance(options.get("stream_options"), dict) else {}
+    job = sync_chat.submit(job_request, image)
+    events = _events(job, include_usage=bool_option(stream_options, "include_usage", default=False))
+    return Response(stream_with_context(events), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
+    """The answer as OpenAI's server-sent chat.completion.chunk events, ending with `data: [DONE]`.
+
+    A failure after the stream began arrives as an `{"error": ...}` event (the SDK raises it). If the client
+    goes away, the job is cancelled.
+    """
+    ended = False
+    try:
+        yield _event(chat_chunk(job, {"role": "assistant", "content": ""}, with_usage=include_usage))
+        for piece in sync_chat.pieces(job):
+            if isinstance(piece, Job):
+                final = piece
+            else:
+                yield _event(chat_chunk(job, {"content": piece}, with_usage=include_usage))
+        ended = True
+    except Exception as exc:
+        ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out
+        yield _event(error_body(as_api_error(exc))[0])
+        return
+    finally:
+        if not ended:  # the client disconnected mid-stream
+            sync_chat.abandon(job.id)
+    yield _event(chat_chunk(final, {}, finish=finish_reason(final), with_usage=include_usage))
+    if include_usage:
+        yield _event(usage_chunk(final))
+    yield "data: [DONE]\n\n"
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@bp.get("/models")
+def list_models() -> ResponseReturnValue:
+    """The registry in OpenAI's list shape (the SDK's models.list()), with whether a worker serves each now."""
+    statuses = _model_statuses()
+    return jsonify({"object": "list", "data": [_model(name, statuses) for name in get_settings().registry]})
+
+
+@bp.get("/models/<model>")
+def get_model(model: str) -> ResponseReturnValue:
+    if model not in get_settings().registry:
+        raise ApiError(404, "unknown_model", f"The model {model!r} does not exist.", {"model": model})
+    return jsonify(_model(model, _model_statuses()))
+
+
+def _model(name: str, statuses: dict[str, str]) -> dict[str, Any]:
+    # `created` is required by the shape; registry entries have no creation time, so it is 0.
+    return {"id": name, "object": "model", "created": 0, "owned_by": "vlq", "status": statuses.get(name, "absent")}
+
+
+def _model_statuses() -> dict[str, str]:
+    """live if any live worker serves the model, else loading, else unavailable (a worker could not load it)."""
+    rank = {"live": 3, "loading": 2, "unavailable": 1}
+    best: dict[str, str] = {}
+    for info in presence.live_workers(get_dispatcher().redis).values():
+        for name, state in info.get("models", {}).items():
+            status = state.get("status", "unavailable")
+            if rank.get(status, 0) > rank.get(best.get(name, ""), 0):
+                best[name] = status
+    return best
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def error_body(error: ApiError) -> tuple[dict[str, Any], int]:
+    """A VLQ error in OpenAI's shape, and its HTTP status. An unknown model is OpenAI's 404 model_not_found."""
+    status, code = error.status, error.code
+    if code == "unknown_model":
+        status, code = 404, "model_not_found"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    param = (error.details or {}).get("field")
+    return {"error": {"message": error.message, "type": kind, "param": param, "code": code}}, status
+
+
+@bp.errorhandler(Exception)
+def render_error(exc: Exception) -> ResponseReturnValue:
+    error = as_api_error(exc)
+    body, status = error_body(error)
+    return jsonify(body), status, error.headers
