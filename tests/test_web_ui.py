@@ -69,6 +69,11 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def snapshot(page: Any, path: Path, **options: Any) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # Playwright's clicks scroll the window a little
+    page.screenshot(path=str(path), **options)
+
+
 def expect(target: Any) -> Any:
     from playwright.sync_api import expect as playwright_expect
 
@@ -133,6 +138,7 @@ def test_an_image_gets_an_answer_and_a_follow_up_carries_the_conversation(page, 
     expect(page.locator("#submit")).to_have_text("Ask about this image")
     page.fill("#prompt", "What is the total on this receipt?")
     page.fill("#max-tokens", "12")
+    page.fill("#temperature", "1")  # greedy, the tiny model answers only newlines; sampled, it shows words
     page.click("#submit")
 
     # Thinking: the button is blocked and a second submit sends nothing.
@@ -147,19 +153,19 @@ def test_an_image_gets_an_answer_and_a_follow_up_carries_the_conversation(page, 
     held[0].continue_()
     page.unroute("**/v1/chat/completions")
 
-    first = page.locator(".message.assistant:not(.thinking)").first
+    first = page.locator(".message.answered").first
     expect(first).to_be_visible(timeout=60_000)
     expect(thinking).to_have_count(0)
-    answer = first.locator(".message-text").inner_text()
+    answer = first.locator(".message-text").text_content()
     assert answer.strip()
-    expect(first.locator(".figure.tokens")).to_have_text(re.compile(r"^\d+ tokens out$"))
-    expect(first.locator(".figure.prompt-tokens")).to_have_text(re.compile(r"^\d+ in$"))
+    expect(first.locator(".figure.tokens")).to_have_text(re.compile(r"^[1-9]\d* tokens out$"))
+    expect(first.locator(".figure.prompt-tokens")).to_have_text(re.compile(r"^[1-9]\d* in$"))
     expect(first.locator(".figure.latency")).to_have_text(re.compile(r"^\d+(\.\d+)? (ms|s)$"))
     expect(page.locator(".message.user img.message-image")).to_have_count(1)
     expect(page.locator("#submit")).to_have_text("Add an image to start")
 
     body = sent[0].post_data_json
-    assert body["model"] == TINY and body["max_tokens"] == 12
+    assert (body["model"], body["max_tokens"], body["temperature"], body["stream"]) == (TINY, 12, 1, True)
     [message] = body["messages"]
     parts = {part["type"]: part for part in message["content"]}
     assert parts["image_url"]["image_url"]["url"].startswith("data:image/png;base64,")
@@ -173,10 +179,10 @@ def test_an_image_gets_an_answer_and_a_follow_up_carries_the_conversation(page, 
     with page.expect_response("**/v1/chat/completions", timeout=60_000) as answered:
         page.press("#reply", "Enter")
     assert answered.value.ok
-    answers = page.locator(".message.assistant:not(.thinking):not(.error)")
+    answers = page.locator(".message.answered")
     expect(answers).to_have_count(2, timeout=60_000)
-    assert answers.nth(1).locator(".message-text").inner_text().strip()
-    expect(answers.nth(1).locator(".figure.tokens")).to_have_text(re.compile(r"^\d+ tokens out$"))
+    assert answers.nth(1).locator(".message-text").text_content().strip()
+    expect(answers.nth(1).locator(".figure.tokens")).to_have_text(re.compile(r"^[1-9]\d* tokens out$"))
 
     follow_up = sent[1].post_data_json["messages"]
     assert [m["role"] for m in follow_up] == ["user", "assistant", "user"]
@@ -184,7 +190,7 @@ def test_an_image_gets_an_answer_and_a_follow_up_carries_the_conversation(page, 
     assert follow_up[1]["content"] == answer
     assert follow_up[2]["content"] == "And which store is it?"
     assert len(sent) == 2  # the blocked submits never sent a request
-    page.screenshot(path=str(screenshot_dir / "chat.png"))
+    snapshot(page, screenshot_dir / "chat.png")
 
 
 def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, live_server, screenshot_dir):
@@ -215,7 +221,7 @@ def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, 
     assert direct.status_code == 400
     expect(error).to_have_text(direct.json()["error"]["message"])
     expect(page.locator("#reply-form")).to_be_hidden()  # nothing to follow up on
-    page.screenshot(path=str(screenshot_dir / "errors.png"))
+    snapshot(page, screenshot_dir / "errors.png")
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -263,7 +269,7 @@ def test_a_batch_runs_with_progress_thumbnails_and_a_csv_download(page, live_ser
         thumbs.nth(index).scroll_into_view_if_needed()
         page.wait_for_function("(img) => img.complete && img.naturalWidth === 320", arg=thumbs.nth(index).element_handle())
     expect(page.locator(f"#recent-batches [data-batch-id='{batch_id}'] .badge")).to_have_text("completed 4/4")
-    page.screenshot(path=str(screenshot_dir / "batch.png"), full_page=True)
+    snapshot(page, screenshot_dir / "batch.png")
 
     with page.expect_download() as downloaded:
         page.click("#download-csv")

@@ -15,7 +15,7 @@ const el = {
   temperature: $("temperature"),
   composeError: $("compose-error"), submit: $("submit"), recent: $("recent-batches"), status: $("service-status"),
   tabChat: $("tab-chat"), tabBatch: $("tab-batch"), chatView: $("chat-view"), batchView: $("batch-view"),
-  chatEmpty: $("chat-empty"), chatHead: $("chat-head"), newChat: $("new-chat"), messages: $("messages"),
+  chatEmpty: $("chat-empty"), chatHead: $("chat-head"), chatTitle: $("chat-title"), newChat: $("new-chat"), messages: $("messages"),
   replyForm: $("reply-form"), reply: $("reply"), replySend: $("reply-send"),
   batchEmpty: $("batch-empty"), batchBody: $("batch-body"), batchId: $("batch-id"), batchStatus: $("batch-status"),
   progress: $("batch-progress"), downloadCsv: $("download-csv"), downloadJsonl: $("download-jsonl"),
@@ -34,20 +34,44 @@ const state = {
 
 class ApiFailure extends Error {}
 
-async function api(path, options = {}) {
+async function send(path, options = {}) {
   let response;
   try {
     response = await fetch(path, options);
-  } catch {
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
     throw new ApiFailure("The server could not be reached. Check that VLQ is running.");
   }
-  const body = await response.json().catch(() => null);
   if (!response.ok) {
-    // Every API error has one shape: {"error": {"code", "message", "details"}}.
-    const message = body?.error?.message || `The server answered ${response.status} ${response.statusText}.`;
-    throw new ApiFailure(message);
+    // VLQ's errors and the OpenAI-shaped ones of /v1/chat/completions both carry error.message.
+    const body = await response.json().catch(() => null);
+    throw new ApiFailure(body?.error?.message || `The server answered ${response.status} ${response.statusText}.`);
   }
-  return body;
+  return response;
+}
+
+async function api(path, options = {}) {
+  return (await send(path, options)).json();
+}
+
+async function* serverSentEvents(response) {
+  // The `data:` payloads of an event stream, parsed as JSON, until `data: [DONE]`.
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new ApiFailure("The answer was cut off: the connection closed early.");
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = event.split("\n").filter((line) => line.startsWith("data:")).map((line) => line.slice(5).trim()).join("");
+      if (!data) continue;
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
+    }
+  }
 }
 
 // -- choosing images -----------------------------------------------------------------------------
@@ -278,6 +302,7 @@ async function startChat(staged, options) {
   selectTab("chat");
   el.chatEmpty.hidden = true;
   el.chatHead.hidden = false;
+  el.chatTitle.textContent = staged.file.name;
   el.replyForm.hidden = false;
   const content = [{ type: "image_url", image_url: { url: dataUrl } }, { type: "text", text: options.prompt }];
   await ask({ role: "user", content }, options.prompt, staged.url);
@@ -293,33 +318,56 @@ async function askFollowUp(event) {
 
 async function ask(userMessage, text, imageUrl) {
   setBusy(true);
-  appendMessage("user", text, { imageUrl, alt: state.chat.image.name });
-  const pending = appendMessage("assistant thinking", "Thinking", {});
-  pending.querySelector(".message-text").classList.add("dots");
-  const { options } = state.chat;
-  const conversation = [...state.chat.messages, userMessage];
-  const body = { model: options.model, messages: conversation };
+  const chat = state.chat;
+  appendMessage("user", text, { imageUrl, alt: chat.image.name });
+  const reply = appendMessage("assistant thinking", "Thinking", {});
+  const replyText = reply.querySelector(".message-text");
+  replyText.classList.add("dots");
+  const { options } = chat;
+  const conversation = [...chat.messages, userMessage];
+  // Streamed, so the answer appears token by token; the last event carries the usage figures.
+  const body = { model: options.model, messages: conversation, stream: true, stream_options: { include_usage: true } };
   if (options.maxTokens || options.preset?.max_tokens) body.max_tokens = options.maxTokens || options.preset.max_tokens;
   if (options.temperature !== null) body.temperature = options.temperature;
   if (options.preset?.schema) {
     body.response_format = { type: "json_schema", json_schema: { name: options.preset.name, schema: options.preset.schema } };
   }
+  chat.abort = new AbortController();
   const started = performance.now();
+  let answer = "";
+  let usage = null;
+  let streaming = false;
   try {
-    const completion = await api("/v1/chat/completions", {
+    const response = await send("/v1/chat/completions", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      signal: chat.abort.signal,
     });
-    const answer = completion.choices?.[0]?.message?.content ?? "";
-    state.chat.messages = [...conversation, { role: "assistant", content: answer }];
-    pending.remove();
-    appendAnswer(answer, completion, performance.now() - started);
+    for await (const chunk of serverSentEvents(response)) {
+      if (chunk.error) throw new ApiFailure(chunk.error.message);
+      if (chunk.usage) usage = chunk.usage;
+      const piece = chunk.choices?.[0]?.delta?.content;
+      if (!piece) continue;
+      if (!streaming) {
+        streaming = true;
+        reply.classList.remove("thinking");
+        replyText.classList.remove("dots");
+      }
+      answer += piece;
+      replyText.textContent = answer;
+      scrollToEnd();
+    }
+    chat.messages = [...conversation, { role: "assistant", content: answer }];
+    finishAnswer(reply, answer, usage, performance.now() - started);
   } catch (error) {
-    pending.remove();
+    if (error.name === "AbortError") return; // the conversation was closed meanwhile
+    reply.remove();
     appendMessage("assistant error", error.message, {});
-    if (!state.chat.messages.length) el.replyForm.hidden = true; // nothing to follow up on yet
+    if (!chat.messages.length) el.replyForm.hidden = true; // nothing to follow up on yet
   } finally {
-    setBusy(false);
-    (state.chat.messages.length ? el.reply : el.prompt).focus();
+    if (state.chat === chat) {
+      setBusy(false);
+      (chat.messages.length ? el.reply : el.prompt).focus({ preventScroll: true });
+    }
   }
 }
 
@@ -332,29 +380,36 @@ function appendMessage(kind, text, { imageUrl = null, alt = "" }) {
     Object.assign(image, { src: imageUrl, alt, hidden: false });
   }
   el.messages.append(item);
-  item.scrollIntoView({ block: "end", behavior: "smooth" });
+  scrollToEnd();
   return item;
 }
 
-function appendAnswer(answer, completion, elapsedMs) {
-  const item = appendMessage("assistant", "", {});
-  renderAnswerText(item.querySelector(".message-text"), answer);
-  const meta = item.querySelector(".message-meta");
-  const usage = completion.usage || {};
+function finishAnswer(item, answer, usage, elapsedMs) {
+  item.classList.remove("thinking");
+  item.classList.add("answered");
+  const text = item.querySelector(".message-text");
+  text.classList.remove("dots");
+  renderAnswerText(text, answer);
   const figures = [];
-  if (usage.completion_tokens != null) {
-    figures.push([`${usage.completion_tokens} tokens out`, "tokens"],
-                 [`${usage.prompt_tokens} in`, "prompt-tokens"]);
+  if (usage?.completion_tokens != null) {
+    figures.push([`${usage.completion_tokens} tokens out`, "tokens", "generated tokens"],
+                 [`${usage.prompt_tokens} in`, "prompt-tokens", "prompt tokens, image included"]);
   }
-  const timings = completion.timings || {};
-  const total = timings.total_ms ?? elapsedMs;
-  figures.push([formatMs(total), "latency"]);
-  if (timings.ttft_ms != null) figures.push([`first token ${formatMs(timings.ttft_ms)}`, "ttft"]);
-  for (const [label, kind] of figures) {
-    meta.append(Object.assign(document.createElement("span"), { className: `figure ${kind}`, textContent: label }));
+  // total_time_ms is the server's submit-to-answer time; without it, the round trip seen here.
+  const serverTotal = usage?.total_time_ms;
+  figures.push([formatMs(serverTotal ?? elapsedMs), "latency",
+                serverTotal != null ? "submit to answer, measured by the server" : "round trip, measured in this browser"]);
+  const meta = item.querySelector(".message-meta");
+  for (const [label, kind, title] of figures) {
+    meta.append(Object.assign(document.createElement("span"), { className: `figure ${kind}`, textContent: label, title }));
   }
-  meta.title = timings.total_ms != null ? "Latency measured by the server" : "Round trip measured in this browser";
   meta.append(copyButton(answer));
+  scrollToEnd();
+}
+
+function scrollToEnd() {
+  // Only the conversation scrolls, never the page around it.
+  el.messages.scrollTop = el.messages.scrollHeight;
 }
 
 function renderAnswerText(container, answer) {
@@ -408,7 +463,11 @@ async function copyText(text) {
 }
 
 function resetChat() {
-  if (state.chat) URL.revokeObjectURL(state.chat.image.url);
+  if (state.chat) {
+    state.chat.abort?.abort(); // the server cancels the job of an abandoned stream
+    URL.revokeObjectURL(state.chat.image.url);
+    if (state.busy) setBusy(false);
+  }
   state.chat = null;
   el.messages.replaceChildren();
   el.chatEmpty.hidden = false;
