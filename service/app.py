@@ -7,7 +7,17 @@ from typing import Any
 from flask import Flask
 
 from service import blobs, db, dispatch, errors, job_endings, settings, ui
-from service.api import batches, chat_completions, files, health, jobs, presets, webhooks
+from service.api import (
+    batches,
+    chat_completions,
+    files,
+    generate_content,
+    health,
+    jobs,
+    presets,
+    simple_chat,
+    webhooks,
+)
 from service.config import Settings
 
 
@@ -26,6 +36,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(batches.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(chat_completions.bp)
+    app.register_blueprint(simple_chat.bp)
+    app.register_blueprint(generate_content.bp)
     app.register_blueprint(presets.bp)
     app.register_blueprint(ui.bp)
     return app

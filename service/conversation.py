@@ -53,7 +53,8 @@ def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_cha
         raise ApiError(400, "missing_field", "The conversation holds no text prompt.", {"field": "prompt"})
     total = sum(len(_text(turn)) for turn in turns)
     if total > max_chars:
-        raise ApiError(400, "invalid_field", f"The conversation's text is {total} characters; the limit is {max_chars}.",
+        raise ApiError(400, "invalid_field",
+                       f"The conversation's text is {total} characters; the limit is {max_chars}.",
                        {"field": "messages"})
     single = len(turns) == 1
     return Conversation(

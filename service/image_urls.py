@@ -49,7 +49,8 @@ def _fetch(settings: Settings, url: str, field: str) -> bytes:
         raise ApiError(400, "image_url_unreachable", f"The image URL answered HTTP {response.status}.",
                        {**details, "status": response.status})
     if len(response.body) > settings.max_image_bytes:
-        raise ApiError(413, "image_too_large", f"The image at the URL is over the {settings.max_image_bytes}-byte limit.",
+        raise ApiError(413, "image_too_large",
+                       f"The image at the URL is over the {settings.max_image_bytes}-byte limit.",
                        {**details, "limit": settings.max_image_bytes})
     log.info("fetched image %s (%d bytes)", url[:200], len(response.body))
     return response.body

@@ -39,6 +39,7 @@ MODEL_CACHE = Path(os.environ.get("VLQ_TEST_MODEL_CACHE", ROOT / ".cache" / "tes
 TINY = "tiny-random"
 ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle")
 BROKEN = "tiny-broken"  # looks exported, but its language model is garbage: a worker fails to load it
+STUCK = "tiny-stuck"  # its generation_config.json is a FIFO: a worker loading it waits until the test writes to it
 
 
 # -- the tiny model ----------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
             # Aliases of the same export, each served only by the workers a test starts for it
             # (no test starts one for tiny-idle: its jobs stay queued).
             **{alias: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128}
-               for alias in (*ALIASES, BROKEN)},
+               for alias in (*ALIASES, BROKEN, STUCK)},
         },
     }
     # The session's own model folder: the tiny export and its aliases linked in, and a broken copy.
@@ -108,20 +109,34 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
     models.mkdir()
     for name in (TINY, *ALIASES):
         (models / f"{name}-fp16").symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
-    _corrupt_export(model_cache / f"{TINY}-fp16", models / f"{BROKEN}-fp16")
+    _linked_export(model_cache / f"{TINY}-fp16", models / f"{BROKEN}-fp16", "openvino_language_model.xml")
+    (models / f"{BROKEN}-fp16" / "openvino_language_model.xml").write_text("<net>this is not a model</net>")
+    _linked_export(model_cache / f"{TINY}-fp16", models / f"{STUCK}-fp16", "generation_config.json")
+    os.mkfifo(models / f"{STUCK}-fp16" / "generation_config.json")
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     redis.Redis.from_url(REDIS_URL).flushdb()
     return path
 
 
-def _corrupt_export(source: Path, target: Path) -> None:
-    """A copy of an export (files linked) whose language model XML is not a model: loading it fails."""
+def _linked_export(source: Path, target: Path, missing: str) -> None:
+    """A copy of an export, every file linked to the original but `missing`, which the caller puts there."""
     target.mkdir()
     for item in source.iterdir():
-        if item.name != "openvino_language_model.xml":
+        if item.name != missing:
             (target / item.name).symlink_to(item)
-    (target / "openvino_language_model.xml").write_text("<net>this is not a model</net>")
+
+
+def release_stuck_model(config_file: Path) -> None:
+    """Let a worker stuck loading STUCK go on: an empty read of its FIFO fails the load (the model is unavailable)."""
+    fifo = config_file.parent / "models" / f"{STUCK}-fp16" / "generation_config.json"
+    deadline = time.monotonic() + 60  # the engine process may still be starting, not yet reading
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while nothing is reading it
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,39 @@ def test_a_crashed_engine_process_fails_its_requests_and_is_restarted(model_cach
         assert engine.submit(GenerationRequest("Again.", IMAGE, 4)).result(timeout=120).completion_tokens == 4
     finally:
         engine.close()
+
+
+def test_a_conversation_is_templated_over_every_turn(engine, model_cache):
+    import openvino_genai
+
+    single = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
+    conversation = [{"role": "system", "content": "Be brief."}, *single,
+                    {"role": "assistant", "content": "A blue card."}, {"role": "user", "content": "Which blue?"}]
+    plain = engine.submit(GenerationRequest("Describe.", IMAGE, 2)).result(timeout=60)
+    one = engine.submit(GenerationRequest("", IMAGE, 2, messages=single)).result(timeout=60)
+    many = engine.submit(GenerationRequest("", IMAGE, 2, messages=conversation)).result(timeout=60)
+    assert one.prompt_tokens == plain.prompt_tokens  # one turn templated here == the pipeline's own templating
+
+    # The conversation costs exactly the tokens the model's chat template adds for the other turns.
+    tokenizer = openvino_genai.Tokenizer(str(model_cache / f"{TINY}-fp16"))
+    def count(messages):  # noqa: E306
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1]
+    assert many.prompt_tokens - one.prompt_tokens == count(conversation) - count(single)
+
+
+def test_a_streamed_request_hands_over_its_text_step_by_step(engine):
+    handle = engine.submit(GenerationRequest("Go on.", IMAGE, 16, ignore_eos=True, stream=True))
+    pieces = list(handle.stream(timeout=60))
+    result = handle.result(timeout=0)
+    assert len(pieces) > 1 and result.completion_tokens == 16
+    assert result.text.startswith("".join(pieces))  # the last piece may still be held back mid-character
+
+
+def test_engine_failures_that_mean_out_of_memory_are_told_apart():
+    from workers.engines.pipeline_process import _OutOfMemory, error_code
+
+    assert error_code(MemoryError()) == "out_of_memory"
+    assert error_code(RuntimeError("Exception from src/core: std::bad_alloc")) == "out_of_memory"
+    assert error_code(_OutOfMemory("the engine dropped the request (IGNORED)")) == "out_of_memory"
+    assert error_code(RuntimeError("shape mismatch")) == "inference_error"

@@ -16,6 +16,7 @@ its user turn holds {"type": "image"}, and handed over with the pipeline's templ
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class _Loop:
                 message = requests.get(timeout=0.5) if not self._inflight else requests.get_nowait()
             except queue.Empty:
                 message = None
+                if not self._inflight and not _parent_alive():
+                    log.warning("the worker that started this engine process is gone; exiting")
+                    return
             while message is not None:
                 if message[0] == "stop":
                     return
@@ -217,6 +221,12 @@ class _Loop:
             inference_ms=float(metrics.get_generate_duration().mean),
             batch_size=item.peak_batch,
         )
+
+
+def _parent_alive() -> bool:
+    """False once the worker died without stopping us (SIGKILL), so its engine does not hold memory for nothing."""
+    parent = multiprocessing.parent_process()
+    return parent is None or parent.is_alive()
 
 
 def error_code(exc: BaseException) -> str:

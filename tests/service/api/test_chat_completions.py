@@ -21,7 +21,8 @@ def _user(text, image=None, mime="image/png"):
 
 
 def test_the_sdk_gets_a_chat_completion_with_usage_and_the_job_is_listed(sdk, client):
-    completion = sdk.chat.completions.create(model=TINY, messages=[_user("What is the total?")], max_tokens=8,
+    image = make_image(color=(31, 41, 59))  # a request no other test makes, so the answer is not from the cache
+    completion = sdk.chat.completions.create(model=TINY, messages=[_user("What is the total?", image)], max_tokens=8,
                                              temperature=0)
     assert completion.object == "chat.completion" and completion.model == TINY
     choice = completion.choices[0]
@@ -91,3 +92,43 @@ def test_models_list_and_health(sdk, live_server):
     with pytest.raises(openai.NotFoundError):
         sdk.models.retrieve("no-such-model")
     assert requests.get(f"{live_server}/health", timeout=10).json() == {"status": "healthy"}
+
+
+def test_input_errors_come_in_openais_shape(sdk, live_server):
+    with pytest.raises(openai.BadRequestError) as caught:  # a truncated PNG
+        sdk.chat.completions.create(model=TINY, messages=[_user("Hi", make_image()[:60])], max_tokens=4)
+    assert caught.value.status_code == 400 and caught.value.code == "invalid_image"
+    assert caught.value.body["type"] == "invalid_request_error"
+
+    with pytest.raises(openai.BadRequestError) as caught:  # no text to answer
+        sdk.chat.completions.create(model=TINY, messages=[_user("  ")], max_tokens=4)
+    assert caught.value.code == "missing_field" and caught.value.body["param"] == "prompt"
+
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.chat.completions.create(model="gpt-4o", messages=[_user("Hi")], max_tokens=4)
+    assert caught.value.code == "model_not_found"
+
+    with pytest.raises(openai.BadRequestError) as caught:  # URLs are fetched only where configured
+        sdk.chat.completions.create(model=TINY, max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}, {"type": "text", "text": "Hi"}]}])
+    assert caught.value.code == "unsupported_image_url"
+
+    response = requests.post(f"{live_server}/v1/chat/completions", files={"image": ("a.png", make_image())},
+                             data={"prompt": ""}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "missing_field"
+    response = requests.post(f"{live_server}/v1/chat/completions", files={"image": ("a.png", b"not an image")},
+                             data={"prompt": "Hi"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_image"
+
+
+def test_an_image_over_the_byte_limit_is_413(settings, worker):
+    image = make_image(size=(300, 300), color=(1, 2, 3), compress_level=0)
+    small = dataclasses.replace(settings, max_image_bytes=len(image) - 1)
+    with serve(create_app(small)) as url:
+        response = requests.post(f"{url}/v1/chat/completions", files={"image": ("a.png", image)},
+                                 data={"prompt": "Hi"}, timeout=30)
+        assert response.status_code == 413 and response.json()["error"]["code"] == "image_too_large"
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as caught:
+            sdk.chat.completions.create(model=TINY, messages=[_user("Hi", image)], max_tokens=4)
+        assert caught.value.status_code == 413
