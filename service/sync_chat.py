@@ -80,7 +80,8 @@ def pieces(job: Job) -> Iterator[str | Job]:
     """A streamed job's text as it is generated, then the succeeded job; its error is raised as an ApiError.
 
     The last text piece completes what was streamed to the job's final text, so the pieces always add up to it
-    (a job answered from the cache streams its whole text at once).
+    (a job answered from the cache streams its whole text at once). An empty piece means nothing happened for a
+    while: the caller can send a keep-alive, which is also how it finds out that its client has gone.
     """
     timeout_s = get_settings().sync_timeout_s
     deadline = time.monotonic() + timeout_s
@@ -108,6 +109,8 @@ def pieces(job: Job) -> Iterator[str | Job]:
             if not batch or announced.is_set():
                 announced.clear()
                 ended = job_ended(job.id)
+            if not batch and not ended:
+                yield ""
     final = succeeded(job.id)
     text = final.result_text or ""
     if len(text) > len(streamed) and text.startswith(streamed):

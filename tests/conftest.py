@@ -107,6 +107,9 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
     # The session's own model folder: the tiny export and its aliases linked in, and a broken copy.
     models = tmp / "models"
     models.mkdir()
+    compiled = model_cache / ".compiled"  # OpenVINO's compiled-model cache, kept warm across sessions
+    compiled.mkdir(exist_ok=True)
+    (models / ".compiled").symlink_to(compiled, target_is_directory=True)
     for name in (TINY, *ALIASES):
         (models / f"{name}-fp16").symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
     _linked_export(model_cache / f"{TINY}-fp16", models / f"{BROKEN}-fp16", "openvino_language_model.xml")

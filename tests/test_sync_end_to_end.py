@@ -60,11 +60,12 @@ def test_a_model_whose_worker_failed_to_load_it_is_a_503_naming_why(live_server,
     process.stop()
 
 
-def test_a_model_still_loading_is_a_503_and_health_says_so(live_server, start_worker, config_file):
+def test_a_model_still_loading_is_a_503_and_the_model_list_says_so(live_server, start_worker, config_file):
     process = start_worker(STUCK)
     try:
         _wait_model_state(process, STUCK, "loading")
         _assert_refused(live_server, STUCK, "model_loading", 4004)
+        assert requests.get(f"{live_server}/v1/models/{STUCK}", timeout=10).json()["status"] == "loading"
     finally:
         release_stuck_model(config_file)
         _wait_model_state(process, STUCK, "unavailable")
@@ -146,12 +147,28 @@ def test_a_client_that_disconnects_mid_stream_gets_its_job_cancelled(live_server
         first = next(line for line in lines if line.startswith(b"data: "))
         job_id = re.search(rb'"id":"chatcmpl-(job_\w+)"', first).group(1).decode()
         next(line for line in lines if b'"content":"' in line and b'"content":""' not in line)  # it is generating
-    deadline = time.monotonic() + 30
+    job = _wait_job_status(client, job_id, "cancelled")
+    assert job["usage"]["completion_tokens"] < 4000
+
+
+def test_a_client_that_leaves_while_its_stream_waits_in_the_queue_gets_its_job_cancelled(busy, live_server, client):
+    body = {"model": BUSY, "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(make_image())}}, {"type": "text", "text": "Hi"}]}]}
+    with requests.post(f"{live_server}/v1/chat/completions", json=body, stream=True, timeout=60) as response:
+        first = next(line for line in response.iter_lines() if line.startswith(b"data: "))
+        job_id = re.search(rb'"id":"chatcmpl-(job_\w+)"', first).group(1).decode()
+        assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "queued"
+    _wait_job_status(client, job_id, "cancelled")  # found out by the keep-alives the stream sends while it waits
+
+
+def _wait_job_status(client, job_id: str, status: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
     job = client.get(f"/v1/jobs/{job_id}").get_json()
-    while job["status"] not in ("cancelled", "succeeded", "failed") and time.monotonic() < deadline:
+    while job["status"] != status and time.monotonic() < deadline:
         time.sleep(0.1)
         job = client.get(f"/v1/jobs/{job_id}").get_json()
-    assert job["status"] == "cancelled" and job["usage"]["completion_tokens"] < 4000
+    assert job["status"] == status, job
+    return job
 
 
 def _wait_model_state(process, model: str, state: str, timeout: float = 60) -> None:

@@ -60,7 +60,7 @@ def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
     """The answer as OpenAI's server-sent chat.completion.chunk events, ending with `data: [DONE]`.
 
     A failure after the stream began arrives as an `{"error": ...}` event (the SDK raises it). If the client
-    goes away, the job is cancelled.
+    goes away, the job is cancelled (found out at the next write: a piece of text, or a keep-alive every 2 s).
     """
     ended = False
     try:
@@ -68,8 +68,10 @@ def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
         for piece in sync_chat.pieces(job):
             if isinstance(piece, Job):
                 final = piece
-            else:
+            elif piece:
                 yield _event(chat_chunk(job, {"content": piece}, with_usage=include_usage))
+            else:  # an SSE comment: clients ignore it, and writing it tells whether the client is still there
+                yield ": keep-alive\n\n"
         ended = True
     except Exception as exc:
         ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out

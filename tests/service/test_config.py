@@ -31,6 +31,8 @@ def test_file_registry_adds_to_the_built_in_models(tmp_path):
         ({"models": ("nope",)}, "VLQ_MODELS"),
         ({"batch_sise": 4}, "unknown setting"),
         ({"port": "eighty"}, "port"),
+        ({"sync_timeout_s": 0}, "sync_timeout_s"),
+        ({"sync_max_queue_depth": -1}, "sync_max_queue_depth"),
     ],
 )
 def test_invalid_settings_say_which_key(overrides, message):
