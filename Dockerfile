@@ -1,10 +1,10 @@
 # The serving image: API, worker, beat and Flower all run from it. It leaves out torch, transformers'
-# export stack and optimum: serving needs only OpenVINO GenAI. Export models where torch is installed
-# (`make tiny`, `vlq model export NAME`) into the shared model-cache volume.
+# export stack, optimum and the browser-test driver: serving needs only OpenVINO GenAI. Export models where
+# torch is installed (`make tiny`, `vlq model export NAME`) into the shared model-cache volume.
 FROM python:3.11-slim
 WORKDIR /app
 COPY requirements.lock pyproject.toml ./
-RUN grep -vE '^(torch|nncf|optimum|optimum-intel|scikit-learn|scipy)==' requirements.lock > requirements.serve \
+RUN grep -vE '^(torch|nncf|optimum|optimum-intel|scikit-learn|scipy|playwright|pyee)==' requirements.lock > requirements.serve \
  && pip install --no-cache-dir --no-deps -r requirements.serve
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e .

@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-full eval tiny migrate worker api lock clean
+.PHONY: run test screenshots bench bench-full eval tiny migrate worker api flower lock clean
 
-run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker
+run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + Flower (:5555)
 	$(BIN)/vlq run
 
 test: $(STAMP)  ## the whole suite against real Redis, SQLite, Postgres and worker processes
 	$(BIN)/pytest
+
+screenshots: $(STAMP)  ## the web UI tests, keeping their screenshots in docs/screenshots for the README
+	VLQ_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest tests/test_web_ui.py -k sqlite
 
 bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
 	$(BIN)/python -m bench.service_bench
@@ -32,6 +35,9 @@ worker: $(STAMP)
 
 api: $(STAMP)
 	$(BIN)/vlq api
+
+flower: $(STAMP)
+	$(BIN)/vlq flower
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from service import auth, blobs, db, dispatch, errors, job_endings, ratelimit, settings
+from service import auth, blobs, db, dispatch, errors, job_endings, ratelimit, settings, ui
 from service.api import (
     batches,
     chat_completions,
@@ -15,6 +15,7 @@ from service.api import (
     health,
     jobs,
     keys,
+    presets,
     simple_chat,
     webhooks,
 )
@@ -41,4 +42,6 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(chat_completions.bp)
     app.register_blueprint(simple_chat.bp)
     app.register_blueprint(generate_content.bp)
+    app.register_blueprint(presets.bp)
+    app.register_blueprint(ui.bp)
     return app

@@ -65,7 +65,7 @@ def require_admin() -> Caller:
 
 def _resolve_caller() -> None:
     view = current_app.view_functions.get(request.endpoint or "")
-    if getattr(view, "vlq_public", False):
+    if getattr(view, "vlq_public", False) or request.endpoint == "static":  # the web UI's own files
         return
     settings = get_settings()
     if settings.disable_auth:

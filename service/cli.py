@@ -44,15 +44,17 @@ def cli() -> None:
 
 @cli.command()
 def run() -> None:
-    """Migrate, then run the API and one worker until Ctrl-C."""
+    """Migrate, then run the API, one worker and Flower until Ctrl-C."""
     settings = load_settings()
     _require_redis(settings)
     _migrate(settings)
     children = [
         subprocess.Popen([sys.executable, "-m", "service.cli", "api", "--no-auth-warning"]),  # run warns itself
         subprocess.Popen([sys.executable, "-m", "service.cli", "worker"]),
+        subprocess.Popen([sys.executable, "-m", "service.cli", "flower"]),
     ]
-    click.echo(f"VLQ API on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
+    click.echo(f"VLQ on http://{settings.host}:{settings.port}  Flower on {settings.flower_link}  "
+               "(Ctrl-C stops everything)")
     _warn_if_auth_disabled(settings)
     _supervise(children)
 
@@ -84,6 +86,16 @@ def worker(loglevel: str) -> None:
     app.worker_main(["worker", f"--loglevel={loglevel}", "--hostname", f"vlq-{os.getpid()}@%h",
                      "--pool", "threads", "--concurrency", str(settings.worker_concurrency), "--without-mingle",
                      "--without-gossip"])
+
+
+@cli.command()
+def flower() -> None:
+    """Run Flower, Celery's monitor, on flower_host:flower_port."""
+    settings = load_settings()
+    os.execvp(sys.executable, [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
+        f"--address={settings.flower_host}", f"--port={settings.flower_port}",
+    ])
 
 
 # -- database -------------------------------------------------------------------------------

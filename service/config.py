@@ -109,6 +109,11 @@ class Settings:
     rate_limit_rps: float = 20.0  # per key, for keys without their own; 0 is unlimited
     max_queued_jobs: int = 100_000  # queued + running jobs per tenant, for keys without their own; 0 is unlimited
 
+    # Flower, Celery's monitor: where `vlq run` and `vlq flower` bind it, and the URL the web UI links to.
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_url: str = ""  # empty: http://{flower_host}:{flower_port}; set it when Flower sits behind a proxy
+
     @property
     def worker_concurrency(self) -> int:
         """Jobs a worker holds at once: one batch generating, one being claimed and decoded behind it."""
@@ -123,6 +128,11 @@ class Settings:
     def webhook_lease_s(self) -> float:
         """How long a worker holds a delivery: longer than one attempt can take (connect, answer, body)."""
         return 3 * self.webhook_timeout_s + 5
+
+    @property
+    def flower_link(self) -> str:
+        """The URL the web UI links to for Flower."""
+        return self.flower_url or f"http://{self.flower_host}:{self.flower_port}"
 
     def model(self, name: str) -> ModelSpec | None:
         return self.registry.get(name)

@@ -110,7 +110,8 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "sync_timeout_s": 60,
         "models": {
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
-            # Aliases of the same export, each served only by the workers a test starts for it.
+            # Aliases of the same export, each served only by the workers a test starts for it
+            # (no test starts one for tiny-idle: its jobs stay queued).
             **{alias: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128}
                for alias in (*ALIASES, BROKEN, STUCK)},
         },

@@ -1,7 +1,7 @@
 """Jobs: one image + one prompt, answered asynchronously. POST /v1/jobs, then poll GET /v1/jobs/{id}."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from service import jobs
@@ -14,12 +14,13 @@ from service.api.common import (
     request_fields,
 )
 from service.auth import current_caller
-from service.blobs import get_blobs
+from service.blobs import BlobNotFound, get_blobs
 from service.config import Settings
 from service.db import get_db, get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
 from service.fields import choice_option
+from service.images import ACCEPTED_FORMATS
 from service.job_endings import get_job_endings
 from service.models import Job, JobStatus
 from service.settings import get_settings
@@ -55,6 +56,24 @@ def list_jobs() -> ResponseReturnValue:
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> ResponseReturnValue:
     return jsonify(get_or_404(get_session(), Job, job_id, "job").to_dict())
+
+
+@bp.get("/<job_id>/image")
+def get_job_image(job_id: str) -> ResponseReturnValue:
+    """The job's image as uploaded; its bytes never change (sha256-addressed), so browsers may keep it."""
+    job = get_or_404(get_session(), Job, job_id, "job")
+    if job.image_sha256 is None:
+        raise ApiError(404, "not_found", f"Job {job_id!r} has no image: it was refused at ingest.", {"id": job_id})
+    try:
+        data = get_blobs().get(job.image_sha256)
+    except BlobNotFound:
+        raise ApiError(404, "not_found", f"The image of job {job_id!r} is no longer stored.", {"id": job_id}) from None
+    response = Response(data, mimetype=ACCEPTED_FORMATS[job.image_format])
+    response.set_etag(job.image_sha256)
+    response.cache_control.private = True  # job images may be confidential: no shared caches
+    response.cache_control.max_age = 365 * 24 * 3600
+    response.cache_control.immutable = True
+    return response.make_conditional(request)
 
 
 @bp.post("/<job_id>/cancel")

@@ -171,3 +171,25 @@ def test_unknown_job_and_route_use_the_error_body(client):
     assert client.post("/v1/jobs/job_nope/cancel").status_code == 404
     assert client.get("/v2/anything").get_json()["error"]["code"] == "not_found"
     assert client.put("/v1/jobs").get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_jobs_image_is_served_with_its_type_and_cache_headers(client):
+    image = make_image("WEBP", color=(9, 99, 199))
+    job = client.post("/v1/jobs", data=_multipart(image)).get_json()
+    response = client.get(f"/v1/jobs/{job['id']}/image")
+    assert response.status_code == 200 and response.data == image
+    assert response.mimetype == "image/webp"
+    assert response.headers["ETag"] == f'"{job["image"]["sha256"]}"'
+    assert {"private", "immutable", "max-age=31536000"} <= {
+        part.strip() for part in response.headers["Cache-Control"].split(",")}
+    again = client.get(f"/v1/jobs/{job['id']}/image", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+
+
+def test_an_image_that_is_not_there_is_a_404(client, settings):
+    assert client.get("/v1/jobs/job_nope/image").get_json()["error"]["code"] == "not_found"
+    job = client.post("/v1/jobs", data=_multipart(make_image(color=(8, 88, 188)))).get_json()
+    with Database(settings.database_url).session() as session:
+        session.get(Job, job["id"]).image_sha256 = None  # as for a batch item refused at ingest
+    response = client.get(f"/v1/jobs/{job['id']}/image")
+    assert response.status_code == 404 and "refused at ingest" in response.get_json()["error"]["message"]

@@ -1,0 +1,312 @@
+"""The web UI in headless Chromium against a live server and a real worker: chat, follow-ups, batches, errors.
+
+The tiny model's answers are noise, so these assert structure: an answer with text and figures appears, the
+follow-up request carries the earlier turns, the batch ends with one row per image, the CSV has those rows.
+`VLQ_SCREENSHOT_DIR=docs/screenshots` (`make screenshots`) keeps the screenshots the README shows.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import TINY
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps trying to reach Google's services.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CSV_HEADER = ["custom_id", "status", "text", "prompt_tokens", "completion_tokens", "total_tokens", "queue_ms",
+              "ttft_ms", "inference_ms", "total_ms", "error_code", "error_message", "job_id"]
+UNSERVED_MODEL = "tiny-idle"  # no worker serves it: a batch on it stays queued until cancelled
+
+
+# -- browser -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: the web UI tests need Debian's browser. "
+                    "Install it with `apt-get install -y chromium chromium-driver` (.ci/run does).", pytrace=False)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: `pip install -r requirements.lock`.", pytrace=False)
+    with sync_playwright() as playwright:
+        # Debian's Chromium, never Playwright's own download (`playwright install` cannot reach its CDN).
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, live_server: str, worker: Any, api_key: str) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True,
+                                  color_scheme="light")
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server)
+    tab = context.new_page()
+    tab.goto(live_server)
+    tab.wait_for_selector("body[data-ready='true']")
+    tab.fill("#api-key", api_key)  # the server runs with auth on: the user pastes a key once
+    tab.press("#api-key", "Tab")
+    yield tab
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("VLQ_SCREENSHOT_DIR")
+    path = Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def snapshot(page: Any, path: Path, **options: Any) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # Playwright's clicks scroll the window a little
+    page.screenshot(path=str(path), **options)
+
+
+def expect(target: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(target)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def picture(index: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A small receipt-like PNG, different for each index."""
+    image = Image.new("RGB", size, (248, 246, 240))
+    draw = ImageDraw.Draw(image)
+    hue = [(79, 70, 229), (22, 121, 76), (180, 35, 24), (161, 92, 7)][index % 4]
+    draw.rectangle([0, 0, size[0], 36], fill=hue)
+    draw.text((12, 12), f"STORE #{index + 1}", fill=(255, 255, 255))
+    for row in range(5):
+        y = 52 + row * 26
+        draw.text((12, y), f"item {row + 1}", fill=(40, 40, 40))
+        draw.text((size[0] - 70, y), f"{(index + 1) * (row + 2)}.{row}0", fill=(40, 40, 40))
+    draw.line([12, 190, size[0] - 12, 190], fill=(120, 120, 120))
+    draw.text((12, 204), "TOTAL", fill=(20, 20, 20))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(name: str, data: bytes, mime: str = "image/png") -> dict[str, Any]:
+    return {"name": name, "mimeType": mime, "buffer": data}
+
+
+def drop_files(page: Any, files: list[tuple[str, bytes]]) -> None:
+    """Drop files on the drop zone the way a browser does, with a DataTransfer."""
+    payload = [{"name": name, "b64": base64.b64encode(data).decode()} for name, data in files]
+    page.evaluate("""(files) => {
+        const transfer = new DataTransfer();
+        for (const f of files) {
+            const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], f.name, {type: "image/png"}));
+        }
+        const zone = document.getElementById("dropzone");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }
+    }""", payload)
+
+
+def chat_requests(page: Any) -> list[Any]:
+    sent: list[Any] = []
+    page.on("request", lambda request: sent.append(request) if request.url.endswith("/v1/chat/completions") else None)
+    return sent
+
+
+# -- conversation ------------------------------------------------------------------------------
+
+def test_an_image_gets_an_answer_and_a_follow_up_carries_the_conversation(page, screenshot_dir):
+    sent = chat_requests(page)
+    held: list[Any] = []
+    page.route("**/v1/chat/completions", lambda route: held.append(route))  # held until the test lets it go
+
+    page.set_input_files("#file-input", [upload("receipt.png", picture(0))])
+    expect(page.locator("#staged li")).to_have_count(1)
+    expect(page.locator("#submit")).to_have_text("Ask about this image")
+    page.fill("#prompt", "What is the total on this receipt?")
+    page.fill("#max-tokens", "12")
+    page.fill("#temperature", "1")  # greedy, the tiny model answers only newlines; sampled, it shows words
+    page.click("#submit")
+
+    # Thinking: the button is blocked and a second submit sends nothing.
+    thinking = page.locator(".message.thinking")
+    expect(thinking).to_be_visible()
+    expect(thinking).to_contain_text("Thinking")
+    expect(page.locator("#submit")).to_be_disabled()
+    expect(page.locator("#reply-send")).to_be_disabled()
+    page.evaluate("document.getElementById('compose-form').requestSubmit()")
+    page.evaluate("document.getElementById('reply-form').requestSubmit()")
+    assert len(held) == 1
+    held[0].continue_()
+    page.unroute("**/v1/chat/completions")
+
+    first = page.locator(".message.answered").first
+    expect(first).to_be_visible(timeout=60_000)
+    expect(thinking).to_have_count(0)
+    answer = first.locator(".message-text").text_content()
+    assert answer.strip()
+    expect(first.locator(".figure.tokens")).to_have_text(re.compile(r"^[1-9]\d* tokens out$"))
+    expect(first.locator(".figure.prompt-tokens")).to_have_text(re.compile(r"^[1-9]\d* in$"))
+    expect(first.locator(".figure.latency")).to_have_text(re.compile(r"^\d+(\.\d+)? (ms|s)$"))
+    expect(page.locator(".message.user img.message-image")).to_have_count(1)
+    expect(page.locator("#submit")).to_have_text("Add an image to start")
+
+    body = sent[0].post_data_json
+    assert (body["model"], body["max_tokens"], body["temperature"], body["stream"]) == (TINY, 12, 1, True)
+    [message] = body["messages"]
+    parts = {part["type"]: part for part in message["content"]}
+    assert parts["image_url"]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert parts["text"]["text"] == "What is the total on this receipt?"
+
+    first.locator(".copy-button").click()
+    expect(first.locator(".copy-button")).to_contain_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == answer
+
+    page.fill("#reply", "And which store is it?")
+    with page.expect_response("**/v1/chat/completions", timeout=60_000) as answered:
+        page.press("#reply", "Enter")
+    assert answered.value.ok
+    answers = page.locator(".message.answered")
+    expect(answers).to_have_count(2, timeout=60_000)
+    assert answers.nth(1).locator(".message-text").text_content().strip()
+    expect(answers.nth(1).locator(".figure.tokens")).to_have_text(re.compile(r"^[1-9]\d* tokens out$"))
+
+    follow_up = sent[1].post_data_json["messages"]
+    assert [m["role"] for m in follow_up] == ["user", "assistant", "user"]
+    assert follow_up[0] == message
+    assert follow_up[1]["content"] == answer
+    assert follow_up[2]["content"] == "And which store is it?"
+    assert len(sent) == 2  # the blocked submits never sent a request
+    snapshot(page, screenshot_dir / "chat.png")
+
+
+def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, live_server, screenshot_dir, http):
+    too_big = b"\x89PNG\r\n\x1a\n" + bytes(10 * 1024 * 1024)
+    page.set_input_files("#file-input", [upload("notes.txt", b"not an image", "text/plain"),
+                                         upload("huge.png", too_big)])
+    errors = page.locator("#file-errors li")
+    expect(errors).to_have_count(2)
+    expect(errors.nth(0)).to_have_text("notes.txt: not a JPEG, PNG or WebP image.")
+    expect(errors.nth(1)).to_contain_text("huge.png is 10.0 MB; the limit is 10.0 MB per image.")
+    expect(page.locator("#staged li")).to_have_count(0)
+    expect(page.locator("#submit")).to_be_disabled()
+
+    broken = picture(1)[:120]  # a PNG cut short: the browser cannot tell, the server can
+    page.set_input_files("#file-input", [upload("broken.png", broken)])
+    expect(errors).to_have_count(0)
+    page.click("#submit")
+    expect(page.locator("#compose-error")).to_have_text("Write a prompt, or choose a preset.")
+
+    page.fill("#prompt", "What is this?")
+    page.click("#submit")
+    error = page.locator(".message.error")
+    expect(error).to_be_visible(timeout=30_000)
+    data_url = "data:image/png;base64," + base64.b64encode(broken).decode()
+    direct = http.post(f"{live_server}/v1/chat/completions", timeout=30, json={"model": TINY, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                     {"type": "text", "text": "What is this?"}]}]})
+    assert direct.status_code == 400
+    expect(error).to_have_text(direct.json()["error"]["message"])
+    expect(page.locator("#reply-form")).to_be_hidden()  # nothing to follow up on
+    snapshot(page, screenshot_dir / "errors.png")
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+def test_a_batch_runs_with_progress_thumbnails_and_a_csv_download(page, live_server, settings, http, screenshot_dir,
+                                                                   tmp_path):
+    names = [f"receipt-{index}.png" for index in range(4)]
+    drop_files(page, [(name, picture(index)) for index, name in enumerate(names)])
+    expect(page.locator("#staged li")).to_have_count(4)
+    expect(page.locator("#submit")).to_have_text("Run batch of 4 images")
+
+    page.select_option("#preset", "describe")
+    expect(page.locator("#prompt")).to_have_value(settings.presets["describe"].prompt)
+    expect(page.locator("#preset-hint")).to_contain_text("Output: text")
+    page.fill("#max-tokens", "8")
+    page.fill("#temperature", "1")  # greedy, the tiny model answers only newlines; sampled, it shows words
+    with page.expect_response("**/v1/batches") as created:
+        page.click("#submit")
+    batch_id = created.value.json()["id"]
+
+    expect(page.locator("#tab-batch")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#batch-id")).to_have_text(batch_id)
+    expect(page.locator("#batch-status")).to_have_text("completed", timeout=90_000)
+    expect(page.locator("#count-total")).to_have_text("4")
+    expect(page.locator("#count-completed")).to_have_text("4")
+    expect(page.locator("#count-done")).to_have_text("4")
+    expect(page.locator("#batch-progress")).to_have_attribute("aria-valuenow", "100")
+    expect(page.locator("#cancel-batch")).to_be_disabled()
+    rows = page.locator("#results-body tr")
+    expect(rows).to_have_count(4)
+    expect(page.locator("#results-body tr[data-status='succeeded']")).to_have_count(4)
+    results = {item["custom_id"]: item for item in map(json.loads, http.get(
+        f"{live_server}/v1/batches/{batch_id}/results", timeout=10).text.splitlines())}
+    assert sorted(rows.locator(".file").all_inner_texts()) == names == sorted(results)
+    for index in range(4):
+        row = rows.nth(index)
+        item = results[row.locator(".file").inner_text()]
+        assert item["completion_tokens"] >= 1
+        expect(row.locator(".answer")).to_have_text(item["text"], use_inner_text=False)
+        expect(row.locator(".tokens")).to_have_text(f"{item['prompt_tokens']} in · {item['completion_tokens']} out")
+        expect(row.locator(".latency")).to_have_text(re.compile(r"^\d+(\.\d+)? (ms|s)$"))
+    thumbs = rows.locator("img.thumb")
+    expect(thumbs).to_have_count(4)
+    for index in range(4):
+        thumbs.nth(index).scroll_into_view_if_needed()
+        page.wait_for_function("(img) => img.complete && img.naturalWidth === 320", arg=thumbs.nth(index).element_handle())
+    expect(page.locator(f"#recent-batches [data-batch-id='{batch_id}'] .badge")).to_have_text("completed 4/4")
+    snapshot(page, screenshot_dir / "batch.png")
+
+    with page.expect_download() as downloaded:
+        page.click("#download-csv")
+    assert downloaded.value.suggested_filename == f"{batch_id}.csv"
+    path = tmp_path / "results.csv"
+    downloaded.value.save_as(path)
+    with path.open(newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == CSV_HEADER
+    assert len(table) == 5
+    assert sorted(row[0] for row in table[1:]) == names
+    assert {row[1] for row in table[1:]} == {"succeeded"}
+
+    with page.expect_download() as downloaded:
+        page.click("#download-jsonl")
+    lines = [json.loads(line) for line in Path(downloaded.value.path()).read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == names
+
+
+def test_a_batch_can_be_cancelled_from_its_view_and_reopened_by_its_link(page, live_server):
+    page.set_input_files("#file-input", [upload(f"shelf-{index}.png", picture(index)) for index in range(3)])
+    expect(page.locator(f"#model option[value='{UNSERVED_MODEL}']")).to_have_text(f"{UNSERVED_MODEL} (no worker)")
+    page.select_option("#model", UNSERVED_MODEL)
+    page.fill("#prompt", "Read the price label.")
+    page.click("#submit")
+    expect(page.locator("#batch-status")).to_have_text("in progress")
+    expect(page.locator("#results-body tr[data-status='queued']")).to_have_count(3)
+
+    page.click("#cancel-batch")
+    expect(page.locator("#batch-status")).to_have_text("cancelled")
+    expect(page.locator("#count-cancelled")).to_have_text("3")
+    expect(page.locator("#results-body tr[data-status='cancelled']")).to_have_count(3)
+    expect(page.locator("#cancel-batch")).to_be_disabled()
+
+    batch_id = page.locator("#batch-id").inner_text()
+    page.goto(f"{live_server}/#batch={batch_id}")
+    page.reload()
+    expect(page.locator("#batch-status")).to_have_text("cancelled")
+    expect(page.locator("#results-body tr")).to_have_count(3)
