@@ -173,7 +173,7 @@ class WorkerProcess:
         )
         self.name: str | None = None
 
-    def wait_live(self, model: str, timeout: float = 120) -> str:
+    def wait_live(self, model: str, timeout: float = 300) -> str:
         """Wait until this process announces `model` live; returns its worker name."""
         client = redis.Redis.from_url(REDIS_URL)
         deadline = time.monotonic() + timeout

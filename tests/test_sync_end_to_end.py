@@ -172,7 +172,7 @@ def _wait_job_status(client, job_id: str, status: str, timeout: float = 30) -> d
     return job
 
 
-def _wait_model_state(process, model: str, state: str, timeout: float = 60) -> None:
+def _wait_model_state(process, model: str, state: str, timeout: float = 300) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
