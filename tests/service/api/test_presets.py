@@ -3,6 +3,7 @@ import dataclasses
 
 from service.app import create_app
 from service.presets import BUILTIN_PRESETS, build_presets
+from tests.conftest import keyed
 
 
 def test_presets_lists_the_built_ins_with_their_prompt_model_and_schema(client, settings):
@@ -20,9 +21,9 @@ def test_presets_lists_the_built_ins_with_their_prompt_model_and_schema(client, 
     assert presets["moderate"]["labels"][0] == "safe" and presets["moderate"]["schema"]["required"][0] == "label"
 
 
-def test_presets_from_the_configuration_are_listed(settings):
+def test_presets_from_the_configuration_are_listed(settings, api_key):
     extra = {"shelf-label": {"prompt": "Read the shelf label.", "max_tokens": 40}}
     presets = build_presets(extra, settings.registry, settings.max_tokens_limit)
-    client = create_app(dataclasses.replace(settings, presets=presets)).test_client()
+    client = keyed(create_app(dataclasses.replace(settings, presets=presets)).test_client(), api_key)
     presets = {preset["name"]: preset for preset in client.get("/v1/presets").get_json()["data"]}
     assert presets["shelf-label"]["prompt"] == "Read the shelf label." and presets["shelf-label"]["max_tokens"] == 40
