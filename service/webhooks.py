@@ -78,7 +78,7 @@ def send_after_commit(session: Session, delivery_ids: list[str]) -> None:
 
 
 def attach_outbox(sessions: sessionmaker[Session], send: Callable[[str], None]) -> None:
-    """Send the deliveries each committed transaction of `sessions` created; a failed send is left to the sweeper."""
+    """Send the deliveries each committed transaction of `sessions` created; the periodic pass sends a failed one."""
 
     def after_commit(session: Session) -> None:
         for delivery_id in session.info.pop(_PENDING_KEY, []):
