@@ -11,6 +11,7 @@ long. Here only this loop waits; the worker talks to it through two queues:
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class PipelineConfig:
     batch_size: int
     kv_cache_gb: int
     properties: dict[str, Any]
+    parent_pid: int  # the worker; once it is gone, the loop ends
 
 
 @dataclass
@@ -72,7 +74,8 @@ class _Loop:
             self._config.path, scheduler, self._config.device, self._config.properties)
 
     def run(self, requests: Any) -> None:
-        while True:
+        # A worker killed outright (SIGKILL, the OOM killer) must not leave its engine process behind.
+        while os.getppid() == self._config.parent_pid:
             # Block only when idle; while generating, take whatever arrived and step again.
             try:
                 message = requests.get(timeout=0.5) if not self._inflight else requests.get_nowait()
