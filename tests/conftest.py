@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,16 +36,27 @@ POSTGRES_URL = os.environ.get("VLQ_TEST_POSTGRES_URL", "postgresql+psycopg://pos
 # Built once and reused across runs; `make clean` removes it.
 MODEL_CACHE = Path(os.environ.get("VLQ_TEST_MODEL_CACHE", ROOT / ".cache" / "test-models"))
 TINY = "tiny-random"
+# Aliases of the tiny export, each served only by the workers a test starts for it.
+ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-drain")
 
 
 # -- the tiny model ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
-    """The tiny Qwen3-VL, built and exported through the real CLI path the first time."""
+    return tiny_model_cache()
+
+
+def tiny_model_cache() -> Path:
+    """The model cache with the tiny Qwen3-VL (built and exported through the real CLI path the first time) and
+    its aliases (one export, several registry names, so a test's workers can have a queue of their own)."""
     if not (MODEL_CACHE / f"{TINY}-fp16" / "openvino_language_model.xml").exists():
         env = {**os.environ, "VLQ_MODEL_CACHE": str(MODEL_CACHE)}
         subprocess.run([sys.executable, "-m", "service.cli", "model", "build-tiny"], cwd=ROOT, env=env, check=True)
+    for alias in ALIASES:
+        link = MODEL_CACHE / f"{alias}-fp16"
+        if not link.exists():
+            link.symlink_to(MODEL_CACHE / f"{TINY}-fp16", target_is_directory=True)
     return MODEL_CACHE
 
 
@@ -58,15 +70,36 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         upgrade(url)
         yield url
         return
+    with postgres_schema() as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A migrated private schema in the test Postgres database; yields its URL. Dropped afterwards."""
     schema = f"vlq_test_{uuid.uuid4().hex[:10]}"
     dsn = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     upgrade(url)
-    yield url
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of each kind for this test alone, for passes that act on every row (dispatcher, retention)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fresh.db'}"
+        upgrade(url)
+        yield url
+        return
+    with postgres_schema() as url:
+        yield url
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -86,21 +119,18 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "heartbeat_interval_s": 0.5,
         "heartbeat_ttl_s": 3,
         "sweep_interval_s": 1,
+        "dispatch_grace_s": 1,
+        "shutdown_grace_s": 10,
         # Webhooks: a fast schedule and short timeouts, and loopback allowed so the test receiver can be reached.
         "webhook_retry_schedule_s": [0, 0.2, 0.3, 0.4, 1.2],
         "webhook_timeout_s": 1,
         "egress_allow_cidrs": ["127.0.0.0/8"],
         "models": {
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
-            # Aliases of the same export, each served only by the workers a test starts for it.
             **{alias: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128}
-               for alias in ("tiny-victim", "tiny-priority", "tiny-grounded")},
+               for alias in ALIASES},
         },
     }
-    for alias in ("tiny-victim", "tiny-priority", "tiny-grounded"):
-        link = model_cache / f"{alias}-fp16"
-        if not link.exists():
-            link.symlink_to(model_cache / f"{TINY}-fp16", target_is_directory=True)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -115,20 +145,20 @@ def settings(config_file: Path) -> Settings:
 # -- processes ---------------------------------------------------------------------------------
 
 class WorkerProcess:
-    """A real `vlq worker` subprocess."""
+    """A real `vlq worker` subprocess (or another `vlq` service command, such as `beat`)."""
 
-    def __init__(self, config_file: Path, log_path: Path, **env: str) -> None:
+    def __init__(self, config_file: Path, log_path: Path, command: str = "worker", **env: str) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "service.cli", command], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "VLQ_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1", **env},
         )
         self.name: str | None = None
 
-    def wait_live(self, model: str, timeout: float = 120) -> str:
+    def wait_live(self, model: str, timeout: float = 120, redis_url: str = REDIS_URL) -> str:
         """Wait until this process announces `model` live; returns its worker name."""
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(redis_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -155,7 +185,15 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def start_worker(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def beat(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """`vlq beat`: the periodic dispatcher, orphan recovery, batch and webhook passes, for as long as workers run."""
+    process = WorkerProcess(config_file, tmp_path_factory.mktemp("beat-logs") / "beat.log", "beat")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def start_worker(config_file: Path, beat: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Factory for extra workers (a test's own model alias, batch size...); all are stopped at the end."""
     started: list[WorkerProcess] = []
     logs = tmp_path_factory.mktemp("worker-logs")
