@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench eval tiny migrate worker api lock clean
+.PHONY: run test bench eval chaos tiny migrate worker api beat lock clean
 
-run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker
+run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + beat
 	$(BIN)/vlq run
 
 test: $(STAMP)  ## the whole suite against real Redis, SQLite, Postgres and worker processes
@@ -17,6 +17,9 @@ bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
 
 eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts and invoices -> docs/BENCHMARKS.md
 	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md
+
+chaos: $(STAMP)  ## fault injection at full size: 1,000 jobs, worker SIGKILLs, a Redis restart, a Postgres cut
+	$(BIN)/python -m tests.chaos.harness --jobs 1000
 
 tiny: $(STAMP)  ## build and export the tiny random-weight Qwen3-VL (offline, once)
 	$(BIN)/vlq model build-tiny
@@ -29,6 +32,9 @@ worker: $(STAMP)
 
 api: $(STAMP)
 	$(BIN)/vlq api
+
+beat: $(STAMP)
+	$(BIN)/vlq beat
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
