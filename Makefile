@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test screenshots bench bench-full eval tiny migrate worker api flower lock clean
+.PHONY: run test screenshots bench bench-full eval chaos tiny migrate worker api beat flower lock clean
 
-run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + Flower (:5555)
+run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + beat + Flower (:5555)
 	$(BIN)/vlq run
 
 test: $(STAMP)  ## the whole suite against real Redis, SQLite, Postgres and worker processes
@@ -24,6 +24,9 @@ bench-full: $(STAMP)  ## the 2B architecture: PyTorch fp32/bf16 vs OpenVINO int8
 eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts and invoices -> docs/BENCHMARKS.md
 	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md
 
+chaos: $(STAMP)  ## fault injection at full size: 1,000 jobs, worker SIGKILLs, a Redis restart, a Postgres cut
+	$(BIN)/python -m tests.chaos.harness --jobs 1000
+
 tiny: $(STAMP)  ## build and export the tiny random-weight Qwen3-VL (offline, once)
 	$(BIN)/vlq model build-tiny
 
@@ -35,6 +38,9 @@ worker: $(STAMP)
 
 api: $(STAMP)
 	$(BIN)/vlq api
+
+beat: $(STAMP)
+	$(BIN)/vlq beat
 
 flower: $(STAMP)
 	$(BIN)/vlq flower

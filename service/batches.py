@@ -185,9 +185,11 @@ def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
         transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.FAILED, errors={"object": "list", "data": [
             {"code": "empty_batch", "message": "The batch has no requests.", "param": None, "line": None}]})
         return []
+    # The transition first: if an ingest task was delivered twice, only one of them inserts the rows.
+    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+        return []
     lifecycle.create_jobs(session, ingest.rows)
-    transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
-    return [Job(id=row["id"], model=row["model"], priority=row["priority"])
+    return [Job(id=row["id"], model=row["model"], priority=row["priority"], attempts=0)
             for row in ingest.rows if row["status"] == JobStatus.QUEUED.value]
 
 

@@ -5,7 +5,10 @@ import hashlib
 import io
 import os
 import tempfile
+import time
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,7 +44,13 @@ class BlobStore(ABC):
     def exists(self, digest: str) -> bool: ...
 
     @abstractmethod
-    def delete(self, digest: str) -> None: ...
+    def digests(self, older_than_s: float) -> Iterator[str]:
+        """Every stored blob last written more than `older_than_s` seconds ago (the retention pass's leak sweep)."""
+
+    @abstractmethod
+    def delete_unused(self, digest: str, grace_s: float) -> bool:
+        """Delete a blob no row refers to any more, unless it was written within `grace_s` seconds: then a new
+        job or file may hold it before its row is committed. Returns whether it was deleted."""
 
 
 class LocalBlobStore(BlobStore):
@@ -84,8 +93,30 @@ class LocalBlobStore(BlobStore):
     def exists(self, digest: str) -> bool:
         return self._path(digest).exists()
 
-    def delete(self, digest: str) -> None:
-        self._path(digest).unlink(missing_ok=True)
+    def digests(self, older_than_s: float) -> Iterator[str]:
+        cutoff = time.time() - older_than_s
+        for path in self.root.glob("??/??/*"):
+            if not path.name.startswith(".") and path.stat().st_mtime < cutoff:
+                yield path.name
+
+    def delete_unused(self, digest: str, grace_s: float) -> bool:
+        path = self._path(digest)
+        # Move it aside first, then judge its age: a `put` racing with us either wrote before the move (the
+        # moved file is recent, so it goes back) or after it (a fresh file in place); neither loses the blob.
+        doomed = path.with_name(f".del-{digest}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            return False
+        if time.time() - doomed.stat().st_mtime < grace_s:
+            try:
+                os.link(doomed, path)  # same bytes by construction; a newer copy already in place wins
+            except FileExistsError:
+                pass
+            doomed.unlink()
+            return False
+        doomed.unlink()
+        return True
 
     def _path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

@@ -44,19 +44,20 @@ def cli() -> None:
 
 @cli.command()
 def run() -> None:
-    """Migrate, then run the API, one worker and Flower until Ctrl-C."""
+    """Migrate, then run the API, one worker, the beat scheduler and Flower until Ctrl-C."""
     settings = load_settings()
     _require_redis(settings)
     _migrate(settings)
     children = [
         subprocess.Popen([sys.executable, "-m", "service.cli", "api", "--no-auth-warning"]),  # run warns itself
         subprocess.Popen([sys.executable, "-m", "service.cli", "worker"]),
+        subprocess.Popen([sys.executable, "-m", "service.cli", "beat"]),
         subprocess.Popen([sys.executable, "-m", "service.cli", "flower"]),
     ]
     click.echo(f"VLQ on http://{settings.host}:{settings.port}  Flower on {settings.flower_link}  "
                "(Ctrl-C stops everything)")
     _warn_if_auth_disabled(settings)
-    _supervise(children)
+    _supervise(children, settings.shutdown_grace_s + 30)
 
 
 @cli.command()
@@ -86,6 +87,19 @@ def worker(loglevel: str) -> None:
     app.worker_main(["worker", f"--loglevel={loglevel}", "--hostname", f"vlq-{os.getpid()}@%h",
                      "--pool", "threads", "--concurrency", str(settings.worker_concurrency), "--without-mingle",
                      "--without-gossip"])
+
+
+@cli.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Schedule the periodic maintenance: dispatcher, orphaned jobs, batch expiry, webhook resends, retention.
+
+    Run one (a second one is harmless: every task is idempotent). It rides out Redis outages by itself.
+    """
+    load_settings()  # fail on a bad configuration before Celery starts
+    from workers.celery_app import app
+
+    app.Beat(loglevel=loglevel, max_interval=5).run()
 
 
 @cli.command()
@@ -276,8 +290,8 @@ def _migrate(settings: Settings) -> None:
     click.echo(f"database ready: {settings.database_url}")
 
 
-def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
-    """Wait on the children; stop all of them when one exits or on Ctrl-C/SIGTERM."""
+def _supervise(children: list[subprocess.Popen[bytes]], stop_timeout_s: float) -> None:
+    """Wait on the children; stop all of them when one exits or on Ctrl-C/SIGTERM (a worker gets its grace)."""
     stopped_by_user = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -296,7 +310,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
             child.terminate()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + stop_timeout_s
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -87,7 +87,9 @@ class Settings:
     max_attempts: int = 3
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
-    sweep_interval_s: float = 5.0
+    sweep_interval_s: float = 5.0  # how often beat runs the dispatcher, orphan recovery, batch and webhook passes
+    dispatch_grace_s: float = 10.0  # a queued job not handed to the broker this long after it was stored is sent
+    shutdown_grace_s: float = 60.0  # a warm stop lets running jobs finish this long, then requeues the rest
     cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
 
     # Synchronous endpoints (chat completions, /api/v1/chat, generateContent): bounded waits, bounded queues.
@@ -95,6 +97,12 @@ class Settings:
     sync_max_queue_depth: int = 32  # refuse (503) while this many interactive jobs already wait for the model
     image_url_fetch: bool = False  # fetch http(s) image_url parts (through the SSRF guard); data URLs always work
     image_url_timeout_s: float = 10.0  # the bound on fetching one image URL
+
+    # Retention: how long data is kept after its job ends (files: after they were created); 0 keeps it forever.
+    retention_images_s: float = 7 * 86400
+    retention_results_s: float = 30 * 86400
+    retention_files_s: float = 30 * 86400
+    retention_interval_s: float = 3600.0  # how often beat runs the retention pass
 
     # Webhooks. The schedule is the delay before each attempt (Standard Webhooks' default).
     webhook_retry_schedule_s: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -265,3 +273,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("sync_max_queue_depth must not be negative")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")
+    for name in ("retention_images_s", "retention_results_s", "retention_files_s", "dispatch_grace_s",
+                 "shutdown_grace_s"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
+    for name in ("sweep_interval_s", "retention_interval_s"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name} must be positive")

@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.errors import DATABASE_UNAVAILABLE
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Database:
@@ -31,6 +35,25 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    def retrying(self, work: Callable[[Session], T], *, what: str, give_up: Callable[[], bool]) -> T:
+        """Run `work` in a transaction; while the database is unavailable, wait and run it again until `give_up()`.
+
+        For writes that must not be lost to a database blip (a job's claim, its result). `work` must be safe to
+        run again: a commit whose answer was lost may have gone through, so conditional updates only.
+        """
+        delay = 0.2
+        while True:
+            try:
+                with self.session() as session:
+                    return work(session)
+            except DATABASE_UNAVAILABLE as exc:
+                if give_up():
+                    raise
+                log.warning("%s: the database is unavailable (%s); retrying in %.1fs", what,
+                            str(exc).splitlines()[0], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -42,7 +65,10 @@ class Database:
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # pre_ping replaces connections a database restart broke, so the app recovers by itself; a connect
+        # timeout keeps a request from hanging on an unreachable server (it gets a 503 instead).
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                             connect_args={"connect_timeout": 5})
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30})

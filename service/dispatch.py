@@ -1,21 +1,35 @@
-"""The API's side of the queue: send job tasks and cancel signals to workers through Redis."""
+"""The queue side of the service: job, ingest and webhook tasks and cancel signals go to workers through Redis.
+
+The database is the source of truth and a broker message only wakes a worker, so a failed send never
+loses work. Each send is recorded (`enqueued_at`) once the broker took it; what has no recorded send (the
+broker was down, the sender died between commit and send, or a broker restart lost its messages) is sent
+again by the dispatcher pass (`workers.maintenance.redispatch`). A message sent twice is harmless: a job's
+claim is fenced, an ingest starts a batch once, a webhook delivery is leased.
+"""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from celery import Celery
 from flask import Flask, current_app
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy import update
 
 from service import job_endings, webhooks
 from service.config import Settings
-from service.db import get_db
-from service.models import Job
+from service.db import Database, get_db
+from service.errors import DATABASE_UNAVAILABLE
+from service.models import Batch, BatchStatus, Job, JobStatus, WebhookDelivery, utcnow
 from service.settings import get_settings
 from workers.celery_app import (
     CANCEL_CHANNEL,
     DELIVER_WEBHOOK_TASK,
+    INGEST_TASK,
     RUN_JOB_TASK,
     SERVICE_QUEUE,
     create_celery,
@@ -24,43 +38,117 @@ from workers.celery_app import (
 
 log = logging.getLogger(__name__)
 
+BROKER_ERRORS = (KombuOperationalError, redis.RedisError, OSError)
+_RUN_ID_KEY = "vlq:broker:run_id"  # the broker run the dispatcher last saw; see `broker_changed`
+_RECORD_CHUNK = 500
+
 
 class Dispatcher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database, *, backoff_s: float = 0.0) -> None:
+        """`backoff_s`: after a failed send, skip sending for this long (the API: submits stay fast while the
+        broker is down, and the dispatcher pass sends what they stored)."""
         self.celery: Celery = create_celery(settings)
+        self.db = db
         self.webhook_queue = settings.webhook_queue
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self._backoff_s = backoff_s
+        self._down_until = 0.0
 
-    def enqueue(self, jobs: Iterable[Job]) -> None:
-        """Send each job's task over one broker connection; call only after the rows are committed."""
-        with self.celery.producer_or_acquire() as producer:
+    def enqueue(self, jobs: Sequence[Any]) -> bool:
+        """Send each queued job's task over one broker connection and record the sends; call after the rows commit.
+
+        `jobs` need `id`, `model`, `priority` and `attempts`. Returns False if the broker did not take them all;
+        those left stay unsent in the database for the dispatcher pass. Never raises for a broker or database outage.
+        """
+        sent: list[Any] = []
+
+        def send(producer: Any) -> None:
             for job in jobs:
                 self.celery.send_task(RUN_JOB_TASK, args=[job.id], queue=job_queue(job.model, job.priority),
                                       producer=producer)
+                sent.append(job)
 
-    def send(self, task: str, *args: str) -> None:
-        """Send a service task (batch ingest, finalize) to the queue every worker consumes."""
-        self.celery.send_task(task, args=list(args), queue=SERVICE_QUEUE)
+        complete = self._send(send, f"{len(jobs)} job(s)") if jobs else True
+        by_attempt: dict[int, list[str]] = defaultdict(list)
+        for job in sent:
+            by_attempt[job.attempts or 0].append(job.id)
+        # Fenced by status and attempt: a send recorded late must not cover the job's next life (requeued, unsent).
+        self._record([update(Job).where(Job.id.in_(ids[start:start + _RECORD_CHUNK]),
+                                        Job.status == JobStatus.QUEUED.value, Job.attempts == attempts)
+                      for attempts, ids in by_attempt.items() for start in range(0, len(ids), _RECORD_CHUNK)])
+        return complete
+
+    def enqueue_ingest(self, batch_id: str) -> bool:
+        """Send a validating batch's ingest task and record it; False if the broker is down (the dispatcher will)."""
+        if not self._send(lambda producer: self.celery.send_task(INGEST_TASK, args=[batch_id], queue=SERVICE_QUEUE,
+                                                                 producer=producer), f"ingest of {batch_id}"):
+            return False
+        self._record([update(Batch).where(Batch.id == batch_id, Batch.status == BatchStatus.VALIDATING.value)])
+        return True
 
     def enqueue_delivery(self, delivery_id: str, countdown: float | None = None) -> None:
-        """Send a webhook delivery's task; call only after its row is committed."""
+        """Send a webhook delivery's task and record it; call only after its row is committed. Raises if the
+        broker is down (the delivery stays due and unsent in the database, and the periodic pass sends it)."""
         self.celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=self.webhook_queue, countdown=countdown)
+        self._record([update(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
+                                                    WebhookDelivery.status == "pending")])
 
     def queue_depth(self, model: str, priority: str) -> int:
         """Tasks waiting in a model's queue that no worker has taken yet."""
         return int(self.redis.llen(job_queue(model, priority)))
 
     def publish_cancel(self, job_id: str) -> None:
-        """Tell every worker to stop `job_id` if it is running there."""
-        self.redis.publish(CANCEL_CHANNEL, job_id)
+        """Tell every worker to stop `job_id` if it is running there. Best effort: the cancel is recorded in the
+        database first, and a worker's cancel listener looks there whenever it (re)connects."""
+        try:
+            self.redis.publish(CANCEL_CHANNEL, job_id)
+        except redis.RedisError as exc:
+            log.warning("cancel of job %s not published (%s); its worker reads it when Redis is back", job_id, exc)
+
+    def broker_changed(self) -> str | None:
+        """The broker's run id if it is not the one last remembered: it restarted (and, without persistence, lost
+        every message), its data was flushed, or no dispatcher has looked yet. None if it is the same run."""
+        run_id = str(self.redis.info("server")["run_id"])
+        remembered = self.redis.get(_RUN_ID_KEY)
+        return None if remembered is not None and remembered.decode() == run_id else run_id
+
+    def remember_broker(self, run_id: str) -> None:
+        self.redis.set(_RUN_ID_KEY, run_id)
+
+    def broker_uptime_s(self) -> float:
+        return float(self.redis.info("server")["uptime_in_seconds"])
 
     def close(self) -> None:
         self.redis.close()
         self.celery.close()
 
+    def _send(self, send: Callable[[Any], None], what: str) -> bool:
+        if self._backoff_s and time.monotonic() < self._down_until:
+            return False  # the broker failed a moment ago; the dispatcher pass sends this when it is back
+        try:
+            with self.celery.producer_or_acquire() as producer:
+                send(producer)
+        except BROKER_ERRORS as exc:
+            self._down_until = time.monotonic() + self._backoff_s
+            log.warning("broker unavailable, %s left for the dispatcher to send: %s", what, exc)
+            return False
+        return True
+
+    def _record(self, statements: list[Any]) -> None:
+        """Stamp `enqueued_at` on what was sent; if the database is down, the dispatcher sends it once more later."""
+        if not statements:
+            return
+        now = utcnow()
+        try:
+            with self.db.session() as session:
+                for statement in statements:
+                    session.execute(statement.values(enqueued_at=now).execution_options(synchronize_session=False))
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("sends not recorded (%s); they will be sent once more", str(exc).splitlines()[0])
+
 
 def init_app(app: Flask) -> None:
-    dispatcher = app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app))
+    dispatcher = app.extensions["vlq.dispatcher"] = Dispatcher(get_settings(app), get_db(app), backoff_s=5.0)
     webhooks.attach_outbox(get_db(app).sessions, dispatcher.enqueue_delivery)
     job_endings.attach(get_db(app).sessions, dispatcher.redis)
 

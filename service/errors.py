@@ -16,6 +16,10 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+# What a database that is down, restarting or unreachable raises (a pool timeout too): the API answers
+# 503 database_unavailable, and workers wait and try again (`Database.retrying`).
+DATABASE_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError)
+
 # Framework errors get the same body; these are their stable codes.
 _HTTP_CODES = {
     400: "bad_request",
@@ -66,7 +70,10 @@ def as_api_error(error: Exception) -> ApiError:
         return ApiError(status, _HTTP_CODES.get(status, "http_error"), error.description or error.name)
     session = g.get("db_session")
     if session is not None:
-        session.rollback()
+        try:
+            session.rollback()
+        except Exception:  # a connection the database dropped cannot roll back; the pool discards it
+            log.debug("rollback failed", exc_info=True)
     unavailable = _unavailable_backend(error)
     if unavailable:
         log.warning("%s unavailable: %s", unavailable, error)
@@ -78,7 +85,7 @@ def as_api_error(error: Exception) -> ApiError:
 
 def _unavailable_backend(error: Exception) -> str | None:
     """Name the backend behind a connection failure, so clients get a 503 they can retry, not a 500."""
-    if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+    if isinstance(error, DATABASE_UNAVAILABLE):
         return "database"
     if isinstance(error, redis.ConnectionError | redis.TimeoutError | KombuOperationalError):
         return "broker"

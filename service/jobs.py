@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from service.dispatch import Dispatcher
 from service.errors import ApiError
 from service.fields import bool_option, float_option, int_option, required_text
 from service.images import ImageInfo
-from service.models import Job, JobEvent, JobStatus, new_id
+from service.models import Job, JobStatus, new_id
 from service.presets import apply_preset
 from service.structured import parse_response_format
 from service.tenancy import Caller
@@ -196,17 +196,9 @@ def submit(
         session.refresh(job)
         return job, False
 
-    try:
-        dispatcher.enqueue([job])
-    except Exception as exc:
-        # Not accepted after all: remove the row so nothing waits forever on a task never sent.
-        log.warning("could not enqueue job %s: %s", job.id, exc)
-        session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
-        session.execute(delete(Job).where(Job.id == job.id))
-        session.commit()
-        raise ApiError(503, "broker_unavailable",
-                       "The job queue (Redis) is not reachable, so the job was not accepted; retry shortly.",
-                       headers={"Retry-After": "5"}) from None
+    # Accepted once committed. If the broker does not take the task now (Redis down), the job waits in the
+    # database, unsent, and the dispatcher pass sends it when Redis is back.
+    dispatcher.enqueue([job])
     return job, False
 
 

@@ -2,11 +2,11 @@
 
     queued ──> running ──> succeeded | failed | cancelled
       │           │
-      │           └──> queued   (requeued after its worker died)
+      │           └──> queued   (requeued: its worker died, or stopped before it finished)
       ├──> cancelled
       └──> succeeded   (answered from the dedup cache, never run)
 
-Each transition is one conditional UPDATE, so concurrent actors (API, workers, the sweeper)
+Each transition is one conditional UPDATE, so concurrent actors (API, workers, the periodic passes)
 cannot both win: a worker's finishing write is fenced by the attempt number it claimed.
 """
 from __future__ import annotations
@@ -120,10 +120,10 @@ def complete_from_cache(session: Session, job_id: str, source: Job) -> bool:
 
 
 def requeue(session: Session, job: Job) -> bool:
-    """running -> queued, after the worker holding this attempt was lost."""
+    """running -> queued, after the worker holding this attempt was lost or stopped; the caller then sends it."""
     return _transition(
         session, job.id, JobStatus.RUNNING, JobStatus.QUEUED, utcnow(),
-        values={"started_at": None}, fence={"attempts": job.attempts, "worker": job.worker},
+        values={"started_at": None, "enqueued_at": None}, fence={"attempts": job.attempts, "worker": job.worker},
     )
 
 

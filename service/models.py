@@ -137,7 +137,7 @@ class File(TenantOwned, Base):
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime]
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +165,9 @@ class Batch(TenantOwned, Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per tenant
     webhook_url: Mapped[str | None] = mapped_column(String(2048))  # gets the batch's ending event
     webhook_secret: Mapped[str | None] = mapped_column(String(255))
+    # When the ingest task was last handed to the broker; None while no message is known to be there
+    # (never sent, or lost with the broker's data), so the dispatcher sends it (see workers.maintenance).
+    enqueued_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
@@ -197,6 +200,8 @@ class Job(TenantOwned, Base):
         Index("ix_jobs_batch_id_status", "batch_id", "status"),
         Index("ix_jobs_tenant_id", "tenant", "id"),
         Index("ix_jobs_tenant_status_id", "tenant", "status", "id"),  # the quota's count, and filtered lists
+        Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),  # the dispatcher's query
+        Index("ix_jobs_finished_at", "finished_at"),  # retention's query
         UniqueConstraint("batch_id", "custom_id", name="uq_jobs_batch_custom_id"),
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
@@ -210,7 +215,7 @@ class Job(TenantOwned, Base):
     custom_id: Mapped[str | None] = mapped_column(String(255))
 
     # Null only for a batch item refused at ingest (its error says why).
-    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_sha256: Mapped[str | None] = mapped_column(String(64), index=True)  # indexed: retention asks who uses a blob
     image_format: Mapped[str | None] = mapped_column(String(8))
     image_width: Mapped[int | None] = mapped_column(Integer)
     image_height: Mapped[int | None] = mapped_column(Integer)
@@ -253,6 +258,12 @@ class Job(TenantOwned, Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
+    # When the job's task was last handed to the broker; None while no message is known to be there
+    # (not sent yet, requeued, or lost with the broker's data), so the dispatcher sends it.
+    enqueued_at: Mapped[datetime | None]
+    # Retention: when the image (its blob reference) and the result were removed; the row and its stats stay.
+    image_expired_at: Mapped[datetime | None]
+    result_expired_at: Mapped[datetime | None]
 
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret: Mapped[str | None] = mapped_column(String(128))  # never shown by the API
@@ -297,6 +308,8 @@ class Job(TenantOwned, Base):
             "batch_id": self.batch_id,
             "custom_id": self.custom_id,
             "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
+            "image_expired_at": _iso(self.image_expired_at),
+            "result_expired_at": _iso(self.result_expired_at),
         }
 
     def _result(self) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Worker presence in Redis: each worker keeps a short-lived key fresh while it is alive.
 
-/readyz reads it to say which models are live, and the sweeper reads it to find jobs whose worker died.
+/readyz reads it to say which models are live, and orphan recovery reads it to find jobs whose worker died.
 """
 from __future__ import annotations
 

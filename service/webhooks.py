@@ -86,7 +86,7 @@ def send_after_commit(session: Session, delivery_ids: list[str]) -> None:
 
 
 def attach_outbox(sessions: sessionmaker[Session], send: Callable[[str], None]) -> None:
-    """Send the deliveries each committed transaction of `sessions` created; a failed send is left to the sweeper."""
+    """Send the deliveries each committed transaction of `sessions` created; the periodic pass sends a failed one."""
     on_commit(sessions, _PENDING_KEY, send)
 
 

@@ -40,7 +40,8 @@ MODEL_CACHE = Path(os.environ.get("VLQ_TEST_MODEL_CACHE", ROOT / ".cache" / "tes
 TINY = "tiny-random"
 # The tenant of the session's API key: not the default one, so a row stamped with the wrong tenant goes missing.
 TENANT = "acme"
-ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle")
+# Aliases of the tiny export, each served only by the workers a test starts for it.
+ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle", "tiny-drain")
 BROKEN = "tiny-broken"  # looks exported, but its language model is garbage: a worker fails to load it
 STUCK = "tiny-stuck"  # its generation_config.json is a FIFO: a worker loading it waits until the test writes to it
 
@@ -49,10 +50,19 @@ STUCK = "tiny-stuck"  # its generation_config.json is a FIFO: a worker loading i
 
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
-    """The tiny Qwen3-VL, built and exported through the real CLI path the first time."""
+    return tiny_model_cache()
+
+
+def tiny_model_cache() -> Path:
+    """The model cache with the tiny Qwen3-VL (built and exported through the real CLI path the first time) and
+    its aliases (one export, several registry names, so a test's workers can have a queue of their own)."""
     if not (MODEL_CACHE / f"{TINY}-fp16" / "openvino_language_model.xml").exists():
         env = {**os.environ, "VLQ_MODEL_CACHE": str(MODEL_CACHE)}
         subprocess.run([sys.executable, "-m", "service.cli", "model", "build-tiny"], cwd=ROOT, env=env, check=True)
+    for alias in ALIASES:
+        link = MODEL_CACHE / f"{alias}-fp16"
+        if not link.exists():
+            link.symlink_to(MODEL_CACHE / f"{TINY}-fp16", target_is_directory=True)
     return MODEL_CACHE
 
 
@@ -66,13 +76,20 @@ def fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory, revision
         upgrade(url, revision)
         yield url
         return
+    with postgres_schema(revision) as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema(revision: str = "head") -> Iterator[str]:
+    """A private schema in the test Postgres database, migrated to `revision`; yields its URL. Dropped afterwards."""
     schema = f"vlq_test_{uuid.uuid4().hex[:10]}"
     dsn = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    upgrade(url, revision)
     try:
-        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-        upgrade(url, revision)
         yield url
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -82,6 +99,13 @@ def fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory, revision
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A freshly migrated database of each kind, for the whole session."""
+    with fresh_database(request.param, tmp_path_factory) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of each kind for this test alone, for passes that act on every row (dispatcher, retention)."""
     with fresh_database(request.param, tmp_path_factory) as url:
         yield url
 
@@ -103,6 +127,8 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "heartbeat_interval_s": 0.5,
         "heartbeat_ttl_s": 3,
         "sweep_interval_s": 1,
+        "dispatch_grace_s": 1,
+        "shutdown_grace_s": 10,
         # Webhooks: a fast schedule and short timeouts, and loopback allowed so the test receiver can be reached.
         "webhook_retry_schedule_s": [0, 0.2, 0.3, 0.4, 1.2],
         "webhook_timeout_s": 1,
@@ -162,20 +188,20 @@ def settings(config_file: Path) -> Settings:
 # -- processes ---------------------------------------------------------------------------------
 
 class WorkerProcess:
-    """A real `vlq worker` subprocess."""
+    """A real `vlq worker` subprocess (or another `vlq` service command, such as `beat`)."""
 
-    def __init__(self, config_file: Path, log_path: Path, **env: str) -> None:
+    def __init__(self, config_file: Path, log_path: Path, command: str = "worker", **env: str) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "service.cli", command], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "VLQ_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1", **env},
         )
         self.name: str | None = None
 
-    def wait_live(self, model: str, timeout: float = 300) -> str:
+    def wait_live(self, model: str, timeout: float = 300, redis_url: str = REDIS_URL) -> str:
         """Wait until this process announces `model` live; returns its worker name."""
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(redis_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -202,7 +228,15 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def start_worker(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def beat(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """`vlq beat`: the periodic dispatcher, orphan recovery, batch and webhook passes, for as long as workers run."""
+    process = WorkerProcess(config_file, tmp_path_factory.mktemp("beat-logs") / "beat.log", "beat")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def start_worker(config_file: Path, beat: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Factory for extra workers (a test's own model alias, batch size...); all are stopped at the end."""
     started: list[WorkerProcess] = []
     logs = tmp_path_factory.mktemp("worker-logs")

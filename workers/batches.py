@@ -4,20 +4,29 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.exceptions import Reject
+from sqlalchemy.orm import Session
 
 from service import batches
-from service.models import Batch, BatchStatus, File
+from service.errors import DATABASE_UNAVAILABLE
+from service.models import Batch, BatchStatus, File, Job
+from workers.celery_app import INGEST_TASK
 from workers.runtime import WorkerRuntime, current_runtime
 
 log = logging.getLogger(__name__)
 
-INGEST_TASK = "vlq.ingest_batch"
 FINALIZE_TASK = "vlq.finalize_batch"
+_INGEST_RETRY_S = 30.0  # how long an ingest waits for an unavailable database before its message is requeued
 
 
 @shared_task(name=INGEST_TASK)
 def ingest_batch(batch_id: str) -> None:
-    ingest(current_runtime(), batch_id)
+    try:
+        ingest(current_runtime(), batch_id)
+    except DATABASE_UNAVAILABLE as exc:
+        # The ingest is one transaction, so nothing of it was kept: put the message back for another try.
+        log.warning("batch %s: the database stayed unavailable, its ingest goes back to the queue", batch_id)
+        raise Reject(exc, requeue=True) from exc
 
 
 @shared_task(name=FINALIZE_TASK)
@@ -28,14 +37,21 @@ def finalize_batch(batch_id: str) -> None:
 
 def ingest(runtime: WorkerRuntime, batch_id: str) -> str | None:
     """Validate a `validating` batch's input file line by line and insert its jobs in bulk; returns the new status."""
-    with runtime.db.session() as session:
+
+    def read_and_start(session: Session) -> tuple[list[Job], batches.Ingest] | None:
         batch = session.get(Batch, batch_id)
         if batch is None or batch.status != BatchStatus.VALIDATING.value:
             return None  # a redelivered task for a batch already ingested (or cancelled)
         file = session.get(File, batch.input_file_id)
         with runtime.blobs.open(file.sha256) as lines:
             result = batches.read_openai_lines(lines, batch, runtime.settings, runtime.blobs)
-        queued = batches.start(session, batch, result)
+        return batches.start(session, batch, result), result
+
+    started = runtime.db.retrying(read_and_start, what=f"batch {batch_id}: ingest",
+                                  give_up=runtime.give_up_after(_INGEST_RETRY_S))
+    if started is None:
+        return None
+    queued, result = started
     runtime.dispatcher.enqueue(queued)
     log.info("batch %s: %d items ingested, %d queued, %d malformed lines",
              batch_id, len(result.rows), len(queued), result.error_count)

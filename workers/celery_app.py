@@ -6,6 +6,7 @@ pool with one thread per engine sequence, so `batch_size` jobs run together in o
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 
@@ -13,10 +14,26 @@ from service.config import Settings, load_settings
 from service.models import Priority
 
 RUN_JOB_TASK = "vlq.run_job"
+INGEST_TASK = "vlq.ingest_batch"
 CANCEL_CHANNEL = "vlq:cancel"
-# Batch ingest and finalize: every worker consumes it (before its model queues), even one without a model.
+# Batch ingest and finalize, and the periodic maintenance: every worker consumes it (before its model
+# queues), even one without a model.
 SERVICE_QUEUE = "vlq.service"
 DELIVER_WEBHOOK_TASK = "vlq.deliver_webhook"
+
+# The periodic tasks `vlq beat` sends (see workers.maintenance), with the setting that holds each one's interval.
+REDISPATCH_TASK = "vlq.maintenance.redispatch"
+RECOVER_JOBS_TASK = "vlq.maintenance.recover_jobs"
+SWEEP_BATCHES_TASK = "vlq.maintenance.sweep_batches"
+RESEND_DELIVERIES_TASK = "vlq.maintenance.resend_deliveries"
+RETENTION_TASK = "vlq.maintenance.retention"
+MAINTENANCE_TASKS = {
+    REDISPATCH_TASK: "sweep_interval_s",
+    RECOVER_JOBS_TASK: "sweep_interval_s",
+    SWEEP_BATCHES_TASK: "sweep_interval_s",
+    RESEND_DELIVERIES_TASK: "sweep_interval_s",
+    RETENTION_TASK: "retention_interval_s",
+}
 
 
 def job_queue(model: str, priority: str) -> str:
@@ -33,10 +50,21 @@ def worker_queues(models: Iterable[str]) -> list[str]:
     return [job_queue(model, priority.value) for priority in Priority for model in models]
 
 
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Every maintenance task at its interval, on the service queue. One that waited three intervals is dropped
+    (the next one does the same work), so a worker busy for a while does not find a pile of them."""
+    schedule = {}
+    for task, setting in MAINTENANCE_TASKS.items():
+        interval = float(getattr(settings, setting))
+        schedule[task] = {"task": task, "schedule": interval,
+                          "options": {"queue": SERVICE_QUEUE, "expires": 3 * interval}}
+    return schedule
+
+
 def create_celery(settings: Settings) -> Celery:
-    """A Celery app for `settings`; the API uses one to send, workers to consume."""
+    """A Celery app for `settings`; the API uses one to send, workers to consume, `vlq beat` to schedule."""
     app = Celery("vlq", broker=settings.redis_url,
-                 include=["workers.inference", "workers.batches", "workers.webhooks"])
+                 include=["workers.inference", "workers.batches", "workers.webhooks", "workers.maintenance"])
     app.conf.update(
         # Long inference tasks: acknowledge after the work, take one task per free slot,
         # and let Redis redeliver only after the longest job could have finished.
@@ -52,12 +80,15 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,  # results live in the database, not in a Celery backend
         task_default_queue=SERVICE_QUEUE,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker outlives a broker outage of any length, and reconnects
         broker_connection_timeout=3,
         # A submit must not hang on a dead broker: fail fast, and the API answers 503.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # for Flower
         task_send_sent_event=True,
+        beat_schedule=beat_schedule(settings),
+        beat_scheduler="workers.maintenance:MaintenanceScheduler",  # in memory: interval tasks need no file
     )
     app.conf.vlq_settings = settings
     return app

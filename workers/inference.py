@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from celery import shared_task, signals
+from celery.exceptions import Reject
+from sqlalchemy.orm import Session
 
 from service import batches, lifecycle, structured, token_stream
 from service.blobs import BlobNotFound
+from service.errors import DATABASE_UNAVAILABLE
 from service.models import Job, JobStatus
 from workers.celery_app import RUN_JOB_TASK, SERVICE_QUEUE
 from workers.engines.base import EngineError, GenerationRequest, GenerationResult
@@ -19,21 +22,31 @@ from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
 log = logging.getLogger(__name__)
 
 
+# How long a claim waits for an unavailable database before the message goes back to the queue.
+_CLAIM_RETRY_S = 30.0
+
+
 @shared_task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> None:
-    execute_job(current_runtime(), job_id)
+    try:
+        execute_job(current_runtime(), job_id)
+    except DATABASE_UNAVAILABLE as exc:
+        # Only the claim gives up on the database (a result waits for it as long as the worker lives), so the
+        # job is still queued: put its message back instead of acknowledging it away.
+        log.warning("job %s: the database stayed unavailable, its task goes back to the queue", job_id)
+        raise Reject(exc, requeue=True) from exc
 
 
 def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
     """Claim the job, run it on its engine and record how it ended. Returns the final status, or None if not ours."""
-    with runtime.db.session() as session:
-        job = lifecycle.claim(session, job_id, runtime.name)
+    job = runtime.db.retrying(lambda session: _claim(runtime, session, job_id), what=f"job {job_id}: claim",
+                              give_up=runtime.give_up_after(_CLAIM_RETRY_S))
     if job is None:
         # Already ended, cancelled while queued, or a redelivered duplicate: nothing to do.
         log.info("job %s: not claimable, skipping", job_id)
         return None
 
-    with runtime.tracking(job.id) as tracker:
+    with runtime.tracking(job) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
             return _finish(runtime, job, JobStatus.CANCELLED, error=("cancelled", "Cancelled before it started."))
         engine = runtime.engines.get(job.model)
@@ -72,8 +85,12 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=("inference_timeout", f"Generation took longer than {limit}s."))
         except EngineError as exc:
+            if tracker.requeued:
+                return None
             return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
 
+    if tracker.requeued:  # a stop handed the job back and cancelled this generation; another attempt runs it
+        return None
     if result.finish_reason == "cancelled":
         return _finish(runtime, job, JobStatus.CANCELLED, result=result,
                        error=("cancelled", "Cancelled while running."))
@@ -83,6 +100,18 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
             return _finish(runtime, job, JobStatus.FAILED, result=result, error=("invalid_output", problem))
         return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed)
     return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
+
+
+def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
+    job = lifecycle.claim(session, job_id, runtime.name)
+    if job is not None:
+        return job
+    # A claim retried after a lost answer to its commit finds the job already running here, but untracked.
+    job = session.get(Job, job_id)
+    if (job is not None and job.status == JobStatus.RUNNING.value and job.worker == runtime.name
+            and not runtime.is_running(job_id)):
+        return job
+    return None
 
 
 class _OCRUnavailable(Exception):
@@ -137,18 +166,24 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
                       inference_ms=result.inference_ms, batch_size=result.batch_size)
     if error is not None:
         values.update(error_code=error[0], error_message=error[1])
-    with runtime.db.session() as session:
-        if not lifecycle.finish(session, job, status, **values):
-            # The sweeper judged this worker dead and handed the job on; that attempt owns the outcome now.
-            log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
-            return None
+    # The result waits out a database blip for as long as this worker lives: giving up would leave the job
+    # running under a live worker, where nothing else would ever end it.
+    won = runtime.db.retrying(lambda session: lifecycle.finish(session, job, status, **values),
+                              what=f"job {job.id}: result", give_up=runtime.give_up_after(None))
+    if not won:
+        # The orphan pass judged this worker dead and handed the job on; that attempt owns the outcome now.
+        log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
+        return None
     if job.stream:  # after the commit, so a reader that sees the end finds the job ended
         try:
             token_stream.end(runtime.dispatcher.redis, job.id)
         except Exception as exc:
             log.warning("job %s: could not end its stream (%s); its reader falls back to the job's ending", job.id, exc)
     if job.batch_id is not None:
-        batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
+        try:
+            batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
+        except DATABASE_UNAVAILABLE:  # the periodic batch pass finalizes it
+            log.warning("batch %s: not finalized now, the database is unavailable", job.batch_id)
     return status.value
 
 
@@ -162,9 +197,19 @@ def _start_runtime(sender: Any, **_: Any) -> None:
     sender.app.amqp.queues.select([SERVICE_QUEUE, *runtime.queues()])
 
 
+@signals.worker_shutting_down.connect
+def _drain_runtime(how: str = "Warm", **_: Any) -> None:
+    """A warm stop lets running jobs finish within shutdown_grace_s; a cold one requeues them at once."""
+    try:
+        runtime = current_runtime()
+    except RuntimeError:
+        return
+    runtime.begin_drain(runtime.settings.shutdown_grace_s if how == "Warm" else 0.0)
+
+
 @signals.worker_shutdown.connect
 def _stop_runtime(**_: Any) -> None:
-    """Runs after a warm shutdown has let running jobs finish."""
+    """Runs after the stop has let running jobs finish or requeued them."""
     try:
         runtime = current_runtime()
     except RuntimeError:

@@ -1,22 +1,170 @@
-"""Housekeeping that keeps two promises: every accepted job ends, and every webhook delivery is sent.
+"""Housekeeping that keeps the promises: every accepted job ends, every webhook delivery is sent, and data goes
+when its retention period is over.
 
-Recovers jobs whose worker died, and re-sends deliveries that are due but in no worker's hands.
+`vlq beat` sends these tasks on `sweep_interval_s` (`retention_interval_s` for retention); any worker runs them.
+Each is safe to run twice at once (two beats, or a redelivered message): every change is a conditional UPDATE,
+and a message sent twice is harmless; a short Redis lock only saves the repeated work. The tasks are thin;
+tests call the functions below them directly.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+import redis
+from celery import shared_task
+from celery.beat import Scheduler
 from sqlalchemy import select, update
 
-from service import batches, lifecycle, webhooks
+from service import batches, lifecycle, presence, retention, webhooks
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db import Database
-from service.dispatch import Dispatcher
+from service.dispatch import BROKER_ERRORS, Dispatcher
+from service.errors import DATABASE_UNAVAILABLE
 from service.models import Batch, BatchStatus, Job, JobStatus, WebhookDelivery, utcnow
+from workers.celery_app import (
+    RECOVER_JOBS_TASK,
+    REDISPATCH_TASK,
+    RESEND_DELIVERIES_TASK,
+    RETENTION_TASK,
+    SWEEP_BATCHES_TASK,
+)
+from workers.runtime import WorkerRuntime, current_runtime
 
 log = logging.getLogger(__name__)
+
+_PASS_LOCK_MS = 30_000
+_SEND_CHUNK = 200
+
+
+class MaintenanceScheduler(Scheduler):
+    """Celery beat's in-memory scheduler, sending a periodic task only when none of its messages is waiting.
+
+    While the workers are busy (or loading, or several beats run), the service queue, which workers read before
+    any job queue, never fills up with passes that would only repeat each other. The mark expires with the task
+    (three intervals), so a message the broker lost does not hold the next one back for long.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._redis = redis.Redis.from_url(self.app.conf.vlq_settings.redis_url, socket_timeout=5)
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        expires_ms = int(1000 * (entry.options.get("expires") or 60))
+        try:
+            if not self._redis.set(_sent_key(entry.task), "1", nx=True, px=expires_ms):
+                return None  # the last one is still waiting for a worker
+        except redis.RedisError:
+            pass  # the send fails or succeeds by itself
+        return super().apply_async(entry, producer, advance, **kwargs)
+
+
+def _sent_key(task: str) -> str:
+    return f"vlq:maintenance:sent:{task}"
+
+
+@shared_task(name=REDISPATCH_TASK)
+def redispatch_task() -> None:
+    _periodic(REDISPATCH_TASK, lambda runtime: redispatch(runtime.db, runtime.dispatcher, runtime.settings))
+
+
+@shared_task(name=RECOVER_JOBS_TASK)
+def recover_jobs_task() -> None:
+    def recover(runtime: WorkerRuntime) -> None:
+        # Right after a broker restart the presence keys are gone until each worker's next heartbeat: judging
+        # now would take living workers' jobs away. Give them one heartbeat TTL to announce themselves again.
+        if runtime.dispatcher.broker_uptime_s() < runtime.settings.heartbeat_ttl_s:
+            return
+        live = set(presence.live_workers(runtime.dispatcher.redis))
+        recover_orphaned_jobs(runtime.db, runtime.dispatcher, runtime.settings, live)
+
+    _periodic(RECOVER_JOBS_TASK, recover)
+
+
+@shared_task(name=SWEEP_BATCHES_TASK)
+def sweep_batches_task() -> None:
+    _periodic(SWEEP_BATCHES_TASK, lambda runtime: sweep_batches(runtime.db, runtime.blobs))
+
+
+@shared_task(name=RESEND_DELIVERIES_TASK)
+def resend_deliveries_task() -> None:
+    _periodic(RESEND_DELIVERIES_TASK,
+              lambda runtime: requeue_due_deliveries(runtime.db, runtime.dispatcher, runtime.settings))
+
+
+@shared_task(name=RETENTION_TASK)
+def retention_task() -> None:
+    _periodic(RETENTION_TASK, lambda runtime: retention.purge_expired(runtime.db, runtime.blobs, runtime.settings))
+
+
+def _periodic(task: str, work: Callable[[WorkerRuntime], object]) -> None:
+    """Run one pass, unless another is running (it would only repeat its work). An outage only skips it: the
+    next run does the same work."""
+    runtime = current_runtime()
+    lock = f"vlq:maintenance:running:{task}"
+    try:
+        runtime.dispatcher.redis.delete(_sent_key(task))  # beat may send the next one
+        # The lock outlives a normal pass, and expires soon if its worker dies holding it.
+        if not runtime.dispatcher.redis.set(lock, runtime.name, nx=True, px=_PASS_LOCK_MS):
+            return
+        try:
+            work(runtime)
+        finally:
+            runtime.dispatcher.redis.delete(lock)
+    except (*DATABASE_UNAVAILABLE, *BROKER_ERRORS) as exc:
+        log.warning("%s skipped, a backend is unavailable: %s", task, str(exc).splitlines()[0])
+
+
+def redispatch(db: Database, dispatcher: Dispatcher, settings: Settings, limit: int = 5000) -> dict[str, int]:
+    """Send what the broker does not hold: queued jobs and validating batches with no recorded send.
+
+    A send goes unrecorded when the broker refused it (down), when its sender died between commit and send, or
+    when the broker restarted (or was flushed) and lost it: then every recorded send is forgotten first.
+    Jobs younger than `dispatch_grace_s` are left to their own sender. Returns what was forgotten and sent.
+    """
+    counts = {"forgotten": 0, "jobs": 0, "batches": 0}
+    run_id = dispatcher.broker_changed()
+    if run_id is not None:
+        counts["forgotten"] = _forget_sends(db)
+        dispatcher.remember_broker(run_id)  # only once the database agrees, so a failure here is retried
+        log.warning("broker run %s is new (a restart or a flush): its messages may be gone; re-sending %d",
+                    run_id, counts["forgotten"])
+    cutoff = utcnow() - timedelta(seconds=settings.dispatch_grace_s)
+    with db.session() as session:
+        jobs = session.execute(select(Job.id, Job.model, Job.priority, Job.attempts).where(
+            Job.status == JobStatus.QUEUED.value, Job.enqueued_at.is_(None), Job.created_at < cutoff,
+        ).order_by(Job.id).limit(limit)).all()
+        batch_ids = session.scalars(select(Batch.id).where(
+            Batch.status == BatchStatus.VALIDATING.value, Batch.enqueued_at.is_(None), Batch.created_at < cutoff,
+        ).order_by(Batch.id)).all()
+    # In chunks, each recorded before the next is sent: a long pass (a restart's whole backlog) leaves little for a
+    # pass that overlaps it to send twice.
+    for start in range(0, len(jobs), _SEND_CHUNK):
+        chunk = jobs[start:start + _SEND_CHUNK]
+        if not dispatcher.enqueue(chunk):
+            break
+        counts["jobs"] += len(chunk)
+    counts["batches"] = sum(dispatcher.enqueue_ingest(batch_id) for batch_id in batch_ids)
+    if counts["jobs"] or counts["batches"]:
+        log.info("dispatcher sent %d job(s) and %d batch ingest(s) the broker did not have",
+                 counts["jobs"], counts["batches"])
+    return counts
+
+
+def _forget_sends(db: Database) -> int:
+    """The broker lost its messages: mark every queued job, validating batch and pending delivery as unsent."""
+    with db.session() as session:
+        forgotten = session.execute(update(Job).where(
+            Job.status == JobStatus.QUEUED.value, Job.enqueued_at.is_not(None)).values(enqueued_at=None)).rowcount
+        forgotten += session.execute(update(Batch).where(
+            Batch.status == BatchStatus.VALIDATING.value, Batch.enqueued_at.is_not(None))
+            .values(enqueued_at=None)).rowcount
+        session.execute(update(WebhookDelivery).where(
+            WebhookDelivery.status == "pending", WebhookDelivery.enqueued_at.is_not(None)).values(enqueued_at=None))
+    return forgotten
 
 
 def recover_orphaned_jobs(
@@ -71,24 +219,26 @@ def sweep_batches(db: Database, blobs: BlobStore) -> int:
 
 
 def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Settings, limit: int = 500) -> int:
-    """Enqueue deliveries that are due and held by no worker: retries past a long wait, a dead worker's, lost sends.
+    """Enqueue deliveries that are due, held by no worker, and have no message on its way: retries past a long
+    wait, a dead worker's (its lease ran out), sends the broker refused or lost.
 
-    A delivery is left alone for one sweep interval after it fell due (its own send normally takes it
-    within milliseconds), and one this pass enqueued is not enqueued again until a lease's length later,
-    so a backlog in the webhooks queue does not grow with every pass. Returns how many were enqueued.
+    A delivery is left alone for one sweep interval after it fell due (its own send normally takes it within
+    milliseconds). One whose recorded send was never used is only sent again when the webhook queue is empty
+    (its message was lost, e.g. a countdown retry held by a worker that died): while the queue has a backlog its
+    message is most likely still waiting there, and re-sending would only grow the backlog. Returns how many.
     """
     now = utcnow()
     quiet_since = now - timedelta(seconds=settings.webhook_lease_s)
+    unsent = WebhookDelivery.enqueued_at.is_(None)
+    if dispatcher.redis.llen(dispatcher.webhook_queue) == 0:
+        unsent = unsent | (WebhookDelivery.enqueued_at < quiet_since)
     with db.session() as session:
         ids = list(session.scalars(
             select(WebhookDelivery.id)
-            .where(*webhooks.due_filter(now))
+            .where(*webhooks.due_filter(now), unsent)
             .where(WebhookDelivery.next_attempt_at <= now - timedelta(seconds=settings.sweep_interval_s))
-            .where((WebhookDelivery.enqueued_at.is_(None)) | (WebhookDelivery.enqueued_at < quiet_since))
             .order_by(WebhookDelivery.next_attempt_at).limit(limit)
         ))
-        if ids:
-            session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(enqueued_at=now))
     for delivery_id in ids:
         dispatcher.enqueue_delivery(delivery_id)
     if ids:

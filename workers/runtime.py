@@ -14,18 +14,25 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from service import job_endings, presence, webhooks
+from sqlalchemy import select
+
+from service import job_endings, lifecycle, presence, webhooks
 from service.blobs import LocalBlobStore
 from service.config import Settings
 from service.db import Database
 from service.dispatch import Dispatcher
-from workers import maintenance
+from service.errors import DATABASE_UNAVAILABLE
+from service.models import Job
 from workers.celery_app import CANCEL_CHANNEL, worker_queues
 from workers.engines import create_engine
 from workers.engines.base import Engine, RequestHandle
 from workers.registry import candidate_models
 
 log = logging.getLogger(__name__)
+
+# After a warm stop's grace, requeued jobs' generations are cancelled and the process should end within
+# seconds; if something still holds it (a hung engine), it is ended, since its jobs are already handed on.
+_EXIT_AFTER_REQUEUE_S = 20.0
 
 _current: WorkerRuntime | None = None
 
@@ -47,37 +54,90 @@ class WorkerRuntime:
         self.name = name or f"vlq@{socket.gethostname()}:{os.getpid()}"
         self.db = Database(settings.database_url)
         self.blobs = LocalBlobStore(settings.blob_dir)
-        self.dispatcher = Dispatcher(settings)
+        self.dispatcher = Dispatcher(settings, self.db)
         webhooks.attach_outbox(self.db.sessions, self.dispatcher.enqueue_delivery)
         job_endings.attach(self.db.sessions, self.dispatcher.redis)
         self.webhook_pool = BoundedPool(settings.webhook_concurrency, name="vlq-webhook")
         self.engines: dict[str, Engine] = {}
         self.models: dict[str, dict[str, Any]] = {}  # name -> {"status": loading|live|unavailable, "reason"?}
-        self._active: dict[str, RequestHandle | None] = {}
-        self._cancelled: set[str] = set()
+        self._active: dict[str, JobTracker] = {}
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # the runtime is shutting down its background loops
+        self._draining = threading.Event()  # a warm stop began: no new jobs come, running ones may finish
+        self._halting = threading.Event()  # the grace is over: what still runs was requeued, nothing waits
         self._started_at = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Announce presence, load every servable model, then start the cancel listener and sweeper."""
+        """Announce presence, load every servable model, then start the cancel listener."""
         for model in candidate_models(self.settings):
             self.models[model.spec.name] = {"status": "loading"}
         self._spawn("heartbeat", self._heartbeat_loop)
         self._load_models()
         self._spawn("cancel-listener", self._cancel_loop)
-        self._spawn("sweeper", self._sweep_loop)
+
+    def begin_drain(self, grace_s: float) -> None:
+        """A stop began (Celery takes no new tasks): running jobs get `grace_s` to finish, then are requeued."""
+        if self._draining.is_set():
+            return
+        self._draining.set()
+        log.info("stopping: %d running job(s) get %.0fs to finish", self.running_count(), grace_s)
+        self._spawn("drain", lambda: self._drain(grace_s))
 
     def stop(self) -> None:
+        """Runs once Celery's pool is idle (or a cold stop gave up on it); anything still running is requeued."""
+        self._requeue_running()
         self._stopping.set()
         self.webhook_pool.shutdown()
-        presence.withdraw(self.dispatcher.redis, self.name)
+        try:
+            presence.withdraw(self.dispatcher.redis, self.name)
+        except Exception as exc:  # the presence key expires by itself
+            log.warning("could not withdraw presence: %s", exc)
         for engine in self.engines.values():
             engine.close()
         self.dispatcher.close()
         self.db.dispose()
+
+    def give_up_after(self, seconds: float | None) -> Callable[[], bool]:
+        """For `Database.retrying`: give up after `seconds` (None: never), or once the stop's grace is over."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        return lambda: self._halting.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def _drain(self, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        while self.running_count() and time.monotonic() < deadline:
+            self._halting.wait(0.1)
+        if not self.running_count():
+            return
+        self._halting.set()
+        self._requeue_running()
+        time.sleep(_EXIT_AFTER_REQUEUE_S)
+        log.error("still not stopped %.0fs after requeueing its jobs; exiting now", _EXIT_AFTER_REQUEUE_S)
+        os._exit(1)
+
+    def _requeue_running(self) -> None:
+        """Hand every job still running here back to the queue, and stop their generations."""
+        with self._lock:
+            trackers = [tracker for tracker in self._active.values() if not tracker.requeued]
+        requeued = []
+        for tracker in trackers:
+            try:
+                with self.db.session() as session:
+                    if lifecycle.requeue(session, tracker.job):
+                        requeued.append(tracker)
+            except DATABASE_UNAVAILABLE as exc:  # left running: the orphan pass requeues it once we are gone
+                log.warning("job %s not requeued, the database is unavailable: %s", tracker.job.id, exc)
+        for tracker in requeued:
+            tracker.requeued = True
+            self.cancel(tracker.job.id)
+        if requeued:
+            self.dispatcher.enqueue([tracker.job for tracker in requeued])
+            log.warning("stopping: requeued %d job(s) that could not finish in time", len(requeued))
 
     def queues(self) -> list[str]:
         """The queues to consume: those of the models that loaded, then webhook deliveries."""
@@ -112,38 +172,39 @@ class WorkerRuntime:
     # -- running jobs and cancellation ----------------------------------------------------
 
     @contextmanager
-    def tracking(self, job_id: str) -> Iterator[JobTracker]:
-        """Register a job as running here, so a cancel signal can reach its engine request."""
+    def tracking(self, job: Job) -> Iterator[JobTracker]:
+        """Register a claimed job as running here, so a cancel signal (or a stop) can reach its engine request."""
+        tracker = JobTracker(self, job)
         with self._lock:
-            self._active[job_id] = None
+            self._active[job.id] = tracker
         try:
-            yield JobTracker(self, job_id)
+            yield tracker
         finally:
             with self._lock:
-                self._active.pop(job_id, None)
-                self._cancelled.discard(job_id)
+                self._active.pop(job.id, None)
+
+    def is_running(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._active
 
     def cancel(self, job_id: str) -> bool:
         """Cancel `job_id` if it runs here; True if it does."""
         with self._lock:
-            if job_id not in self._active:
+            tracker = self._active.get(job_id)
+            if tracker is None:
                 return False
-            self._cancelled.add(job_id)
-            handle = self._active[job_id]
+            tracker.cancelled = True
+            handle = tracker.handle
         if handle is not None:
             handle.cancel()
         return True
 
-    def _attach(self, job_id: str, handle: RequestHandle) -> None:
+    def _attach(self, tracker: JobTracker, handle: RequestHandle) -> None:
         with self._lock:
-            self._active[job_id] = handle
-            cancelled = job_id in self._cancelled
+            tracker.handle = handle
+            cancelled = tracker.cancelled
         if cancelled:  # the signal came between claim and submit
             handle.cancel()
-
-    def _is_cancelled(self, job_id: str) -> bool:
-        with self._lock:
-            return job_id in self._cancelled
 
     # -- background loops -----------------------------------------------------------------
 
@@ -167,6 +228,7 @@ class WorkerRuntime:
             try:
                 pubsub = self.dispatcher.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(CANCEL_CHANNEL)
+                self._cancel_flagged_in_database()
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
@@ -179,33 +241,36 @@ class WorkerRuntime:
                 log.warning("cancel listener lost Redis (%s); reconnecting", exc)
                 self._stopping.wait(1.0)
 
-    def _sweep_loop(self) -> None:
-        interval = self.settings.sweep_interval_s
-        while not self._stopping.wait(interval):
-            try:
-                # One sweeper at a time across all workers; the lock expires with the interval.
-                if self.dispatcher.redis.set("vlq:sweeper", self.name, nx=True, px=int(interval * 1000)):
-                    live = set(presence.live_workers(self.dispatcher.redis))
-                    maintenance.recover_orphaned_jobs(self.db, self.dispatcher, self.settings, live)
-                    maintenance.sweep_batches(self.db, self.blobs)
-                    maintenance.requeue_due_deliveries(self.db, self.dispatcher, self.settings)
-            except Exception:
-                log.exception("sweep failed; will retry")
+    def _cancel_flagged_in_database(self) -> None:
+        """Cancels published while this worker had no Redis connection are recorded in the database: apply them."""
+        with self._lock:
+            running = list(self._active)
+        if not running:
+            return
+        try:
+            with self.db.session() as session:
+                flagged = session.scalars(select(Job.id).where(Job.id.in_(running),
+                                                               Job.cancel_requested_at.is_not(None))).all()
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("could not look for missed cancels: %s", exc)
+            return
+        for job_id in flagged:
+            if self.cancel(job_id):
+                log.info("job %s: cancel found in the database, stopping its generation", job_id)
 
 
 class JobTracker:
-    """The running job's link to cancellation: attach its engine handle, ask whether it was cancelled."""
+    """A job running here: its engine handle, and whether it was cancelled or handed back by a stop."""
 
-    def __init__(self, runtime: WorkerRuntime, job_id: str) -> None:
+    def __init__(self, runtime: WorkerRuntime, job: Job) -> None:
         self._runtime = runtime
-        self._job_id = job_id
+        self.job = job
+        self.handle: RequestHandle | None = None
+        self.cancelled = False
+        self.requeued = False  # a stop requeued it; its outcome here no longer counts
 
     def attach(self, handle: RequestHandle) -> None:
-        self._runtime._attach(self._job_id, handle)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._runtime._is_cancelled(self._job_id)
+        self._runtime._attach(self, handle)
 
 
 class BoundedPool:

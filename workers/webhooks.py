@@ -1,6 +1,6 @@
 """Webhook deliveries: claim a due delivery, POST it signed, log the attempt, and schedule the next one.
 
-The task is thin: it hands the delivery id to the worker's small webhook pool and returns, so a slow
+The task is thin: it claims the delivery and hands it to the worker's small webhook pool, so a slow
 receiver holds a webhook thread, never an inference slot. The database is the source of truth: a
 delivery is held through a lease, and one whose worker died is found by the periodic pass once the
 lease expires (`workers.maintenance.requeue_due_deliveries`).
@@ -37,7 +37,12 @@ _JITTER = 0.1  # each delay is stretched by up to 10%, so retries to one receive
 @shared_task(name=DELIVER_WEBHOOK_TASK)
 def deliver_webhook(delivery_id: str) -> None:
     runtime = current_runtime()
-    runtime.webhook_pool.submit(deliver, runtime.db, runtime.settings, delivery_id, dispatcher=runtime.dispatcher)
+    # Claimed here, before the message is acknowledged: if this worker dies before the pool gets to it, the lease
+    # runs out and the periodic pass sends it again.
+    attempt = _claim(runtime.db, runtime.settings, delivery_id)
+    if attempt is not None:
+        runtime.webhook_pool.submit(_attempt, runtime.db, runtime.settings, delivery_id, attempt,
+                                    dispatcher=runtime.dispatcher)
 
 
 def deliver(db: Database, settings: Settings, delivery_id: str, *, dispatcher: Dispatcher | None = None) -> str | None:
@@ -45,6 +50,12 @@ def deliver(db: Database, settings: Settings, delivery_id: str, *, dispatcher: D
     attempt = _claim(db, settings, delivery_id)
     if attempt is None:
         return None
+    return _attempt(db, settings, delivery_id, attempt, dispatcher=dispatcher)
+
+
+def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *,
+             dispatcher: Dispatcher | None = None) -> str | None:
+    """POST a claimed delivery once and record how it went."""
     with db.session() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id) if delivery.endpoint_id else None
@@ -111,12 +122,15 @@ def next_delay_s(settings: Settings, attempts_made: int, retry_after_s: float | 
 
 
 def _claim(db: Database, settings: Settings, delivery_id: str) -> int | None:
-    """Take the lease on a due delivery; returns the attempt number, or None if it is not due or is held."""
+    """Take the lease on a due delivery; returns the attempt number, or None if it is not due or is held.
+
+    The claim uses up the delivery's message (`enqueued_at` cleared): from here the lease covers it.
+    """
     now = utcnow()
     with db.session() as session:
         claimed = session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, *due_filter(now))
                                   .values(lease_until=now + timedelta(seconds=settings.webhook_lease_s),
-                                          attempts=WebhookDelivery.attempts + 1)
+                                          attempts=WebhookDelivery.attempts + 1, enqueued_at=None)
                                   .execution_options(synchronize_session=False)).rowcount == 1
         if not claimed:
             return None

@@ -34,7 +34,6 @@ from service.errors import ApiError
 from service.fields import json_object_option
 from service.models import Batch, File, Job, Priority
 from service.settings import get_settings
-from workers.batches import INGEST_TASK
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -88,13 +87,7 @@ def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) 
         **webhook_options(settings, fields),
     )
     session.commit()
-    try:
-        get_dispatcher().send(INGEST_TASK, batch.id)
-    except Exception:
-        session.delete(batch)
-        session.commit()
-        raise ApiError(503, "broker_unavailable", "The job queue (Redis) is not reachable; the batch was not created.",
-                       headers={"Retry-After": "5"}) from None
+    get_dispatcher().enqueue_ingest(batch.id)  # if the broker is down, the dispatcher pass sends it later
     return batch
 
 

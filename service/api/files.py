@@ -8,7 +8,7 @@ from sqlalchemy import select
 from service.api.common import get_or_404, newest_first, page, request_fields
 from service.auth import current_tenant
 from service.batches import store_file
-from service.blobs import get_blobs
+from service.blobs import BlobNotFound, get_blobs
 from service.db import get_session
 from service.errors import ApiError
 from service.models import Batch, File
@@ -50,7 +50,10 @@ def get_file(file_id: str) -> ResponseReturnValue:
 @bp.get("/<file_id>/content")
 def content(file_id: str) -> ResponseReturnValue:
     file = get_or_404(get_session(), File, file_id, "file")
-    stream = get_blobs().open(file.sha256)
+    try:
+        stream = get_blobs().open(file.sha256)
+    except BlobNotFound:  # retention removed it a moment before the row
+        raise ApiError(404, "not_found", f"File {file_id!r} has expired.", {"id": file_id}) from None
     mimetype = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
     return Response(_chunks(stream), mimetype=mimetype,
                     headers={"Content-Length": str(file.bytes),
@@ -67,7 +70,7 @@ def delete(file_id: str) -> ResponseReturnValue:
         raise ApiError(409, "file_in_use", f"Batch {in_use} is still reading this file.", {"batch_id": in_use})
     session.delete(file)
     session.commit()
-    # The blob may be shared (content-addressed); retention removes unreferenced blobs.
+    # The blob may be shared (content-addressed); the retention pass deletes it once nothing refers to it.
     return jsonify({"id": file_id, "object": "file", "deleted": True})
 
 

@@ -1,4 +1,6 @@
-"""The sweeper: jobs whose worker died are requeued, failed after max_attempts, or cancelled if asked."""
+"""Orphan recovery (jobs whose worker died are requeued, failed after max_attempts, or cancelled if asked), the batch
+pass and the webhook pass."""
+import dataclasses
 import json
 from datetime import timedelta
 
@@ -9,9 +11,9 @@ from sqlalchemy import update
 from service import lifecycle, presence
 from service.db import Database
 from service.dispatch import Dispatcher
-from service.models import Job, JobStatus, new_id, utcnow
-from tests.conftest import REDIS_URL, TENANT
-from workers.maintenance import recover_orphaned_jobs
+from service.models import Job, JobStatus, WebhookDelivery, new_id, utcnow
+from tests.conftest import REDIS_URL, TENANT, finished_job
+from workers.maintenance import recover_orphaned_jobs, requeue_due_deliveries
 
 MODEL = "tiny-priority"  # no session worker consumes it, so enqueued messages can be counted
 
@@ -58,7 +60,7 @@ def _job(db, job_id):
 
 
 def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(db, settings, unswept):
-    dispatcher = Dispatcher(settings)
+    dispatcher = Dispatcher(settings, db)
     queue_length = lambda: redis.Redis.from_url(REDIS_URL).llen(f"vlq.{MODEL}.bulk")  # noqa: E731
     before = queue_length()
     orphan = _running_job(db, "dead-worker")
@@ -84,7 +86,7 @@ def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings, un
     job_id = _running_job(db, "slow-worker")
     with db.session() as session:
         stale = session.get(Job, job_id)
-    recover_orphaned_jobs(db, Dispatcher(settings), settings, live_workers=set())
+    recover_orphaned_jobs(db, Dispatcher(settings, db), settings, live_workers=set())
     with db.session() as session:
         assert lifecycle.claim(session, job_id, "new-worker").attempts == 2
     with db.session() as session:
@@ -127,3 +129,25 @@ def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_pa
     lines = blobs.get(output.sha256).decode().splitlines()
     assert [json.loads(line)["custom_id"] for line in lines] == ["a"]
     assert output.tenant == TENANT  # a file the worker side writes belongs to the batch's tenant
+
+
+def test_a_delivery_already_sent_is_sent_again_only_once_the_webhook_queue_is_idle(fresh_database_url, settings):
+    # A database of its own: the session's beat must not take part.
+    fresh = Database(fresh_database_url)
+    queue = f"vlq.webhooks.{new_id('test')}"
+    dispatcher = Dispatcher(dataclasses.replace(settings, webhook_queue=queue), fresh)
+    broker = redis.Redis.from_url(REDIS_URL)
+    job_id = finished_job(fresh, webhook_url="http://127.0.0.1:9/hook", webhook_secret="whsec_c2VjcmV0")
+    long_ago = utcnow() - timedelta(hours=1)
+    with fresh.session() as session:  # due for an hour, its message sent then and never taken
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.subject_id == job_id)
+                        .values(next_attempt_at=long_ago, enqueued_at=long_ago))
+    broker.rpush(queue, "a backlog")  # its message may well be in there still
+    assert requeue_due_deliveries(fresh, dispatcher, settings) == 0
+    broker.delete(queue)  # nothing waiting: its message was lost
+    assert requeue_due_deliveries(fresh, dispatcher, settings) == 1
+    assert broker.llen(queue) == 1
+    assert requeue_due_deliveries(fresh, dispatcher, settings) == 0  # recorded: not sent twice
+    broker.delete(queue)
+    dispatcher.close()
+    fresh.dispose()

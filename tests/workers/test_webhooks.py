@@ -126,7 +126,7 @@ def test_a_held_delivery_is_not_taken_twice_and_the_pass_resends_due_ones(db, se
     with db.session() as session:
         row = session.get(WebhookDelivery, delivery.id)
         row.lease_until, row.next_attempt_at = utcnow(), utcnow().replace(year=2000)
-    dispatcher = Dispatcher(dataclasses.replace(settings, webhook_queue="vlq.webhooks.unconsumed"))
+    dispatcher = Dispatcher(dataclasses.replace(settings, webhook_queue="vlq.webhooks.unconsumed"), db)
     assert requeue_due_deliveries(db, dispatcher, settings) >= 1
     with db.session() as session:
         enqueued_at = session.get(WebhookDelivery, delivery.id).enqueued_at

@@ -1,12 +1,8 @@
-"""Readiness says exactly what is missing; a dead broker means a clear 503, and nothing stored."""
-import base64
+"""Readiness says exactly what is missing (a submit with the broker down: tests/service/test_dispatch.py)."""
 import dataclasses
 import time
 
 from service.app import create_app
-from service.db import Database
-from service.models import Job
-from tests.conftest import keyed, make_image
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -22,20 +18,6 @@ def test_readyz_reports_redis_missing(settings):
     body = response.get_json()
     assert body["status"] == "not_ready" and body["missing"] == ["redis"]
     assert body["checks"]["database"] == "ok"
-
-
-def test_submit_with_the_broker_down_is_a_503_and_stores_no_job(settings, api_key):
-    client = keyed(create_app(dataclasses.replace(settings, redis_url=DEAD_REDIS)).test_client(), api_key)
-    with Database(settings.database_url).session() as session:
-        before = session.query(Job).count()
-    started = time.monotonic()
-    response = client.post("/v1/jobs", json={"prompt": "x", "image": base64.b64encode(make_image()).decode()})
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "broker_unavailable"
-    assert response.headers["Retry-After"]
-    assert time.monotonic() - started < 15  # fails fast instead of hanging the client
-    with Database(settings.database_url).session() as session:
-        assert session.query(Job).count() == before
 
 
 def test_a_worker_without_its_model_stays_up_and_says_why(client, start_worker):

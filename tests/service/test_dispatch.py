@@ -1,0 +1,114 @@
+"""The dispatcher: with the broker down a submit is stored and sent later; a broker restart's losses are re-sent.
+
+A private Redis that the test kills and restarts, and a database of this test's own (the pass acts on every row).
+"""
+import base64
+import io
+import json
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from service.app import create_app
+from service.config import load_settings
+from service.db import Database
+from service.dispatch import Dispatcher
+from service.models import Batch, Job
+from tests.conftest import TINY, make_image
+from tests.faults import PrivateRedis
+from workers.celery_app import SERVICE_QUEUE
+from workers.maintenance import redispatch
+
+QUEUE = f"vlq.{TINY}.interactive"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    server = PrivateRedis(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def settings(fresh_database_url, broker, tmp_path):
+    (tmp_path / "empty.yaml").write_text("{}")
+    return load_settings({"database_url": fresh_database_url, "redis_url": broker.url, "blob_dir": str(tmp_path / "b"),
+                          "default_model": TINY, "dispatch_grace_s": 0},
+                         environ={"VLQ_CONFIG": str(tmp_path / "empty.yaml")})
+
+
+@pytest.fixture
+def db(settings):
+    database = Database(settings.database_url)
+    yield database
+    database.dispose()
+
+
+def _messages(broker, queue=QUEUE):
+    """The task ids (job or batch ids) of the messages waiting in a queue."""
+    raw = redis.Redis.from_url(broker.url).lrange(queue, 0, -1)
+    return [json.loads(base64.b64decode(json.loads(message)["body"]))[0][0] for message in raw]
+
+
+def _submit(client):
+    response = client.post("/v1/jobs", json={"prompt": "p", "image": base64.b64encode(make_image()).decode()})
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def _enqueued_at(db, model, ident):
+    with db.session() as session:
+        return session.get(model, ident).enqueued_at
+
+
+def test_a_submit_while_the_broker_is_down_is_stored_and_sent_once_it_is_back(settings, db, broker):
+    client = create_app(settings).test_client()
+    broker.kill()
+    job = _submit(client)
+    assert job["status"] == "queued"
+    assert client.get(f"/v1/jobs/{job['id']}").get_json()["status"] == "queued"
+    assert _enqueued_at(db, Job, job["id"]) is None  # accepted, not sent
+
+    broker.start()
+    dispatcher = Dispatcher(settings, db)
+    assert redispatch(db, dispatcher, settings)["jobs"] == 1
+    assert _messages(broker) == [job["id"]] and _enqueued_at(db, Job, job["id"]) is not None
+    assert redispatch(db, dispatcher, settings)["jobs"] == 0  # sent once, recorded: not sent again
+    assert _messages(broker) == [job["id"]]
+    dispatcher.close()
+
+
+def test_a_batch_created_while_the_broker_is_down_is_ingested_once_it_is_back(settings, db, broker):
+    client = create_app(settings).test_client()
+    upload = {"purpose": "batch", "file": (io.BytesIO(b"{}"), "in.jsonl")}
+    file_id = client.post("/v1/files", data=upload).get_json()["id"]
+    broker.kill()
+    batch = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions"}).get_json()
+    assert batch["status"] == "validating" and _enqueued_at(db, Batch, batch["id"]) is None
+
+    broker.start()
+    dispatcher = Dispatcher(settings, db)
+    assert redispatch(db, dispatcher, settings)["batches"] == 1
+    assert _messages(broker, SERVICE_QUEUE) == [batch["id"]]
+    dispatcher.close()
+
+
+def test_a_broker_restart_has_every_queued_job_sent_again_and_nothing_else(settings, db, broker):
+    client = create_app(settings).test_client()
+    dispatcher = Dispatcher(settings, db)
+    redispatch(db, dispatcher, settings)  # the dispatcher meets this broker run
+    waiting, running, cancelled = _submit(client), _submit(client), _submit(client)
+    client.post(f"/v1/jobs/{cancelled['id']}/cancel")
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == running["id"]).values(status="running"))
+    assert sorted(_messages(broker)) == sorted(job["id"] for job in (waiting, running, cancelled))
+    assert redispatch(db, dispatcher, settings)["jobs"] == 0
+
+    broker.restart(down_s=0)  # no persistence: every message is gone
+    assert _messages(broker) == []
+    counts = redispatch(db, dispatcher, settings)
+    assert counts["forgotten"] == 1 and counts["jobs"] == 1
+    assert _messages(broker) == [waiting["id"]]  # the running and the cancelled job are not sent again
+    assert redispatch(db, dispatcher, settings) == {"forgotten": 0, "jobs": 0, "batches": 0}
+    dispatcher.close()

@@ -1,0 +1,129 @@
+"""Retention: old images, results and files go; what a live job or a running batch needs, and recent blobs, stay."""
+import dataclasses
+import os
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from service import batches, lifecycle
+from service.blobs import LocalBlobStore
+from service.config import load_settings
+from service.db import Database
+from service.models import Batch, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
+from service.retention import BLOB_GRACE_S, purge_expired
+from tests.conftest import TINY
+
+HOUR = 3600
+
+
+@pytest.fixture
+def db(fresh_database_url):
+    database = Database(fresh_database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def settings(fresh_database_url, tmp_path):
+    (tmp_path / "empty.yaml").write_text("{}")
+    return load_settings({"database_url": fresh_database_url, "default_model": TINY, "retention_images_s": 2 * HOUR,
+                          "retention_results_s": 4 * HOUR, "retention_files_s": 6 * HOUR},
+                         environ={"VLQ_CONFIG": str(tmp_path / "empty.yaml")})
+
+
+def _aged_blob(blobs, data, age_s=2 * BLOB_GRACE_S):
+    digest = blobs.put(data)
+    old = time.time() - age_s
+    os.utime(blobs._path(digest), (old, old))
+    return digest
+
+
+def _job(db, image, *, ended_ago_s=None, status="succeeded", webhook=False):
+    """A job on `image`, queued, or ended `ended_ago_s` ago with a result (and a delivery of its event)."""
+    job_id = new_id("job")
+    with db.session() as session:
+        lifecycle.create_job(session, id=job_id, model=TINY, prompt="p", priority="bulk", image_sha256=image,
+                             image_format="PNG", image_width=1, image_height=1, max_tokens=4, temperature=0.0,
+                             ignore_eos=False, request_sha256="x", cache_key=f"key-{job_id}",
+                             **({"webhook_url": "http://127.0.0.1:9/hook", "webhook_secret": "whsec_c2VjcmV0"}
+                                if webhook else {}))
+    if ended_ago_s is None:
+        return job_id
+    with db.session() as session:
+        lifecycle.claim(session, job_id, "w")
+    with db.session() as session:
+        lifecycle.finish(session, session.get(Job, job_id), JobStatus(status), result_text="the answer",
+                         prompt_tokens=3, completion_tokens=2)
+        ended = utcnow() - timedelta(seconds=ended_ago_s)
+        session.execute(update(Job).where(Job.id == job_id).values(finished_at=ended))
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.subject_id == job_id).values(status="succeeded"))
+    return job_id
+
+
+def _file(db, blobs, data, *, age_s):
+    with db.session() as session:
+        file = File(id=new_id("file"), filename="f.jsonl", purpose="batch", bytes=len(data),
+                    sha256=_aged_blob(blobs, data), created_at=utcnow() - timedelta(seconds=age_s))
+        session.add(file)
+    return file.id
+
+
+def _get(db, model, ident):
+    with db.session() as session:
+        return session.get(model, ident)
+
+
+def test_retention_removes_what_expired_and_keeps_what_is_still_needed(db, blobs, settings):
+    shared, lonely, fresh = (_aged_blob(blobs, data) for data in (b"shared", b"lonely", b"fresh"))
+    old_on_shared = _job(db, shared, ended_ago_s=5 * HOUR, webhook=True)
+    waiting_on_shared = _job(db, shared)  # queued: it still needs the image
+    old_on_lonely = _job(db, lonely, ended_ago_s=3 * HOUR, status="failed")
+    recent = _job(db, fresh, ended_ago_s=HOUR)
+    old_file = _file(db, blobs, b"old input", age_s=7 * HOUR)
+    read_file = _file(db, blobs, b"input being read", age_s=7 * HOUR)
+    with db.session() as session:
+        batch = batches.create_batch(session, endpoint=batches.CHAT_ENDPOINT, input_file_id=read_file,
+                                     completion_window="24h", priority="bulk", metadata=None, idempotency_key=None)
+        session.flush()
+        session.execute(update(Batch).where(Batch.id == batch.id).values(status="in_progress"))
+    orphan, young_orphan = _aged_blob(blobs, b"orphan"), blobs.put(b"uploaded a moment ago")
+
+    counts = purge_expired(db, blobs, settings)
+
+    assert counts == {"results": 1, "images": 2, "files": 1, "blobs": 3}
+    job = _get(db, Job, old_on_shared)
+    assert job.result_text is None and job.result_expired_at is not None and job.cache_key is None
+    assert job.image_expired_at is not None and job.status == "succeeded" and job.completion_tokens == 2
+    assert job.to_dict()["result"] is None and job.to_dict()["result_expired_at"]
+    with db.session() as session:  # the delivery carried the result, so it went with it
+        assert session.scalars(select(WebhookDelivery).where(WebhookDelivery.subject_id == old_on_shared)).all() == []
+    assert _get(db, Job, old_on_lonely).result_text == "the answer"  # results are kept longer than images
+    assert _get(db, Job, old_on_lonely).image_expired_at is not None
+    assert _get(db, Job, recent).image_expired_at is None and blobs.exists(fresh)
+    assert blobs.exists(shared) and _get(db, Job, waiting_on_shared).image_expired_at is None
+    assert not blobs.exists(lonely) and not blobs.exists(orphan)
+    assert blobs.exists(young_orphan)  # may belong to a request whose row is not committed yet
+    assert _get(db, File, old_file) is None and _get(db, File, read_file) is not None
+
+    assert purge_expired(db, blobs, settings) == {"results": 0, "images": 0, "files": 0, "blobs": 0}
+
+
+def test_a_blob_written_again_while_it_is_deleted_stays(blobs):
+    digest = _aged_blob(blobs, b"image")
+    assert blobs.delete_unused(digest, BLOB_GRACE_S) and not blobs.exists(digest)
+    digest = blobs.put(b"image")  # a new job stores the same image: fresh, so within the grace
+    assert not blobs.delete_unused(digest, BLOB_GRACE_S) and blobs.get(digest) == b"image"
+
+
+def test_zero_keeps_everything_forever(db, blobs, settings):
+    job_id = _job(db, _aged_blob(blobs, b"kept"), ended_ago_s=10**6)
+    forever = dataclasses.replace(settings, retention_images_s=0, retention_results_s=0, retention_files_s=0)
+    assert purge_expired(db, blobs, forever) == {"results": 0, "images": 0, "files": 0, "blobs": 0}
+    assert _get(db, Job, job_id).result_text == "the answer"
