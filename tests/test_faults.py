@@ -13,7 +13,7 @@ import redis
 from service import lifecycle
 from service.app import create_app
 from service.db import Database
-from tests.conftest import TINY, make_image, wait_for_status
+from tests.conftest import TINY, keyed, make_image, make_key, wait_for_status
 from tests.faults import FaultyStack
 
 ENDED = {"succeeded", "failed", "cancelled"}
@@ -33,7 +33,7 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def api(stack):
     app = create_app(stack.settings)
-    yield app.test_client()
+    yield keyed(app.test_client(), make_key(stack.settings, rate_limit_rps=0, max_queued_jobs=0))
     app.extensions["vlq.db"].dispose()
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from service import presence
 from service.db import Database
 from service.models import TERMINAL_STATES, Job, JobEvent, WebhookDelivery
-from tests.conftest import TINY, Receiver, WorkerProcess, make_image
+from tests.conftest import TINY, Receiver, WorkerProcess, make_image, make_key
 from tests.faults import FaultyStack, free_port
 
 _ENDED = {status.value for status in TERMINAL_STATES}
@@ -111,6 +111,8 @@ class ChaosRun:
         self.stack = FaultyStack(root, port=port, webhook_timeout_s=2, webhook_retry_schedule_s=[0, 0.5, 1, 2, 4, 8],
                                  job_timeout_s=20)
         self.direct = Database(self.stack.direct_database_url)  # the harness reads past the proxy
+        # The submitters' key: unlimited, so the run measures faults, not the rate limit.
+        self.api_key = make_key(self.stack.settings, rate_limit_rps=0, max_queued_jobs=0)
         self.accepted: dict[str, str] = {}  # Idempotency-Key -> job id
         self.workers: list[WorkerProcess] = []
         self._serving_since: dict[int, float] = {}  # worker pid -> when it was first seen serving
@@ -173,6 +175,7 @@ class ChaosRun:
 
     def _submitter(self, keys) -> None:  # type: ignore[no-untyped-def]
         http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {self.api_key}"
         while True:
             with self._lock:
                 index = next(keys, None)

@@ -15,7 +15,7 @@ from service.config import load_settings
 from service.db import Database
 from service.dispatch import Dispatcher
 from service.models import Batch, Job
-from tests.conftest import TINY, make_image
+from tests.conftest import TINY, keyed, make_image, make_key
 from tests.faults import PrivateRedis
 from workers.celery_app import SERVICE_QUEUE
 from workers.maintenance import redispatch
@@ -63,7 +63,7 @@ def _enqueued_at(db, model, ident):
 
 
 def test_a_submit_while_the_broker_is_down_is_stored_and_sent_once_it_is_back(settings, db, broker):
-    client = create_app(settings).test_client()
+    client = keyed(create_app(settings).test_client(), make_key(settings, rate_limit_rps=0, max_queued_jobs=0))
     broker.kill()
     job = _submit(client)
     assert job["status"] == "queued"
@@ -80,7 +80,7 @@ def test_a_submit_while_the_broker_is_down_is_stored_and_sent_once_it_is_back(se
 
 
 def test_a_batch_created_while_the_broker_is_down_is_ingested_once_it_is_back(settings, db, broker):
-    client = create_app(settings).test_client()
+    client = keyed(create_app(settings).test_client(), make_key(settings, rate_limit_rps=0, max_queued_jobs=0))
     upload = {"purpose": "batch", "file": (io.BytesIO(b"{}"), "in.jsonl")}
     file_id = client.post("/v1/files", data=upload).get_json()["id"]
     broker.kill()
@@ -95,7 +95,7 @@ def test_a_batch_created_while_the_broker_is_down_is_ingested_once_it_is_back(se
 
 
 def test_a_broker_restart_has_every_queued_job_sent_again_and_nothing_else(settings, db, broker):
-    client = create_app(settings).test_client()
+    client = keyed(create_app(settings).test_client(), make_key(settings, rate_limit_rps=0, max_queued_jobs=0))
     dispatcher = Dispatcher(settings, db)
     redispatch(db, dispatcher, settings)  # the dispatcher meets this broker run
     waiting, running, cancelled = _submit(client), _submit(client), _submit(client)

@@ -13,7 +13,7 @@ from service.config import load_settings
 from service.db import Database
 from service.models import Batch, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
 from service.retention import BLOB_GRACE_S, purge_expired
-from tests.conftest import TINY
+from tests.conftest import TENANT, TINY
 
 HOUR = 3600
 
@@ -51,7 +51,7 @@ def _job(db, image, *, ended_ago_s=None, status="succeeded", webhook=False):
     with db.session() as session:
         lifecycle.create_job(session, id=job_id, model=TINY, prompt="p", priority="bulk", image_sha256=image,
                              image_format="PNG", image_width=1, image_height=1, max_tokens=4, temperature=0.0,
-                             ignore_eos=False, request_sha256="x", cache_key=f"key-{job_id}",
+                             ignore_eos=False, request_sha256="x", cache_key=f"key-{job_id}", tenant=TENANT,
                              **({"webhook_url": "http://127.0.0.1:9/hook", "webhook_secret": "whsec_c2VjcmV0"}
                                 if webhook else {}))
     if ended_ago_s is None:
@@ -69,7 +69,7 @@ def _job(db, image, *, ended_ago_s=None, status="succeeded", webhook=False):
 
 def _file(db, blobs, data, *, age_s):
     with db.session() as session:
-        file = File(id=new_id("file"), filename="f.jsonl", purpose="batch", bytes=len(data),
+        file = File(id=new_id("file"), tenant=TENANT, filename="f.jsonl", purpose="batch", bytes=len(data),
                     sha256=_aged_blob(blobs, data), created_at=utcnow() - timedelta(seconds=age_s))
         session.add(file)
     return file.id
@@ -89,7 +89,7 @@ def test_retention_removes_what_expired_and_keeps_what_is_still_needed(db, blobs
     old_file = _file(db, blobs, b"old input", age_s=7 * HOUR)
     read_file = _file(db, blobs, b"input being read", age_s=7 * HOUR)
     with db.session() as session:
-        batch = batches.create_batch(session, endpoint=batches.CHAT_ENDPOINT, input_file_id=read_file,
+        batch = batches.create_batch(session, tenant=TENANT, endpoint=batches.CHAT_ENDPOINT, input_file_id=read_file,
                                      completion_window="24h", priority="bulk", metadata=None, idempotency_key=None)
         session.flush()
         session.execute(update(Batch).where(Batch.id == batch.id).values(status="in_progress"))
