@@ -1,4 +1,4 @@
-"""`vlq run` (what `make run` calls): the API, a worker and Flower as supervised children, all stopped together."""
+"""`vlq run` (what `make run` calls): the API, a worker, beat and Flower as supervised children, all stopped together."""
 from __future__ import annotations
 
 import os
@@ -64,7 +64,7 @@ def test_vlq_run_supervises_the_api_a_worker_and_flower(config_file, tmp_path):
         assert f'href="{flower}"' in requests.get(api, timeout=5).text  # the UI links to this Flower
         assert "Flower" in requests.get(flower, timeout=5).text
         children = _children(process.pid)
-        assert len(children) == 3
+        assert len(children) == 4  # api, worker, beat, flower
         broker = redis.Redis.from_url(REDIS_URL)
         _wait_for(lambda: any(info.get("pid") in children for info in presence.live_workers(broker).values()),
                   "the worker", process, log)
