@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Flask
 
-from service import blobs, db, dispatch, errors, settings
-from service.api import batches, files, health, jobs, webhooks
+from service import blobs, db, dispatch, errors, logs, settings
+from service.api import batches, docs, files, health, jobs, metrics, webhooks
 from service.config import Settings
 
 
@@ -19,9 +19,12 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     blobs.init_app(app)
     dispatch.init_app(app)
     errors.init_app(app)
+    logs.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(docs.bp)
     return app

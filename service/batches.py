@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service import lifecycle, webhooks
+from service import lifecycle, logs, webhooks
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db import Database
@@ -98,6 +98,7 @@ def create_batch(session: Session, *, endpoint: str, input_file_id: str | None, 
                   expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
                   webhook_secret=webhook_secret)
     session.add(batch)
+    logs.bind(batch_id=batch.id)  # the request's lines from here on are about this batch
     return batch
 
 

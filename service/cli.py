@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import redis
 
-from service import client_cli
+from service import client_cli, logs
 from service.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("vlq")
@@ -33,12 +33,19 @@ def cli() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _server_settings() -> Settings:
+    """Settings for a service process, whose logs then follow `log_format` (JSON lines by default)."""
+    settings = load_settings()
+    logs.configure(settings.log_format)
+    return settings
+
+
 # -- running --------------------------------------------------------------------------------
 
 @cli.command()
 def run() -> None:
     """Migrate, then run the API and one worker until Ctrl-C."""
-    settings = load_settings()
+    settings = _server_settings()
     _require_redis(settings)
     _migrate(settings)
     children = [
@@ -54,11 +61,13 @@ def run() -> None:
 @click.option("--threads", default=8, show_default=True, help="Threads per API process.")
 def api(workers: int, threads: int) -> None:
     """Serve the HTTP API with gunicorn."""
-    settings = load_settings()
+    settings = _server_settings()
+    # Prometheus counters kept per process are not used (they live in Redis, see service.metrics), so any
+    # number of gunicorn workers and hosts render the same /metrics.
     os.execvp(sys.executable, [
         sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
         "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
-        "--graceful-timeout", "10", "--access-logfile", "-", "service.app:create_app()",
+        "--graceful-timeout", "10", "--config", "python:service.gunicorn_conf", "service.app:create_app()",
     ])
 
 
@@ -66,13 +75,24 @@ def api(workers: int, threads: int) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(loglevel: str) -> None:
     """Run a Celery worker serving every exported model (VLQ_MODELS narrows it)."""
-    settings = load_settings()
+    settings = _server_settings()
     _require_redis(settings)
     from workers.celery_app import app
 
     app.worker_main(["worker", f"--loglevel={loglevel}", "--hostname", f"vlq-{os.getpid()}@%h",
                      "--pool", "threads", "--concurrency", str(settings.worker_concurrency), "--without-mingle",
                      "--without-gossip"])
+
+
+@cli.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Run Celery beat, the one scheduler of periodic tasks (start exactly one per deployment)."""
+    settings = _server_settings()
+    _require_redis(settings)
+    from workers.celery_app import app
+
+    app.Beat(loglevel=loglevel, schedule=str(Path(settings.blob_dir).parent / "celerybeat-schedule")).run()
 
 
 # -- database -------------------------------------------------------------------------------
@@ -85,7 +105,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration to the configured database."""
-    _migrate(load_settings())
+    _migrate(_server_settings())
 
 
 # -- models ---------------------------------------------------------------------------------

@@ -16,6 +16,41 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+# Every code the API answers with: (HTTP status, when). README.md "Error codes" shows the same table,
+# and the OpenAPI document has one component per code.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "The request could not be read (e.g. a malformed multipart body)."),
+    "missing_field": (400, "A required field is absent or empty (`details.field` names it)."),
+    "invalid_field": (400, "A field is out of range or of the wrong type (`details.field` names it)."),
+    "invalid_json": (400, "The body is not a JSON object."),
+    "invalid_base64": (400, "`image` is not valid base64, or a data URL without `;base64`."),
+    "invalid_image": (400, "Empty, truncated or undecodable image bytes."),
+    "unsupported_image_format": (400, "Not JPEG, PNG or WebP."),
+    "image_too_many_pixels": (400, "Over `max_image_pixels`, decompression bombs included."),
+    "unknown_model": (400, "`model` is not in the registry (`details.available` lists them)."),
+    "unknown_preset": (400, "`preset` is not configured (`details.available` lists them)."),
+    "invalid_response_format": (400, "`response_format` is not an accepted shape, or its schema is invalid."),
+    "invalid_header": (400, "A header is malformed, e.g. an `Idempotency-Key` over 255 characters."),
+    "invalid_webhook_url": (400, "A webhook URL that is not http(s), is malformed, or does not resolve."),
+    "webhook_url_forbidden": (400, "A webhook URL that resolves to a private, loopback or reserved address."),
+    "duplicate_custom_id": (400, "Two images of a native batch share a file name."),
+    "invalid_archive": (400, "`archive` is not a readable zip."),
+    "unsupported_image_url": (400, "An `image_url` that is not a `data:` URL."),
+    "not_found": (404, "No such resource, or no such route."),
+    "method_not_allowed": (405, "The route does not take this method (`Allow` lists those it takes)."),
+    "idempotency_key_reused": (409, "The Idempotency-Key was used for a different request."),
+    "job_already_finished": (409, "Cancelling a job that already ended."),
+    "batch_not_cancellable": (409, "Cancelling a batch that already ended."),
+    "file_in_use": (409, "Deleting a file a running batch still reads."),
+    "webhook_endpoint_disabled": (409, "Redelivering to an endpoint that was disabled (410) or deleted."),
+    "image_too_large": (413, "The image is over `max_image_bytes`."),
+    "request_too_large": (413, "The whole body is over the limit."),
+    "unsupported_media_type": (415, "Neither JSON nor multipart/form."),
+    "internal_error": (500, "A bug; it is logged."),
+    "broker_unavailable": (503, "Redis is down: nothing was accepted; retry after `Retry-After`."),
+    "database_unavailable": (503, "The database is down; retry after `Retry-After`."),
+}
+
 # Framework errors get the same body; these are their stable codes.
 _HTTP_CODES = {
     400: "bad_request",
@@ -58,7 +93,9 @@ def _render_api_error(error: ApiError) -> ResponseReturnValue:
 def _render_http_exception(error: HTTPException) -> ResponseReturnValue:
     status = error.code or 500
     code = _HTTP_CODES.get(status, "http_error")
-    return _render_api_error(ApiError(status, code, error.description or error.name))
+    # Keep the framework's own headers, e.g. a 405's `Allow`.
+    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    return _render_api_error(ApiError(status, code, error.description or error.name, headers=headers))
 
 
 def _render_unexpected(error: Exception) -> ResponseReturnValue:

@@ -7,10 +7,12 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import ApiError
+from service.fields import Field
 
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
@@ -74,3 +76,25 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ApiError(400, "invalid_image", f"The image could not be decoded: {exc}.") from None
     return ImageInfo(format=image.format, width=width, height=height)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageField(Field):
+    """An image: an uploaded file in a multipart form, a data URL or base64 in JSON; read as (bytes, info)."""
+
+    max_bytes: int
+    max_pixels: int
+    required: bool = True
+    codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_base64", "invalid_image", "unsupported_image_format",
+                                        "image_too_many_pixels", "image_too_large")
+
+    def read(self, fields: dict[str, Any]) -> tuple[bytes, ImageInfo]:
+        value = fields.get(self.name)
+        data = value.read() if hasattr(value, "read") else decode_image_field(value, self.name)
+        return data, inspect_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    def schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "description": "JPEG, PNG or WebP: a data URL or raw base64."})
+
+    def form_schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "format": "binary", "contentMediaType": "image/*"})

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import shared_task, signals
 
-from service import batches, lifecycle, structured
+from service import batches, lifecycle, logs, metrics, structured
 from service.blobs import BlobNotFound
 from service.models import Job, JobStatus
 from workers.celery_app import RUN_JOB_TASK, SERVICE_QUEUE
@@ -31,6 +31,7 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
         # Already ended, cancelled while queued, or a redelivered duplicate: nothing to do.
         log.info("job %s: not claimable, skipping", job_id)
         return None
+    logs.bind(batch_id=job.batch_id)  # the task's prerun bound the job id; the batch is known only now
 
     with runtime.tracking(job.id) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
@@ -122,6 +123,8 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
             # The sweeper judged this worker dead and handed the job on; that attempt owns the outcome now.
             log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
             return None
+        ended = session.get(Job, job.id, populate_existing=True)
+    metrics.record_job(runtime.dispatcher.redis, ended)
     if job.batch_id is not None:
         batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
     return status.value

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.db import get_session
 from service.errors import ApiError
-from service.fields import choice_option, int_option, webhook_secret_option, webhook_url_option
+from service.fields import Choice, Form, Int, JsonObject, Text, WebhookSecret, WebhookUrl
 from service.models import Priority
 
 T = TypeVar("T")
@@ -30,10 +30,16 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 
 
-
-
-def priority_option(fields: dict[str, Any], *, default: Priority) -> str:
-    return choice_option(fields, "priority", choices=[p.value for p in Priority], default=default.value)
+def options_form(settings: Settings, *, priority: Priority) -> Form:
+    """The options a job and a batch share: priority, metadata and their own webhook."""
+    return Form((
+        Choice(name="priority", choices=[p.value for p in Priority], default=priority.value,
+               description="Interactive queues are always read before bulk ones."),
+        JsonObject(name="metadata", max_bytes=settings.max_metadata_bytes, description="Returned untouched."),
+        WebhookUrl(name="webhook_url", allow_cidrs=settings.egress_allow_cidrs,
+                   description="Receives the ending event, signed (Standard Webhooks)."),
+        WebhookSecret(name="webhook_secret", description="Signs those deliveries (default: the server's)."),
+    ), extra_codes=("missing_field",))
 
 
 def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
@@ -43,27 +49,20 @@ def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
     return row
 
 
+def page_form(*, max_limit: int = 100) -> Form:
+    """The query of every list endpoint."""
+    return Form((
+        Int(name="limit", default=20, low=1, high=max_limit),
+        Text(name="cursor", max_chars=64, required=False, description="The previous page's next_cursor."),
+        # `after` is OpenAI's name for the cursor, so its SDK's list pagination works unchanged.
+        Text(name="after", max_chars=64, required=False, description="The same as cursor (OpenAI's name)."),
+    ))
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, str | None]:
+def page_params(*, max_limit: int = 100) -> tuple[int, str | None]:
     """(limit, cursor) from the query string."""
-    limit = int_option(request.args.to_dict(), "limit", default=default_limit, low=1, high=max_limit)
-    # `after` is OpenAI's name for the cursor, so its SDK's list pagination works unchanged.
-    return limit, request.args.get("cursor") or request.args.get("after") or None
+    form, args = page_form(max_limit=max_limit), request.args.to_dict()
+    return form.read("limit", args), form.read("cursor", args) or form.read("after", args)
 
 
 def newest_first(model: Any, *conditions: Any, max_limit: int = 100) -> tuple[list[Any], int]:
@@ -94,8 +93,9 @@ def page(rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]]) -
 
 def webhook_options(settings: Settings, fields: dict[str, Any]) -> dict[str, str | None]:
     """A job's or batch's own webhook; without a webhook_secret it is signed with the configured one."""
-    url = webhook_url_option(fields, "webhook_url", settings)
-    secret = webhook_secret_option(fields, "webhook_secret")
+    form = options_form(settings, priority=Priority.INTERACTIVE)
+    url = form.read("webhook_url", fields)
+    secret = form.read("webhook_secret", fields)
     if url is None:
         if secret is not None:
             raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})

@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from service import presence
 from service.db import get_db
 from service.dispatch import get_dispatcher
+from service.openapi import operation
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +18,15 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation("Liveness: the process answers", tags=("health",), responses={200: "Health"}, security=())
 def healthz() -> ResponseReturnValue:
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@operation("Readiness: database, Redis and a live model", tags=("health",), security=(),
+           responses={200: "Readiness", 503: {"description": "Not ready; `missing` says what.",
+                                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}})
 def readyz() -> ResponseReturnValue:
     """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing."""
     checks: dict[str, Any] = {}

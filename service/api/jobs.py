@@ -10,37 +10,41 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from service import jobs, lifecycle
-from service.api.common import (
-    get_or_404,
-    newest_first,
-    page,
-    priority_option,
-    request_fields,
-    webhook_options,
-)
+from service.api.common import get_or_404, newest_first, options_form, page, page_form, request_fields, webhook_options
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
-from service.fields import (
-    bool_option,
-    choice_option,
-    json_object_option,
-)
-from service.images import decode_image_field, inspect_image
+from service.fields import Bool, Choice, Form
+from service.images import ImageField
 from service.models import Job, JobStatus, Priority
+from service.openapi import JSON, MULTIPART, operation
 from service.settings import get_settings
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
+def job_form(settings: Settings) -> Form:
+    """Everything POST /v1/jobs reads."""
+    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return (Form((image,)) + jobs.task_form(settings) + options_form(settings, priority=Priority.INTERACTIVE)
+            + Form((Bool(name="no_cache", description="Run even if an identical request already has a result."),),
+                   extra_codes=("invalid_header", "idempotency_key_reused", "broker_unavailable")))
+
+
+def list_form(settings: Settings) -> Form:
+    return page_form() + Form((Choice(name="status", choices=[s.value for s in JobStatus]),))
+
+
 @bp.post("")
+@operation("Submit a job", body=job_form, media=(JSON, MULTIPART), headers=("Idempotency-Key",), tags=("jobs",),
+           responses={202: "Job"})
 def create_job() -> ResponseReturnValue:
+    """Store the image and the job, then queue it; poll GET /v1/jobs/{id} for the result."""
     settings: Settings = get_settings()
     fields, files = request_fields()
-    image_bytes = _image_bytes(fields, files)
-    job_request = _parse_job_request(settings, fields, image_bytes)
+    job_request, image_bytes = _parse_job_request(settings, {**fields, **files})
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 255:
         raise ApiError(400, "invalid_header", "Idempotency-Key is longer than 255 characters.")
@@ -53,18 +57,21 @@ def create_job() -> ResponseReturnValue:
 
 
 @bp.get("")
+@operation("List jobs, newest first", query=list_form, tags=("jobs",), responses={200: "JobList"})
 def list_jobs() -> ResponseReturnValue:
-    status = choice_option(request.args.to_dict(), "status", choices=[s.value for s in JobStatus], default="")
+    status = list_form(get_settings()).read("status", request.args.to_dict())
     rows, limit = newest_first(Job, *([Job.status == status] if status else []))
     return jsonify(page(rows, limit, Job.to_dict))
 
 
 @bp.get("/<job_id>")
+@operation("Get a job", tags=("jobs",), responses={200: "Job"})
 def get_job(job_id: str) -> ResponseReturnValue:
     return jsonify(get_or_404(get_session(), Job, job_id, "job").to_dict())
 
 
 @bp.post("/<job_id>/cancel")
+@operation("Cancel a job", tags=("jobs",), responses={202: "Job"}, errors=("job_already_finished",))
 def cancel_job(job_id: str) -> ResponseReturnValue:
     """Cancel a queued job at once; ask a running job's worker to stop it, and wait briefly for that."""
     session = get_session()
@@ -94,22 +101,16 @@ def _wait_until_ended(session: Any, job_id: str, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def _image_bytes(fields: dict[str, Any], files: dict[str, Any]) -> bytes:
-    upload = files.get("image")
-    if upload is not None:
-        return upload.read()
-    return decode_image_field(fields.get("image"))
-
-
-def _parse_job_request(settings: Settings, fields: dict[str, Any], image_bytes: bytes) -> jobs.JobRequest:
-    task = jobs.resolve_task(settings, fields)
-    info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return jobs.JobRequest(
-        task=task,
-        priority=priority_option(fields, default=Priority.INTERACTIVE),
-        metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
+def _parse_job_request(settings: Settings, fields: dict[str, Any]) -> tuple[jobs.JobRequest, bytes]:
+    form = job_form(settings)
+    image_bytes, info = form.read("image", fields)
+    request_ = jobs.JobRequest(
+        task=jobs.resolve_task(settings, fields),
+        priority=form.read("priority", fields),
+        metadata=form.read("metadata", fields),
         image_sha256=hashlib.sha256(image_bytes).hexdigest(),
         image=info,
-        no_cache=bool_option(fields, "no_cache", default=False),
+        no_cache=form.read("no_cache", fields),
         **webhook_options(settings, fields),
     )
+    return request_, image_bytes

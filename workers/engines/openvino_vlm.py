@@ -59,7 +59,7 @@ class OpenVINOVLMEngine(Engine):
             self._requests, self._results = self._context.Queue(), self._context.Queue()
         config = pipeline_process.PipelineConfig(
             path=str(self._model.path), device=self._model.spec.device, batch_size=self._settings.batch_size,
-            kv_cache_gb=self._settings.kv_cache_gb, properties=self._properties())
+            kv_cache_gb=self._settings.kv_cache_gb, properties=self._properties(), log_format=self._settings.log_format)
         self._process = self._context.Process(
             target=pipeline_process.serve, args=(config, self._requests, self._results),
             name=f"vlq-engine-{self.name}", daemon=True)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import logs
 from workers.engines.base import GenerationResult
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class PipelineConfig:
     batch_size: int
     kv_cache_gb: int
     properties: dict[str, Any]
+    log_format: str = "json"  # a spawned child starts with no logging set up; it logs like its worker
 
 
 @dataclass
@@ -43,6 +45,7 @@ class _InFlight:
 
 def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
     """The child's entry point: build the pipeline, say so, then loop until told to stop."""
+    logs.configure(config.log_format)
     try:
         started = time.monotonic()
         loop = _Loop(config, results)
