@@ -8,6 +8,7 @@ from flask import Flask
 
 from service import blobs, db, dispatch, errors, logs, settings
 from service.api import batches, docs, files, health, jobs, metrics, webhooks
+from service.api.common import IdConverter
 from service.config import Settings
 
 
@@ -20,6 +21,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     dispatch.init_app(app)
     errors.init_app(app)
     logs.init_app(app)
+    app.url_map.converters["id"] = IdConverter
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)

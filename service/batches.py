@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CHAT_ENDPOINT = "/v1/chat/completions"
 NATIVE_ENDPOINT = "/v1/jobs"
 MAX_LISTED_ERRORS = 100
+WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
 
 _TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {

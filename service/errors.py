@@ -36,6 +36,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "duplicate_custom_id": (400, "Two images of a native batch share a file name."),
     "invalid_archive": (400, "`archive` is not a readable zip."),
     "unsupported_image_url": (400, "An `image_url` that is not a `data:` URL."),
+    "invalid_request": (400, "A chat request that is not in OpenAI's shape (e.g. no user image)."),
     "not_found": (404, "No such resource, or no such route."),
     "method_not_allowed": (405, "The route does not take this method (`Allow` lists those it takes)."),
     "idempotency_key_reused": (409, "The Idempotency-Key was used for a different request."),

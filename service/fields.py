@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -71,7 +72,7 @@ def json_object_option(fields: dict[str, Any], name: str, *, max_bytes: int) -> 
 
 def _bounded(fields: dict[str, Any], name: str, kind: type, default: Any, low: Any, high: Any) -> Any:
     value = fields.get(name, _MISSING)
-    if value is _MISSING or value is None or value == "":
+    if value is _MISSING or value is None:
         return default
     if isinstance(value, bool):
         raise _invalid(name, f"must be a number between {low} and {high}")
@@ -146,17 +147,28 @@ class Field:
 
 @dataclass(frozen=True, kw_only=True)
 class Text(Field):
+    """A string; an optional one may be empty, which reads as absent."""
+
     max_chars: int
     required: bool = True
+    pattern: str | None = None  # a regex the whole value must match
     codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_field")
 
     def read(self, fields: dict[str, Any]) -> str | None:
         if not self.required and fields.get(self.name) in (None, ""):
             return None
-        return required_text(fields, self.name, max_chars=self.max_chars)
+        value = required_text(fields, self.name, max_chars=self.max_chars)
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise _invalid(self.name, f"must match {self.pattern}")
+        return value
 
     def schema(self) -> dict[str, Any]:
-        return self._described({"type": "string", "minLength": 1, "maxLength": self.max_chars})
+        schema: dict[str, Any] = {"type": "string", "maxLength": self.max_chars}
+        if self.required:
+            schema["minLength"] = 1
+        if self.pattern is not None:
+            schema["pattern"] = f"^(?:{self.pattern})$" if self.required else f"^(?:{self.pattern})?$"
+        return self._described(schema)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +222,7 @@ class Choice(Field):
 
     def read(self, fields: dict[str, Any]) -> str | None:
         value = fields.get(self.name)
-        if value is None or value == "":
+        if value is None:
             return self.default
         if value not in self.choices:
             if self.code == "invalid_field":

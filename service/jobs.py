@@ -109,8 +109,9 @@ def generation_form(settings: Settings) -> Form:
 
 def resolve_task(settings: Settings, fields: dict[str, Any]) -> Task:
     """Apply the `preset`, then validate prompt, generation options, `response_format` and `ground_with_ocr`."""
-    fields, preset = apply_preset(settings.presets, fields)
     form = task_form(settings)
+    form.read("preset", fields)  # refuses what is not a configured preset's name, before it is looked up
+    fields, preset = apply_preset(settings.presets, fields)
     options = generation_options(settings, fields)
     ocr = settings.registry[options.model].engine == "rapidocr"
     prompt = form.read("prompt", fields)

@@ -51,6 +51,8 @@ class Operation:
     headers: tuple[str, ...] = ()  # request headers, e.g. Idempotency-Key
     tags: tuple[str, ...] = ()
     security: tuple[str, ...] | None = None  # None: the document's default
+    # OpenAPI links from the first 2xx answer: {name: (operationId, path parameter)} filled with the answer's `id`.
+    links: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the operation object as is
 
 
@@ -135,6 +137,10 @@ def _operation(rule: Rule, method: str, spec: Operation | None, settings: Settin
             content[media] = {"schema": body.schema(form=media != JSON)}
         result["requestBody"] = {"required": True, "content": content}
     result["responses"] = {str(status): _response(answer) for status, answer in spec.responses.items()}
+    if spec.links:
+        success = result["responses"][str(min(spec.responses))]
+        success["links"] = {name: {"operationId": target, "parameters": {param: "$response.body#/id"}}
+                            for name, (target, param) in spec.links.items()}
     for status, response in _error_responses(codes).items():
         result["responses"].setdefault(status, response)  # a view's own answer for a status wins (/readyz's 503)
     if spec.security is not None:

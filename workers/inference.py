@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from celery import shared_task, signals
+from PIL import Image
 
 from service import batches, lifecycle, logs, metrics, structured
 from service.blobs import BlobNotFound
@@ -32,7 +33,15 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
         log.info("job %s: not claimable, skipping", job_id)
         return None
     logs.bind(batch_id=job.batch_id)  # the task's prerun bound the job id; the batch is known only now
+    try:
+        return _run_claimed(runtime, job)
+    except Exception as exc:
+        # A claimed job must end: left `running` under a live worker, nothing would ever recover it.
+        log.exception("job %s: unexpected error", job.id)
+        return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", f"Unexpected error: {exc!r}"))
 
+
+def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     with runtime.tracking(job.id) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
             return _finish(runtime, job, JobStatus.CANCELLED, error=("cancelled", "Cancelled before it started."))
@@ -43,7 +52,7 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
         try:
             blob = runtime.blobs.get(job.image_sha256)
             image = prepare_image(blob, runtime.settings.registry[job.model].max_pixels)
-        except (BlobNotFound, OSError, ValueError) as exc:
+        except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=("image_unreadable", f"The stored image could not be read: {exc}"))
         try:

@@ -44,7 +44,7 @@ class _Files(Field):
 
 
 def _batch_options(settings: Settings) -> Form:
-    window = Text(name="completion_window", max_chars=8, required=False,
+    window = Text(name="completion_window", max_chars=5, required=False, pattern=batches.WINDOW_PATTERN,
                   description="Like 24h (the default) or 90m; a batch still running past it ends expired.")
     return Form((window,)) + options_form(settings, priority=Priority.BULK)
 
@@ -83,7 +83,9 @@ def results_form(settings: Settings) -> Form:
 
 @bp.post("")
 @operation("Create a batch", body={JSON: openai_form, MULTIPART: native_form}, headers=("Idempotency-Key",),
-           tags=("batches",), responses={200: "Batch"}, errors=("broker_unavailable",))
+           tags=("batches",), responses={200: "Batch"}, errors=("broker_unavailable",),
+           links={"GetBatch": ("batches.get_batch", "batch_id"), "Results": ("batches.results", "batch_id"),
+                  "CancelBatch": ("batches.cancel_batch", "batch_id")})
 def create_batch() -> ResponseReturnValue:
     """JSON: OpenAI's form (input_file_id, endpoint, completion_window). Multipart: images or a zip + one prompt."""
     settings = get_settings()

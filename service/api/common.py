@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from flask import request
+from werkzeug.routing import BaseConverter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,6 +16,12 @@ from service.fields import Choice, Form, Int, JsonObject, Text, WebhookSecret, W
 from service.models import Priority
 
 T = TypeVar("T")
+
+
+class IdConverter(BaseConverter):
+    """`<id:name>`: a prefixed id (`whep_...`), so a sibling route's word (`/v1/webhooks/deliveries`) never matches."""
+
+    regex = r"[A-Za-z]+_[^/]+"
 
 
 def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -62,7 +69,8 @@ def page_form(*, max_limit: int = 100) -> Form:
 def page_params(*, max_limit: int = 100) -> tuple[int, str | None]:
     """(limit, cursor) from the query string."""
     form, args = page_form(max_limit=max_limit), request.args.to_dict()
-    return form.read("limit", args), form.read("cursor", args) or form.read("after", args)
+    cursor, after = form.read("cursor", args), form.read("after", args)  # both checked, even when both are given
+    return form.read("limit", args), cursor or after
 
 
 def newest_first(model: Any, *conditions: Any, max_limit: int = 100) -> tuple[list[Any], int]:

@@ -42,7 +42,9 @@ def list_form(settings: Settings) -> Form:
 
 
 @bp.post("")
-@operation("Upload a file", body=upload_form, media=(MULTIPART,), tags=("files",), responses={200: "File"})
+@operation("Upload a file", body=upload_form, media=(MULTIPART,), tags=("files",), responses={200: "File"},
+           links={"GetFile": ("files.get_file", "file_id"), "Content": ("files.content", "file_id"),
+                  "DeleteFile": ("files.delete", "file_id")})
 def upload() -> ResponseReturnValue:
     request.max_content_length = get_settings().max_upload_bytes  # batch input files are large
     fields, files = request_fields()

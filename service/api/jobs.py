@@ -39,7 +39,8 @@ def list_form(settings: Settings) -> Form:
 
 @bp.post("")
 @operation("Submit a job", body=job_form, media=(JSON, MULTIPART), headers=("Idempotency-Key",), tags=("jobs",),
-           responses={202: "Job"})
+           responses={202: "Job"}, links={"GetJob": ("jobs.get_job", "job_id"),
+                                          "CancelJob": ("jobs.cancel_job", "job_id")})
 def create_job() -> ResponseReturnValue:
     """Store the image and the job, then queue it; poll GET /v1/jobs/{id} for the result."""
     settings: Settings = get_settings()

@@ -60,7 +60,9 @@ def list_form(settings: Settings) -> Form:
 
 
 @bp.post("")
-@operation("Register a webhook endpoint", body=endpoint_form, tags=("webhooks",), responses={201: "WebhookEndpoint"})
+@operation("Register a webhook endpoint", body=endpoint_form, tags=("webhooks",), responses={201: "WebhookEndpoint"},
+           links={"GetEndpoint": ("webhooks.get_endpoint", "endpoint_id"),
+                  "DeleteEndpoint": ("webhooks.delete_endpoint", "endpoint_id")})
 def create_endpoint() -> ResponseReturnValue:
     """Register a receiver; the answer is the only one that shows its secret."""
     fields, _ = request_fields()
@@ -87,13 +89,13 @@ def list_endpoints() -> ResponseReturnValue:
     return jsonify(page(rows, limit, webhooks.endpoint_to_dict))
 
 
-@bp.get("/<endpoint_id>")
+@bp.get("/<id:endpoint_id>")
 @operation("Get a webhook endpoint", tags=("webhooks",), responses={200: "WebhookEndpoint"})
 def get_endpoint(endpoint_id: str) -> ResponseReturnValue:
     return jsonify(webhooks.endpoint_to_dict(_live_endpoint(endpoint_id)))
 
 
-@bp.delete("/<endpoint_id>")
+@bp.delete("/<id:endpoint_id>")
 @operation("Delete a webhook endpoint", tags=("webhooks",), responses={200: "WebhookEndpointDeleted"})
 def delete_endpoint(endpoint_id: str) -> ResponseReturnValue:
     """Stop sending to an endpoint; its delivery log is kept, its pending deliveries are cancelled."""
