@@ -36,16 +36,12 @@ def test_vlq_commands_and_their_options_exist():
         if args[0] != "vlq":
             continue
         command: click.Command = cli
-        ctx = click.Context(cli)
-        for word in args[1:]:
-            if word.startswith("-"):
-                break
-            command = command.get_command(ctx, word)  # type: ignore[union-attr]
-            assert command is not None, f"{service}: no `vlq ... {word}`"
-        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
-        assert {word for word in args if word.startswith("--")} <= options, service
-        command.make_context(args[-1], [word for word in args[1:] if word not in ctx.command.commands
-                                         and word != args[1] and not command.name == word])
+        words = args[1:]
+        while isinstance(command, click.Group):
+            command = command.get_command(click.Context(cli), words[0])
+            assert command is not None, f"{service}: no `vlq {' '.join(args[1:])}`"
+            words = words[1:]
+        command.make_context(command.name, list(words))  # raises on an unknown option or a bad value
 
 
 def test_environment_names_real_settings_and_mounts_the_model_cache_and_blobs():

@@ -77,8 +77,11 @@ IMAGES = {
 @pytest.mark.parametrize("name", IMAGES, ids=list(IMAGES))
 def test_each_image_gets_a_clear_4xx_or_a_job_that_ends(client, worker, name):
     data, refused_with = IMAGES[name]
-    for body in ({"data": {"image": (io.BytesIO(data), "x.jpg"), "prompt": "What is it?", "max_tokens": "4"}},
-                 {"json": {"image": base64.b64encode(data).decode(), "prompt": "What is it?", "max_tokens": 4}}):
+    # no_cache: the second submission of the same image must reach the worker too, not the dedup cache.
+    for body in ({"data": {"image": (io.BytesIO(data), "x.jpg"), "prompt": "What is it?", "max_tokens": "4",
+                           "no_cache": "true"}},
+                 {"json": {"image": base64.b64encode(data).decode(), "prompt": "What is it?", "max_tokens": 4,
+                           "no_cache": True}}):
         response = client.post("/v1/jobs", **body)
         if refused_with is not None:
             expected = "missing_field" if "json" in body and not data else refused_with  # "" is no image at all
@@ -116,6 +119,11 @@ def test_exif_rotation_is_applied_before_the_model_sees_the_image():
     top, bottom = image.getpixel((10, 5)), image.getpixel((10, 55))
     assert top[0] > 200 and top[2] < 60  # orientation 6: the left (red) half ends up on top
     assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_a_long_thin_strip_is_padded_to_a_shape_the_model_takes():
+    image = prepare_image(make_image("PNG", size=(4000, 2), color=(0, 0, 0)), max_pixels=1_000_000)
+    assert image.size == (4000, 40) and image.getpixel((2000, 20)) == (0, 0, 0) and image.getpixel((5, 0)) == (255,) * 3
 
 
 def test_odd_colour_modes_reach_the_model_as_a_person_sees_them():

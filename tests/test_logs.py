@@ -38,14 +38,15 @@ def test_an_api_request_about_a_job_logs_with_its_id(client, worker):
     handler.addFilter(logs.ContextFilter())
     root = logging.getLogger()
     root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
+    level = root.level
+    root.setLevel(logging.INFO)
     try:
         job_id = client.post("/v1/jobs", json={"image": base64.b64encode(make_image()).decode(), "prompt": "Wait.",
                                                "model": "qwen3-vl-2b", "max_tokens": 1}).get_json()["id"]
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     finally:
         root.removeHandler(handler)
-        root.level = level
+        root.setLevel(level)
     lines = [line for line in _json_lines(stream.getvalue()) if job_id in line["message"]]
     assert lines and all(line["job_id"] == job_id for line in lines)
     assert logs._context.get() == {}  # nothing leaks past the request

@@ -7,18 +7,32 @@ import math
 from PIL import Image, ImageOps
 
 _HIGH_BIT_GREY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+# Qwen-VL's processor refuses images whose sides differ more than 200 times; a strip this narrow is padded.
+MAX_ASPECT = 100
 
 
 def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode, apply EXIF rotation, convert to RGB and scale down (keeping aspect) to at most `max_pixels`."""
+    """Decode, apply EXIF rotation, convert to RGB, pad a thin strip, and scale down (keeping aspect) to `max_pixels`."""
     with Image.open(io.BytesIO(data)) as opened:  # an animation gives its first frame
-        image = to_rgb(ImageOps.exif_transpose(opened))
+        image = _pad_to_aspect(to_rgb(ImageOps.exif_transpose(opened)))
     pixels = image.width * image.height
     if pixels > max_pixels:
         scale = math.sqrt(max_pixels / pixels)
         size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
     return image
+
+
+def _pad_to_aspect(image: Image.Image) -> Image.Image:
+    """Pad a very long, thin strip (a barcode, a receipt line) with white, centred, so the model takes it."""
+    long, short = max(image.size), min(image.size)
+    if long <= short * MAX_ASPECT:
+        return image
+    target = math.ceil(long / MAX_ASPECT)
+    size = (image.width, target) if image.width >= image.height else (target, image.height)
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(image, ((size[0] - image.width) // 2, (size[1] - image.height) // 2))
+    return canvas
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
