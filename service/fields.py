@@ -44,15 +44,6 @@ def bool_option(fields: dict[str, Any], name: str, *, default: bool) -> bool:
     raise _invalid(name, "must be true or false")
 
 
-def choice_option(fields: dict[str, Any], name: str, *, choices: Sequence[str], default: str) -> str:
-    value = fields.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return default
-    if value not in choices:
-        raise _invalid(name, f"must be one of {', '.join(choices)}")
-    return value
-
-
 def json_object_option(fields: dict[str, Any], name: str, *, max_bytes: int) -> dict[str, Any] | None:
     """A JSON object field; multipart forms carry it as a JSON string."""
     value = fields.get(name)

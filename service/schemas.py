@@ -57,7 +57,8 @@ JOB = obj({
     "image": nullable(_IMAGE), "created_at": TIMESTAMP, "started_at": nullable(TIMESTAMP),
     "finished_at": nullable(TIMESTAMP), "preset": nullable(STRING), "result": nullable(_RESULT), "cached": BOOLEAN,
     "cache_of": nullable(STRING), "usage": nullable(_USAGE), "timings": _TIMINGS, "batch_size": nullable(INTEGER),
-    "worker": nullable(STRING), "attempts": INTEGER, "error": nullable(obj({"code": STRING, "message": nullable(STRING)})),
+    "worker": nullable(STRING), "attempts": INTEGER,
+    "error": nullable(obj({"code": STRING, "message": nullable(STRING)})),
     "metadata": nullable(OBJECT), "batch_id": nullable(STRING), "custom_id": nullable(STRING),
     "webhook": nullable(obj({"url": STRING})),
 })

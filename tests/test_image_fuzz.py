@@ -2,6 +2,7 @@
 that ends (succeeded, or failed with a clear error) within a bound. Never a 500, a dead worker or a stuck job."""
 import base64
 import io
+import json
 import struct
 import zlib
 
@@ -102,8 +103,8 @@ def test_a_native_batch_of_every_image_ends_with_each_item_judged_alone(client, 
     batch = wait_for_status(client, response.get_json()["id"], {"completed", "failed", "cancelled", "expired"},
                             timeout=180, resource="batches")
     assert batch["status"] == "completed"
-    items = {line["custom_id"]: line for line in map(__import__("json").loads,
-                                                     client.get(f"/v1/batches/{batch['id']}/results").text.splitlines())}
+    lines = client.get(f"/v1/batches/{batch['id']}/results").text.splitlines()
+    items = {line["custom_id"]: line for line in map(json.loads, lines)}
     for index, (name, (_, refused_with)) in enumerate(IMAGES.items()):
         item = items[f"{index:02d}.png"]
         if refused_with is None:

@@ -12,7 +12,7 @@ MAX_ASPECT = 100
 
 
 def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode, apply EXIF rotation, convert to RGB, pad a thin strip, and scale down (keeping aspect) to `max_pixels`."""
+    """Decode, turn upright (EXIF), convert to RGB, pad a thin strip, scale down (keeping aspect) to `max_pixels`."""
     with Image.open(io.BytesIO(data)) as opened:  # an animation gives its first frame
         image = _pad_to_aspect(to_rgb(ImageOps.exif_transpose(opened)))
     pixels = image.width * image.height

@@ -11,6 +11,7 @@ from service import presence
 from service.db import get_db
 from service.dispatch import get_dispatcher
 from service.openapi import operation
+from service.schemas import ref
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 @operation("Readiness: database, Redis and a live model", tags=("health",), security=(),
            responses={200: "Readiness", 503: {"description": "Not ready; `missing` says what.",
-                                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}})
+                                              "content": {"application/json": {"schema": ref("Readiness")}}}})
 def readyz() -> ResponseReturnValue:
     """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing."""
     checks: dict[str, Any] = {}

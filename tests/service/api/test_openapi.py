@@ -40,7 +40,8 @@ def test_answers_document_their_error_codes_with_one_component_each(client):
     schemas = doc["components"]["schemas"]
     assert all(f"Error.{code}" in schemas for code in ERROR_CODES)
     post_job = doc["paths"]["/v1/jobs"]["post"]["responses"]
-    codes_400 = {item["$ref"].split("Error.")[1] for item in post_job["400"]["content"]["application/json"]["schema"]["oneOf"]}
+    refs = post_job["400"]["content"]["application/json"]["schema"]["oneOf"]
+    codes_400 = {item["$ref"].split("Error.")[1] for item in refs}
     assert {"missing_field", "invalid_image", "unknown_model", "invalid_webhook_url"} <= codes_400
     assert post_job["202"]["links"]["GetJob"]["operationId"] == "jobs.get_job"
     # An actual error body validates against its code's component.
