@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service import lifecycle, logs, webhooks
+from service import lifecycle, webhooks
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db import Database
@@ -91,15 +91,14 @@ def expires_at_for(window: str) -> Any:
 
 def create_batch(session: Session, *, endpoint: str, input_file_id: str | None, completion_window: str,
                  priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
-                 webhook_url: str | None = None, webhook_secret: str | None = None) -> Batch:
+                 webhook_url: str | None = None, webhook_secret: str | None = None, batch_id: str | None = None) -> Batch:
     """Add a new batch in `validating` to the session."""
-    batch = Batch(id=new_id("batch"), status=BatchStatus.VALIDATING.value, endpoint=endpoint,
+    batch = Batch(id=batch_id or new_id("batch"), status=BatchStatus.VALIDATING.value, endpoint=endpoint,
                   input_file_id=input_file_id, completion_window=completion_window, priority=priority,
                   metadata_=metadata, idempotency_key=idempotency_key, created_at=utcnow(),
                   expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
                   webhook_secret=webhook_secret)
     session.add(batch)
-    logs.bind(batch_id=batch.id)  # the request's lines from here on are about this batch
     return batch
 
 

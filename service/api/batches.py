@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from service import batches, jobs
+from service import batches, jobs, logs
 from service.api.common import get_or_404, newest_first, options_form, page, page_form, request_fields, webhook_options
 from service.blobs import get_blobs
 from service.config import Settings
@@ -22,7 +22,7 @@ from service.db import Database, get_db, get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
 from service.fields import Choice, Field, Form, Text
-from service.models import Batch, File, Job, Priority
+from service.models import Batch, File, Job, Priority, new_id
 from service.openapi import JSON, MULTIPART, operation, text_response
 from service.settings import get_settings
 from workers.batches import INGEST_TASK
@@ -52,9 +52,11 @@ def _batch_options(settings: Settings) -> Form:
 def _options(settings: Settings, fields: dict[str, Any], key: str | None) -> dict[str, Any]:
     """create_batch's arguments that both forms share."""
     form = _batch_options(settings)
+    batch_id = new_id("batch")
+    logs.bind(batch_id=batch_id)  # the request's lines from here on are about this batch (reset when it ends)
     return {"completion_window": form.read("completion_window", fields) or "24h",
             "priority": form.read("priority", fields), "metadata": form.read("metadata", fields),
-            "idempotency_key": key, **webhook_options(settings, fields)}
+            "idempotency_key": key, "batch_id": batch_id, **webhook_options(settings, fields)}
 
 
 def openai_form(settings: Settings) -> Form:
