@@ -17,7 +17,7 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy import select, update
 
-from service import egress
+from service import egress, logs, metrics
 from service.config import Settings
 from service.db import Database
 from service.dispatch import Dispatcher
@@ -47,6 +47,11 @@ def deliver_webhook(delivery_id: str) -> None:
 
 def deliver(db: Database, settings: Settings, delivery_id: str, *, dispatcher: Dispatcher | None = None) -> str | None:
     """Make one attempt at a due delivery; returns its status after it, or None if it was not ours to make."""
+    with logs.context(delivery_id=delivery_id):
+        return _attempt(db, settings, delivery_id, dispatcher)
+
+
+def _attempt(db: Database, settings: Settings, delivery_id: str, dispatcher: Dispatcher | None) -> str | None:
     attempt = _claim(db, settings, delivery_id)
     if attempt is None:
         return None
@@ -58,6 +63,7 @@ def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *
     """POST a claimed delivery once and record how it went."""
     with db.session() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
+        logs.bind(**logs.ids_in(delivery.subject_id))  # the job or batch the event is about
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id) if delivery.endpoint_id else None
         if endpoint is not None and (endpoint.status != "active" or endpoint.deleted_at is not None):
             state = "deleted" if endpoint.deleted_at is not None else endpoint.status
@@ -103,6 +109,8 @@ def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *
                                    created_at=now))
         if status_code == 410 and delivery.endpoint_id:
             _disable(session, delivery.endpoint_id)
+    if dispatcher is not None:
+        metrics.record_delivery(dispatcher.redis, outcome)
     log.info("delivery %s (%s -> %s) attempt %s: %s %s", delivery_id, delivery.event_type, delivery.url, attempt,
              status_code or error, f"retry in {delay:.1f}s" if delay is not None else outcome)
     if delay is not None and delay < SHORT_DELAY_S and dispatcher is not None:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import logs
 from workers.engines.base import GenerationResult
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class PipelineConfig:
     kv_cache_gb: int
     properties: dict[str, Any]
     scheduler: dict[str, Any] = field(default_factory=dict)  # SchedulerConfig fields set on top of ours
+    log_format: str = "json"  # a spawned child starts with no logging set up; it logs like its worker
 
 
 @dataclass
@@ -60,6 +62,7 @@ class _OutOfMemory(RuntimeError):
 
 def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
     """The child's entry point: build the pipeline, say so, then loop until told to stop."""
+    logs.configure(config.log_format)
     try:
         started = time.monotonic()
         loop = _Loop(config, results)
