@@ -91,7 +91,8 @@ def expires_at_for(window: str) -> Any:
 
 def create_batch(session: Session, *, endpoint: str, input_file_id: str | None, completion_window: str,
                  priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
-                 webhook_url: str | None = None, webhook_secret: str | None = None, batch_id: str | None = None) -> Batch:
+                 webhook_url: str | None = None, webhook_secret: str | None = None,
+                 batch_id: str | None = None) -> Batch:
     """Add a new batch in `validating` to the session."""
     batch = Batch(id=batch_id or new_id("batch"), status=BatchStatus.VALIDATING.value, endpoint=endpoint,
                   input_file_id=input_file_id, completion_window=completion_window, priority=priority,

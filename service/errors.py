@@ -103,6 +103,9 @@ def _render_unexpected(error: Exception) -> ResponseReturnValue:
     session = g.get("db_session")
     if session is not None:
         session.rollback()
+    if isinstance(error, sqlalchemy.exc.DataError):  # the database refused a value the client sent (a NUL, say)
+        log.info("refused data: %s", error)
+        return _render_api_error(ApiError(400, "bad_request", "A value in the request cannot be stored."))
     unavailable = _unavailable_backend(error)
     if unavailable:
         log.warning("%s unavailable: %s", unavailable, error)

@@ -15,7 +15,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from service import batches, jobs, logs
-from service.api.common import get_or_404, newest_first, options_form, page, page_form, request_fields, webhook_options
+from service.api.common import (
+    get_or_404,
+    idempotency_key,
+    newest_first,
+    options_form,
+    page,
+    page_form,
+    request_fields,
+    webhook_options,
+)
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import Database, get_db, get_session
@@ -85,14 +94,14 @@ def results_form(settings: Settings) -> Form:
 
 @bp.post("")
 @operation("Create a batch", body={JSON: openai_form, MULTIPART: native_form}, headers=("Idempotency-Key",),
-           tags=("batches",), responses={200: "Batch"}, errors=("broker_unavailable",),
+           tags=("batches",), responses={200: "Batch"}, errors=("broker_unavailable", "invalid_header"),
            links={"GetBatch": ("batches.get_batch", "batch_id"), "Results": ("batches.results", "batch_id"),
                   "CancelBatch": ("batches.cancel_batch", "batch_id")})
 def create_batch() -> ResponseReturnValue:
     """JSON: OpenAI's form (input_file_id, endpoint, completion_window). Multipart: images or a zip + one prompt."""
     settings = get_settings()
     request.max_content_length = settings.max_upload_bytes
-    key = request.headers.get("Idempotency-Key") or None
+    key = idempotency_key()
     session = get_session()
     if key:
         existing = session.scalars(select(Batch).where(Batch.idempotency_key == key)).first()

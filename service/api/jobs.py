@@ -10,7 +10,16 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from service import jobs, lifecycle
-from service.api.common import get_or_404, newest_first, options_form, page, page_form, request_fields, webhook_options
+from service.api.common import (
+    get_or_404,
+    idempotency_key,
+    newest_first,
+    options_form,
+    page,
+    page_form,
+    request_fields,
+    webhook_options,
+)
 from service.blobs import get_blobs
 from service.config import Settings
 from service.db import get_session
@@ -46,9 +55,7 @@ def create_job() -> ResponseReturnValue:
     settings: Settings = get_settings()
     fields, files = request_fields()
     job_request, image_bytes = _parse_job_request(settings, {**fields, **files})
-    key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 255:
-        raise ApiError(400, "invalid_header", "Idempotency-Key is longer than 255 characters.")
+    key = idempotency_key()
 
     job, replayed = jobs.submit(get_session(), get_blobs(), get_dispatcher(), job_request, image_bytes, key)
     headers = {"Location": f"/v1/jobs/{job.id}"}
