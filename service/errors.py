@@ -129,6 +129,9 @@ def as_api_error(error: Exception) -> ApiError:
             session.rollback()
         except Exception:  # a connection the database dropped cannot roll back; the pool discards it
             log.debug("rollback failed", exc_info=True)
+    if isinstance(error, sqlalchemy.exc.DataError):  # the database refused a value the client sent (a NUL, say)
+        log.info("refused data: %s", error)
+        return ApiError(400, "bad_request", "A value in the request cannot be stored.")
     unavailable = _unavailable_backend(error)
     if unavailable:
         log.warning("%s unavailable: %s", unavailable, error)

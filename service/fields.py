@@ -22,6 +22,8 @@ def required_text(fields: dict[str, Any], name: str, *, max_chars: int) -> str:
         raise _invalid(name, "must be a string")
     if len(value) > max_chars:
         raise _invalid(name, f"is {len(value)} characters; the limit is {max_chars}")
+    if "\x00" in value:  # Postgres text cannot hold it
+        raise _invalid(name, "must not contain NUL characters")
     return value
 
 

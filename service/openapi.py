@@ -31,8 +31,8 @@ FormFactory = Callable[[Settings], Form]
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
-# Any request can meet a bug or a database that is down.
-_ALWAYS = ("internal_error", "database_unavailable")
+# Any request can meet a bug, a database that is down, or a value the database refuses.
+_ALWAYS = ("internal_error", "database_unavailable", "bad_request")
 _BODY = ("invalid_json", "unsupported_media_type", "request_too_large", "bad_request")
 # Any request that needs a key (every view but the @public ones, service.auth) can be refused for it.
 _AUTH = ("unauthorized", "rate_limited")

@@ -47,11 +47,6 @@ def deliver_webhook(delivery_id: str) -> None:
 
 def deliver(db: Database, settings: Settings, delivery_id: str, *, dispatcher: Dispatcher | None = None) -> str | None:
     """Make one attempt at a due delivery; returns its status after it, or None if it was not ours to make."""
-    with logs.context(delivery_id=delivery_id):
-        return _attempt(db, settings, delivery_id, dispatcher)
-
-
-def _attempt(db: Database, settings: Settings, delivery_id: str, dispatcher: Dispatcher | None) -> str | None:
     attempt = _claim(db, settings, delivery_id)
     if attempt is None:
         return None
@@ -60,7 +55,13 @@ def _attempt(db: Database, settings: Settings, delivery_id: str, dispatcher: Dis
 
 def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *,
              dispatcher: Dispatcher | None = None) -> str | None:
-    """POST a claimed delivery once and record how it went."""
+    """POST a claimed delivery once and record how it went; every line it logs carries the delivery id."""
+    # Bound here, in the thread that runs it: the webhook pool's threads do not inherit the task's context.
+    with logs.context(delivery_id=delivery_id):
+        return _post(db, settings, delivery_id, attempt, dispatcher)
+
+
+def _post(db: Database, settings: Settings, delivery_id: str, attempt: int, dispatcher: Dispatcher | None) -> str | None:
     with db.session() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         logs.bind(**logs.ids_in(delivery.subject_id))  # the job or batch the event is about

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from service import batches, jobs, logs
 from service.api.common import (
     get_or_404,
+    idempotency_key,
     newest_first,
     options_form,
     owned_or_none,
@@ -95,7 +96,7 @@ def results_form(settings: Settings) -> Form:
 
 @bp.post("")
 @operation("Create a batch", body={JSON: openai_form, MULTIPART: native_form}, headers=("Idempotency-Key",),
-           tags=("batches",), responses={200: "Batch"}, errors=("quota_exceeded", "broker_unavailable"),
+           tags=("batches",), responses={200: "Batch"}, errors=("quota_exceeded", "broker_unavailable", "invalid_header"),
            links={"GetBatch": ("batches.get_batch", "batch_id"), "Results": ("batches.results", "batch_id"),
                   "CancelBatch": ("batches.cancel_batch", "batch_id")})
 def create_batch() -> ResponseReturnValue:
@@ -105,7 +106,7 @@ def create_batch() -> ResponseReturnValue:
     """
     settings = get_settings()
     request.max_content_length = settings.max_upload_bytes
-    key = request.headers.get("Idempotency-Key") or None
+    key = idempotency_key()
     session = get_session()
     if key:
         existing = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).first()

@@ -82,6 +82,14 @@ def options_form(settings: Settings, *, priority: Priority) -> Form:
     ), extra_codes=("missing_field",))
 
 
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header (jobs and batches), if any."""
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and (len(key) > 255 or "\x00" in key):
+        raise ApiError(400, "invalid_header", "Idempotency-Key must be at most 255 characters, without NUL.")
+    return key
+
+
 def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
     """The row with this id, if the caller's tenant owns it; another tenant's row is a 404, as if it did not exist."""
     row = owned_or_none(session, model, ident)

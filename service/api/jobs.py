@@ -8,6 +8,7 @@ from service import jobs
 from service.api.common import (
     NO_CACHE,
     get_or_404,
+    idempotency_key,
     image_bytes_field,
     job_request_from,
     newest_first,
@@ -54,9 +55,7 @@ def create_job() -> ResponseReturnValue:
     fields, files = request_fields()
     image_bytes = image_bytes_field(fields, files)
     job_request = job_request_from(settings, fields, image_bytes)
-    key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 255:
-        raise ApiError(400, "invalid_header", "Idempotency-Key is longer than 255 characters.")
+    key = idempotency_key()
 
     job, replayed = jobs.submit(get_session(), get_blobs(), get_dispatcher(), job_request, image_bytes, key,
                                 current_caller())
