@@ -21,7 +21,7 @@ from service.api import (
     simple_chat,
     webhooks,
 )
-from service.api.common import IdConverter
+from service.api.common import IdConverter, NameConverter
 from service.config import Settings
 
 
@@ -38,6 +38,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     ratelimit.init_app(app)
     auth.init_app(app)
     app.url_map.converters["id"] = IdConverter
+    app.url_map.converters["name"] = NameConverter
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)

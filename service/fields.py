@@ -224,6 +224,11 @@ class Bool(Field):
     def schema(self) -> dict[str, Any]:
         return self._described({"type": "boolean", "default": self.default})
 
+    def form_schema(self) -> dict[str, Any]:
+        # A form's values are text: the words `read` takes.
+        return self._described({"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$",
+                                "default": str(self.default).lower()})
+
 
 @dataclass(frozen=True, kw_only=True)
 class Choice(Field):
@@ -251,6 +256,12 @@ class Choice(Field):
         return value
 
     def schema(self) -> dict[str, Any]:
+        schema = self.form_schema()
+        if not self.required:  # JSON's null reads as absent, as `read` does
+            schema = {**schema, "type": ["string", "null"], "enum": [*schema["enum"], None]}
+        return schema
+
+    def form_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "string", "enum": list(self.choices)}
         if self.default is not None:
             schema["default"] = self.default
@@ -314,9 +325,23 @@ class Form:
 
     def schema(self, *, form: bool = False) -> dict[str, Any]:
         """The object schema of a body holding these fields (a multipart form's when `form`)."""
-        properties = {field.name: field.form_schema() if form else field.schema() for field in self.fields}
+        properties = {field.name: field.form_schema() if form else _null_as_absent(field)
+                      for field in self.fields}
         schema: dict[str, Any] = {"type": "object", "properties": properties}
         required = [field.name for field in self.fields if field.required]
         if required:
             schema["required"] = required
         return schema
+
+
+def _null_as_absent(field: Field) -> dict[str, Any]:
+    """A field's JSON schema; an optional field also takes null, which every `read` takes as absent."""
+    schema = field.schema()
+    if field.required:
+        return schema
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    if kind is None:
+        return {"anyOf": [schema, {"type": "null"}]}
+    return schema

@@ -30,8 +30,6 @@ from service.sync_chat import SYNC_ERRORS
 
 bp = Blueprint("chat_completions", __name__, url_prefix="/v1")
 
-# The multipart form's fields (`image` is the file); anything else in the form is ignored.
-_FORM_FIELDS = ("prompt", "model", "max_tokens", "temperature", "top_p")
 
 
 class _Messages(Field):
@@ -51,6 +49,8 @@ class _Messages(Field):
         return self._described({"type": "array", "minItems": 1, "items": message})
 
 
+# One server-sent event, as clients parse it: its `data` is a chat.completion.chunk in JSON, or [DONE].
+_SSE_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
 _STREAM = Bool(name="stream", description="Server-sent chat.completion.chunk events, ending with data: [DONE].")
 
 
@@ -78,7 +78,7 @@ def chat_upload_form(settings: Settings) -> Form:
            error_schema="OpenAIError",
            responses={200: {"description": "A chat.completion, or with `stream` its chunks as server-sent events.",
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
-                                        "text/event-stream": {"schema": {"type": "string"}}}}})
+                                        "text/event-stream": {"schema": _SSE_EVENT}}}})
 def create_chat_completion() -> ResponseReturnValue:
     """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
     settings = get_settings()
@@ -93,7 +93,8 @@ def create_chat_completion() -> ResponseReturnValue:
         options = body
     else:
         form, files = request_fields()
-        fields = {name: form[name] for name in _FORM_FIELDS if name in form}
+        # The upload form's fields (`image` is the file); anything else in the form is ignored.
+        fields = {field.name: form[field.name] for field in chat_upload_form(settings).fields if field.name in form}
         image, messages, options = image_bytes_field(form, files), None, form
     stream = bool_option(options, "stream", default=False)
     job_request = job_request_from(settings, fields, image, messages=messages, stream=stream)
@@ -149,7 +150,7 @@ def list_models() -> ResponseReturnValue:
     return jsonify({"object": "list", "data": [_model(name, statuses) for name in get_settings().registry]})
 
 
-@bp.get("/models/<model>")
+@bp.get("/models/<name:model>")  # `name` stops at ':', so .../models/x:generateContent is not this route
 @operation("A model, in OpenAI's shape", tags=("compatible",), responses={200: "Model"}, error_schema="OpenAIError")
 def get_model(model: str) -> ResponseReturnValue:
     if model not in get_settings().registry:  # error_body answers it as OpenAI's 404 model_not_found

@@ -28,6 +28,12 @@ class IdConverter(BaseConverter):
     regex = r"[A-Za-z]+_[^/]+"
 
 
+class NameConverter(BaseConverter):
+    """`<name:model>`: a registry name, which never holds ':' (Google's `models/{model}:generateContent` does)."""
+
+    regex = r"[^/:]+"
+
+
 def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
     """(fields, files) from a JSON body or a multipart/urlencoded form; anything else is a 415."""
     if request.is_json:

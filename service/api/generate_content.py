@@ -107,7 +107,8 @@ def _turn(content: Any, where: str, role: str | None = None) -> Turn:
     """One Content ({role, parts}) as a Turn: text parts, and inline_data images kept for `build` to decode."""
     if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
         raise ApiError(400, "invalid_field", f"{where} must be an object with a 'parts' list.", {"field": where})
-    role = role or _ROLES.get(content.get("role", "user"))
+    named = content.get("role", "user")
+    role = role or (_ROLES.get(named) if isinstance(named, str) else None)  # a non-string role is refused, not a 500
     if role is None:
         raise ApiError(400, "invalid_field", f"{where}.role must be 'user' or 'model'.", {"field": f"{where}.role"})
     parts: list[str | ImageRef] = []

@@ -62,9 +62,9 @@ def chat() -> ResponseReturnValue:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "Send a JSON object: {image, prompt, max_tokens, temperature}.")
     image = _image(body.get("image"))
-    fields = {"prompt": body.get("prompt"), "model": body.get("model") or settings.default_model,
-              "temperature": body.get("temperature"),
-              "max_tokens": chat_form(settings).read("max_tokens", body)}
+    form = chat_form(settings)
+    fields = {"prompt": body.get("prompt"), "model": form.read("model", body), "temperature": body.get("temperature"),
+              "max_tokens": form.read("max_tokens", body)}
     job_request = job_request_from(settings, fields, image)
     info = job_request.image
     if max(info.width, info.height) > MAX_SIDE:

@@ -26,6 +26,7 @@ from service import logs
 from workers.engines.base import GenerationResult
 
 log = logging.getLogger(__name__)
+_SMALLEST = 1e-6  # the least temperature or top_p sent to the engine (both are practically greedy there)
 
 
 @dataclass(frozen=True)
@@ -268,10 +269,11 @@ def _generation_config(generation: dict[str, Any]) -> Any:
     config.max_new_tokens = generation["max_tokens"]
     config.ignore_eos = generation["ignore_eos"]
     if generation["temperature"] > 0:
+        # The engine holds both as float32, and refuses 0: a positive value below float32's range would become 0.
         config.do_sample = True
-        config.temperature = generation["temperature"]
+        config.temperature = max(generation["temperature"], _SMALLEST)
         if generation.get("top_p") is not None:
-            config.top_p = generation["top_p"]
+            config.top_p = max(generation["top_p"], _SMALLEST)
     if generation.get("regex") is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(regex=generation["regex"])
     elif generation.get("json_schema") is not None:

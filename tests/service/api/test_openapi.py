@@ -26,8 +26,9 @@ def test_request_schemas_come_from_the_settings_the_validators_use(client, setti
     body = doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
     fields = body["application/json"]["schema"]["properties"]
     assert fields["max_tokens"]["maximum"] == settings.max_tokens_limit
-    assert fields["model"]["enum"] == sorted(settings.registry) and fields["model"]["default"] == TINY
-    assert set(fields["preset"]["enum"]) == set(settings.presets)
+    # null reads as absent in JSON (the default applies), so the JSON schema lists it too.
+    assert fields["model"]["enum"] == [*sorted(settings.registry), None] and fields["model"]["default"] == TINY
+    assert set(fields["preset"]["enum"]) == {*settings.presets, None}
     assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
     assert body["application/json"]["schema"]["required"] == ["image"]
     # A value past the documented bound is refused by the same definition.
