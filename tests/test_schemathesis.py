@@ -5,11 +5,11 @@ import sys
 from pathlib import Path
 
 from service.app import create_app
-from tests.conftest import ROOT, TINY, serve
+from tests.conftest import TINY, serve
 
 # positive_data_acceptance is left out: a schema cannot say which strings are decodable images or resolvable
 # hosts, so schema-valid requests are rightly refused. ignored_auth and object_level_authorization are left out:
-# the run has one key (tests/service/test_auth.py checks keys and tenants apart).
+# the run has one key (tests/service/api/test_auth.py checks keys and tenants apart).
 CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance,ignored_auth,object_level_authorization"]
 
 
@@ -31,7 +31,8 @@ def _schemathesis(client, url, api_key, tmp_path) -> subprocess.CompletedProcess
                "--max-examples", "20", "--seed", "20261121", "--no-shrink", "--request-timeout", "30",
                "--report", "junit", "--report-dir", str(tmp_path)]
     try:
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
+        # Run from tmp_path: schemathesis keeps its example cache in the working directory.
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     finally:
         # Endpoints it registered would receive every later test's events.
         for endpoint in client.get("/v1/webhooks?limit=100").get_json()["data"]:
