@@ -6,19 +6,22 @@ from typing import Any
 
 from flask import Flask
 
-from service import auth, blobs, db, dispatch, errors, job_endings, ratelimit, settings, ui
+from service import auth, blobs, db, dispatch, errors, job_endings, logs, ratelimit, settings, ui
 from service.api import (
     batches,
     chat_completions,
+    docs,
     files,
     generate_content,
     health,
     jobs,
     keys,
+    metrics,
     presets,
     simple_chat,
     webhooks,
 )
+from service.api.common import IdConverter, NameConverter
 from service.config import Settings
 
 
@@ -31,8 +34,11 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     dispatch.init_app(app)
     job_endings.init_app(app)
     errors.init_app(app)
+    logs.init_app(app)  # before auth, so a refused request's lines carry its ids too
     ratelimit.init_app(app)
     auth.init_app(app)
+    app.url_map.converters["id"] = IdConverter
+    app.url_map.converters["name"] = NameConverter
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
@@ -43,5 +49,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(simple_chat.bp)
     app.register_blueprint(generate_content.bp)
     app.register_blueprint(presets.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(ui.bp)
     return app

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from flask import Flask, current_app, g, request
 
-from service import keys
+from service import keys, openapi
 from service.db import get_db, get_session
 from service.errors import ApiError
 from service.ratelimit import get_rate_limiter
@@ -27,6 +27,10 @@ from service.tenancy import DEFAULT_TENANT, Caller
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., object])
+# The API keys every view but the @public ones asks for, as the OpenAPI document shows them.
+openapi.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "description": "An API key (vlq_sk_...)."})
+openapi.security_scheme("googApiKey", {"type": "apiKey", "in": "header", "name": "x-goog-api-key",
+                                       "description": "The same key, as Google's SDKs send it."})
 DISABLED_WARNING = ("AUTHENTICATION IS DISABLED (disable_auth): anyone who can reach this server can read and submit "
                     "everything. Use it only on your own machine; set disable_auth: false and create keys with "
                     "`vlq keys create` before exposing it.")

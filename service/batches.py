@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CHAT_ENDPOINT = "/v1/chat/completions"
 NATIVE_ENDPOINT = "/v1/jobs"
 MAX_LISTED_ERRORS = 100
+WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
 
 _TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
@@ -90,9 +91,11 @@ def expires_at_for(window: str) -> Any:
 
 def create_batch(session: Session, *, tenant: str, endpoint: str, input_file_id: str | None, completion_window: str,
                  priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
-                 webhook_url: str | None = None, webhook_secret: str | None = None) -> Batch:
+                 webhook_url: str | None = None, webhook_secret: str | None = None,
+                 batch_id: str | None = None) -> Batch:
     """Add a new batch of `tenant` in `validating` to the session; its items and files will belong to that tenant."""
-    batch = Batch(id=new_id("batch"), tenant=tenant, status=BatchStatus.VALIDATING.value, endpoint=endpoint,
+    batch = Batch(id=batch_id or new_id("batch"), tenant=tenant, status=BatchStatus.VALIDATING.value,
+                  endpoint=endpoint,
                   input_file_id=input_file_id, completion_window=completion_window, priority=priority,
                   metadata_=metadata, idempotency_key=idempotency_key, created_at=utcnow(),
                   expires_at=expires_at_for(completion_window), webhook_url=webhook_url,

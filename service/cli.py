@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import redis
 
-from service import client_cli
+from service import client_cli, logs
 from service import keys as api_keys  # `keys` is the command group below
 from service.auth import DISABLED_WARNING
 from service.config import ConfigError, Settings, load_settings
@@ -40,12 +40,19 @@ def cli() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _server_settings() -> Settings:
+    """Settings for a service process, whose logs then follow `log_format` (JSON lines by default)."""
+    settings = load_settings()
+    logs.configure(settings.log_format)
+    return settings
+
+
 # -- running --------------------------------------------------------------------------------
 
 @cli.command()
 def run() -> None:
     """Migrate, then run the API, one worker, the beat scheduler and Flower until Ctrl-C."""
-    settings = load_settings()
+    settings = _server_settings()
     _require_redis(settings)
     _migrate(settings)
     children = [
@@ -66,13 +73,15 @@ def run() -> None:
 @click.option("--no-auth-warning", is_flag=True, hidden=True)
 def api(workers: int, threads: int, no_auth_warning: bool) -> None:
     """Serve the HTTP API with gunicorn."""
-    settings = load_settings()
+    settings = _server_settings()
     if not no_auth_warning:
         _warn_if_auth_disabled(settings)
+    # Prometheus counters kept per process are not used (they live in Redis, see service.metrics), so any
+    # number of gunicorn workers and hosts render the same /metrics.
     os.execvp(sys.executable, [
         sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
         "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
-        "--graceful-timeout", "10", "--access-logfile", "-", "service.app:create_app()",
+        "--graceful-timeout", "10", "--config", "python:service.gunicorn_conf", "service.app:create_app()",
     ])
 
 
@@ -80,7 +89,7 @@ def api(workers: int, threads: int, no_auth_warning: bool) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(loglevel: str) -> None:
     """Run a Celery worker serving every exported model (VLQ_MODELS narrows it)."""
-    settings = load_settings()
+    settings = _server_settings()
     _require_redis(settings)
     from workers.celery_app import app
 
@@ -94,9 +103,10 @@ def worker(loglevel: str) -> None:
 def beat(loglevel: str) -> None:
     """Schedule the periodic maintenance: dispatcher, orphaned jobs, batch expiry, webhook resends, retention.
 
-    Run one (a second one is harmless: every task is idempotent). It rides out Redis outages by itself.
+    Run one (a second one is harmless: every task is idempotent). It rides out Redis outages by itself, and keeps
+    its schedule in memory (workers.maintenance.MaintenanceScheduler), so it needs no writable schedule file.
     """
-    load_settings()  # fail on a bad configuration before Celery starts
+    _server_settings()  # fail on a bad configuration before Celery starts; JSON logs like every service process
     from workers.celery_app import app
 
     app.Beat(loglevel=loglevel, max_interval=5).run()
@@ -105,7 +115,7 @@ def beat(loglevel: str) -> None:
 @cli.command()
 def flower() -> None:
     """Run Flower, Celery's monitor, on flower_host:flower_port."""
-    settings = load_settings()
+    settings = _server_settings()
     os.execvp(sys.executable, [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
         f"--address={settings.flower_host}", f"--port={settings.flower_port}",
@@ -122,7 +132,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration to the configured database."""
-    _migrate(load_settings())
+    _migrate(_server_settings())
 
 
 # -- API keys -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from service.logs import FORMATS as LOG_FORMATS
 from service.presets import Preset, PresetError, build_presets
 
 ENV_PREFIX = "VLQ_"
@@ -59,6 +60,7 @@ class Settings:
     model_cache: str = "data/models"
     host: str = "127.0.0.1"
     port: int = 8080
+    log_format: str = "json"  # json: one object a line, with job_id; text: human-readable, for development
 
     # Engine: sequences run together, which is also how many jobs a worker takes at once.
     batch_size: int = 8
@@ -254,6 +256,8 @@ def _build_registry(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
 
 
 def _validate(settings: Settings) -> None:
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if settings.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
     if settings.default_model not in settings.registry:

@@ -7,12 +7,17 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import ApiError
+from service.fields import Field
 
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+# An 8x8 grey PNG: the document's example image, so API fuzzers also send requests that reach a worker.
+EXAMPLE_DATA_URL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGNsaGhgwAaYsIoOWgkA"
+                    "MBcBkGHHl6YAAAAASUVORK5CYII=")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 
 
@@ -57,7 +62,11 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     except Image.DecompressionBombError as exc:  # Pillow's own header check, past twice its default limit
         raise ApiError(400, "image_too_many_pixels", f"The image has too many pixels: {exc}",
                        {"limit": max_pixels}) from None
-    if image.format not in ACCEPTED_FORMATS:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a header cut short or broken (e.g. a JPEG segment)
+        raise ApiError(400, "invalid_image", f"The image header could not be read: {exc}.") from None
+    # Phones save photos as MPO: a JPEG with more pictures (depth, previews) after the first, which is what is read.
+    image_format = "JPEG" if image.format == "MPO" else image.format
+    if image_format not in ACCEPTED_FORMATS:
         raise ApiError(400, "unsupported_image_format",
                        f"{image.format} images are not supported; send JPEG, PNG or WebP.",
                        {"format": image.format, "accepted": sorted(ACCEPTED_FORMATS)})
@@ -73,4 +82,27 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ApiError(400, "invalid_image", f"The image could not be decoded: {exc}.") from None
-    return ImageInfo(format=image.format, width=width, height=height)
+    return ImageInfo(format=image_format, width=width, height=height)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageField(Field):
+    """An image: an uploaded file in a multipart form, a data URL or base64 in JSON; read as (bytes, info)."""
+
+    max_bytes: int
+    max_pixels: int
+    required: bool = True
+    codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_base64", "invalid_image", "unsupported_image_format",
+                                        "image_too_many_pixels", "image_too_large")
+
+    def read(self, fields: dict[str, Any]) -> tuple[bytes, ImageInfo]:
+        value = fields.get(self.name)
+        data = value.read() if hasattr(value, "read") else decode_image_field(value, self.name)
+        return data, inspect_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    def schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "description": "JPEG, PNG or WebP: a data URL or raw base64.",
+                                "examples": [EXAMPLE_DATA_URL]})
+
+    def form_schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "format": "binary", "contentMediaType": "image/*"})

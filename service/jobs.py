@@ -11,17 +11,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import lifecycle
+from service import lifecycle, logs
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db import Database
 from service.dispatch import Dispatcher
 from service.errors import ApiError
-from service.fields import bool_option, float_option, int_option, required_text
+from service.fields import Bool, Choice, Float, Form, Int, OptionalNumber, Text
 from service.images import ImageInfo
 from service.models import Job, JobStatus, new_id
 from service.presets import apply_preset
-from service.structured import parse_response_format
+from service.structured import ResponseFormat
 from service.tenancy import Caller
 
 log = logging.getLogger(__name__)
@@ -97,20 +97,47 @@ class Task:
                 "ground_with_ocr": self.ground_with_ocr, "messages": self.messages, **self.options.job_fields()}
 
 
+def task_form(settings: Settings) -> Form:
+    """What to ask and how: the fields `resolve_task` reads, for a job and for every item of a native batch."""
+    return Form((
+        Choice(name="preset", choices=sorted(settings.presets), code="unknown_preset",
+               description="Fills prompt, model, max_tokens, the schema and ground_with_ocr; set fields win."),
+        Text(name="prompt", max_chars=settings.max_prompt_chars, required=False,
+             description="Required unless a preset gives one or the model is an OCR engine."),
+        *generation_form(settings).fields,
+        ResponseFormat(name="response_format", description="Constrain the output to JSON, in OpenAI's shape."),
+        Bool(name="ground_with_ocr", description="OCR the image first and add its text to the prompt."),
+    ))
+
+
+def generation_form(settings: Settings) -> Form:
+    return Form((
+        Choice(name="model", choices=sorted(settings.registry), default=settings.default_model, code="unknown_model"),
+        Int(name="max_tokens", default=settings.default_max_tokens, low=1, high=settings.max_tokens_limit),
+        Float(name="temperature", default=0.0, low=0.0, high=2.0, description="0 is greedy."),
+        OptionalNumber(name="top_p", low=0.0, high=1.0, exclusive_low=True,
+                       description="Nucleus sampling; absent leaves the engine's default."),
+        Bool(name="ignore_eos", description="Generate exactly max_tokens (benchmarks, load tests)."),
+    ))
+
+
 def resolve_task(settings: Settings, fields: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> Task:
     """Apply the `preset`, then validate prompt, generation options, `response_format` and `ground_with_ocr`.
 
     `messages` makes it a conversation, whose last user turn is `fields["prompt"]`.
     """
+    form = task_form(settings)
+    form.read("preset", fields)  # refuses what is not a configured preset's name, before it is looked up
     fields, preset = apply_preset(settings.presets, fields)
     options = generation_options(settings, fields)
     ocr = settings.registry[options.model].engine == "rapidocr"
-    prompt = "" if ocr and not fields.get("prompt") else required_text(fields, "prompt",
-                                                                        max_chars=settings.max_prompt_chars)
-    schema = parse_response_format(fields.get("response_format"))
+    prompt = form.read("prompt", fields)
+    if prompt is None and not ocr:  # only an OCR model reads an image without a prompt
+        raise ApiError(400, "missing_field", "'prompt' is required.", {"field": "prompt"})
+    schema = form.read("response_format", fields)
     if schema is None and preset is not None:
         schema = preset.output_schema()
-    ground_with_ocr = bool_option(fields, "ground_with_ocr", default=False)
+    ground_with_ocr = form.read("ground_with_ocr", fields)
     if ocr and (schema is not None or ground_with_ocr):
         field = "response_format" if schema is not None else "ground_with_ocr"
         raise ApiError(400, "invalid_field",
@@ -119,33 +146,14 @@ def resolve_task(settings: Settings, fields: dict[str, Any], messages: list[dict
     if messages is not None and ground_with_ocr:
         raise ApiError(400, "invalid_field", "'ground_with_ocr' works on a single prompt, not a conversation.",
                        {"field": "ground_with_ocr"})
-    return Task(prompt=prompt, options=options, preset=preset.name if preset else None, response_schema=schema,
+    return Task(prompt=prompt or "", options=options, preset=preset.name if preset else None, response_schema=schema,
                 ground_with_ocr=ground_with_ocr, messages=messages)
 
 
 def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:
     """model, max_tokens, temperature, top_p and ignore_eos, validated against the registry and the limits."""
-    model = fields.get("model") or settings.default_model
-    if not isinstance(model, str) or settings.model(model) is None:
-        raise ApiError(400, "unknown_model", f"No model named {model!r}.",
-                       {"model": str(model), "available": sorted(settings.registry)})
-    return GenerationOptions(
-        model=model,
-        max_tokens=int_option(fields, "max_tokens", default=settings.default_max_tokens,
-                              low=1, high=settings.max_tokens_limit),
-        temperature=float_option(fields, "temperature", default=0.0, low=0.0, high=2.0),
-        ignore_eos=bool_option(fields, "ignore_eos", default=False),
-        top_p=_top_p(fields),
-    )
-
-
-def _top_p(fields: dict[str, Any]) -> float | None:
-    if fields.get("top_p") is None or fields.get("top_p") == "":
-        return None
-    top_p = float_option(fields, "top_p", default=1.0, low=0.0, high=1.0)
-    if top_p == 0:
-        raise ApiError(400, "invalid_field", "'top_p' must be above 0 and at most 1.", {"field": "top_p"})
-    return top_p
+    form = generation_form(settings)
+    return GenerationOptions(**{field.name: field.read(fields) for field in form.fields})
 
 
 def submit(
@@ -164,9 +172,11 @@ def submit(
 
     blobs.put(image_bytes)
     cache_key = request.cache_key()
+    job_id = new_id("job")
+    logs.bind(job_id=job_id)  # the request's lines from here on are about this job (reset when it ends)
     job = lifecycle.create_job(
         session,
-        id=new_id("job"),
+        id=job_id,
         tenant=tenant,
         priority=request.priority,
         image_sha256=request.image_sha256,

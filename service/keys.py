@@ -16,10 +16,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.errors import ApiError
-from service.fields import bool_option, float_option, int_option, required_text
+from service.fields import Bool, Form, OptionalNumber, Text
 from service.models import ApiKey, new_id, utcnow
-from service.tenancy import DEFAULT_TENANT, TENANT_PATTERN
+from service.tenancy import DEFAULT_TENANT, TENANT_REGEX
 
 PREFIX = "vlq_sk_"
 _SHOWN_CHARS = len(PREFIX) + 4  # enough to tell keys apart in a list, far too little to matter as a secret
@@ -39,18 +38,20 @@ class KeySpec:
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> KeySpec:
         """Validate request fields (or CLI options) into a spec; raises ApiError naming the bad field."""
-        tenant = fields.get("tenant") or DEFAULT_TENANT
-        if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
-            raise ApiError(400, "invalid_field", "'tenant' must be 1-64 letters, digits, '.', '_' or '-'.",
-                           {"field": "tenant"})
-        return cls(
-            name=required_text(fields, "name", max_chars=100),
-            tenant=tenant,
-            admin=bool_option(fields, "admin", default=False),
-            rate_limit_rps=_optional(fields, "rate_limit_rps", float_option, low=0.0, high=1e6),
-            max_queued_jobs=_optional(fields, "max_queued_jobs", int_option, low=0, high=10**9),
-        )
+        values = {field.name: field.read(fields) for field in KEY_FORM.fields}
+        return cls(**{**values, "tenant": values["tenant"] or DEFAULT_TENANT})
 
+
+# What POST /v1/keys and `vlq keys create` take; null numbers keep the configured defaults.
+KEY_FORM = Form((
+    Text(name="name", max_chars=100, description="What the key is for, e.g. the client that will use it."),
+    Text(name="tenant", max_chars=64, required=False, pattern=TENANT_REGEX,
+         description=f"Whose jobs, batches and files it reaches (default: {DEFAULT_TENANT})."),
+    Bool(name="admin", description="May manage keys (/v1/keys)."),
+    OptionalNumber(name="rate_limit_rps", low=0.0, high=1e6, description="Requests per second; 0 is unlimited."),
+    OptionalNumber(name="max_queued_jobs", low=0, high=10**9, integer=True,
+                   description="Queued + running jobs of its tenant; 0 is unlimited."),
+))
 
 def create_key(session: Session, spec: KeySpec) -> tuple[ApiKey, str]:
     """Add a key to the session; returns it and its secret, which exists nowhere else afterwards."""
@@ -93,9 +94,3 @@ def revoke_key(session: Session, key_id: str) -> ApiKey | None:
         key.revoked_at = utcnow()
     return key
 
-
-def _optional(fields: dict[str, Any], name: str, option: Any, **bounds: Any) -> Any:
-    """An optional number: absent or null keeps the configured default."""
-    if fields.get(name) in (None, ""):
-        return None
-    return option(fields, name, default=None, **bounds)

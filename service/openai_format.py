@@ -55,7 +55,8 @@ def parse_chat_request(body: Any, settings: Settings) -> ChatRequest:
 
 def _turn(message: Any, index: int) -> Turn:
     where = f"messages[{index}]"
-    role = _ROLES.get(message.get("role")) if isinstance(message, dict) else None
+    named = message.get("role") if isinstance(message, dict) else None
+    role = _ROLES.get(named) if isinstance(named, str) else None
     if role is None:
         raise ApiError(400, "invalid_field", f"{where} must be a system, user or assistant message.", {"field": where})
     content = message.get("content")

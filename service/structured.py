@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 
 from service.errors import ApiError
+from service.fields import Field
 
 # String characters: printable ASCII and Latin-1/Latin Extended-A (at most 2 UTF-8 bytes each), no quote,
 # backslash or control characters, so a string's length in the regex is its JSON length, and escapes never occur.
@@ -170,3 +171,26 @@ def _alternatives(options: list[tuple[str, int]]) -> tuple[str, int]:
 
 def _invalid(problem: str) -> ApiError:
     return ApiError(400, "invalid_response_format", f"'response_format' {problem}.", {"field": "response_format"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseFormat(Field):
+    """The `response_format` field: read as the JSON schema it asks for (None for plain text)."""
+
+    codes: ClassVar[tuple[str, ...]] = ("invalid_response_format",)
+
+    def read(self, fields: dict[str, Any]) -> dict[str, Any] | None:
+        return parse_response_format(fields.get(self.name))
+
+    def schema(self) -> dict[str, Any]:
+        return self._described({"oneOf": [
+            {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+            {"type": "object", "required": ["type", "json_schema"], "properties": {
+                "type": {"const": "json_schema"},
+                "json_schema": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string", "minLength": 1}, "schema": {"type": "object"},
+                    "strict": {"type": "boolean"}}}}},
+        ]})
+
+    def form_schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "contentMediaType": "application/json"})

@@ -25,6 +25,9 @@ from service.settings import get_settings
 log = logging.getLogger(__name__)
 
 _RETRY = {"Retry-After": "5"}
+# What a synchronous answer can end in besides a bad request, for the endpoints' OpenAPI operations.
+SYNC_ERRORS = ("quota_exceeded", "broker_unavailable", "no_worker", "model_loading", "model_unavailable", "overloaded",
+               "sync_timeout", "cancelled")
 _BLOCK_S = 2.0  # the longest a stream read blocks, well inside the Redis client's socket timeout
 # A failed job's error code -> how a synchronous caller hears about it (status, code kept).
 _FAILURE_STATUS = {

@@ -14,7 +14,8 @@ from service.errors import ApiError
 from service.models import Job, JobStatus
 
 DEFAULT_TENANT = "default"  # owns the rows from before tenants existed, and every request while auth is off
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TENANT_REGEX = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+TENANT_PATTERN = re.compile(f"^{TENANT_REGEX}$")
 QUOTA_RETRY_AFTER_S = 5  # a hint only: when a slot frees depends on the tenant's own jobs
 
 

@@ -5,6 +5,7 @@ from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
 
 from service.auth import public
+from service.openapi import operation, text_response
 from service.settings import get_settings
 
 bp = Blueprint("ui", __name__)
@@ -15,6 +16,7 @@ UI_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
 @bp.get("/")
 @public  # the page itself holds nothing; its API calls carry the key typed into it
+@operation("The web UI", tags=("ui",), responses={200: text_response("The page.", "text/html")})
 def index() -> ResponseReturnValue:
     settings = get_settings()
     models = sorted(settings.registry, key=lambda name: (name != settings.default_model, name))

@@ -5,11 +5,13 @@ pool with one thread per engine sequence, so `batch_size` jobs run together in o
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task, signals
 
+from service import logs
 from service.config import Settings, load_settings
 from service.models import Priority
 
@@ -92,6 +94,25 @@ def create_celery(settings: Settings) -> Celery:
     )
     app.conf.vlq_settings = settings
     return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery's processes (worker, beat, flower) log through VLQ's one formatter instead of Celery's own."""
+    logs.configure(load_settings().log_format, loglevel or logging.INFO)
+
+
+@signals.task_prerun.connect
+def _bind_task_ids(task: Task, args: Iterable[Any] = (), **_: Any) -> None:
+    """Every line a task logs carries the job, batch or delivery id it was given."""
+    task.request.vlq_log_token = logs.bind(**logs.ids_in(*(args or ())))
+
+
+@signals.task_postrun.connect
+def _unbind_task_ids(task: Task, **_: Any) -> None:
+    token = getattr(task.request, "vlq_log_token", None)
+    if token is not None:
+        logs.unbind(token)
 
 
 def __getattr__(name: str) -> Celery:

@@ -8,9 +8,10 @@ from typing import Any
 
 from celery import shared_task, signals
 from celery.exceptions import Reject
+from PIL import Image
 from sqlalchemy.orm import Session
 
-from service import batches, lifecycle, structured, token_stream
+from service import batches, lifecycle, logs, metrics, structured, token_stream
 from service.blobs import BlobNotFound
 from service.errors import DATABASE_UNAVAILABLE
 from service.models import Job, JobStatus
@@ -45,7 +46,17 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
         # Already ended, cancelled while queued, or a redelivered duplicate: nothing to do.
         log.info("job %s: not claimable, skipping", job_id)
         return None
+    logs.bind(batch_id=job.batch_id)  # the task's prerun bound the job id; the batch is known only now
+    try:
+        return _run_claimed(runtime, job)
+    except Exception as exc:
+        # A claimed job must end: left `running` under a live worker, nothing would ever recover it.
+        log.exception("job %s: unexpected error", job.id)
+        return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", f"Unexpected error: {exc!r}"))
 
+
+
+def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     with runtime.tracking(job) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
             return _finish(runtime, job, JobStatus.CANCELLED, error=("cancelled", "Cancelled before it started."))
@@ -56,7 +67,7 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
         try:
             blob = runtime.blobs.get(job.image_sha256)
             image = prepare_image(blob, runtime.settings.registry[job.model].max_pixels)
-        except (BlobNotFound, OSError, ValueError) as exc:
+        except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=("image_unreadable", f"The stored image could not be read: {exc}"))
         try:
@@ -168,12 +179,17 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
         values.update(error_code=error[0], error_message=error[1])
     # The result waits out a database blip for as long as this worker lives: giving up would leave the job
     # running under a live worker, where nothing else would ever end it.
-    won = runtime.db.retrying(lambda session: lifecycle.finish(session, job, status, **values),
-                              what=f"job {job.id}: result", give_up=runtime.give_up_after(None))
-    if not won:
+    def record(session: Session) -> Job | None:
+        if not lifecycle.finish(session, job, status, **values):
+            return None
+        return session.get(Job, job.id, populate_existing=True)
+
+    ended = runtime.db.retrying(record, what=f"job {job.id}: result", give_up=runtime.give_up_after(None))
+    if ended is None:
         # The orphan pass judged this worker dead and handed the job on; that attempt owns the outcome now.
         log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
         return None
+    metrics.record_job(runtime.dispatcher.redis, ended)
     if job.stream:  # after the commit, so a reader that sees the end finds the job ended
         try:
             token_stream.end(runtime.dispatcher.redis, job.id)

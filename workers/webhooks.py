@@ -17,7 +17,7 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy import select, update
 
-from service import egress
+from service import egress, logs, metrics
 from service.config import Settings
 from service.db import Database
 from service.dispatch import Dispatcher
@@ -55,9 +55,16 @@ def deliver(db: Database, settings: Settings, delivery_id: str, *, dispatcher: D
 
 def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *,
              dispatcher: Dispatcher | None = None) -> str | None:
-    """POST a claimed delivery once and record how it went."""
+    """POST a claimed delivery once and record how it went; every line it logs carries the delivery id."""
+    # Bound here, in the thread that runs it: the webhook pool's threads do not inherit the task's context.
+    with logs.context(delivery_id=delivery_id):
+        return _post(db, settings, delivery_id, attempt, dispatcher)
+
+
+def _post(db: Database, settings: Settings, delivery_id: str, attempt: int, dispatcher: Dispatcher | None) -> str | None:
     with db.session() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
+        logs.bind(**logs.ids_in(delivery.subject_id))  # the job or batch the event is about
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id) if delivery.endpoint_id else None
         if endpoint is not None and (endpoint.status != "active" or endpoint.deleted_at is not None):
             state = "deleted" if endpoint.deleted_at is not None else endpoint.status
@@ -103,6 +110,8 @@ def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *
                                    created_at=now))
         if status_code == 410 and delivery.endpoint_id:
             _disable(session, delivery.endpoint_id)
+    if dispatcher is not None:
+        metrics.record_delivery(dispatcher.redis, outcome)
     log.info("delivery %s (%s -> %s) attempt %s: %s %s", delivery_id, delivery.event_type, delivery.url, attempt,
              status_code or error, f"retry in {delay:.1f}s" if delay is not None else outcome)
     if delay is not None and delay < SHORT_DELAY_S and dispatcher is not None:

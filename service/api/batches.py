@@ -14,13 +14,15 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from service import batches, jobs
+from service import batches, jobs, logs
 from service.api.common import (
     get_or_404,
+    idempotency_key,
     newest_first,
+    options_form,
     owned_or_none,
     page,
-    priority_option,
+    page_form,
     request_fields,
     tenant_scope,
     webhook_options,
@@ -31,8 +33,9 @@ from service.config import Settings
 from service.db import Database, get_db, get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
-from service.fields import json_object_option
-from service.models import Batch, File, Job, Priority
+from service.fields import Choice, Field, Form, Text
+from service.models import Batch, File, Job, Priority, new_id
+from service.openapi import JSON, MULTIPART, operation, text_response
 from service.settings import get_settings
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -42,7 +45,60 @@ _CSV_COLUMNS = ["custom_id", "status", "text", "prompt_tokens", "completion_toke
                 "queue_ms", "ttft_ms", "inference_ms", "total_ms", "error_code", "error_message", "job_id"]
 
 
+class _Files(Field):
+    """Uploaded files under one name, repeated (native batches: `images`, `archive`); read in the view."""
+
+    codes = ("duplicate_custom_id", "invalid_archive", "missing_field")
+
+    def schema(self) -> dict[str, Any]:
+        return self._described({"type": "array", "items": {"type": "string", "format": "binary"}})
+
+
+def _batch_options(settings: Settings) -> Form:
+    window = Text(name="completion_window", max_chars=5, required=False, pattern=batches.WINDOW_PATTERN,
+                  description="Like 24h (the default) or 90m; a batch still running past it ends expired.")
+    return Form((window,)) + options_form(settings, priority=Priority.BULK)
+
+
+def _options(settings: Settings, fields: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """create_batch's arguments that both forms share."""
+    form = _batch_options(settings)
+    batch_id = new_id("batch")
+    logs.bind(batch_id=batch_id)  # the request's lines from here on are about this batch (reset when it ends)
+    return {"completion_window": form.read("completion_window", fields) or "24h",
+            "priority": form.read("priority", fields), "metadata": form.read("metadata", fields),
+            "idempotency_key": key, "batch_id": batch_id, **webhook_options(settings, fields)}
+
+
+def openai_form(settings: Settings) -> Form:
+    """OpenAI's form (JSON): a JSONL file of chat requests, uploaded before with POST /v1/files."""
+    return Form((
+        Text(name="input_file_id", max_chars=64, description="An uploaded JSONL file (purpose batch)."),
+        Choice(name="endpoint", choices=[batches.CHAT_ENDPOINT], required=True),
+    )) + _batch_options(settings)
+
+
+def native_form(settings: Settings) -> Form:
+    """The native form (multipart): images and/or zips, with one prompt (or preset) and the job options."""
+    return Form((
+        _Files(name="images", description="The images, repeated; file names become custom_ids."),
+        _Files(name="archive", description="Zips of images; paths inside become custom_ids."),
+    )) + jobs.task_form(settings) + _batch_options(settings)
+
+
+def list_form(settings: Settings) -> Form:
+    return page_form()
+
+
+def results_form(settings: Settings) -> Form:
+    return Form((Choice(name="format", choices=["jsonl", "csv"], default="jsonl"),))
+
+
 @bp.post("")
+@operation("Create a batch", body={JSON: openai_form, MULTIPART: native_form}, headers=("Idempotency-Key",),
+           tags=("batches",), responses={200: "Batch"}, errors=("quota_exceeded", "broker_unavailable", "invalid_header"),
+           links={"GetBatch": ("batches.get_batch", "batch_id"), "Results": ("batches.results", "batch_id"),
+                  "CancelBatch": ("batches.cancel_batch", "batch_id")})
 def create_batch() -> ResponseReturnValue:
     """JSON: OpenAI's form (input_file_id, endpoint, completion_window). Multipart: images or a zip + one prompt.
 
@@ -50,7 +106,7 @@ def create_batch() -> ResponseReturnValue:
     """
     settings = get_settings()
     request.max_content_length = settings.max_upload_bytes
-    key = request.headers.get("Idempotency-Key") or None
+    key = idempotency_key()
     session = get_session()
     if key:
         existing = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).first()
@@ -68,24 +124,20 @@ def create_batch() -> ResponseReturnValue:
 
 def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) -> Batch:
     session = get_session()
-    file_id = fields.get("input_file_id")
-    file = owned_or_none(session, File, file_id) if isinstance(file_id, str) else None
+    form = openai_form(settings)
+    file_id = form.read("input_file_id", fields)
+    file = owned_or_none(session, File, file_id)
     if file is None:
         raise ApiError(400, "invalid_field", f"No file with id {file_id!r}; upload it with POST /v1/files.",
                        {"field": "input_file_id"})
-    if fields.get("endpoint") != batches.CHAT_ENDPOINT:
+    if form.read("endpoint", fields) != batches.CHAT_ENDPOINT:
         raise ApiError(400, "invalid_field", f"'endpoint' must be {batches.CHAT_ENDPOINT}.", {"field": "endpoint"})
     caller = current_caller()
     if caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
         caller.admit_jobs(session, batches.count_requests(get_blobs(), file))
     batch = batches.create_batch(
         session, tenant=caller.tenant, endpoint=batches.CHAT_ENDPOINT, input_file_id=file.id,
-        completion_window=fields.get("completion_window") or "24h",
-        priority=priority_option(fields, default=Priority.BULK),
-        metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
-        idempotency_key=key,
-        **webhook_options(settings, fields),
-    )
+        **_options(settings, fields, key))
     session.commit()
     get_dispatcher().enqueue_ingest(batch.id)  # if the broker is down, the dispatcher pass sends it later
     return batch
@@ -107,12 +159,7 @@ def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) 
     caller.admit_jobs(session, len(images))
     batch = batches.create_batch(
         session, tenant=caller.tenant, endpoint=batches.NATIVE_ENDPOINT, input_file_id=None,
-        completion_window=fields.get("completion_window") or "24h",
-        priority=priority_option(fields, default=Priority.BULK),
-        metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
-        idempotency_key=key,
-        **webhook_options(settings, fields),
-    )
+        **_options(settings, fields, key))
     session.flush()
     ingest = batches.Ingest(rows=[batches.item_row(settings, get_blobs(), batch, name, data, task.job_fields())
                                   for name, data in images])
@@ -147,6 +194,7 @@ def _uploaded_images() -> Iterator[tuple[str, bytes]]:
 
 
 @bp.get("")
+@operation("List batches, newest first", query=list_form, tags=("batches",), responses={200: "BatchList"})
 def list_batches() -> ResponseReturnValue:
     rows, limit = newest_first(Batch)
     counts = batches.request_counts(get_session(), [row.id for row in rows])
@@ -154,12 +202,14 @@ def list_batches() -> ResponseReturnValue:
 
 
 @bp.get("/<batch_id>")
+@operation("Get a batch", tags=("batches",), responses={200: "Batch"})
 def get_batch(batch_id: str) -> ResponseReturnValue:
     session = get_session()
     return jsonify(batches.render(session, get_or_404(session, Batch, batch_id, "batch")))
 
 
 @bp.post("/<batch_id>/cancel")
+@operation("Cancel a batch", tags=("batches",), responses={200: "Batch"}, errors=("batch_not_cancellable",))
 def cancel_batch(batch_id: str) -> ResponseReturnValue:
     """Queued items are cancelled at once; running ones finish; finished results stay readable."""
     session = get_session()
@@ -172,13 +222,13 @@ def cancel_batch(batch_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/<batch_id>/results")
+@operation("Every item so far, streamed", query=results_form, tags=("batches",),
+           responses={200: text_response("JSONL (one item a line) or CSV.", "application/jsonl", "text/csv")})
 def results(batch_id: str) -> ResponseReturnValue:
     """Every item so far, streamed: JSONL by default, or CSV with ?format=csv."""
     session = get_session()
     get_or_404(session, Batch, batch_id, "batch")
-    fmt = request.args.get("format", "jsonl")
-    if fmt not in ("jsonl", "csv"):
-        raise ApiError(400, "invalid_field", "'format' must be jsonl or csv.", {"field": "format"})
+    fmt = results_form(get_settings()).read("format", request.args.to_dict())
     items = _stream_items(get_db(), batch_id)
     if fmt == "csv":
         return Response(_csv(items), mimetype="text/csv",

@@ -15,20 +15,70 @@ from flask.typing import ResponseReturnValue
 
 from service import presence, sync_chat
 from service.api.common import image_bytes_field, job_request_from, request_fields
+from service.config import Settings
 from service.dispatch import get_dispatcher
 from service.errors import ApiError, as_api_error
-from service.fields import bool_option
+from service.fields import Bool, Field, Form, Int, JsonObject, Text, bool_option
+from service.images import ImageField
+from service.jobs import generation_form
 from service.models import Job
 from service.openai_format import chat_chunk, chat_completion, finish_reason, parse_chat_request, usage_chunk
+from service.openapi import JSON, MULTIPART, operation
 from service.settings import get_settings
+from service.structured import ResponseFormat
+from service.sync_chat import SYNC_ERRORS
 
 bp = Blueprint("chat_completions", __name__, url_prefix="/v1")
 
-# The multipart form's fields (`image` is the file); anything else in the form is ignored.
-_FORM_FIELDS = ("prompt", "model", "max_tokens", "temperature", "top_p")
+
+
+class _Messages(Field):
+    """OpenAI's `messages` (read by service.openai_format.parse_chat_request, which builds the conversation)."""
+
+    codes = ("missing_field", "invalid_field", "invalid_request", "unsupported_image_url", "invalid_image_url",
+             "image_url_forbidden", "image_url_unreachable", "invalid_base64", "invalid_image",
+             "unsupported_image_format", "image_too_many_pixels", "image_too_large")
+
+    def schema(self) -> dict[str, Any]:
+        part = {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "image_url"]}, "text": {"type": "string"},
+            "image_url": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}}
+        message = {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"enum": ["system", "user", "assistant"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}]}}}
+        return self._described({"type": "array", "minItems": 1, "items": message})
+
+
+# One server-sent event, as clients parse it: its `data` is a chat.completion.chunk in JSON, or [DONE].
+_SSE_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
+_STREAM = Bool(name="stream", description="Server-sent chat.completion.chunk events, ending with data: [DONE].")
+
+
+def chat_form(settings: Settings) -> Form:
+    """OpenAI's JSON chat request: messages (one image in all) and the generation options."""
+    return Form((
+        _Messages(name="messages", required=True, description="One image in all, as an image_url data: URL."),
+        Int(name="max_completion_tokens", default=settings.default_max_tokens, low=1, high=settings.max_tokens_limit,
+            description="The same as max_tokens (OpenAI's newer name)."),
+        ResponseFormat(name="response_format", description="Constrain the output to JSON, in OpenAI's shape."),
+        _STREAM,
+        JsonObject(name="stream_options", max_bytes=1024, description="{include_usage: true} adds a usage chunk."),
+    )) + generation_form(settings)
+
+
+def chat_upload_form(settings: Settings) -> Form:
+    """The multipart form: an `image` file and a `prompt`."""
+    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return Form((image, Text(name="prompt", max_chars=settings.max_prompt_chars), _STREAM)) + generation_form(settings)
 
 
 @bp.post("/chat/completions")
+@operation("OpenAI-compatible chat completion (waits for the answer)", tags=("compatible",),
+           body={JSON: chat_form, MULTIPART: chat_upload_form}, errors=SYNC_ERRORS + ("not_found",),
+           error_schema="OpenAIError",
+           responses={200: {"description": "A chat.completion, or with `stream` its chunks as server-sent events.",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
+                                        "text/event-stream": {"schema": _SSE_EVENT}}}})
 def create_chat_completion() -> ResponseReturnValue:
     """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
     settings = get_settings()
@@ -43,7 +93,8 @@ def create_chat_completion() -> ResponseReturnValue:
         options = body
     else:
         form, files = request_fields()
-        fields = {name: form[name] for name in _FORM_FIELDS if name in form}
+        # The upload form's fields (`image` is the file); anything else in the form is ignored.
+        fields = {field.name: form[field.name] for field in chat_upload_form(settings).fields if field.name in form}
         image, messages, options = image_bytes_field(form, files), None, form
     stream = bool_option(options, "stream", default=False)
     job_request = job_request_from(settings, fields, image, messages=messages, stream=stream)
@@ -91,16 +142,19 @@ def _event(data: dict[str, Any]) -> str:
 
 
 @bp.get("/models")
+@operation("Models, in OpenAI's list shape", tags=("compatible",), responses={200: "ModelList"},
+           error_schema="OpenAIError")
 def list_models() -> ResponseReturnValue:
     """The registry in OpenAI's list shape (the SDK's models.list()), with whether a worker serves each now."""
     statuses = _model_statuses()
     return jsonify({"object": "list", "data": [_model(name, statuses) for name in get_settings().registry]})
 
 
-@bp.get("/models/<model>")
+@bp.get("/models/<name:model>")  # `name` stops at ':', so .../models/x:generateContent is not this route
+@operation("A model, in OpenAI's shape", tags=("compatible",), responses={200: "Model"}, error_schema="OpenAIError")
 def get_model(model: str) -> ResponseReturnValue:
-    if model not in get_settings().registry:
-        raise ApiError(404, "unknown_model", f"The model {model!r} does not exist.", {"model": model})
+    if model not in get_settings().registry:  # error_body answers it as OpenAI's 404 model_not_found
+        raise ApiError(400, "unknown_model", f"The model {model!r} does not exist.", {"model": model})
     return jsonify(_model(model, _model_statuses()))
 
 

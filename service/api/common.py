@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from flask import request
+from werkzeug.routing import BaseConverter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,18 +15,23 @@ from service.auth import current_tenant
 from service.config import Settings
 from service.db import get_session
 from service.errors import ApiError
-from service.fields import (
-    bool_option,
-    choice_option,
-    int_option,
-    json_object_option,
-    webhook_secret_option,
-    webhook_url_option,
-)
+from service.fields import Bool, Choice, Form, Int, JsonObject, Text, WebhookSecret, WebhookUrl
 from service.images import decode_image_field, inspect_image
 from service.models import Priority, TenantOwned
 
 T = TypeVar("T")
+
+
+class IdConverter(BaseConverter):
+    """`<id:name>`: a prefixed id (`whep_...`), so a sibling route's word (`/v1/webhooks/deliveries`) never matches."""
+
+    regex = r"[A-Za-z]+_[^/]+"
+
+
+class NameConverter(BaseConverter):
+    """`<name:model>`: a registry name, which never holds ':' (Google's `models/{model}:generateContent` does)."""
+
+    regex = r"[^/:]+"
 
 
 def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -41,6 +47,9 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 
 
+NO_CACHE = Bool(name="no_cache", description="Run even if an identical request already has a result.")
+
+
 def image_bytes_field(fields: dict[str, Any], files: dict[str, Any]) -> bytes:
     """The `image`: an uploaded file, or a data URL / base64 string."""
     upload = files.get("image")
@@ -54,20 +63,37 @@ def job_request_from(settings: Settings, fields: dict[str, Any], image_bytes: by
     """Validate a job's fields and image (and conversation) into a JobRequest; interactive unless it says bulk."""
     task = jobs.resolve_task(settings, fields, messages)
     info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    form = options_form(settings, priority=Priority.INTERACTIVE)
     return jobs.JobRequest(
         task=task,
-        priority=priority_option(fields, default=Priority.INTERACTIVE),
-        metadata=json_object_option(fields, "metadata", max_bytes=settings.max_metadata_bytes),
+        priority=form.read("priority", fields),
+        metadata=form.read("metadata", fields),
         image_sha256=hashlib.sha256(image_bytes).hexdigest(),
         image=info,
-        no_cache=bool_option(fields, "no_cache", default=False),
+        no_cache=NO_CACHE.read(fields),
         stream=stream,
         **webhook_options(settings, fields),
     )
 
 
-def priority_option(fields: dict[str, Any], *, default: Priority) -> str:
-    return choice_option(fields, "priority", choices=[p.value for p in Priority], default=default.value)
+def options_form(settings: Settings, *, priority: Priority) -> Form:
+    """The options a job and a batch share: priority, metadata and their own webhook."""
+    return Form((
+        Choice(name="priority", choices=[p.value for p in Priority], default=priority.value,
+               description="Interactive queues are always read before bulk ones."),
+        JsonObject(name="metadata", max_bytes=settings.max_metadata_bytes, description="Returned untouched."),
+        WebhookUrl(name="webhook_url", allow_cidrs=settings.egress_allow_cidrs,
+                   description="Receives the ending event, signed (Standard Webhooks)."),
+        WebhookSecret(name="webhook_secret", description="Signs those deliveries (default: the server's)."),
+    ), extra_codes=("missing_field",))
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header (jobs and batches), if any."""
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and (len(key) > 255 or "\x00" in key):
+        raise ApiError(400, "invalid_header", "Idempotency-Key must be at most 255 characters, without NUL.")
+    return key
 
 
 def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
@@ -91,11 +117,21 @@ def tenant_scope(model: Any) -> list[Any]:
     return [model.tenant == current_tenant()] if issubclass(model, TenantOwned) else []
 
 
-def page_params(*, default_limit: int = 20, max_limit: int = 100) -> tuple[int, str | None]:
+def page_form(*, max_limit: int = 100) -> Form:
+    """The query of every list endpoint."""
+    return Form((
+        Int(name="limit", default=20, low=1, high=max_limit),
+        Text(name="cursor", max_chars=64, required=False, description="The previous page's next_cursor."),
+        # `after` is OpenAI's name for the cursor, so its SDK's list pagination works unchanged.
+        Text(name="after", max_chars=64, required=False, description="The same as cursor (OpenAI's name)."),
+    ))
+
+
+def page_params(*, max_limit: int = 100) -> tuple[int, str | None]:
     """(limit, cursor) from the query string."""
-    limit = int_option(request.args.to_dict(), "limit", default=default_limit, low=1, high=max_limit)
-    # `after` is OpenAI's name for the cursor, so its SDK's list pagination works unchanged.
-    return limit, request.args.get("cursor") or request.args.get("after") or None
+    form, args = page_form(max_limit=max_limit), request.args.to_dict()
+    cursor, after = form.read("cursor", args), form.read("after", args)  # both checked, even when both are given
+    return form.read("limit", args), cursor or after
 
 
 def newest_first(model: Any, *conditions: Any, max_limit: int = 100) -> tuple[list[Any], int]:
@@ -126,8 +162,9 @@ def page(rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]]) -
 
 def webhook_options(settings: Settings, fields: dict[str, Any]) -> dict[str, str | None]:
     """A job's or batch's own webhook; without a webhook_secret it is signed with the configured one."""
-    url = webhook_url_option(fields, "webhook_url", settings)
-    secret = webhook_secret_option(fields, "webhook_secret")
+    form = options_form(settings, priority=Priority.INTERACTIVE)
+    url = form.read("webhook_url", fields)
+    secret = form.read("webhook_secret", fields)
     if url is None:
         if secret is not None:
             raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})

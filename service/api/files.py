@@ -1,17 +1,22 @@
 """Files, OpenAI-compatible: upload a batch input file, read generated output and error files."""
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from service.api.common import get_or_404, newest_first, page, request_fields
+from service.api.common import get_or_404, newest_first, page, page_form, request_fields
 from service.auth import current_tenant
 from service.batches import store_file
 from service.blobs import BlobNotFound, get_blobs
+from service.config import Settings
 from service.db import get_session
 from service.errors import ApiError
+from service.fields import Choice, Field, Form
 from service.models import Batch, File
+from service.openapi import MULTIPART, operation, text_response
 from service.settings import get_settings
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
@@ -19,16 +24,37 @@ bp = Blueprint("files", __name__, url_prefix="/v1/files")
 PURPOSES = ("batch", "batch_output", "batch_errors", "vision", "user_data")
 
 
+class _Upload(Field):
+    """The uploaded file, streamed to the blob store by the view."""
+
+    codes = ("missing_field",)
+
+    def schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "format": "binary"})
+
+
+def upload_form(settings: Settings) -> Form:
+    return Form((_Upload(name="file", required=True, description="A JSONL batch input file."),
+                 Choice(name="purpose", choices=PURPOSES, required=True)))
+
+
+def list_form(settings: Settings) -> Form:
+    return page_form(max_limit=10_000) + Form((Choice(name="purpose", choices=PURPOSES),))
+
+
 @bp.post("")
+@operation("Upload a file", body=upload_form, media=(MULTIPART,), tags=("files",), responses={200: "File"},
+           links={"GetFile": ("files.get_file", "file_id"), "Content": ("files.content", "file_id"),
+                  "DeleteFile": ("files.delete", "file_id")})
 def upload() -> ResponseReturnValue:
     request.max_content_length = get_settings().max_upload_bytes  # batch input files are large
     fields, files = request_fields()
     upload = files.get("file")
     if upload is None:
         raise ApiError(400, "missing_field", "'file' is required (multipart).", {"field": "file"})
-    purpose = fields.get("purpose")
-    if purpose not in PURPOSES:
-        raise ApiError(400, "invalid_field", f"'purpose' must be one of {', '.join(PURPOSES)}.", {"field": "purpose"})
+    purpose = upload_form(get_settings()).read("purpose", fields)
+    if purpose is None:
+        raise ApiError(400, "missing_field", "'purpose' is required.", {"field": "purpose"})
     session = get_session()
     file = store_file(session, get_blobs(), upload.stream, upload.filename or "upload", purpose, current_tenant())
     session.commit()
@@ -36,18 +62,22 @@ def upload() -> ResponseReturnValue:
 
 
 @bp.get("")
+@operation("List files, newest first", query=list_form, tags=("files",), responses={200: "FileList"})
 def list_files() -> ResponseReturnValue:
-    purpose = request.args.get("purpose")
+    purpose = list_form(get_settings()).read("purpose", request.args.to_dict())
     rows, limit = newest_first(File, *([File.purpose == purpose] if purpose else []), max_limit=10_000)
     return jsonify(page(rows, limit, File.to_dict))
 
 
 @bp.get("/<file_id>")
+@operation("Get a file's description", tags=("files",), responses={200: "File"})
 def get_file(file_id: str) -> ResponseReturnValue:
     return jsonify(get_or_404(get_session(), File, file_id, "file").to_dict())
 
 
 @bp.get("/<file_id>/content")
+@operation("Download a file's bytes", tags=("files",),
+           responses={200: text_response("The bytes.", "application/jsonl", "application/octet-stream")})
 def content(file_id: str) -> ResponseReturnValue:
     file = get_or_404(get_session(), File, file_id, "file")
     try:
@@ -61,6 +91,7 @@ def content(file_id: str) -> ResponseReturnValue:
 
 
 @bp.delete("/<file_id>")
+@operation("Delete a file", tags=("files",), responses={200: "FileDeleted"}, errors=("file_in_use",))
 def delete(file_id: str) -> ResponseReturnValue:
     session = get_session()
     file = get_or_404(session, File, file_id, "file")

@@ -15,9 +15,13 @@ from flask.typing import ResponseReturnValue
 from service import sync_chat
 from service.api.common import job_request_from
 from service.conversation import ImageRef, Turn, build
+from service.config import Settings
 from service.errors import ApiError, as_api_error
+from service.fields import Field, Form, JsonObject
 from service.images import ACCEPTED_FORMATS, decode_image_field
+from service.openapi import operation
 from service.settings import get_settings
+from service.sync_chat import SYNC_ERRORS
 
 bp = Blueprint("generate_content", __name__)
 
@@ -26,12 +30,40 @@ _STATUS_NAMES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ABORTED", 429:
                  500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
+class _Contents(Field):
+    """Google's `contents` (read by `_turn`): user and model turns of text and inline_data parts."""
+
+    codes = ("missing_field", "invalid_field", "invalid_base64", "invalid_image", "unsupported_image_format",
+             "image_too_many_pixels", "image_too_large")
+
+    def schema(self) -> dict[str, Any]:
+        part = {"type": "object", "properties": {"text": {"type": "string"}, "inline_data": {
+            "type": "object", "required": ["data"],
+            "properties": {"mime_type": {"type": "string"}, "data": {"type": "string"}}}}}
+        content = {"type": "object", "required": ["parts"], "properties": {
+            "role": {"enum": ["user", "model"]}, "parts": {"type": "array", "items": part}}}
+        return self._described({"type": "array", "minItems": 1, "items": content})
+
+
+def content_form(settings: Settings) -> Form:
+    """The request body; snake_case names are shown, and camelCase ones are accepted too."""
+    return Form((
+        _Contents(name="contents", required=True, description="One image in all, in a user turn."),
+        JsonObject(name="system_instruction", max_bytes=settings.max_prompt_chars * 4,
+                   description="{parts: [{text}]}: the system turn."),
+        JsonObject(name="generation_config", max_bytes=1024,
+                   description="temperature, top_p, max_output_tokens (or their camelCase names)."),
+    ))
+
+
 @bp.post("/v1/models/<model>:generateContent")
 @bp.post("/v1beta/models/<model>:generateContent")
+@operation("Google-compatible generateContent (waits for the answer)", tags=("compatible",), body=content_form,
+           errors=SYNC_ERRORS, error_schema="GoogleError", responses={200: "GenerateContentResponse"})
 def generate_content(model: str) -> ResponseReturnValue:
     settings = get_settings()
     if model not in settings.registry:
-        raise ApiError(404, "unknown_model", f"models/{model} is not found; available: {', '.join(settings.registry)}.",
+        raise ApiError(404, "not_found", f"models/{model} is not found; available: {', '.join(settings.registry)}.",
                        {"model": model})
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
@@ -75,7 +107,8 @@ def _turn(content: Any, where: str, role: str | None = None) -> Turn:
     """One Content ({role, parts}) as a Turn: text parts, and inline_data images kept for `build` to decode."""
     if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
         raise ApiError(400, "invalid_field", f"{where} must be an object with a 'parts' list.", {"field": where})
-    role = role or _ROLES.get(content.get("role", "user"))
+    named = content.get("role", "user")
+    role = role or (_ROLES.get(named) if isinstance(named, str) else None)  # a non-string role is refused, not a 500
     if role is None:
         raise ApiError(400, "invalid_field", f"{where}.role must be 'user' or 'model'.", {"field": f"{where}.role"})
     parts: list[str | ImageRef] = []

@@ -11,6 +11,8 @@ from service import presence
 from service.auth import public
 from service.db import get_db
 from service.dispatch import get_dispatcher
+from service.openapi import operation
+from service.schemas import ref
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +21,16 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 @public
+@operation("Liveness: the process answers", tags=("health",), responses={200: "Health"})
 def healthz() -> ResponseReturnValue:
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
 @public
+@operation("Readiness: database, Redis and a live model", tags=("health",),
+           responses={200: "Readiness", 503: {"description": "Not ready; `missing` says what.",
+                                              "content": {"application/json": {"schema": ref("Readiness")}}}})
 def readyz() -> ResponseReturnValue:
     """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing."""
     body = readiness()
@@ -33,6 +39,9 @@ def readyz() -> ResponseReturnValue:
 
 @bp.get("/health")
 @public
+@operation("Health in the OpenAI-compatible servers' shape", tags=("health",),
+           responses={200: "OpenAIHealth", 503: {"description": "Not ready; `missing` says what.",
+                                                 "content": {"application/json": {"schema": ref("OpenAIHealth")}}}})
 def health() -> ResponseReturnValue:
     """The OpenAI-compatible servers' health check: {"status": "healthy"} when ready."""
     body = readiness()

@@ -6,11 +6,15 @@ from flask.typing import ResponseReturnValue
 
 from service import jobs
 from service.api.common import (
+    NO_CACHE,
     get_or_404,
+    idempotency_key,
     image_bytes_field,
     job_request_from,
     newest_first,
+    options_form,
     page,
+    page_form,
     request_fields,
 )
 from service.auth import current_caller
@@ -19,24 +23,39 @@ from service.config import Settings
 from service.db import get_db, get_session
 from service.dispatch import get_dispatcher
 from service.errors import ApiError
-from service.fields import choice_option
-from service.images import ACCEPTED_FORMATS
+from service.fields import Choice, Form
+from service.images import ACCEPTED_FORMATS, ImageField
 from service.job_endings import get_job_endings
-from service.models import Job, JobStatus
+from service.models import Job, JobStatus, Priority
+from service.openapi import JSON, MULTIPART, operation, text_response
 from service.settings import get_settings
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
+def job_form(settings: Settings) -> Form:
+    """Everything POST /v1/jobs reads."""
+    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return (Form((image,)) + jobs.task_form(settings) + options_form(settings, priority=Priority.INTERACTIVE)
+            + Form((NO_CACHE,), extra_codes=("invalid_header", "idempotency_key_reused", "quota_exceeded",
+                                             "broker_unavailable")))
+
+
+def list_form(settings: Settings) -> Form:
+    return page_form() + Form((Choice(name="status", choices=[s.value for s in JobStatus]),))
+
+
 @bp.post("")
+@operation("Submit a job", body=job_form, media=(JSON, MULTIPART), headers=("Idempotency-Key",), tags=("jobs",),
+           responses={202: "Job"}, links={"GetJob": ("jobs.get_job", "job_id"),
+                                          "CancelJob": ("jobs.cancel_job", "job_id")})
 def create_job() -> ResponseReturnValue:
+    """Store the image and the job, then queue it; poll GET /v1/jobs/{id} for the result."""
     settings: Settings = get_settings()
     fields, files = request_fields()
     image_bytes = image_bytes_field(fields, files)
     job_request = job_request_from(settings, fields, image_bytes)
-    key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 255:
-        raise ApiError(400, "invalid_header", "Idempotency-Key is longer than 255 characters.")
+    key = idempotency_key()
 
     job, replayed = jobs.submit(get_session(), get_blobs(), get_dispatcher(), job_request, image_bytes, key,
                                 current_caller())
@@ -47,18 +66,24 @@ def create_job() -> ResponseReturnValue:
 
 
 @bp.get("")
+@operation("List jobs, newest first", query=list_form, tags=("jobs",), responses={200: "JobList"})
 def list_jobs() -> ResponseReturnValue:
-    status = choice_option(request.args.to_dict(), "status", choices=[s.value for s in JobStatus], default="")
+    status = list_form(get_settings()).read("status", request.args.to_dict())
     rows, limit = newest_first(Job, *([Job.status == status] if status else []))
     return jsonify(page(rows, limit, Job.to_dict))
 
 
 @bp.get("/<job_id>")
+@operation("Get a job", tags=("jobs",), responses={200: "Job"})
 def get_job(job_id: str) -> ResponseReturnValue:
     return jsonify(get_or_404(get_session(), Job, job_id, "job").to_dict())
 
 
 @bp.get("/<job_id>/image")
+@operation("Get a job's image", tags=("jobs",),
+           responses={200: text_response("The image as uploaded (cacheable: its bytes never change).",
+                                         *ACCEPTED_FORMATS.values()),
+                      304: {"description": "Not modified (If-None-Match matched the image's sha256)."}})
 def get_job_image(job_id: str) -> ResponseReturnValue:
     """The job's image as uploaded; its bytes never change (sha256-addressed), so browsers may keep it."""
     job = get_or_404(get_session(), Job, job_id, "job")
@@ -77,6 +102,7 @@ def get_job_image(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/<job_id>/cancel")
+@operation("Cancel a job", tags=("jobs",), responses={202: "Job"}, errors=("job_already_finished",))
 def cancel_job(job_id: str) -> ResponseReturnValue:
     """Cancel a queued job at once; ask a running job's worker to stop it, and wait briefly for that."""
     session = get_session()

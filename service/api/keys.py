@@ -6,9 +6,13 @@ from flask.typing import ResponseReturnValue
 
 from service import keys
 from service.api.common import get_or_404, newest_first, page, request_fields
+from service.api.common import page_form
 from service.auth import require_admin
+from service.config import Settings
 from service.db import get_session
+from service.fields import Form
 from service.models import ApiKey
+from service.openapi import operation
 
 bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
 
@@ -18,7 +22,17 @@ def _admins_only() -> None:
     require_admin()
 
 
+def key_form(settings: Settings) -> Form:
+    return keys.KEY_FORM
+
+
+def list_form(settings: Settings) -> Form:
+    return page_form()
+
+
 @bp.post("")
+@operation("Create an API key (admin); the answer is the only place its secret appears", tags=("keys",),
+           body=key_form, responses={201: "ApiKey"}, errors=("forbidden",))
 def create_key() -> ResponseReturnValue:
     fields, _ = request_fields()
     session = get_session()
@@ -28,17 +42,21 @@ def create_key() -> ResponseReturnValue:
 
 
 @bp.get("")
+@operation("List API keys, newest first (admin)", tags=("keys",), query=list_form, responses={200: "ApiKeyList"},
+           errors=("forbidden",))
 def list_keys() -> ResponseReturnValue:
     rows, limit = newest_first(ApiKey)
     return jsonify(page(rows, limit, ApiKey.to_dict))
 
 
 @bp.get("/<key_id>")
+@operation("Get an API key (admin)", tags=("keys",), responses={200: "ApiKey"}, errors=("forbidden",))
 def get_key(key_id: str) -> ResponseReturnValue:
     return jsonify(get_or_404(get_session(), ApiKey, key_id, "API key").to_dict())
 
 
 @bp.delete("/<key_id>")
+@operation("Revoke an API key (admin)", tags=("keys",), responses={200: "ApiKey"}, errors=("forbidden",))
 def revoke_key(key_id: str) -> ResponseReturnValue:
     """Revoke a key: it stops working at once, and stays listed with its revoked_at."""
     session = get_session()

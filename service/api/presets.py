@@ -6,6 +6,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from service.openapi import operation
 from service.presets import Preset
 from service.settings import get_settings
 
@@ -13,6 +14,7 @@ bp = Blueprint("presets", __name__, url_prefix="/v1/presets")
 
 
 @bp.get("")
+@operation("The configured presets", tags=("presets",), responses={200: "PresetList"})
 def list_presets() -> ResponseReturnValue:
     """Every preset with what it fills in; `model` null means the server's default_model."""
     presets = get_settings().presets

@@ -15,11 +15,14 @@ from flask.typing import ResponseReturnValue
 from service import presence, sync_chat
 from service.api.common import job_request_from
 from service.auth import public
+from service.config import Settings
 from service.dispatch import get_dispatcher
 from service.errors import ApiError, as_api_error
-from service.fields import int_option
-from service.images import ACCEPTED_FORMATS, decode_image_field
+from service.fields import Choice, Float, Form, Int, Text
+from service.images import ACCEPTED_FORMATS, ImageField, decode_image_field
+from service.openapi import operation
 from service.settings import get_settings
+from service.sync_chat import SYNC_ERRORS
 
 bp = Blueprint("simple_chat", __name__, url_prefix="/api/v1")
 
@@ -39,16 +42,29 @@ _CODES = {
 }
 
 
+def chat_form(settings: Settings) -> Form:
+    """The family's JSON body; `image` must be a data URL with its header (read by `_image`)."""
+    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return Form((
+        image, Text(name="prompt", max_chars=settings.max_prompt_chars),
+        Int(name="max_tokens", default=512, low=64, high=1024),
+        Float(name="temperature", default=0.0, low=0.0, high=2.0),
+        Choice(name="model", choices=sorted(settings.registry), default=settings.default_model, code="unknown_model"),
+    ), extra_codes=("missing_data_url_header", "image_side_too_long"))
+
+
 @bp.post("/chat")
+@operation("One image and a prompt, answered (numeric codes in every answer)", tags=("compatible",),
+           body=chat_form, errors=SYNC_ERRORS, error_schema="SimpleChatAnswer", responses={200: "SimpleChatAnswer"})
 def chat() -> ResponseReturnValue:
     settings = get_settings()
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "Send a JSON object: {image, prompt, max_tokens, temperature}.")
     image = _image(body.get("image"))
-    fields = {"prompt": body.get("prompt"), "model": body.get("model") or settings.default_model,
-              "temperature": body.get("temperature"),
-              "max_tokens": int_option(body, "max_tokens", default=512, low=64, high=1024)}
+    form = chat_form(settings)
+    fields = {"prompt": body.get("prompt"), "model": form.read("model", body), "temperature": body.get("temperature"),
+              "max_tokens": form.read("max_tokens", body)}
     job_request = job_request_from(settings, fields, image)
     info = job_request.image
     if max(info.width, info.height) > MAX_SIDE:
@@ -81,6 +97,10 @@ def _image(value: Any) -> bytes:
 
 @bp.get("/health")
 @public
+@operation("Ready while a live worker serves the default model", tags=("compatible",),
+           responses={200: "SimpleChatHealth", 503: {"description": "Loading or unavailable.", "content": {
+               "application/json": {"schema": {"$ref": "#/components/schemas/SimpleChatHealth"}}}}},
+           error_schema="SimpleChatAnswer")
 def health() -> ResponseReturnValue:
     """{status: ok} while a live worker serves the default model; otherwise 503 with status loading or unavailable."""
     model = get_settings().default_model

@@ -7,29 +7,73 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from service import webhooks
-from service.api.common import get_or_404, newest_first, page, request_fields
+from service.api.common import get_or_404, newest_first, page, page_form, request_fields
 from service.auth import current_tenant
 from service.db import get_session
 from service.errors import ApiError
-from service.fields import webhook_secret_option, webhook_url_option
+from service.config import Settings
+from service.fields import Choice, Field, Form, Text, WebhookSecret, WebhookUrl
 from service.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from service.openapi import operation
 from service.settings import get_settings
 from service.webhook_signing import generate_secret
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 
 
+class _Events(Field):
+    """Event types an endpoint receives (all when absent)."""
+
+    def read(self, fields: dict[str, Any]) -> list[str] | None:
+        value = fields.get(self.name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+            raise ApiError(400, "invalid_field", "'events' must be a non-empty list of event types.",
+                           {"field": "events"})
+        unknown = sorted(set(value) - set(webhooks.EVENT_TYPES))
+        if unknown:
+            raise ApiError(400, "invalid_field", f"'events' has unknown event types: {', '.join(unknown)}.",
+                           {"field": "events", "available": list(webhooks.EVENT_TYPES)})
+        return sorted(set(value), key=webhooks.EVENT_TYPES.index)
+
+    def schema(self) -> dict[str, Any]:
+        return self._described({"type": "array", "minItems": 1, "items": {"enum": list(webhooks.EVENT_TYPES)}})
+
+
+def endpoint_form(settings: Settings) -> Form:
+    return Form((
+        WebhookUrl(name="url", allow_cidrs=settings.egress_allow_cidrs, required=True),
+        WebhookSecret(name="secret", description="whsec_<base64>; generated when absent (shown only once)."),
+        _Events(name="events", description="Event types to receive; all when absent."),
+        Text(name="description", max_chars=500, required=False),
+    ), extra_codes=("missing_field",))
+
+
+def deliveries_form(settings: Settings) -> Form:
+    ids = [Text(name=name, max_chars=64, required=False) for name in ("job_id", "subject_id", "endpoint_id")]
+    status = Choice(name="status", choices=["pending", "succeeded", "failed", "cancelled"])
+    return page_form() + Form((*ids, status))
+
+
+def list_form(settings: Settings) -> Form:
+    return page_form()
+
+
 @bp.post("")
+@operation("Register a webhook endpoint", body=endpoint_form, tags=("webhooks",), responses={201: "WebhookEndpoint"},
+           links={"GetEndpoint": ("webhooks.get_endpoint", "endpoint_id"),
+                  "DeleteEndpoint": ("webhooks.delete_endpoint", "endpoint_id")})
 def create_endpoint() -> ResponseReturnValue:
     """Register a receiver; the answer is the only one that shows its secret."""
     fields, _ = request_fields()
-    url = webhook_url_option(fields, "url", get_settings())
+    form = endpoint_form(get_settings())
+    url = form.read("url", fields)
     if url is None:
         raise ApiError(400, "missing_field", "'url' is required.", {"field": "url"})
     endpoint = WebhookEndpoint(
-        id=new_id("whep"), tenant=current_tenant(), url=url,
-        secret=webhook_secret_option(fields, "secret") or generate_secret(),
-        events=_events(fields.get("events")), description=_description(fields.get("description")),
+        id=new_id("whep"), tenant=current_tenant(), url=url, secret=form.read("secret", fields) or generate_secret(),
+        events=form.read("events", fields), description=form.read("description", fields),
         status="active", created_at=utcnow(),
     )
     session = get_session()
@@ -40,17 +84,20 @@ def create_endpoint() -> ResponseReturnValue:
 
 
 @bp.get("")
+@operation("List webhook endpoints", query=list_form, tags=("webhooks",), responses={200: "WebhookEndpointList"})
 def list_endpoints() -> ResponseReturnValue:
     rows, limit = newest_first(WebhookEndpoint, WebhookEndpoint.deleted_at.is_(None))
     return jsonify(page(rows, limit, webhooks.endpoint_to_dict))
 
 
-@bp.get("/<endpoint_id>")
+@bp.get("/<id:endpoint_id>")
+@operation("Get a webhook endpoint", tags=("webhooks",), responses={200: "WebhookEndpoint"})
 def get_endpoint(endpoint_id: str) -> ResponseReturnValue:
     return jsonify(webhooks.endpoint_to_dict(_live_endpoint(endpoint_id)))
 
 
-@bp.delete("/<endpoint_id>")
+@bp.delete("/<id:endpoint_id>")
+@operation("Delete a webhook endpoint", tags=("webhooks",), responses={200: "WebhookEndpointDeleted"})
 def delete_endpoint(endpoint_id: str) -> ResponseReturnValue:
     """Stop sending to an endpoint; its delivery log is kept, its pending deliveries are cancelled."""
     session = get_session()
@@ -62,17 +109,20 @@ def delete_endpoint(endpoint_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/deliveries")
+@operation("The delivery log", query=deliveries_form, tags=("webhooks",), responses={200: "WebhookDeliveryList"})
 def list_deliveries() -> ResponseReturnValue:
     """The delivery log, newest first; filter by `job_id` (or any `subject_id`), `endpoint_id`, `status`."""
-    args = request.args
-    filters = ((WebhookDelivery.subject_id, args.get("job_id") or args.get("subject_id")),
-               (WebhookDelivery.endpoint_id, args.get("endpoint_id")), (WebhookDelivery.status, args.get("status")))
+    args, form = request.args.to_dict(), deliveries_form(get_settings())
+    filters = ((WebhookDelivery.subject_id, form.read("job_id", args) or form.read("subject_id", args)),
+               (WebhookDelivery.endpoint_id, form.read("endpoint_id", args)),
+               (WebhookDelivery.status, form.read("status", args)))
     rows, limit = newest_first(WebhookDelivery, *(column == value for column, value in filters if value))
     logs = webhooks.attempts_of(get_session(), [row.id for row in rows])
     return jsonify(page(rows, limit, lambda row: webhooks.delivery_to_dict(row, logs[row.id])))
 
 
 @bp.get("/deliveries/<delivery_id>")
+@operation("Get a delivery and its attempt log", tags=("webhooks",), responses={200: "WebhookDelivery"})
 def get_delivery(delivery_id: str) -> ResponseReturnValue:
     session = get_session()
     delivery = get_or_404(session, WebhookDelivery, delivery_id, "webhook delivery")
@@ -80,6 +130,8 @@ def get_delivery(delivery_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/deliveries/<delivery_id>/redeliver")
+@operation("Send a delivery again", tags=("webhooks",), responses={202: "WebhookDelivery"},
+           errors=("webhook_endpoint_disabled",))
 def redeliver(delivery_id: str) -> ResponseReturnValue:
     """Send a delivery again, under its original webhook-id, so the receiver can still deduplicate."""
     session = get_session()
@@ -102,22 +154,3 @@ def _live_endpoint(endpoint_id: str) -> WebhookEndpoint:
     if endpoint.deleted_at is not None:
         raise ApiError(404, "not_found", f"No webhook endpoint with id {endpoint_id!r}.", {"id": endpoint_id})
     return endpoint
-
-
-def _events(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
-        raise ApiError(400, "invalid_field", "'events' must be a non-empty list of event types.", {"field": "events"})
-    unknown = sorted(set(value) - set(webhooks.EVENT_TYPES))
-    if unknown:
-        raise ApiError(400, "invalid_field", f"'events' has unknown event types: {', '.join(unknown)}.",
-                       {"field": "events", "available": list(webhooks.EVENT_TYPES)})
-    return sorted(set(value), key=webhooks.EVENT_TYPES.index)
-
-
-def _description(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or len(value) > 500):
-        raise ApiError(400, "invalid_field", "'description' must be a string of at most 500 characters.",
-                       {"field": "description"})
-    return value

@@ -60,7 +60,7 @@ class OpenVINOVLMEngine(Engine):
         config = pipeline_process.PipelineConfig(
             path=str(self._model.path), device=self._model.spec.device, batch_size=self._settings.batch_size,
             kv_cache_gb=self._settings.kv_cache_gb, properties=self._properties(),
-            scheduler=dict(self._settings.scheduler))
+            scheduler=dict(self._settings.scheduler), log_format=self._settings.log_format)
         self._process = self._context.Process(
             target=pipeline_process.serve, args=(config, self._requests, self._results),
             name=f"vlq-engine-{self.name}", daemon=True)

@@ -22,9 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import logs
 from workers.engines.base import GenerationResult
 
 log = logging.getLogger(__name__)
+_SMALLEST = 1e-6  # the least temperature or top_p sent to the engine (both are practically greedy there)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class PipelineConfig:
     kv_cache_gb: int
     properties: dict[str, Any]
     scheduler: dict[str, Any] = field(default_factory=dict)  # SchedulerConfig fields set on top of ours
+    log_format: str = "json"  # a spawned child starts with no logging set up; it logs like its worker
 
 
 @dataclass
@@ -60,6 +63,7 @@ class _OutOfMemory(RuntimeError):
 
 def serve(config: PipelineConfig, requests: Any, results: Any) -> None:
     """The child's entry point: build the pipeline, say so, then loop until told to stop."""
+    logs.configure(config.log_format)
     try:
         started = time.monotonic()
         loop = _Loop(config, results)
@@ -265,10 +269,11 @@ def _generation_config(generation: dict[str, Any]) -> Any:
     config.max_new_tokens = generation["max_tokens"]
     config.ignore_eos = generation["ignore_eos"]
     if generation["temperature"] > 0:
+        # The engine holds both as float32, and refuses 0: a positive value below float32's range would become 0.
         config.do_sample = True
-        config.temperature = generation["temperature"]
+        config.temperature = max(generation["temperature"], _SMALLEST)
         if generation.get("top_p") is not None:
-            config.top_p = generation["top_p"]
+            config.top_p = max(generation["top_p"], _SMALLEST)
     if generation.get("regex") is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(regex=generation["regex"])
     elif generation.get("json_schema") is not None:

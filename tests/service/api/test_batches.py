@@ -141,7 +141,7 @@ def _png(name="a.png"):
 
 
 BAD_BATCHES = {
-    "no input file": (lambda: {"json": {"endpoint": "/v1/chat/completions"}}, "invalid_field"),
+    "no input file": (lambda: {"json": {"endpoint": "/v1/chat/completions"}}, "missing_field"),
     "unknown input file": (lambda: {"json": {"input_file_id": "file_x", "endpoint": "/v1/chat/completions"}},
                            "invalid_field"),
     "native without images": (lambda: {"data": {"prompt": "x"}}, "missing_field"),
