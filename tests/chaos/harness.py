@@ -68,6 +68,7 @@ class Figures:
     accepted_while_redis_down: int = 0
     redeliveries: int = 0  # an event id delivered again after the receiver answered 2xx
     kills: int = 0
+    crashes: int = 0  # workers that exited on their own and were restarted, as a process manager would
     redis_restarts: int = 0
     postgres_cuts: int = 0
     elapsed_s: float = 0.0
@@ -96,6 +97,7 @@ class Figures:
             f"  duplicated   {self.duplicated_total:6d}   {self.duplicated}",
             f"  webhooks: {self.redeliveries} redeliveries of an event id the receiver had already taken "
             "(at-least-once)",
+            f"  workers that exited on their own and were restarted: {self.crashes}",
         ])
 
 
@@ -217,6 +219,7 @@ class ChaosRun:
     def _chaos(self) -> None:
         next_kill = time.monotonic() + self.config.kill_every_s
         while not self._done.wait(0.2):
+            self._restart_exited_workers()
             progress = len(self.accepted) / self.config.jobs
             if not self.figures.redis_restarts and progress >= 1 / 3:
                 self._restart_redis()
@@ -257,6 +260,18 @@ class ChaosRun:
         self.workers.append(self.stack.start("worker", VLQ_MODELS=TINY))
         self.figures.kills += 1
         return True
+
+    def _restart_exited_workers(self) -> None:
+        """Start a new worker for each one that exited by itself, as compose's restart policy or systemd would.
+
+        A worker can exit when Redis goes away under it: kombu's Redis transport fails restoring unacknowledged
+        messages ("Unrecoverable error: ... no attribute 'hostname'") and Celery stops. Its jobs are not lost
+        (orphan recovery requeues them); the count is reported, not hidden.
+        """
+        for worker in [worker for worker in self.workers if worker.process.poll() is not None]:
+            self.workers.remove(worker)
+            self.workers.append(self.stack.start("worker", VLQ_MODELS=TINY))
+            self.figures.crashes += 1
 
     def _serving(self) -> list[WorkerProcess]:
         try:
