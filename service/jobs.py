@@ -60,7 +60,8 @@ class JobRequest:
         fields = asdict(self) | {"image": None}
         fields.pop("stream")  # how the answer is delivered, not what is asked
         # Options added later count only when set, so requests from before them keep their fingerprints.
-        for holder, name in ((fields["task"], "messages"), (fields["task"]["options"], "top_p")):
+        for holder, name in ((fields["task"], "messages"), (fields["task"], "max_pixels"),
+                             (fields["task"]["options"], "top_p")):
             if holder[name] is None:
                 del holder[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -78,6 +79,8 @@ class JobRequest:
                   "max_tokens": options.max_tokens, "schema": task.response_schema, "ocr": task.ground_with_ocr}
         if task.messages is not None:  # a conversation: every turn counts, not only the last prompt
             fields["messages"] = task.messages
+        if task.max_pixels is not None:  # the model saw a smaller image
+            fields["max_pixels"] = task.max_pixels
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -91,10 +94,12 @@ class Task:
     response_schema: dict[str, Any] | None
     ground_with_ocr: bool
     messages: list[dict[str, Any]] | None = None  # a conversation (see Job.messages); `prompt` is its last turn
+    max_pixels: int | None = None  # the preset's bound on the image's size, below the model's; None: the model's
 
     def job_fields(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "preset": self.preset, "response_schema": self.response_schema,
-                "ground_with_ocr": self.ground_with_ocr, "messages": self.messages, **self.options.job_fields()}
+                "ground_with_ocr": self.ground_with_ocr, "messages": self.messages, "max_pixels": self.max_pixels,
+                **self.options.job_fields()}
 
 
 def task_form(settings: Settings) -> Form:
@@ -147,7 +152,7 @@ def resolve_task(settings: Settings, fields: dict[str, Any], messages: list[dict
         raise ApiError(400, "invalid_field", "'ground_with_ocr' works on a single prompt, not a conversation.",
                        {"field": "ground_with_ocr"})
     return Task(prompt=prompt or "", options=options, preset=preset.name if preset else None, response_schema=schema,
-                ground_with_ocr=ground_with_ocr, messages=messages)
+                ground_with_ocr=ground_with_ocr, messages=messages, max_pixels=preset.max_pixels if preset else None)
 
 
 def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:

@@ -232,6 +232,7 @@ class Job(TenantOwned, Base):
     preset: Mapped[str | None] = mapped_column(String(64))
     response_schema: Mapped[dict[str, Any] | None]  # the output must validate against it (preset or response_format)
     ground_with_ocr: Mapped[bool] = mapped_column(default=False)
+    max_pixels: Mapped[int | None]  # the preset's bound on the image's size, if lower than the model's
     # Identical requests share a key (see service.cache); None for requests that are never cached.
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     cached_from: Mapped[str | None] = mapped_column(String(40))  # the job whose result this one reused

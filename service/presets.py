@@ -1,4 +1,4 @@
-"""Task presets: a named prompt + optional JSON schema + max_tokens + model, chosen with `preset` on a job.
+"""Task presets: a named prompt + optional JSON schema + max_tokens + model + max_pixels, chosen with `preset` on a job.
 
 Built-in presets are defined here; config.yaml's `presets:` section changes their fields or adds new ones.
 `apply_preset` is the one place a request's fields are filled from a preset (jobs today, batch items later).
@@ -36,6 +36,8 @@ def _document_schema(party: str, extra: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "required": list(properties), "properties": properties}
 
 
+MIN_PIXELS = 32 * 32  # one Qwen3-VL image token (16 px patches, merged 2x2)
+
 MODERATION_LABELS = ("safe", "nudity", "violence", "hate", "drugs", "weapons", "spam", "other")
 
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -48,11 +50,15 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
         "prompt": "Extract the invoice's fields as JSON. Use null for what is not on the invoice; dates as YYYY-MM-DD.",
         "schema": _document_schema("vendor", {"invoice_number": {"type": ["string", "null"], "maxLength": 32}}),
     },
-    "describe": {"prompt": "Describe the product or scene in this image in one sentence.", "max_tokens": 64},
+    # A sentence or a label needs the gist of an image, not its small print: half the model's pixels halves the
+    # image tokens, and costs about a third less time per image (docs/BENCHMARKS.md, "max_pixels per preset").
+    "describe": {"prompt": "Describe the product or scene in this image in one sentence.", "max_tokens": 64,
+                 "max_pixels": 100_352},
     "moderate": {
         "prompt": "Classify this image for content moderation. Pick the one label that fits best, "
                   "give a short reason and your confidence from 0 to 1.",
         "labels": list(MODERATION_LABELS),
+        "max_pixels": 100_352,
     },
 }
 
@@ -70,6 +76,7 @@ class Preset:
     max_tokens: int | None = None  # None: enough for the schema's longest output, else default_max_tokens
     labels: tuple[str, ...] = ()  # a label-classification preset: output {label, reason, confidence}
     ground_with_ocr: bool = False
+    max_pixels: int | None = None  # lowers the model's max_pixels for this task; None: the model's
 
     def output_schema(self) -> dict[str, Any] | None:
         if self.labels:
@@ -114,6 +121,8 @@ def _build(name: str, fields: dict[str, Any], models: Mapping[str, Any], max_tok
         grammar = compile_schema(schema)
         budget = grammar.max_tokens if grammar else max_tokens_limit
         preset = dataclasses.replace(preset, max_tokens=min(budget, max_tokens_limit))
+    if preset.max_pixels is not None and (type(preset.max_pixels) is not int or preset.max_pixels < MIN_PIXELS):
+        raise PresetError(f"preset {name!r}: max_pixels must be an integer of at least {MIN_PIXELS}")
     if preset.max_tokens is not None and not 1 <= preset.max_tokens <= max_tokens_limit:
         raise PresetError(f"preset {name!r}: max_tokens must be between 1 and {max_tokens_limit}")
     return preset

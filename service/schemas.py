@@ -108,7 +108,7 @@ API_KEY = obj({
 
 PRESET = obj({"object": {"const": "preset"}, "name": STRING, "prompt": nullable(STRING), "model": nullable(STRING),
               "max_tokens": nullable(INTEGER), "schema": nullable(OBJECT), "labels": {"type": "array"},
-              "ground_with_ocr": BOOLEAN})
+              "ground_with_ocr": BOOLEAN, "max_pixels": nullable(INTEGER)})
 
 # The compatible API families (README "Compatible APIs"): their answers and their own error shapes.
 OPENAI_ERROR = obj({"error": obj({"message": STRING, "type": STRING, "param": nullable(STRING),

@@ -134,6 +134,8 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
         "webhook_timeout_s": 1,
         "egress_allow_cidrs": ["127.0.0.0/8"],
         "sync_timeout_s": 60,
+        # The tiny model's bound is 128x128 pixels: 16 image tokens of 32x32. This preset lowers it to 64x64.
+        "presets": {"thumbnail": {"prompt": "What is in this picture?", "max_pixels": 64 * 64}},
         "models": {
             TINY: {"source": "builtin:tiny-random", "weight_format": "fp16", "max_pixels": 128 * 128},
             # Aliases of the same export, each served only by the workers a test starts for it

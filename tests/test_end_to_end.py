@@ -30,6 +30,20 @@ def test_submit_then_poll_returns_the_result_with_engine_stats(client, worker):
     assert job["started_at"] and job["finished_at"] and job["error"] is None
 
 
+def test_a_preset_with_max_pixels_shows_the_model_a_smaller_image(client, worker, settings):
+    image = make_image("PNG", size=(256, 256))
+    thumbnail, full = (
+        wait_for_status(client, client.post("/v1/jobs", data={
+            "image": (io.BytesIO(image), "photo.png"), "max_tokens": "4", **fields}).get_json()["id"],
+            {"succeeded", "failed"})
+        for fields in ({"preset": "thumbnail"}, {"prompt": settings.presets["thumbnail"].prompt})
+    )
+    assert thumbnail["status"] == full["status"] == "succeeded"
+    assert full["cached"] is False  # same prompt and image, but the model saw another image
+    # 64x64 pixels is 2x2 image tokens, the model's 128x128 is 4x4; the prompts are otherwise the same.
+    assert full["usage"]["prompt_tokens"] - thumbnail["usage"]["prompt_tokens"] == 16 - 4
+
+
 def test_a_batch_of_jobs_runs_together_in_the_engine(client, worker):
     ids = [client.post("/v1/jobs", json={
         "image": base64.b64encode(make_image(color=(i, 0, 0))).decode(), "prompt": "Describe it.",

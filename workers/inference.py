@@ -66,7 +66,8 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
                            error=("model_unavailable", f"This worker does not serve {job.model!r}."))
         try:
             blob = runtime.blobs.get(job.image_sha256)
-            image = prepare_image(blob, runtime.settings.registry[job.model].max_pixels)
+            bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
+            image = prepare_image(blob, min(bound, job.max_pixels or bound))
         except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=("image_unreadable", f"The stored image could not be read: {exc}"))

@@ -24,4 +24,4 @@ def list_presets() -> ResponseReturnValue:
 def _render(preset: Preset) -> dict[str, Any]:
     return {"object": "preset", "name": preset.name, "prompt": preset.prompt, "model": preset.model,
             "max_tokens": preset.max_tokens, "schema": preset.output_schema(), "labels": list(preset.labels),
-            "ground_with_ocr": preset.ground_with_ocr}
+            "ground_with_ocr": preset.ground_with_ocr, "max_pixels": preset.max_pixels}

@@ -38,6 +38,8 @@ presets:
     ("{prompt: Hi, temperature: 3}", "unknown key"),
     ("{prompt: Hi, max_tokens: 999999}", "max_tokens"),
     ("{prompt: Hi, model: rapidocr, schema: {type: object}}", "OCR model"),
+    ("{prompt: Hi, max_pixels: 100}", "max_pixels must be an integer of at least 1024"),
+    ("{prompt: Hi, max_pixels: 5e4}", "max_pixels must be an integer"),
 ])
 def test_invalid_presets_fail_at_load(tmp_path, preset, message):
     with pytest.raises(ConfigError, match=message):

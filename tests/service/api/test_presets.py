@@ -15,7 +15,7 @@ def test_presets_lists_the_built_ins_with_their_prompt_model_and_schema(client, 
     assert presets["ocr"]["model"] == "rapidocr" and presets["ocr"]["schema"] is None
     assert presets["describe"] == {"object": "preset", "name": "describe", "model": None, "max_tokens": 64,
                                    "prompt": settings.presets["describe"].prompt, "schema": None, "labels": [],
-                                   "ground_with_ocr": False}
+                                   "ground_with_ocr": False, "max_pixels": 100_352}
     receipt = presets["receipt"]
     assert "total" in receipt["schema"]["properties"] and receipt["max_tokens"] == settings.presets["receipt"].max_tokens
     assert presets["moderate"]["labels"][0] == "safe" and presets["moderate"]["schema"]["required"][0] == "label"
