@@ -19,7 +19,7 @@ bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
 	$(BIN)/python -m bench.service_bench
 
 bench-full: $(STAMP)  ## the 2B architecture: PyTorch fp32/bf16 vs OpenVINO int8/int4 x batch vs service (about an hour here)
-	$(BIN)/python -m bench.full_bench --tune kv-f16,no-dynamic-quantization,batched-tokens-1024,prefix-caching,max-pixels-100k,int4-g64 --write docs/BENCHMARKS.md
+	$(BIN)/python -m bench.full_bench --tune no-dynamic-quantization,f32-compute,kv-f16,prefix-caching,batched-tokens-1024,threads-1,no-pinning,max-pixels-100k,int4-g64,int4-g32 --write docs/BENCHMARKS.md
 
 eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts and invoices -> docs/BENCHMARKS.md
 	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md

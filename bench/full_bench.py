@@ -84,6 +84,11 @@ def export_dir(cache: Path, export: Export) -> Path:
     return path
 
 
+def openvino(cache: Path, export: Export) -> dict[str, str]:
+    """What a measurement needs to run the worker's OpenVINO engine on `export`."""
+    return {"engine": "openvino", "model_dir": str(export_dir(cache, export)), "weight_format": export.weight_format}
+
+
 @dataclass
 class Row:
     """One line of the table: a configuration and what it measured."""
@@ -144,9 +149,8 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
         api_key = bench_key(load_settings(environ={"VLQ_CONFIG": str(settings_file)}))
         http.headers["Authorization"] = f"Bearer {api_key}"
         redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
-        started = time.monotonic()
-        processes = start_service(settings_file, MODEL, workers=1)
-        ready_s = time.monotonic() - started
+        service = start_service(settings_file, MODEL, workers=1)
+        processes = service.processes
         worker_rss = PeakRss(psutil.Process(processes[1].pid))
         try:
             sources = receipt_images(images)
@@ -157,7 +161,7 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
             for process in processes:
                 process.wait(timeout=300)
     return {"requests": requests, "elapsed_s": requests / rate, "generated": requests * tokens,
-            "ready_s": ready_s, "peak_rss_bytes": worker_rss.stop()}
+            "ready_s": service.worker_ready_s, "peak_rss_bytes": worker_rss.stop()}
 
 
 def gemm_gflops(seconds: float = 3.0) -> float:
@@ -196,6 +200,8 @@ def flops_per_image(checkpoint: Path, prompt_tokens: int, image_tokens: int, gen
 TUNING = {
     "kv-f16": {"properties": {"KV_CACHE_PRECISION": "f16"}},
     "no-dynamic-quantization": {"properties": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}},
+    "f32-compute": {"properties": {"INFERENCE_PRECISION_HINT": "f32"}},  # bf16 is the default where the CPU has it
+    "no-pinning": {"properties": {"ENABLE_CPU_PINNING": False}},
     "batched-tokens-1024": {"scheduler": {"max_num_batched_tokens": 1024}},
     "prefix-caching": {"scheduler": {"enable_prefix_caching": True}},
     "threads-1": {"threads": 1},
@@ -227,8 +233,8 @@ def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load
         lines += [service.markdown(baseline), "",
                   f"Service path / raw engine (int8, batch {service.batch}, same images): "
                   f"**{service.images_per_s / engine.images_per_s:.2f}**. The service row's ready time is from "
-                  "starting the API and worker until the worker reported the model live (OpenVINO's compiled-model "
-                  "cache warm); its RSS is the worker's (Celery process and engine process together)."]
+                  "starting `vlq worker` (the API already up) until it reported the model live in /readyz "
+                  "(OpenVINO's compiled-model cache warm); its RSS is the worker's (Celery process and engine process together)."]
     single = next((row for row in rows if row.name == "OpenVINO int8" and row.batch == 1), None)
     if single is not None:
         lines += where_time_goes(single, args, gflops)
@@ -292,14 +298,14 @@ def main() -> None:
     for label in filter(None, args.formats.split(",")):
         for batch in batches:
             rows.append(Row(f"OpenVINO {label}", batch, measure(
-                {**common, "engine": "openvino", "model_dir": str(export_dir(args.cache, EXPORTS[label])),
-                 "batch_size": batch, "requests": max(batch, args.min_requests)})))
+                {**common, **openvino(args.cache, EXPORTS[label]), "batch_size": batch,
+                 "requests": max(batch, args.min_requests)})))
             print(rows[-1].markdown(rows[0].images_per_s), flush=True)
     for name in filter(None, args.tune.split(",")):
         variant = dict(TUNING[name])
-        model_dir = export_dir(args.cache, EXPORTS[variant.pop("export", "int8")])
+        export = EXPORTS[variant.pop("export", "int8")]
         rows.append(Row(f"OpenVINO int8, {name}" if "int4" not in name else f"OpenVINO {name}", 8, measure(
-            {**common, **variant, "engine": "openvino", "model_dir": str(model_dir), "batch_size": 8,
+            {**common, **variant, **openvino(args.cache, export), "batch_size": 8,
              "requests": max(8, args.min_requests)})))
         print(rows[-1].markdown(rows[0].images_per_s), flush=True)
     service = None

@@ -144,7 +144,9 @@ def run_openvino(config: dict[str, Any], images: list[Any]) -> dict[str, Any]:
         "model_cache": config["cache"], "inference_threads": config.get("threads", 0),
         "openvino_properties": config.get("properties", {}), "scheduler": config.get("scheduler", {}),
     }, environ={})
-    spec = ModelSpec(name="bench", source="builtin:qwen3-vl-2b-random", max_pixels=config["max_pixels"])
+    # The service's registry name and format, so that both use (and warm) the same compiled-model cache.
+    spec = ModelSpec(name="qwen3-vl-2b-random", source="builtin:qwen3-vl-2b-random",
+                     weight_format=config["weight_format"], max_pixels=config["max_pixels"])
     engine = create_engine(LocalModel(spec=spec, path=Path(config["model_dir"])), settings)
     engine.load()
     engine.warmup()

@@ -20,8 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -148,21 +151,41 @@ def _wait_batch(http: requests.Session, batch_id: str, statuses: set[str]) -> di
         time.sleep(0.05)
 
 
-def start_service(settings_file: Path, model: str, workers: int) -> list[subprocess.Popen[bytes]]:
+@dataclass
+class Service:
+    """The API and worker processes of a bench run, and how long the workers took to serve the model."""
+
+    processes: list[subprocess.Popen[bytes]]
+    worker_ready_s: float  # from starting the worker processes (API already up) until each reported the model live
+
+
+def start_service(settings_file: Path, model: str, workers: int) -> Service:
+    """Start the API, wait until it answers, then start the workers and wait until each serves `model`."""
     env = {**os.environ, "VLQ_CONFIG": str(settings_file), "PYTHONUNBUFFERED": "1"}
     logs = open(settings_file.parent / "service.log", "wb")
-    commands = [["api", "--workers", "2"], *[["worker", "--loglevel", "WARNING"]] * workers]
-    processes = [subprocess.Popen([sys.executable, "-m", "service.cli", *command], cwd=ROOT, env=env,
-                                  stdout=logs, stderr=subprocess.STDOUT) for command in commands]
+
+    def start(command: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "service.cli", *command], cwd=ROOT, env=env,
+                                stdout=logs, stderr=subprocess.STDOUT)
+
+    processes = [start(["api", "--workers", "2"])]
+    _wait(lambda body: True, settings_file)
+    started = time.monotonic()
+    processes += [start(["worker", "--loglevel", "WARNING"]) for _ in range(workers)]
+    _wait(lambda body: sum(w["models"].get(model, {}).get("status") == "live" for w in body["workers"]) >= workers,
+          settings_file)
+    return Service(processes, time.monotonic() - started)
+
+
+def _wait(ready: Callable[[dict[str, Any]], bool], settings_file: Path) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            body = requests.get(f"{BASE}/readyz", timeout=2).json()
-            if sum(w["models"].get(model, {}).get("status") == "live" for w in body["workers"]) >= workers:
-                return processes
+            if ready(requests.get(f"{BASE}/readyz", timeout=2).json()):
+                return
         except requests.RequestException:
             pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise TimeoutError(f"the service did not become ready; see {settings_file.parent / 'service.log'}")
 
 
@@ -221,7 +244,9 @@ def main() -> None:
               f"cores={os.cpu_count()}")
         engine_rate = bench_engine(settings, args.model, images, args.tokens)
         print(f"raw engine    {engine_rate:8.2f} images/s  {engine_rate * args.tokens:8.1f} tokens/s")
-        processes = start_service(settings_file, args.model, args.workers)
+        service = start_service(settings_file, args.model, args.workers)
+        processes = service.processes
+        print(f"worker ready  {service.worker_ready_s:8.1f} s from process start (API already up)")
         try:
             http = requests.Session()
             http.headers["Authorization"] = f"Bearer {api_key}"  # auth on, as a server runs: its cost is measured
