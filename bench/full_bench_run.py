@@ -164,7 +164,7 @@ def run_openvino(config: dict[str, Any], images: list[Any]) -> dict[str, Any]:
         "ready_s": ready_s, "elapsed_s": elapsed,
         "generated": sum(result.completion_tokens for result in results),
         "prompt_tokens": [result.prompt_tokens for result in results],
-        "ttft_s": [result.first_token_at - at for result, at in zip(results, submitted)],
+        "ttft_s": [result.first_token_at - at for result, at in zip(results, submitted, strict=True)],
         # The engine's own figures, for where the time goes.
         "encode_ms": [result.encode_ms for result in results],
         "engine_ttft_ms": [result.ttft_ms for result in results],
