@@ -192,7 +192,7 @@ class Float(Field):
 
 @dataclass(frozen=True, kw_only=True)
 class OptionalNumber(Field):
-    """A number in [low, high] (above low if `exclusive_low`); absent, null or empty reads as None: a default applies."""
+    """A number in [low, high] (above low if `exclusive_low`); absent, null or empty reads as None."""
 
     low: float
     high: float

@@ -14,11 +14,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 FORMATS = ("json", "text")
 CONTEXT_KEYS = ("job_id", "batch_id", "delivery_id")
-_context: ContextVar[Mapping[str, str]] = ContextVar("vlq_log_context", default={})
+_context: ContextVar[Mapping[str, str]] = ContextVar("vlq_log_context", default=MappingProxyType({}))
 # Ids are prefixed and time-ordered (service.models.new_id); the prefix says which key an id belongs to.
 _ID = re.compile(r"\b(job|batch|msg)_[0-9a-z]{26}\b")
 _KEY_OF_PREFIX = {"job": "job_id", "batch": "batch_id", "msg": "delivery_id"}

@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
-import requests
 import redis
+import requests
 import yaml
 from PIL import Image
 from standardwebhooks import Webhook

@@ -1,4 +1,4 @@
-"""`vlq run` (what `make run` calls): the API, a worker, beat and Flower as supervised children, all stopped together."""
+"""`vlq run` (what `make run` calls): the API, a worker, beat and Flower as supervised children, stopped together."""
 from __future__ import annotations
 
 import os

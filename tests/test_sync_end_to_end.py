@@ -8,12 +8,10 @@ import time
 import openai
 import pytest
 import redis
-import requests
 
 from service import presence
 from service.app import create_app
-from tests.conftest import (BROKEN, REDIS_URL, STUCK, TINY, data_url, keyed, make_image, release_stuck_model,
-                            serve)
+from tests.conftest import BROKEN, REDIS_URL, STUCK, TINY, data_url, keyed, make_image, release_stuck_model, serve
 
 BUSY = "tiny-sync"  # served by this module's one-slot worker, kept busy
 IDLE = "tiny-idle"  # in the registry and exported, but no worker ever serves it
@@ -152,7 +150,8 @@ def test_a_client_that_disconnects_mid_stream_gets_its_job_cancelled(http, live_
     assert job["usage"]["completion_tokens"] < 4000
 
 
-def test_a_client_that_leaves_while_its_stream_waits_in_the_queue_gets_its_job_cancelled(http, busy, live_server, client):
+def test_a_client_that_leaves_while_its_stream_waits_in_the_queue_gets_its_job_cancelled(
+        http, busy, live_server, client):
     body = {"model": BUSY, "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_url(make_image())}}, {"type": "text", "text": "Hi"}]}]}
     with http.post(f"{live_server}/v1/chat/completions", json=body, stream=True, timeout=60) as response:

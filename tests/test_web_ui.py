@@ -268,7 +268,8 @@ def test_a_batch_runs_with_progress_thumbnails_and_a_csv_download(page, live_ser
     expect(thumbs).to_have_count(4)
     for index in range(4):
         thumbs.nth(index).scroll_into_view_if_needed()
-        page.wait_for_function("(img) => img.complete && img.naturalWidth === 320", arg=thumbs.nth(index).element_handle())
+        page.wait_for_function("(img) => img.complete && img.naturalWidth === 320",
+                               arg=thumbs.nth(index).element_handle())
     expect(page.locator(f"#recent-batches [data-batch-id='{batch_id}'] .badge")).to_have_text("completed 4/4")
     snapshot(page, screenshot_dir / "batch.png")
 

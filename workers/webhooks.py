@@ -61,7 +61,8 @@ def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *
         return _post(db, settings, delivery_id, attempt, dispatcher)
 
 
-def _post(db: Database, settings: Settings, delivery_id: str, attempt: int, dispatcher: Dispatcher | None) -> str | None:
+def _post(db: Database, settings: Settings, delivery_id: str, attempt: int,
+          dispatcher: Dispatcher | None) -> str | None:
     with db.session() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         logs.bind(**logs.ids_in(delivery.subject_id))  # the job or batch the event is about

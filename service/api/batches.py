@@ -96,7 +96,8 @@ def results_form(settings: Settings) -> Form:
 
 @bp.post("")
 @operation("Create a batch", body={JSON: openai_form, MULTIPART: native_form}, headers=("Idempotency-Key",),
-           tags=("batches",), responses={200: "Batch"}, errors=("quota_exceeded", "broker_unavailable", "invalid_header"),
+           tags=("batches",), responses={200: "Batch"},
+           errors=("quota_exceeded", "broker_unavailable", "invalid_header"),
            links={"GetBatch": ("batches.get_batch", "batch_id"), "Results": ("batches.results", "batch_id"),
                   "CancelBatch": ("batches.cancel_batch", "batch_id")})
 def create_batch() -> ResponseReturnValue:

@@ -1,4 +1,5 @@
-"""Helpers every blueprint shares: reading request fields, tenant-scoped get-or-404 and listing, cursor pagination, job requests."""
+"""Helpers every blueprint shares: reading request fields, tenant-scoped get-or-404 and listing, cursor pagination,
+job requests."""
 from __future__ import annotations
 
 import hashlib
@@ -6,9 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from flask import request
-from werkzeug.routing import BaseConverter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.routing import BaseConverter
 
 from service import jobs
 from service.auth import current_tenant

@@ -14,8 +14,8 @@ from flask.typing import ResponseReturnValue
 
 from service import sync_chat
 from service.api.common import job_request_from
-from service.conversation import ImageRef, Turn, build
 from service.config import Settings
+from service.conversation import ImageRef, Turn, build
 from service.errors import ApiError, as_api_error
 from service.fields import Field, Form, JsonObject
 from service.images import ACCEPTED_FORMATS, decode_image_field

@@ -5,8 +5,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from service import keys
-from service.api.common import get_or_404, newest_first, page, request_fields
-from service.api.common import page_form
+from service.api.common import get_or_404, newest_first, page, page_form, request_fields
 from service.auth import require_admin
 from service.config import Settings
 from service.db import get_session

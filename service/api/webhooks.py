@@ -9,9 +9,9 @@ from flask.typing import ResponseReturnValue
 from service import webhooks
 from service.api.common import get_or_404, newest_first, page, page_form, request_fields
 from service.auth import current_tenant
+from service.config import Settings
 from service.db import get_session
 from service.errors import ApiError
-from service.config import Settings
 from service.fields import Choice, Field, Form, Text, WebhookSecret, WebhookUrl
 from service.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
 from service.openapi import operation

@@ -54,7 +54,8 @@ def test_scheduler_and_openvino_settings_reach_the_pipeline(model_cache):
     engine = create_engine(local_model(settings, settings.registry[TINY]), settings)
     engine.load()
     try:
-        assert engine.submit(GenerationRequest("Hi.", IMAGE, 4, ignore_eos=True)).result(timeout=60).completion_tokens == 4
+        result = engine.submit(GenerationRequest("Hi.", IMAGE, 4, ignore_eos=True)).result(timeout=60)
+        assert result.completion_tokens == 4
     finally:
         engine.close()
     wrong = load_settings({"model_cache": str(model_cache), "default_model": TINY,
@@ -154,7 +155,8 @@ def test_the_engine_process_exits_when_its_worker_is_killed(model_cache, tmp_pat
         "from workers.engines import create_engine\n"
         "from workers.registry import local_model\n"
         "if __name__ == '__main__':\n"
-        f"    settings = load_settings({{'model_cache': {str(model_cache)!r}, 'default_model': {TINY!r}}}, environ={{}})\n"
+        f"    settings = load_settings({{'model_cache': {str(model_cache)!r}, 'default_model': {TINY!r}}},\n"
+        "                             environ={})\n"
         f"    engine = create_engine(local_model(settings, settings.registry[{TINY!r}]), settings)\n"
         "    engine.load()\n"
         "    print(engine._process.pid, flush=True)\n"

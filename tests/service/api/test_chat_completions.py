@@ -3,7 +3,6 @@ import dataclasses
 
 import openai
 import pytest
-import requests
 
 from service.app import create_app
 from tests.conftest import TINY, data_url, make_image, serve

@@ -17,7 +17,8 @@ def test_presets_lists_the_built_ins_with_their_prompt_model_and_schema(client, 
                                    "prompt": settings.presets["describe"].prompt, "schema": None, "labels": [],
                                    "ground_with_ocr": False, "max_pixels": 100_352}
     receipt = presets["receipt"]
-    assert "total" in receipt["schema"]["properties"] and receipt["max_tokens"] == settings.presets["receipt"].max_tokens
+    assert "total" in receipt["schema"]["properties"]
+    assert receipt["max_tokens"] == settings.presets["receipt"].max_tokens
     assert presets["moderate"]["labels"][0] == "safe" and presets["moderate"]["schema"]["required"][0] == "label"
 
 

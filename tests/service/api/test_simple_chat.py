@@ -3,7 +3,6 @@ import base64
 import io
 
 import pytest
-import requests
 from PIL import Image
 
 from tests.conftest import TINY, data_url, make_image
