@@ -134,7 +134,11 @@ def machine() -> str:
 
 
 def measure_service(cache: Path, images: int, requests: int, tokens: int, batch: int) -> dict:
-    """HTTP -> API -> SQLite -> Redis -> one `vlq worker` -> SQLite, every image a job (as bench.service_bench)."""
+    """HTTP -> API -> SQLite -> Redis -> one `vlq worker` -> SQLite, every image a job (as bench.service_bench).
+
+    The client polls the oldest unfinished job every 0.25 s, as a polling client would; the end of the run is
+    seen at most that late.
+    """
     with tempfile.TemporaryDirectory(prefix="vlq-full-bench-") as tmp:
         config = {
             "database_url": f"sqlite:///{tmp}/bench.db", "redis_url": BENCH_REDIS_URL, "blob_dir": f"{tmp}/blobs",
@@ -154,7 +158,7 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
         worker_rss = PeakRss(psutil.Process(processes[1].pid))
         try:
             sources = receipt_images(images)
-            rate = bench_jobs(http, MODEL, [sources[i % len(sources)] for i in range(requests)], tokens)
+            rate = bench_jobs(http, MODEL, [sources[i % len(sources)] for i in range(requests)], tokens, poll_s=0.25)
         finally:
             for process in processes:
                 process.terminate()
@@ -186,6 +190,20 @@ def gemm_gflops(seconds: float = 2.0) -> dict[str, float]:
             runs += 1
         ceilings[name] = runs * 2 * size**3 / (time.perf_counter() - started) / 1e9
     return ceilings
+
+
+def memory_gib_s(seconds: float = 2.0) -> float:
+    """Memory bandwidth: bytes read plus written per second copying a 1 GiB buffer (every core), decode's ceiling."""
+    import torch
+
+    source = torch.ones(2**28)  # 1 GiB of fp32, far beyond any cache
+    target = torch.empty_like(source)
+    target.copy_(source)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        target.copy_(source)
+        runs += 1
+    return runs * 2 * source.nbytes / (time.perf_counter() - started) / 2**30
 
 
 def flops_per_image(checkpoint: Path, prompt_tokens: int, image_tokens: int, generated: int) -> dict[str, float]:
@@ -222,8 +240,8 @@ TUNING = {
 }
 
 
-def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load: float,
-            gflops: dict[str, float]) -> str:
+def section(rows: list[Row], pairs: list[tuple[Row, Row]], args: argparse.Namespace, load: float,
+            ceilings: dict[str, float]) -> str:
     baseline = next((row.images_per_s for row in rows if row.name.startswith("PyTorch fp32")), rows[0].images_per_s)
     lines = [
         "## Full-size benchmark: Qwen3-VL-2B compute, PyTorch vs OpenVINO vs the service", "",
@@ -241,21 +259,35 @@ def section(rows: list[Row], service: Row | None, args: argparse.Namespace, load
         "|---|---|---|---|---|---|---|---|---|",
         *(row.markdown(baseline) for row in rows),
     ]
-    if service is not None:
-        engine = next(row for row in rows if row.name == "OpenVINO int8" and row.batch == service.batch)
-        lines += [service.markdown(baseline), "",
-                  f"Service path / raw engine (int8, batch {service.batch}, same images): "
-                  f"**{service.images_per_s / engine.images_per_s:.2f}**. The service row's ready time is from "
-                  "starting `vlq worker` (the API already up) until it reported the model live in /readyz "
-                  "(OpenVINO's compiled-model cache warm); its RSS is the worker's (Celery process and engine "
-                  "process together)."]
+    if pairs:
+        lines += service_comparison(pairs, baseline)
     single = next((row for row in rows if row.name == "OpenVINO int8" and row.batch == 1), None)
     if single is not None:
-        lines += where_time_goes(single, args, gflops)
+        lines += where_time_goes(single, args, ceilings)
     return "\n".join(lines) + "\n"
 
 
-def where_time_goes(row: Row, args: argparse.Namespace, gflops: dict[str, float]) -> list[str]:
+def service_comparison(pairs: list[tuple[Row, Row]], baseline: float) -> list[str]:
+    """The service path against the raw engine on the same requests, run alternately so drift hits both."""
+    import statistics
+
+    ratios = [service.images_per_s / engine.images_per_s for engine, service in pairs]
+    engine, service = pairs[0]
+    return [
+        "", f"### Service path vs raw engine (int8, batch {engine.batch}, {engine.measured['requests']} requests, "
+        f"{len(pairs)} alternating runs each)", "",
+        "| run | batch | requests | images/s | tokens/s | vs PyTorch fp32 | TTFT p50 / p95 s | ready s "
+        "| peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(row.markdown(baseline) for pair in pairs for row in pair), "",
+        f"Service path / raw engine: {', '.join(f'{ratio:.2f}' for ratio in ratios)}; "
+        f"median **{statistics.median(ratios):.2f}**. The service's ready time is from starting `vlq worker` "
+        "(the API already up) until it reported the model live in /readyz (OpenVINO's compiled-model cache warm); "
+        "its RSS is the worker's (Celery process and engine process together).",
+    ]
+
+
+def where_time_goes(row: Row, args: argparse.Namespace, ceilings: dict[str, float]) -> list[str]:
     """From the engine's own figures at batch 1: image encoding, prefill and decoding, against the machine."""
     import statistics
 
@@ -279,8 +311,9 @@ def where_time_goes(row: Row, args: argparse.Namespace, gflops: dict[str, float]
         f"| {decode_s * (args.tokens - 1) / per_image:.0%} | {weights / 2**30:.2f} GiB of weights read per step "
         f"| {weights / decode_s / 2**30:.1f} GiB/s |",
         "", "The machine's ceilings, measured at the start of the run: a large matrix product (torch's oneDNN, "
-        f"every core) sustains {gflops['fp32']:.0f} GFLOP/s in fp32, {gflops['bf16']:.0f} in bf16 and "
-        f"{gflops['int8']:.0f} GOP/s in int8.",
+        f"every core) sustains {ceilings['fp32']:.0f} GFLOP/s in fp32, {ceilings['bf16']:.0f} in bf16 and "
+        f"{ceilings['int8']:.0f} GOP/s in int8; copying 1 GiB moves {ceilings['memory_gib_s']:.1f} GiB/s "
+        "(read + written).",
     ]
 
 
@@ -295,12 +328,13 @@ def main() -> None:
     parser.add_argument("--torch-requests", type=int, default=2)
     parser.add_argument("--min-requests", type=int, default=8, help="requests per OpenVINO run (at least the batch)")
     parser.add_argument("--tune", default="", help=f"comma-separated variants at int8 batch 8: {', '.join(TUNING)}")
-    parser.add_argument("--no-service", action="store_true")
+    parser.add_argument("--service-requests", type=int, default=24, help="requests per service/engine run (0: none)")
+    parser.add_argument("--service-runs", type=int, default=2, help="alternating engine and service runs")
     parser.add_argument("--write", type=Path, help="update this markdown file's section")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     load = os.getloadavg()[0]
-    gflops = gemm_gflops()
+    ceilings = {**gemm_gflops(), "memory_gib_s": memory_gib_s()}
     common = {"images": args.images, "tokens": args.tokens, "cache": str(args.cache)}
 
     rows = []
@@ -323,11 +357,15 @@ def main() -> None:
             {**common, **variant, **openvino(args.cache, export), "batch_size": 8,
              "requests": max(8, args.min_requests)})))
         print(rows[-1].markdown(rows[0].images_per_s), flush=True)
-    service = None
-    if not args.no_service:
-        service = Row("service path (HTTP, Redis, worker, DB), int8", 8,
-                      measure_service(args.cache, args.images, max(8, args.min_requests), args.tokens, 8))
-    text = section(rows, service, args, load, gflops)
+    pairs = []
+    for _ in range(args.service_runs if args.service_requests else 0):
+        engine = Row("OpenVINO int8 (raw engine)", 8, measure(
+            {**common, **openvino(args.cache, EXPORTS["int8"]), "batch_size": 8, "requests": args.service_requests}))
+        service = Row("service path (HTTP, Redis, worker, DB), int8", 8, measure_service(
+            args.cache, args.images, args.service_requests, args.tokens, 8))
+        pairs.append((engine, service))
+        print(engine.markdown(rows[0].images_per_s), service.markdown(rows[0].images_per_s), sep="\n", flush=True)
+    text = section(rows, pairs, args, load, ceilings)
     print(text)
     if args.write:
         write_section(args.write, text)
