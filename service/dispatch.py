@@ -39,6 +39,7 @@ from workers.celery_app import (
 log = logging.getLogger(__name__)
 
 BROKER_ERRORS = (KombuOperationalError, redis.RedisError, OSError)
+_UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a worker and not yet acknowledged
 _RUN_ID_KEY = "vlq:broker:run_id"  # the broker run the dispatcher last saw; see `broker_changed`
 _RECORD_CHUNK = 500
 
@@ -96,6 +97,11 @@ class Dispatcher:
     def queue_depth(self, model: str, priority: str) -> int:
         """Tasks waiting in a model's queue that no worker has taken yet."""
         return int(self.redis.llen(job_queue(model, priority)))
+
+    def held_by_workers(self) -> bytes:
+        """Every message workers have taken and not yet acknowledged (kombu's `unacked` hash), as one blob to
+        search for ids: a task's headers carry its arguments in plain text (`argsrepr`)."""
+        return b"\n".join(self.redis.hvals(_UNACKED_KEY))
 
     def publish_cancel(self, job_id: str) -> None:
         """Tell every worker to stop `job_id` if it is running there. Best effort: the cancel is recorded in the

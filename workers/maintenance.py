@@ -125,13 +125,14 @@ def redispatch(db: Database, dispatcher: Dispatcher, settings: Settings, limit: 
     when the broker restarted (or was flushed) and lost it: then every recorded send is forgotten first.
     Jobs younger than `dispatch_grace_s` are left to their own sender. Returns what was forgotten and sent.
     """
-    counts = {"forgotten": 0, "jobs": 0, "batches": 0}
+    counts = {"forgotten": 0, "lost": 0, "jobs": 0, "batches": 0}
     run_id = dispatcher.broker_changed()
     if run_id is not None:
         counts["forgotten"] = _forget_sends(db)
         dispatcher.remember_broker(run_id)  # only once the database agrees, so a failure here is retried
         log.warning("broker run %s is new (a restart or a flush): its messages may be gone; re-sending %d",
                     run_id, counts["forgotten"])
+    counts["lost"] = _forget_lost_messages(db, dispatcher, settings)
     cutoff = utcnow() - timedelta(seconds=settings.dispatch_grace_s)
     with db.session() as session:
         jobs = session.execute(select(Job.id, Job.model, Job.priority, Job.attempts).where(
@@ -152,6 +153,36 @@ def redispatch(db: Database, dispatcher: Dispatcher, settings: Settings, limit: 
         log.info("dispatcher sent %d job(s) and %d batch ingest(s) the broker did not have",
                  counts["jobs"], counts["batches"])
     return counts
+
+
+_LOST_AFTER_S = 60
+
+
+def _forget_lost_messages(db: Database, dispatcher: Dispatcher, settings: Settings) -> int:
+    """Mark as unsent the queued jobs whose message is nowhere in the broker, so this pass sends them again.
+
+    A message can vanish without the broker restarting: one taken by a worker that is killed around a Redis
+    restart has been seen to be in neither its queue nor kombu's unacknowledged set. A job counts as lost once its
+    send is over a minute old, its queue is empty (so it is not waiting behind others) and no worker holds its
+    message (taken messages stay in the unacknowledged set until the job ends). A wrong guess costs a duplicate
+    message, which the claim refuses.
+    """
+    sent_before = utcnow() - timedelta(seconds=_LOST_AFTER_S)
+    with db.session() as session:
+        stale = session.execute(select(Job.id, Job.model, Job.priority).where(
+            Job.status == JobStatus.QUEUED.value, Job.enqueued_at < sent_before).limit(1000)).all()
+    if not stale:
+        return 0
+    held = dispatcher.held_by_workers()
+    lost = [job.id for job in stale
+            if job.id.encode() not in held and dispatcher.queue_depth(job.model, job.priority) == 0]
+    if lost:
+        with db.session() as session:
+            session.execute(update(Job).where(Job.id.in_(lost), Job.status == JobStatus.QUEUED.value,
+                                              Job.enqueued_at < sent_before).values(enqueued_at=None))
+        log.warning("%d queued job(s) whose message the broker no longer has (first: %s): re-sending",
+                    len(lost), lost[0])
+    return len(lost)
 
 
 def _forget_sends(db: Database) -> int:

@@ -5,6 +5,7 @@ A private Redis that the test kills and restarts, and a database of this test's 
 import base64
 import io
 import json
+from datetime import timedelta
 
 import pytest
 import redis
@@ -14,7 +15,7 @@ from service.app import create_app
 from service.config import load_settings
 from service.db import Database
 from service.dispatch import Dispatcher
-from service.models import Batch, Job
+from service.models import Batch, Job, utcnow
 from tests.conftest import TINY, keyed, make_image, make_key
 from tests.faults import PrivateRedis
 from workers.celery_app import SERVICE_QUEUE
@@ -110,5 +111,31 @@ def test_a_broker_restart_has_every_queued_job_sent_again_and_nothing_else(setti
     counts = redispatch(db, dispatcher, settings)
     assert counts["forgotten"] == 1 and counts["jobs"] == 1
     assert _messages(broker) == [waiting["id"]]  # the running and the cancelled job are not sent again
-    assert redispatch(db, dispatcher, settings) == {"forgotten": 0, "jobs": 0, "batches": 0}
+    assert redispatch(db, dispatcher, settings) == {"forgotten": 0, "lost": 0, "jobs": 0, "batches": 0}
+    dispatcher.close()
+
+
+def test_a_queued_job_whose_message_vanished_is_sent_again_but_not_one_a_worker_holds(settings, db, broker):
+    client = keyed(create_app(settings).test_client(), make_key(settings, rate_limit_rps=0, max_queued_jobs=0))
+    dispatcher = Dispatcher(settings, db)
+    redispatch(db, dispatcher, settings)  # the dispatcher meets this broker run
+    held, vanished = _submit(client), _submit(client)
+    queue = redis.Redis.from_url(broker.url)
+    raw = dict(zip(_messages(broker), queue.lrange(QUEUE, 0, -1), strict=True))
+    queue.delete(QUEUE)
+    # A worker took `held` (kombu keeps it in `unacked` until the task is acknowledged); `vanished` is nowhere.
+    queue.hset("unacked", "delivery-tag-1", json.dumps([json.loads(raw[held["id"]]), "", QUEUE]))
+    assert redispatch(db, dispatcher, settings)["lost"] == 0  # sent a moment ago: not lost yet
+
+    def sent_long_ago():
+        with db.session() as session:
+            session.execute(update(Job).where(Job.id.in_([held["id"], vanished["id"]]))
+                            .values(enqueued_at=utcnow() - timedelta(minutes=2)))
+
+    sent_long_ago()
+    counts = redispatch(db, dispatcher, settings)
+    assert counts["lost"] == 1 and counts["jobs"] == 1
+    assert _messages(broker) == [vanished["id"]]
+    sent_long_ago()
+    assert redispatch(db, dispatcher, settings)["lost"] == 0  # waiting in its queue now: not lost
     dispatcher.close()
