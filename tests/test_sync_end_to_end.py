@@ -96,18 +96,22 @@ def busy_worker(client_app, start_worker, api_key):
 
 
 @pytest.fixture
-def busy(busy_worker, client_app, api_key):
+def busy(busy_worker, client):
     """Before each test: the worker holds two long jobs and one more waits in the queue. On a fast machine a
-    4,000-token job on the tiny model takes seconds, so they are topped up for every test."""
-    client = keyed(client_app.test_client(), api_key)
+    4,000-token job on the tiny model takes a second or two, so they are topped up for every test."""
+    _keep_busy(client, busy_worker, queued=1)
+
+
+def _keep_busy(client, blockers: list[str], queued: int) -> None:
+    """Submit long jobs until at least `queued` of them wait in the busy model's queue behind the worker's two."""
     queue = redis.Redis.from_url(REDIS_URL)
     deadline = time.monotonic() + 30
-    while queue.llen(f"vlq.{BUSY}.interactive") < 1 and time.monotonic() < deadline:
-        busy_worker.append(client.post("/v1/jobs", json={
-            "image": data_url(make_image(color=(len(busy_worker), 1, 1))), "prompt": "Go on.", "model": BUSY,
+    while queue.llen(f"vlq.{BUSY}.interactive") < queued and time.monotonic() < deadline:
+        blockers.append(client.post("/v1/jobs", json={
+            "image": data_url(make_image(color=(len(blockers) % 256, 1, 1))), "prompt": "Go on.", "model": BUSY,
             "max_tokens": 4000, "ignore_eos": True, "no_cache": True}).get_json()["id"])
         time.sleep(0.3)  # time for the worker to take it, if it has room
-    assert queue.llen(f"vlq.{BUSY}.interactive") >= 1, "the worker should hold two jobs and leave one queued"
+    assert queue.llen(f"vlq.{BUSY}.interactive") >= queued, "the worker should hold two jobs and leave some queued"
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +164,10 @@ def test_a_client_that_disconnects_mid_stream_gets_its_job_cancelled(http, live_
 
 
 def test_a_client_that_leaves_while_its_stream_waits_in_the_queue_gets_its_job_cancelled(
-        http, busy, live_server, client):
+        http, busy_worker, live_server, client):
+    # Enough long jobs ahead that this one cannot start before the stream's next keep-alive (2 s) finds the client
+    # gone: each takes a second or more even on a fast machine.
+    _keep_busy(client, busy_worker, queued=4)
     body = {"model": BUSY, "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_url(make_image())}}, {"type": "text", "text": "Hi"}]}]}
     with http.post(f"{live_server}/v1/chat/completions", json=body, stream=True, timeout=60) as response:
