@@ -264,6 +264,13 @@ TUNING = {
 }
 
 
+def measure_variant(common: dict, cache: Path, name: str | None, requests: int) -> dict:
+    """OpenVINO at batch 8 with the TUNING variant `name` (None: plain int8, the variants' baseline)."""
+    variant = dict(TUNING[name]) if name else {}
+    export = EXPORTS[variant.pop("export", "int8")]
+    return measure({**common, **variant, **openvino(cache, export), "batch_size": 8, "requests": requests})
+
+
 def section(rows: list[Row], pairs: list[tuple[Row, Row]], args: argparse.Namespace, load: float,
             ceilings: dict[str, float]) -> str:
     baseline = next((row.images_per_s for row in rows if row.name.startswith("PyTorch fp32")), rows[0].images_per_s)
@@ -381,11 +388,8 @@ def main() -> None:
                  "requests": max(batch, args.min_requests)})))
             print(rows[-1].markdown(rows[0].images_per_s), flush=True)
     for name in filter(None, args.tune.split(",")):
-        variant = dict(TUNING[name])
-        export = EXPORTS[variant.pop("export", "int8")]
-        rows.append(Row(f"OpenVINO int8, {name}" if "int4" not in name else f"OpenVINO {name}", 8, measure(
-            {**common, **variant, **openvino(args.cache, export), "batch_size": 8,
-             "requests": max(8, args.min_requests)})))
+        rows.append(Row(f"OpenVINO int8, {name}" if "int4" not in name else f"OpenVINO {name}", 8,
+                        measure_variant(common, args.cache, name, max(8, args.min_requests))))
         print(rows[-1].markdown(rows[0].images_per_s), flush=True)
     pairs = []
     for _ in range(args.service_runs if args.service_requests else 0):

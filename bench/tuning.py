@@ -13,17 +13,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.full_bench import EXPORTS, ROOT, TUNING, machine, measure, openvino
+from bench.full_bench import ROOT, TUNING, machine, measure_variant
 from bench.markdown import write_section
 
 BASELINE = "int8, batch 8 (baseline)"
 
 
-def images_per_s(cache: Path, variant: dict, requests: int, tokens: int) -> float:
-    variant = dict(variant)
-    export = EXPORTS[variant.pop("export", "int8")]
-    measured = measure({"images": 8, "tokens": tokens, "cache": str(cache), **variant, **openvino(cache, export),
-                        "batch_size": 8, "requests": requests})
+def images_per_s(cache: Path, name: str | None, requests: int, tokens: int) -> float:
+    measured = measure_variant({"images": 8, "tokens": tokens, "cache": str(cache)}, cache, name, requests)
     return measured["requests"] / measured["elapsed_s"]
 
 
@@ -44,7 +41,8 @@ def main() -> None:
     rates: dict[str, list[float]] = {BASELINE: [], **{name: [] for name in names}}
     for round_ in range(args.rounds):
         for name in rates:
-            rates[name].append(images_per_s(args.cache, TUNING.get(name, {}), args.requests, args.tokens))
+            rates[name].append(images_per_s(args.cache, None if name == BASELINE else name, args.requests,
+                                            args.tokens))
             print(f"round {round_ + 1}: {name} {rates[name][-1]:.3f} images/s", flush=True)
 
     lines = [

@@ -29,6 +29,7 @@ from werkzeug.serving import make_server
 from service import presence
 from service.app import create_app
 from service.config import Settings, load_settings
+from service.db import Database
 from service.migrate import upgrade
 from service.webhook_signing import generate_secret
 
@@ -266,9 +267,16 @@ def app(settings: Settings) -> Any:
     return create_app(settings)
 
 
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    """A connection pool on the test's database (a module's own `settings` fixture decides which one)."""
+    database = Database(settings.database_url)
+    yield database
+    database.dispose()
+
+
 def make_key(settings: Settings, **spec: Any) -> str:
     """A new API key's secret; `spec` as for `vlq keys create` (name, tenant, admin, rate_limit_rps, ...)."""
-    from service.db import Database
     from service.keys import KeySpec, create_key
 
     database = Database(settings.database_url)

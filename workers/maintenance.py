@@ -171,11 +171,11 @@ def _forget_lost_messages(db: Database, dispatcher: Dispatcher, settings: Settin
     with db.session() as session:
         stale = session.execute(select(Job.id, Job.model, Job.priority).where(
             Job.status == JobStatus.QUEUED.value, Job.enqueued_at < sent_before).limit(1000)).all()
-    if not stale:
+    empty = {queue for queue in {(job.model, job.priority) for job in stale} if dispatcher.queue_depth(*queue) == 0}
+    if not empty:  # a backlog: the stale sends are waiting behind others, which is what queues are for
         return 0
     held = dispatcher.held_by_workers()
-    lost = [job.id for job in stale
-            if job.id.encode() not in held and dispatcher.queue_depth(job.model, job.priority) == 0]
+    lost = [job.id for job in stale if (job.model, job.priority) in empty and job.id.encode() not in held]
     if lost:
         with db.session() as session:
             session.execute(update(Job).where(Job.id.in_(lost), Job.status == JobStatus.QUEUED.value,

@@ -13,7 +13,6 @@ from sqlalchemy import update
 
 from service.app import create_app
 from service.config import load_settings
-from service.db import Database
 from service.dispatch import Dispatcher
 from service.models import Batch, Job, utcnow
 from tests.conftest import TINY, keyed, make_image, make_key
@@ -37,13 +36,6 @@ def settings(fresh_database_url, broker, tmp_path):
     return load_settings({"database_url": fresh_database_url, "redis_url": broker.url, "blob_dir": str(tmp_path / "b"),
                           "default_model": TINY, "dispatch_grace_s": 0},
                          environ={"VLQ_CONFIG": str(tmp_path / "empty.yaml")})
-
-
-@pytest.fixture
-def db(settings):
-    database = Database(settings.database_url)
-    yield database
-    database.dispose()
 
 
 def _messages(broker, queue=QUEUE):

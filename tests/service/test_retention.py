@@ -10,19 +10,11 @@ from sqlalchemy import select, update
 from service import batches, lifecycle
 from service.blobs import LocalBlobStore
 from service.config import load_settings
-from service.db import Database
 from service.models import Batch, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
 from service.retention import BLOB_GRACE_S, purge_expired
 from tests.conftest import TENANT, TINY
 
 HOUR = 3600
-
-
-@pytest.fixture
-def db(fresh_database_url):
-    database = Database(fresh_database_url)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

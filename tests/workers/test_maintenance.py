@@ -19,13 +19,6 @@ MODEL = "tiny-priority"  # no session worker consumes it, so enqueued messages c
 
 
 @pytest.fixture
-def db(settings):
-    database = Database(settings.database_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def unswept():
     """Presence for the worker names these tests use, so that the sweepers of the session's real workers leave
     their jobs alone; the tests tell `recover_orphaned_jobs` themselves which workers are alive."""

@@ -1,22 +1,13 @@
 """Webhook delivery against a real receiver: retries, backoff, Retry-After, 410, SSRF, and the periodic pass."""
 import dataclasses
 
-import pytest
 from sqlalchemy import select
 
-from service.db import Database
 from service.dispatch import Dispatcher
 from service.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
 from tests.conftest import TENANT, drive_delivery, finished_job
 from workers.maintenance import requeue_due_deliveries
 from workers.webhooks import deliver, next_delay_s
-
-
-@pytest.fixture
-def db(settings):
-    database = Database(settings.database_url)
-    yield database
-    database.dispose()
 
 
 def _deliveries(db, job_id):

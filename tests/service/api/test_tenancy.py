@@ -8,7 +8,6 @@ import pytest
 from sqlalchemy import select
 
 from service import lifecycle
-from service.db import Database
 from service.models import Job, JobStatus, WebhookDelivery
 from tests.conftest import finished_job, keyed, make_image, make_key
 
@@ -24,13 +23,6 @@ def globex_key(settings):
 def other(app, globex_key):
     """A client of another tenant, `globex`; `client` is `acme`."""
     return keyed(app.test_client(), globex_key)
-
-
-@pytest.fixture
-def db(settings):
-    database = Database(settings.database_url)
-    yield database
-    database.dispose()
 
 
 def _job_body(**fields):

@@ -4,17 +4,9 @@ import io
 
 import pytest
 
-from service.db import Database
 from tests.conftest import drive_delivery, finished_job, make_image
 
 IDLE_MODEL = "tiny-idle"  # no session worker serves it, so submitted jobs stay queued
-
-
-@pytest.fixture
-def db(settings):
-    database = Database(settings.database_url)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture
