@@ -30,8 +30,8 @@ import yaml
 from bench.full_bench_run import MAX_PIXELS, PeakRss, receipt_images
 from bench.markdown import write_section
 from bench.service_bench import BENCH_PORT, BENCH_REDIS_URL, bench_jobs, bench_key, start_service
-from service.config import load_settings
-from service.migrate import upgrade
+from service.adapters.migrate import upgrade
+from service.core.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "qwen3-vl-2b-random"
@@ -60,7 +60,7 @@ EXPORTS = {
 
 def checkpoint_dir(cache: Path) -> Path:
     """The random-weight Hugging Face checkpoint, built once."""
-    from workers.random_model import build_random_checkpoint
+    from workers.modelstore.tiny import build_random_checkpoint
 
     path = cache / "checkpoints" / MODEL
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
@@ -74,7 +74,7 @@ def checkpoint_dir(cache: Path) -> Path:
 
 def export_dir(cache: Path, export: Export) -> Path:
     """The OpenVINO export, made once (atomically, by the service's own exporter)."""
-    from workers.export import export_model
+    from workers.modelstore.export import export_model
 
     path = cache / export.dir_name
     if not (path / "openvino_language_model.xml").is_file():

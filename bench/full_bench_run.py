@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 from PIL import Image, ImageDraw
 
-from workers.images import prepare_image
+from workers.engines.images import prepare_image
 
 PROMPT = "Read this receipt and give the merchant, the date and the total."
 MAX_PIXELS = 448 * 448
@@ -134,10 +134,10 @@ def run_torch(config: dict[str, Any], images: list[Any]) -> dict[str, Any]:
 
 def run_openvino(config: dict[str, Any], images: list[Any]) -> dict[str, Any]:
     """The worker's own engine class: every request submitted at once, batch_size of them in the engine."""
-    from service.config import ModelSpec, load_settings
+    from service.core.config import ModelSpec, load_settings
     from workers.engines import create_engine
     from workers.engines.base import GenerationRequest
-    from workers.registry import LocalModel
+    from workers.modelstore.registry import LocalModel
 
     settings = load_settings({
         "batch_size": config["batch_size"], "kv_cache_gb": config.get("kv_cache_gb", 2),

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from bench.markdown import write_section
 from bench.receipts import Document, dataset, render
-from service.config import load_settings
+from service.core.config import load_settings
 from workers.engines import create_engine
 from workers.engines.base import Engine, GenerationRequest
-from workers.registry import local_model
+from workers.modelstore.registry import local_model
 
 SETS = ("clean", "degraded", "long")
 _SECTION = "## OCR quality"

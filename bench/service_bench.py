@@ -32,12 +32,12 @@ import requests
 import yaml
 from PIL import Image, ImageDraw
 
-from service.config import Settings, load_settings
-from service.migrate import upgrade
+from service.adapters.migrate import upgrade
+from service.core.config import Settings, load_settings
 from workers.engines import create_engine
 from workers.engines.base import GenerationRequest
-from workers.images import prepare_image
-from workers.registry import local_model
+from workers.engines.images import prepare_image
+from workers.modelstore.registry import local_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Read this receipt and give the merchant, the date and the total."
@@ -194,8 +194,8 @@ def _wait(ready: Callable[[dict[str, Any]], bool], settings_file: Path) -> None:
 
 def bench_key(settings: Settings) -> str:
     """An API key with no rate limit or quota: the bench measures throughput, not the limits."""
-    from service.db import Database
-    from service.keys import KeySpec, create_key
+    from service.adapters.db import Database
+    from service.core.keys import KeySpec, create_key
 
     database = Database(settings.database_url)
     with database.session() as session:

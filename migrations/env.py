@@ -6,8 +6,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from service.config import load_settings
-from service.models import Base
+from service.core.config import load_settings
+from service.core.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -43,7 +43,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")  # given by service.migrate.upgrade
+    connection = config.attributes.get("connection")  # given by service.adapters.migrate.upgrade
     if connection is not None:
         _configure(connection=connection)
         with context.begin_transaction():

@@ -6,36 +6,33 @@ from typing import Any
 
 from flask import Flask
 
-from service import auth, blobs, db, dispatch, errors, job_endings, logs, ratelimit, settings, ui
 from service.api import (
+    auth,
     batches,
-    chat_completions,
+    context,
     docs,
+    errors,
     files,
-    generate_content,
     health,
     jobs,
     keys,
     metrics,
     presets,
-    simple_chat,
+    request_log,
+    ui,
     webhooks,
 )
 from service.api.common import IdConverter, NameConverter
-from service.config import Settings
+from service.api.compat import chat_completions, generate_content, simple_chat
+from service.core.config import Settings
 
 
 def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     """Build the API; `config` is a Settings, or overrides on top of config.yaml and VLQ_* variables."""
     app = Flask(__name__)
-    settings.init_app(app, config)
-    db.init_app(app)
-    blobs.init_app(app)
-    dispatch.init_app(app)
-    job_endings.init_app(app)
+    context.init_app(app, config)
     errors.init_app(app)
-    logs.init_app(app)  # before auth, so a refused request's lines carry its ids too
-    ratelimit.init_app(app)
+    request_log.init_app(app)  # before auth, so a refused request's lines carry its ids too
     auth.init_app(app)
     app.url_map.converters["id"] = IdConverter
     app.url_map.converters["name"] = NameConverter

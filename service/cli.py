@@ -15,13 +15,14 @@ from pathlib import Path
 import click
 import redis
 
-from service import client_cli, logs
-from service import keys as api_keys  # `keys` is the command group below
-from service.auth import DISABLED_WARNING
-from service.config import ConfigError, Settings, load_settings
-from service.db import Database
-from service.errors import ApiError
-from service.tenancy import DEFAULT_TENANT
+from service import client_cli
+from service.adapters.db import Database
+from service.api.auth import DISABLED_WARNING
+from service.core import keys as api_keys  # `keys` is the command group below
+from service.core import logs
+from service.core.config import ConfigError, Settings, load_settings
+from service.core.errors import ApiError
+from service.core.tenancy import DEFAULT_TENANT
 
 log = logging.getLogger("vlq")
 
@@ -76,7 +77,7 @@ def api(workers: int, threads: int, no_auth_warning: bool) -> None:
     settings = _server_settings()
     if not no_auth_warning:
         _warn_if_auth_disabled(settings)
-    # Prometheus counters kept per process are not used (they live in Redis, see service.metrics), so any
+    # Prometheus counters kept per process are not used (they live in Redis, see service.adapters.metrics), so any
     # number of gunicorn workers and hosts render the same /metrics.
     os.execvp(sys.executable, [
         sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
@@ -101,7 +102,7 @@ def worker(loglevel: str) -> None:
 @cli.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
-    """Schedule the periodic maintenance: dispatcher, orphaned jobs, batch expiry, webhook resends, retention.
+    """Schedule the periodic maintenance: broker, orphaned jobs, batch expiry, webhook resends, retention.
 
     Run one (a second one is harmless: every task is idempotent). It rides out Redis outages by itself, and keeps
     its schedule in memory (workers.maintenance.MaintenanceScheduler), so it needs no writable schedule file.
@@ -199,7 +200,7 @@ def model() -> None:
 @model.command("list")
 def model_list() -> None:
     """Show each registry model and whether it is exported here."""
-    from workers.registry import local_model
+    from workers.modelstore.registry import local_model
 
     settings = load_settings()
     for spec in settings.registry.values():
@@ -220,7 +221,7 @@ def model_export(name: str, force: bool) -> None:
 @click.option("--force", is_flag=True, help="Build again even if it is present.")
 def model_build_tiny(force: bool) -> None:
     """Build the tiny random-weight Qwen3-VL (`tiny-random`) offline and export it."""
-    from workers.registry import TINY_SOURCE
+    from workers.modelstore.registry import TINY_SOURCE
 
     settings = load_settings()
     names = [spec.name for spec in settings.registry.values() if spec.source == TINY_SOURCE]
@@ -231,8 +232,8 @@ def model_build_tiny(force: bool) -> None:
 
 
 def _export(settings: Settings, name: str, force: bool) -> None:
-    from workers.export import ExportError, export_model
-    from workers.registry import builtin_preset, local_model
+    from workers.modelstore.export import ExportError, export_model
+    from workers.modelstore.registry import builtin_preset, local_model
 
     spec = settings.model(name)
     if spec is None:
@@ -248,7 +249,7 @@ def _export(settings: Settings, name: str, force: bool) -> None:
     try:
         preset = builtin_preset(spec)
         if preset:
-            from workers.random_model import build_random_checkpoint
+            from workers.modelstore.tiny import build_random_checkpoint
 
             with tempfile.TemporaryDirectory(prefix="vlq-random-") as tmp:
                 checkpoint = build_random_checkpoint(Path(tmp) / "checkpoint", preset)
@@ -294,7 +295,7 @@ def _warn_if_auth_disabled(settings: Settings) -> None:
 
 
 def _migrate(settings: Settings) -> None:
-    from service.migrate import upgrade
+    from service.adapters.migrate import upgrade
 
     upgrade(settings.database_url)
     click.echo(f"database ready: {settings.database_url}")

@@ -26,12 +26,12 @@ from PIL import Image
 from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
-from service import presence
+from service.adapters import presence
+from service.adapters.db import Database
+from service.adapters.migrate import upgrade
 from service.app import create_app
-from service.config import Settings, load_settings
-from service.db import Database
-from service.migrate import upgrade
-from service.webhook_signing import generate_secret
+from service.core.config import Settings, load_settings
+from service.core.webhook_signing import generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("VLQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -106,7 +106,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def fresh_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database of each kind for this test alone, for passes that act on every row (dispatcher, retention)."""
+    """A database of each kind for this test alone, for passes that act on every row (broker, retention)."""
     with fresh_database(request.param, tmp_path_factory) as url:
         yield url
 
@@ -232,7 +232,7 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session")
 def beat(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """`vlq beat`: the periodic dispatcher, orphan recovery, batch and webhook passes, for as long as workers run."""
+    """`vlq beat`: the periodic broker, orphan recovery, batch and webhook passes, for as long as workers run."""
     process = WorkerProcess(config_file, tmp_path_factory.mktemp("beat-logs") / "beat.log", "beat")
     yield process
     process.stop()
@@ -277,7 +277,7 @@ def db(settings: Settings) -> Iterator[Database]:
 
 def make_key(settings: Settings, **spec: Any) -> str:
     """A new API key's secret; `spec` as for `vlq keys create` (name, tenant, admin, rate_limit_rps, ...)."""
-    from service.keys import KeySpec, create_key
+    from service.core.keys import KeySpec, create_key
 
     database = Database(settings.database_url)
     try:
@@ -459,8 +459,8 @@ def receiver(settings: Settings) -> Iterator[Receiver]:
 def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-priority", **fields: Any) -> str:
     """A job (of the session key's tenant unless `tenant` says otherwise) taken through queued -> running ->
     `status` by the state machine, and so through the outbox."""
-    from service import lifecycle
-    from service.models import Job, JobStatus, new_id
+    from service.core import lifecycle
+    from service.core.models import Job, JobStatus, new_id
 
     job_id = new_id("job")
     fields.setdefault("tenant", TENANT)
@@ -479,7 +479,7 @@ def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-pr
 
 def drive_delivery(database: Any, settings: Settings, delivery_id: str, timeout: float = 20) -> Any:
     """Make each due attempt of a delivery (a worker may make some of them) until it is no longer pending."""
-    from service.models import WebhookDelivery, utcnow
+    from service.core.models import WebhookDelivery, utcnow
     from workers.webhooks import deliver
 
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ import redis
 import yaml
 from sqlalchemy.engine import make_url
 
-from service.config import Settings, load_settings
+from service.core.config import Settings, load_settings
 from tests.conftest import ALIASES, TINY, WorkerProcess, postgres_schema, tiny_model_cache
 
 

@@ -6,7 +6,7 @@ import click
 import yaml
 
 from service.cli import cli
-from service.config import ENV_PREFIX, Settings
+from service.core.config import ENV_PREFIX, Settings
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

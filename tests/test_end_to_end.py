@@ -5,8 +5,8 @@ import os
 import signal
 import time
 
-from service import lifecycle
-from service.db import Database
+from service.adapters.db import Database
+from service.core import lifecycle
 from tests.conftest import TINY, make_image, wait_for_status
 
 

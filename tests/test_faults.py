@@ -10,9 +10,9 @@ import time
 import pytest
 import redis
 
-from service import lifecycle
+from service.adapters.db import Database
 from service.app import create_app
-from service.db import Database
+from service.core import lifecycle
 from tests.conftest import TINY, keyed, make_image, make_key, wait_for_status
 from tests.faults import FaultyStack
 
@@ -34,7 +34,7 @@ def stack(tmp_path_factory):
 def api(stack):
     app = create_app(stack.settings)
     yield keyed(app.test_client(), make_key(stack.settings, rate_limit_rps=0, max_queued_jobs=0))
-    app.extensions["vlq.db"].dispose()
+    app.extensions["vlq"].db.dispose()
 
 
 def _submit(api, max_tokens, model=TINY):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_image, wait_for_status
-from workers.images import prepare_image
+from workers.engines.images import prepare_image
 
 
 def _png_with_size(width: int, height: int) -> bytes:

@@ -5,7 +5,7 @@ import json
 import logging
 import time
 
-from service import logs
+from service.core import logs
 from tests.conftest import make_image, wait_for_status
 
 
@@ -26,7 +26,7 @@ def test_a_workers_lines_for_a_job_carry_its_id(client, worker):
             break
         time.sleep(0.1)
     loggers = {line["logger"] for line in lines}
-    assert {"celery.worker.strategy", "service.lifecycle", "celery.app.trace"} <= loggers, loggers
+    assert {"celery.worker.strategy", "service.core.lifecycle", "celery.app.trace"} <= loggers, loggers
     assert all(line.get("job_id") == job_id for line in lines), [line for line in lines if line.get("job_id") != job_id]
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
 

@@ -4,9 +4,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from service.db import Database
-from service.migrate import upgrade
-from service.models import Base
+from service.adapters.db import Database
+from service.adapters.migrate import upgrade
+from service.core.models import Base
 from tests.conftest import fresh_database
 
 

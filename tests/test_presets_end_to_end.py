@@ -5,7 +5,7 @@ import random
 import pytest
 
 from bench.receipts import make_document, render
-from service.structured import validation_error
+from service.core.structured import validation_error
 from tests.conftest import wait_for_status
 
 GROUNDED = "tiny-grounded"  # an alias of the tiny model that only this module's worker serves

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 import requests
 
-from service import presence
+from service.adapters import presence
 from tests.conftest import REDIS_URL, ROOT
 
 

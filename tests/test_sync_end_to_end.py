@@ -9,7 +9,7 @@ import openai
 import pytest
 import redis
 
-from service import presence
+from service.adapters import presence
 from service.app import create_app
 from tests.conftest import BROKEN, REDIS_URL, STUCK, TINY, data_url, keyed, make_image, release_stuck_model, serve
 

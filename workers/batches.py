@@ -7,10 +7,10 @@ from celery import shared_task
 from celery.exceptions import Reject
 from sqlalchemy.orm import Session
 
-from service import batches
-from service.errors import DATABASE_UNAVAILABLE
-from service.models import Batch, BatchStatus, File, Job
-from workers.celery_app import INGEST_TASK
+from service.adapters.broker import INGEST_TASK
+from service.adapters.db import DATABASE_UNAVAILABLE
+from service.core import batches
+from service.core.models import Batch, BatchStatus, File, Job
 from workers.runtime import WorkerRuntime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def ingest(runtime: WorkerRuntime, batch_id: str) -> str | None:
     if started is None:
         return None
     queued, result = started
-    runtime.dispatcher.enqueue(queued)
+    runtime.broker.enqueue(queued)
     log.info("batch %s: %d items ingested, %d queued, %d malformed lines",
              batch_id, len(result.rows), len(queued), result.error_count)
     if not queued:

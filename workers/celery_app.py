@@ -11,45 +11,10 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
-from service import logs
-from service.config import Settings, load_settings
-from service.models import Priority
-
-RUN_JOB_TASK = "vlq.run_job"
-INGEST_TASK = "vlq.ingest_batch"
-CANCEL_CHANNEL = "vlq:cancel"
-# Batch ingest and finalize, and the periodic maintenance: every worker consumes it (before its model
-# queues), even one without a model.
-SERVICE_QUEUE = "vlq.service"
-DELIVER_WEBHOOK_TASK = "vlq.deliver_webhook"
-
-# The periodic tasks `vlq beat` sends (see workers.maintenance), with the setting that holds each one's interval.
-REDISPATCH_TASK = "vlq.maintenance.redispatch"
-RECOVER_JOBS_TASK = "vlq.maintenance.recover_jobs"
-SWEEP_BATCHES_TASK = "vlq.maintenance.sweep_batches"
-RESEND_DELIVERIES_TASK = "vlq.maintenance.resend_deliveries"
-RETENTION_TASK = "vlq.maintenance.retention"
-MAINTENANCE_TASKS = {
-    REDISPATCH_TASK: "sweep_interval_s",
-    RECOVER_JOBS_TASK: "sweep_interval_s",
-    SWEEP_BATCHES_TASK: "sweep_interval_s",
-    RESEND_DELIVERIES_TASK: "sweep_interval_s",
-    RETENTION_TASK: "retention_interval_s",
-}
-
-
-def job_queue(model: str, priority: str) -> str:
-    return f"vlq.{model}.{priority}"
-
-
-def worker_queues(models: Iterable[str]) -> list[str]:
-    """Queues for the served models, every interactive queue before any bulk one.
-
-    With the Redis transport's "priority" order strategy the worker always takes from the first
-    non-empty queue in this list, so bulk backfills wait while interactive work is waiting.
-    """
-    models = list(models)
-    return [job_queue(model, priority.value) for priority in Priority for model in models]
+from service.adapters import broker
+from service.adapters.broker import MAINTENANCE_TASKS, SERVICE_QUEUE
+from service.core import logs
+from service.core.config import Settings, load_settings
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -64,35 +29,20 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def create_celery(settings: Settings) -> Celery:
-    """A Celery app for `settings`; the API uses one to send, workers to consume, `vlq beat` to schedule."""
-    app = Celery("vlq", broker=settings.redis_url,
-                 include=["workers.inference", "workers.batches", "workers.webhooks", "workers.maintenance"])
+    """The workers' Celery app: the broker's sending configuration plus what consuming and beat need."""
+    app = broker.celery_client(settings)
     app.conf.update(
-        # Long inference tasks: acknowledge after the work, take one task per free slot,
-        # and let Redis redeliver only after the longest job could have finished.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_s,
-            "queue_order_strategy": "priority",
-        },
+        include=["workers.inference", "workers.batches", "workers.webhooks", "workers.maintenance"],
         worker_pool="threads",
         worker_concurrency=settings.worker_concurrency,
-        task_ignore_result=True,  # results live in the database, not in a Celery backend
-        task_default_queue=SERVICE_QUEUE,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # a worker outlives a broker outage of any length, and reconnects
-        broker_connection_timeout=3,
-        # A submit must not hang on a dead broker: fail fast, and the API answers 503.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        worker_prefetch_multiplier=1,  # one task per free slot: long inference tasks are not hoarded
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # for Flower
-        task_send_sent_event=True,
         beat_schedule=beat_schedule(settings),
         beat_scheduler="workers.maintenance:MaintenanceScheduler",  # in memory: interval tasks need no file
     )
-    app.conf.vlq_settings = settings
+    # Kept beside the app, not in `app.conf`: Flower displays the configuration, and the settings hold secrets.
+    app.vlq_settings = settings  # type: ignore[attr-defined]
     return app
 
 

@@ -11,13 +11,14 @@ from celery.exceptions import Reject
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from service import batches, lifecycle, logs, metrics, structured, token_stream
-from service.blobs import BlobNotFound
-from service.errors import DATABASE_UNAVAILABLE
-from service.models import Job, JobStatus
-from workers.celery_app import RUN_JOB_TASK, SERVICE_QUEUE
+from service.adapters import metrics, token_stream
+from service.adapters.blobs import BlobNotFound
+from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
+from service.adapters.db import DATABASE_UNAVAILABLE
+from service.core import batches, lifecycle, logs, structured
+from service.core.models import Job, JobStatus
 from workers.engines.base import EngineError, GenerationRequest, GenerationResult
-from workers.images import prepare_image
+from workers.engines.images import prepare_image
 from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def _publish_text(runtime: WorkerRuntime, job_id: str, pieces: Iterator[str]) ->
         if not publishing:
             continue
         try:
-            token_stream.append(runtime.dispatcher.redis, job_id, text)
+            token_stream.append(runtime.redis, job_id, text)
         except Exception as exc:
             log.warning("job %s: could not stream its text (%s); the final answer is unaffected", job_id, exc)
             publishing = False
@@ -190,10 +191,10 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
         # The orphan pass judged this worker dead and handed the job on; that attempt owns the outcome now.
         log.warning("job %s: attempt %s lost its claim; dropping its outcome", job.id, job.attempts)
         return None
-    metrics.record_job(runtime.dispatcher.redis, ended)
+    metrics.record_job(runtime.redis, ended)
     if job.stream:  # after the commit, so a reader that sees the end finds the job ended
         try:
-            token_stream.end(runtime.dispatcher.redis, job.id)
+            token_stream.end(runtime.redis, job.id)
         except Exception as exc:
             log.warning("job %s: could not end its stream (%s); its reader falls back to the job's ending", job.id, exc)
     if job.batch_id is not None:
@@ -207,7 +208,7 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
 @signals.worker_init.connect
 def _start_runtime(sender: Any, **_: Any) -> None:
     """Load the models once per worker process, before it consumes anything, and consume only their queues."""
-    runtime = WorkerRuntime(sender.app.conf.vlq_settings, name=sender.hostname)
+    runtime = WorkerRuntime(sender.app.vlq_settings, name=sender.hostname)
     runtime.start()
     set_current_runtime(runtime)
     # The service queue comes first: its tasks are rare and short, and must not wait behind a backfill.

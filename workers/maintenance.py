@@ -18,20 +18,21 @@ from celery import shared_task
 from celery.beat import Scheduler
 from sqlalchemy import select, update
 
-from service import batches, lifecycle, presence, retention, webhooks
-from service.blobs import BlobStore
-from service.config import Settings
-from service.db import Database
-from service.dispatch import BROKER_ERRORS, Dispatcher
-from service.errors import DATABASE_UNAVAILABLE
-from service.models import Batch, BatchStatus, Job, JobStatus, WebhookDelivery, utcnow
-from workers.celery_app import (
+from service.adapters import presence
+from service.adapters.blobs import BlobStore
+from service.adapters.broker import (
+    BROKER_ERRORS,
     RECOVER_JOBS_TASK,
     REDISPATCH_TASK,
     RESEND_DELIVERIES_TASK,
     RETENTION_TASK,
     SWEEP_BATCHES_TASK,
+    Broker,
 )
+from service.adapters.db import DATABASE_UNAVAILABLE, Database
+from service.core import batches, lifecycle, retention, webhooks
+from service.core.config import Settings
+from service.core.models import Batch, BatchStatus, Job, JobStatus, WebhookDelivery, utcnow
 from workers.runtime import WorkerRuntime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class MaintenanceScheduler(Scheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._redis = redis.Redis.from_url(self.app.conf.vlq_settings.redis_url, socket_timeout=5)
+        self._redis = redis.Redis.from_url(self.app.vlq_settings.redis_url, socket_timeout=5)
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         expires_ms = int(1000 * (entry.options.get("expires") or 60))
@@ -68,7 +69,7 @@ def _sent_key(task: str) -> str:
 
 @shared_task(name=REDISPATCH_TASK)
 def redispatch_task() -> None:
-    _periodic(REDISPATCH_TASK, lambda runtime: redispatch(runtime.db, runtime.dispatcher, runtime.settings))
+    _periodic(REDISPATCH_TASK, lambda runtime: redispatch(runtime.db, runtime.broker, runtime.settings))
 
 
 @shared_task(name=RECOVER_JOBS_TASK)
@@ -76,10 +77,10 @@ def recover_jobs_task() -> None:
     def recover(runtime: WorkerRuntime) -> None:
         # Right after a broker restart the presence keys are gone until each worker's next heartbeat: judging
         # now would take living workers' jobs away. Give them one heartbeat TTL to announce themselves again.
-        if runtime.dispatcher.broker_uptime_s() < runtime.settings.heartbeat_ttl_s:
+        if runtime.broker.broker_uptime_s() < runtime.settings.heartbeat_ttl_s:
             return
-        live = set(presence.live_workers(runtime.dispatcher.redis))
-        recover_orphaned_jobs(runtime.db, runtime.dispatcher, runtime.settings, live)
+        live = set(presence.live_workers(runtime.redis))
+        recover_orphaned_jobs(runtime.db, runtime.broker, runtime.settings, live)
 
     _periodic(RECOVER_JOBS_TASK, recover)
 
@@ -92,7 +93,7 @@ def sweep_batches_task() -> None:
 @shared_task(name=RESEND_DELIVERIES_TASK)
 def resend_deliveries_task() -> None:
     _periodic(RESEND_DELIVERIES_TASK,
-              lambda runtime: requeue_due_deliveries(runtime.db, runtime.dispatcher, runtime.settings))
+              lambda runtime: requeue_due_deliveries(runtime.db, runtime.broker, runtime.settings))
 
 
 @shared_task(name=RETENTION_TASK)
@@ -106,19 +107,19 @@ def _periodic(task: str, work: Callable[[WorkerRuntime], object]) -> None:
     runtime = current_runtime()
     lock = f"vlq:maintenance:running:{task}"
     try:
-        runtime.dispatcher.redis.delete(_sent_key(task))  # beat may send the next one
+        runtime.redis.delete(_sent_key(task))  # beat may send the next one
         # The lock outlives a normal pass, and expires soon if its worker dies holding it.
-        if not runtime.dispatcher.redis.set(lock, runtime.name, nx=True, px=_PASS_LOCK_MS):
+        if not runtime.redis.set(lock, runtime.name, nx=True, px=_PASS_LOCK_MS):
             return
         try:
             work(runtime)
         finally:
-            runtime.dispatcher.redis.delete(lock)
+            runtime.redis.delete(lock)
     except (*DATABASE_UNAVAILABLE, *BROKER_ERRORS) as exc:
         log.warning("%s skipped, a backend is unavailable: %s", task, str(exc).splitlines()[0])
 
 
-def redispatch(db: Database, dispatcher: Dispatcher, settings: Settings, limit: int = 5000) -> dict[str, int]:
+def redispatch(db: Database, broker: Broker, settings: Settings, limit: int = 5000) -> dict[str, int]:
     """Send what the broker does not hold: queued jobs and validating batches with no recorded send.
 
     A send goes unrecorded when the broker refused it (down), when its sender died between commit and send, or
@@ -126,13 +127,13 @@ def redispatch(db: Database, dispatcher: Dispatcher, settings: Settings, limit: 
     Jobs younger than `dispatch_grace_s` are left to their own sender. Returns what was forgotten and sent.
     """
     counts = {"forgotten": 0, "lost": 0, "jobs": 0, "batches": 0}
-    run_id = dispatcher.broker_changed()
+    run_id = broker.broker_changed()
     if run_id is not None:
         counts["forgotten"] = _forget_sends(db)
-        dispatcher.remember_broker(run_id)  # only once the database agrees, so a failure here is retried
+        broker.remember_broker(run_id)  # only once the database agrees, so a failure here is retried
         log.warning("broker run %s is new (a restart or a flush): its messages may be gone; re-sending %d",
                     run_id, counts["forgotten"])
-    counts["lost"] = _forget_lost_messages(db, dispatcher, settings)
+    counts["lost"] = _forget_lost_messages(db, broker, settings)
     cutoff = utcnow() - timedelta(seconds=settings.dispatch_grace_s)
     with db.session() as session:
         jobs = session.execute(select(Job.id, Job.model, Job.priority, Job.attempts).where(
@@ -145,10 +146,10 @@ def redispatch(db: Database, dispatcher: Dispatcher, settings: Settings, limit: 
     # pass that overlaps it to send twice.
     for start in range(0, len(jobs), _SEND_CHUNK):
         chunk = jobs[start:start + _SEND_CHUNK]
-        if not dispatcher.enqueue(chunk):
+        if not broker.enqueue(chunk):
             break
         counts["jobs"] += len(chunk)
-    counts["batches"] = sum(dispatcher.enqueue_ingest(batch_id) for batch_id in batch_ids)
+    counts["batches"] = sum(broker.enqueue_ingest(batch_id) for batch_id in batch_ids)
     if counts["jobs"] or counts["batches"]:
         log.info("dispatcher sent %d job(s) and %d batch ingest(s) the broker did not have",
                  counts["jobs"], counts["batches"])
@@ -158,7 +159,7 @@ def redispatch(db: Database, dispatcher: Dispatcher, settings: Settings, limit: 
 _LOST_AFTER_S = 60
 
 
-def _forget_lost_messages(db: Database, dispatcher: Dispatcher, settings: Settings) -> int:
+def _forget_lost_messages(db: Database, broker: Broker, settings: Settings) -> int:
     """Mark as unsent the queued jobs whose message is nowhere in the broker, so this pass sends them again.
 
     A message can vanish without the broker restarting: one taken by a worker that is killed around a Redis
@@ -171,10 +172,10 @@ def _forget_lost_messages(db: Database, dispatcher: Dispatcher, settings: Settin
     with db.session() as session:
         stale = session.execute(select(Job.id, Job.model, Job.priority).where(
             Job.status == JobStatus.QUEUED.value, Job.enqueued_at < sent_before).limit(1000)).all()
-    empty = {queue for queue in {(job.model, job.priority) for job in stale} if dispatcher.queue_depth(*queue) == 0}
+    empty = {queue for queue in {(job.model, job.priority) for job in stale} if broker.queue_depth(*queue) == 0}
     if not empty:  # a backlog: the stale sends are waiting behind others, which is what queues are for
         return 0
-    held = dispatcher.held_by_workers()
+    held = broker.held_by_workers()
     lost = [job.id for job in stale if (job.model, job.priority) in empty and job.id.encode() not in held]
     if lost:
         with db.session() as session:
@@ -199,7 +200,7 @@ def _forget_sends(db: Database) -> int:
 
 
 def recover_orphaned_jobs(
-    db: Database, dispatcher: Dispatcher, settings: Settings, live_workers: set[str]
+    db: Database, broker: Broker, settings: Settings, live_workers: set[str]
 ) -> dict[str, int]:
     """Requeue (or fail, past max_attempts) running jobs whose worker is no longer alive.
 
@@ -233,7 +234,7 @@ def recover_orphaned_jobs(
                 counts[outcome] += 1
                 log.warning("job %s: worker %s is gone; %s (attempt %s)", job.id, job.worker, outcome, job.attempts)
     # Enqueue only after the requeue committed, so the task never finds the job still running.
-    dispatcher.enqueue(requeued)
+    broker.enqueue(requeued)
     return counts
 
 
@@ -249,7 +250,7 @@ def sweep_batches(db: Database, blobs: BlobStore) -> int:
     return expired + sum(batches.maybe_finalize(db, blobs, batch_id) for batch_id in candidates)
 
 
-def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Settings, limit: int = 500) -> int:
+def requeue_due_deliveries(db: Database, broker: Broker, settings: Settings, limit: int = 500) -> int:
     """Enqueue deliveries that are due, held by no worker, and have no message on its way: retries past a long
     wait, a dead worker's (its lease ran out), sends the broker refused or lost.
 
@@ -261,7 +262,7 @@ def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Setti
     now = utcnow()
     quiet_since = now - timedelta(seconds=settings.webhook_lease_s)
     unsent = WebhookDelivery.enqueued_at.is_(None)
-    if dispatcher.redis.llen(dispatcher.webhook_queue) == 0:
+    if broker.redis.llen(broker.webhook_queue) == 0:
         unsent = unsent | (WebhookDelivery.enqueued_at < quiet_since)
     with db.session() as session:
         ids = list(session.scalars(
@@ -271,7 +272,7 @@ def requeue_due_deliveries(db: Database, dispatcher: Dispatcher, settings: Setti
             .order_by(WebhookDelivery.next_attempt_at).limit(limit)
         ))
     for delivery_id in ids:
-        dispatcher.enqueue_delivery(delivery_id)
+        broker.enqueue_delivery(delivery_id)
     if ids:
         log.info("re-sent %d due webhook deliveries", len(ids))
     return len(ids)

@@ -16,17 +16,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service import job_endings, lifecycle, presence, webhooks
-from service.blobs import LocalBlobStore
-from service.config import Settings
-from service.db import Database
-from service.dispatch import Dispatcher
-from service.errors import DATABASE_UNAVAILABLE
-from service.models import Job
-from workers.celery_app import CANCEL_CHANNEL, worker_queues
+from service.adapters import presence
+from service.adapters.broker import CANCEL_CHANNEL, worker_queues
+from service.adapters.db import DATABASE_UNAVAILABLE
+from service.core import lifecycle
+from service.core.config import Settings
+from service.core.models import Job
+from service.wiring import wire
 from workers.engines import create_engine
 from workers.engines.base import Engine, RequestHandle
-from workers.registry import candidate_models
+from workers.modelstore.registry import candidate_models
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,11 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, name: str | None = None) -> None:
         self.settings = settings
         self.name = name or f"vlq@{socket.gethostname()}:{os.getpid()}"
-        self.db = Database(settings.database_url)
-        self.blobs = LocalBlobStore(settings.blob_dir)
-        self.dispatcher = Dispatcher(settings, self.db)
-        webhooks.attach_outbox(self.db.sessions, self.dispatcher.enqueue_delivery)
-        job_endings.attach(self.db.sessions, self.dispatcher.redis)
+        self.wiring = wire(settings)
+        self.db = self.wiring.db
+        self.blobs = self.wiring.blobs
+        self.broker = self.wiring.broker
+        self.redis = self.wiring.redis
         self.webhook_pool = BoundedPool(settings.webhook_concurrency, name="vlq-webhook")
         self.engines: dict[str, Engine] = {}
         self.models: dict[str, dict[str, Any]] = {}  # name -> {"status": loading|live|unavailable, "reason"?}
@@ -91,13 +90,12 @@ class WorkerRuntime:
         self._stopping.set()
         self.webhook_pool.shutdown()
         try:
-            presence.withdraw(self.dispatcher.redis, self.name)
+            presence.withdraw(self.redis, self.name)
         except Exception as exc:  # the presence key expires by itself
             log.warning("could not withdraw presence: %s", exc)
         for engine in self.engines.values():
             engine.close()
-        self.dispatcher.close()
-        self.db.dispose()
+        self.wiring.close()
 
     def give_up_after(self, seconds: float | None) -> Callable[[], bool]:
         """For `Database.retrying`: give up after `seconds` (None: never), or once the stop's grace is over."""
@@ -136,7 +134,7 @@ class WorkerRuntime:
             tracker.requeued = True
             self.cancel(tracker.job.id)
         if requeued:
-            self.dispatcher.enqueue([tracker.job for tracker in requeued])
+            self.broker.enqueue([tracker.job for tracker in requeued])
             log.warning("stopping: requeued %d job(s) that could not finish in time", len(requeued))
 
     def queues(self) -> list[str]:
@@ -212,7 +210,7 @@ class WorkerRuntime:
         while not self._stopping.is_set():
             try:
                 info = self._presence_info()
-                presence.announce(self.dispatcher.redis, self.name, info, self.settings.heartbeat_ttl_s)
+                presence.announce(self.redis, self.name, info, self.settings.heartbeat_ttl_s)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
             self._stopping.wait(self.settings.heartbeat_interval_s)
@@ -226,7 +224,7 @@ class WorkerRuntime:
     def _cancel_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                pubsub = self.dispatcher.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(CANCEL_CHANNEL)
                 self._cancel_flagged_in_database()
                 while not self._stopping.is_set():

@@ -17,14 +17,14 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy import select, update
 
-from service import egress, logs, metrics
-from service.config import Settings
-from service.db import Database
-from service.dispatch import Dispatcher
-from service.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
-from service.webhook_signing import signed_headers
-from service.webhooks import cancel_pending, due_filter
-from workers.celery_app import DELIVER_WEBHOOK_TASK
+from service.adapters import metrics
+from service.adapters.broker import DELIVER_WEBHOOK_TASK, Broker
+from service.adapters.db import Database
+from service.core import egress, logs
+from service.core.config import Settings
+from service.core.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
+from service.core.webhook_signing import signed_headers
+from service.core.webhooks import cancel_pending, due_filter
 from workers.runtime import current_runtime
 
 log = logging.getLogger(__name__)
@@ -42,27 +42,27 @@ def deliver_webhook(delivery_id: str) -> None:
     attempt = _claim(runtime.db, runtime.settings, delivery_id)
     if attempt is not None:
         runtime.webhook_pool.submit(_attempt, runtime.db, runtime.settings, delivery_id, attempt,
-                                    dispatcher=runtime.dispatcher)
+                                    broker=runtime.broker)
 
 
-def deliver(db: Database, settings: Settings, delivery_id: str, *, dispatcher: Dispatcher | None = None) -> str | None:
+def deliver(db: Database, settings: Settings, delivery_id: str, *, broker: Broker | None = None) -> str | None:
     """Make one attempt at a due delivery; returns its status after it, or None if it was not ours to make."""
     attempt = _claim(db, settings, delivery_id)
     if attempt is None:
         return None
-    return _attempt(db, settings, delivery_id, attempt, dispatcher=dispatcher)
+    return _attempt(db, settings, delivery_id, attempt, broker=broker)
 
 
 def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *,
-             dispatcher: Dispatcher | None = None) -> str | None:
+             broker: Broker | None = None) -> str | None:
     """POST a claimed delivery once and record how it went; every line it logs carries the delivery id."""
     # Bound here, in the thread that runs it: the webhook pool's threads do not inherit the task's context.
     with logs.context(delivery_id=delivery_id):
-        return _post(db, settings, delivery_id, attempt, dispatcher)
+        return _post(db, settings, delivery_id, attempt, broker)
 
 
 def _post(db: Database, settings: Settings, delivery_id: str, attempt: int,
-          dispatcher: Dispatcher | None) -> str | None:
+          broker: Broker | None) -> str | None:
     with db.session() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         logs.bind(**logs.ids_in(delivery.subject_id))  # the job or batch the event is about
@@ -111,12 +111,12 @@ def _post(db: Database, settings: Settings, delivery_id: str, attempt: int,
                                    created_at=now))
         if status_code == 410 and delivery.endpoint_id:
             _disable(session, delivery.endpoint_id)
-    if dispatcher is not None:
-        metrics.record_delivery(dispatcher.redis, outcome)
+    if broker is not None:
+        metrics.record_delivery(broker.redis, outcome)
     log.info("delivery %s (%s -> %s) attempt %s: %s %s", delivery_id, delivery.event_type, delivery.url, attempt,
              status_code or error, f"retry in {delay:.1f}s" if delay is not None else outcome)
-    if delay is not None and delay < SHORT_DELAY_S and dispatcher is not None:
-        dispatcher.enqueue_delivery(delivery_id, countdown=delay + 0.05)
+    if delay is not None and delay < SHORT_DELAY_S and broker is not None:
+        broker.enqueue_delivery(delivery_id, countdown=delay + 0.05)
     return outcome
 
 

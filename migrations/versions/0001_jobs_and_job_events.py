@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.models
+import service.core.models
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -46,10 +46,10 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
-    sa.Column('started_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('cancel_requested_at', service.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
+    sa.Column('started_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('cancel_requested_at', service.core.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')
     )
@@ -62,7 +62,7 @@ def upgrade() -> None:
     sa.Column('type', sa.String(length=32), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('worker', sa.String(length=255), nullable=True),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )

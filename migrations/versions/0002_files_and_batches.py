@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-import service.models
 
+import service.core.models
 
 revision: str = '0002'
 down_revision: str | None = '0001'
@@ -32,15 +32,15 @@ def upgrade() -> None:
     sa.Column('output_file_id', sa.String(length=40), nullable=True),
     sa.Column('error_file_id', sa.String(length=40), nullable=True),
     sa.Column('idempotency_key', sa.String(length=255), nullable=True),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
-    sa.Column('expires_at', service.models.UTCDateTime(), nullable=False),
-    sa.Column('in_progress_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('finalizing_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('completed_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('failed_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('expired_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('cancelling_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('cancelled_at', service.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', service.core.models.UTCDateTime(), nullable=False),
+    sa.Column('in_progress_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('finalizing_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('completed_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('failed_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('expired_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('cancelling_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('cancelled_at', service.core.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')
     )
@@ -53,7 +53,7 @@ def upgrade() -> None:
     sa.Column('purpose', sa.String(length=32), nullable=False),
     sa.Column('bytes', sa.Integer(), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:

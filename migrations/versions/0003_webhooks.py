@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.models
+import service.core.models
 
 revision: str = '0003'
 down_revision: str | None = '0002'
@@ -29,9 +29,9 @@ def upgrade() -> None:
     sa.Column('description', sa.Text(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('disabled_reason', sa.Text(), nullable=True),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
-    sa.Column('disabled_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('deleted_at', service.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
+    sa.Column('disabled_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('deleted_at', service.core.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('webhook_deliveries',
@@ -45,13 +45,13 @@ def upgrade() -> None:
     sa.Column('body', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('lease_until', service.models.UTCDateTime(), nullable=True),
-    sa.Column('enqueued_at', service.models.UTCDateTime(), nullable=True),
+    sa.Column('next_attempt_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('lease_until', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('enqueued_at', service.core.models.UTCDateTime(), nullable=True),
     sa.Column('last_status_code', sa.Integer(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
-    sa.Column('finished_at', service.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
+    sa.Column('finished_at', service.core.models.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['endpoint_id'], ['webhook_endpoints.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('event_type', 'subject_id', 'target', name='uq_webhook_deliveries_event_target')
@@ -68,8 +68,8 @@ def upgrade() -> None:
     sa.Column('error', sa.String(length=64), nullable=True),
     sa.Column('latency_ms', sa.Double(), nullable=False),
     sa.Column('response_body', sa.Text(), nullable=True),
-    sa.Column('next_attempt_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
+    sa.Column('next_attempt_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['delivery_id'], ['webhook_deliveries.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )

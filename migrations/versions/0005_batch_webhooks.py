@@ -10,8 +10,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-import service.models
-
 
 revision: str = '0005'
 down_revision: str | None = '0004'

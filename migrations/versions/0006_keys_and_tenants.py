@@ -13,14 +13,14 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.models
+import service.core.models
 
 revision: str = '0006'
 down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-DEFAULT_TENANT = 'default'  # service.tenancy.DEFAULT_TENANT, frozen here as migrations must be
+DEFAULT_TENANT = 'default'  # service.core.tenancy.DEFAULT_TENANT, frozen here as migrations must be
 TENANT_TABLES = ('jobs', 'batches', 'files', 'webhook_endpoints', 'webhook_deliveries')
 IDEMPOTENT_TABLES = ('jobs', 'batches')
 # The idempotency_key unique constraints of 0001/0002 have no name in SQLite; batch mode names them by this
@@ -38,9 +38,9 @@ def upgrade() -> None:
     sa.Column('admin', sa.Boolean(), nullable=False),
     sa.Column('rate_limit_rps', sa.Float(), nullable=True),
     sa.Column('max_queued_jobs', sa.Integer(), nullable=True),
-    sa.Column('created_at', service.models.UTCDateTime(), nullable=False),
-    sa.Column('last_used_at', service.models.UTCDateTime(), nullable=True),
-    sa.Column('revoked_at', service.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', service.core.models.UTCDateTime(), nullable=False),
+    sa.Column('last_used_at', service.core.models.UTCDateTime(), nullable=True),
+    sa.Column('revoked_at', service.core.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash')
     )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.models
+import service.core.models
 
 revision: str = '0008'
 down_revision: str | None = '0007'
@@ -23,14 +23,14 @@ def upgrade() -> None:
     # Existing queued jobs and validating batches start with enqueued_at NULL, so the dispatcher sends each
     # once more after the upgrade: a duplicate message is harmless (claims are fenced), a missing one is not.
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('enqueued_at', service.models.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column('image_expired_at', service.models.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column('result_expired_at', service.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('enqueued_at', service.core.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('image_expired_at', service.core.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('result_expired_at', service.core.models.UTCDateTime(), nullable=True))
         batch_op.create_index('ix_jobs_status_enqueued_at', ['status', 'enqueued_at'], unique=False)
         batch_op.create_index('ix_jobs_finished_at', ['finished_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_image_sha256'), ['image_sha256'], unique=False)
     with op.batch_alter_table('batches', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('enqueued_at', service.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('enqueued_at', service.core.models.UTCDateTime(), nullable=True))
     with op.batch_alter_table('files', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_files_sha256'), ['sha256'], unique=False)
 

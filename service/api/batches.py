@@ -14,7 +14,8 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from service import batches, jobs, logs
+from service.adapters.db import Database
+from service.api.auth import current_caller
 from service.api.common import (
     get_or_404,
     idempotency_key,
@@ -27,16 +28,13 @@ from service.api.common import (
     tenant_scope,
     webhook_options,
 )
-from service.auth import current_caller
-from service.blobs import get_blobs
-from service.config import Settings
-from service.db import Database, get_db, get_session
-from service.dispatch import get_dispatcher
-from service.errors import ApiError
-from service.fields import Choice, Field, Form, Text
-from service.models import Batch, File, Job, Priority, new_id
-from service.openapi import JSON, MULTIPART, operation, text_response
-from service.settings import get_settings
+from service.api.context import get_blobs, get_broker, get_db, get_session, get_settings
+from service.api.openapi import JSON, MULTIPART, operation, text_response
+from service.core import batches, jobs, logs
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Choice, Field, Form, Text
+from service.core.models import Batch, File, Job, Priority, new_id
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -140,7 +138,7 @@ def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) 
         session, tenant=caller.tenant, endpoint=batches.CHAT_ENDPOINT, input_file_id=file.id,
         **_options(settings, fields, key))
     session.commit()
-    get_dispatcher().enqueue_ingest(batch.id)  # if the broker is down, the dispatcher pass sends it later
+    get_broker().enqueue_ingest(batch.id)  # if the broker is down, the dispatcher pass sends it later
     return batch
 
 
@@ -166,7 +164,7 @@ def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) 
                                   for name, data in images])
     queued = batches.start(session, batch, ingest)
     session.commit()
-    get_dispatcher().enqueue(queued)
+    get_broker().enqueue(queued)
     if not queued:
         batches.maybe_finalize(get_db(), get_blobs(), batch.id)
     session.expire_all()

@@ -11,14 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.routing import BaseConverter
 
-from service import jobs
-from service.auth import current_tenant
-from service.config import Settings
-from service.db import get_session
-from service.errors import ApiError
-from service.fields import Bool, Choice, Form, Int, JsonObject, Text, WebhookSecret, WebhookUrl
-from service.images import decode_image_field, inspect_image
-from service.models import Priority, TenantOwned
+from service.api.auth import current_tenant
+from service.api.context import get_session
+from service.core import jobs
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Bool, Choice, Form, Int, JsonObject, Text, WebhookSecret, WebhookUrl
+from service.core.images import decode_image_field, inspect_image
+from service.core.models import Priority, TenantOwned
 
 T = TypeVar("T")
 

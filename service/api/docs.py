@@ -4,9 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from service import openapi
-from service.auth import public
-from service.openapi import operation
+from service.api import openapi
+from service.api.auth import public
+from service.api.openapi import operation
 
 bp = Blueprint("docs", __name__)
 

@@ -7,17 +7,16 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+from service.adapters.blobs import BlobNotFound
+from service.api.auth import current_tenant
 from service.api.common import get_or_404, newest_first, page, page_form, request_fields
-from service.auth import current_tenant
-from service.batches import store_file
-from service.blobs import BlobNotFound, get_blobs
-from service.config import Settings
-from service.db import get_session
-from service.errors import ApiError
-from service.fields import Choice, Field, Form
-from service.models import Batch, File
-from service.openapi import MULTIPART, operation, text_response
-from service.settings import get_settings
+from service.api.context import get_blobs, get_session, get_settings
+from service.api.openapi import MULTIPART, operation, text_response
+from service.core.batches import store_file
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Choice, Field, Form
+from service.core.models import Batch, File
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
 

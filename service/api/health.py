@@ -7,12 +7,11 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from service import presence
-from service.auth import public
-from service.db import get_db
-from service.dispatch import get_dispatcher
-from service.openapi import operation
-from service.schemas import ref
+from service.adapters import presence
+from service.api.auth import public
+from service.api.context import get_db, get_redis
+from service.api.openapi import operation
+from service.api.schemas import ref
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def readiness() -> dict[str, Any]:
 
     workers: dict[str, dict[str, Any]] = {}
     try:
-        workers = presence.live_workers(get_dispatcher().redis)
+        workers = presence.live_workers(get_redis())
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unavailable: {exc.__class__.__name__}"

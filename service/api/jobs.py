@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from service import jobs
+from service.adapters.blobs import BlobNotFound
+from service.api.auth import current_caller
 from service.api.common import (
     NO_CACHE,
     get_or_404,
@@ -17,18 +18,14 @@ from service.api.common import (
     page_form,
     request_fields,
 )
-from service.auth import current_caller
-from service.blobs import BlobNotFound, get_blobs
-from service.config import Settings
-from service.db import get_db, get_session
-from service.dispatch import get_dispatcher
-from service.errors import ApiError
-from service.fields import Choice, Form
-from service.images import ACCEPTED_FORMATS, ImageField
-from service.job_endings import get_job_endings
-from service.models import Job, JobStatus, Priority
-from service.openapi import JSON, MULTIPART, operation, text_response
-from service.settings import get_settings
+from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_session, get_settings
+from service.api.openapi import JSON, MULTIPART, operation, text_response
+from service.core import jobs
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Choice, Form
+from service.core.images import ACCEPTED_FORMATS, ImageField
+from service.core.models import Job, JobStatus, Priority
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -57,7 +54,7 @@ def create_job() -> ResponseReturnValue:
     job_request = job_request_from(settings, fields, image_bytes)
     key = idempotency_key()
 
-    job, replayed = jobs.submit(get_session(), get_blobs(), get_dispatcher(), job_request, image_bytes, key,
+    job, replayed = jobs.submit(get_session(), get_blobs(), get_broker(), job_request, image_bytes, key,
                                 current_caller())
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:
@@ -110,7 +107,7 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
     if JobStatus(job.status).terminal:
         raise ApiError(409, "job_already_finished", f"The job already ended as {job.status}.",
                        {"status": job.status})
-    if jobs.cancel(session, get_dispatcher(), job_id):
+    if jobs.cancel(session, get_broker(), job_id):
         get_job_endings().wait(job_id, lambda: jobs.ended(get_db(), job_id), get_settings().cancel_wait_s)
     session.expire_all()
     return jsonify(get_or_404(session, Job, job_id, "job").to_dict()), 202

@@ -4,14 +4,14 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from service import keys
+from service.api.auth import require_admin
 from service.api.common import get_or_404, newest_first, page, page_form, request_fields
-from service.auth import require_admin
-from service.config import Settings
-from service.db import get_session
-from service.fields import Form
-from service.models import ApiKey
-from service.openapi import operation
+from service.api.context import get_session
+from service.api.openapi import operation
+from service.core import keys
+from service.core.config import Settings
+from service.core.fields import Form
+from service.core.models import ApiKey
 
 bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
 

@@ -6,9 +6,9 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from service.openapi import operation
-from service.presets import Preset
-from service.settings import get_settings
+from service.api.context import get_settings
+from service.api.openapi import operation
+from service.core.presets import Preset
 
 bp = Blueprint("presets", __name__, url_prefix="/v1/presets")
 

@@ -6,17 +6,16 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from service import webhooks
+from service.api.auth import current_tenant
 from service.api.common import get_or_404, newest_first, page, page_form, request_fields
-from service.auth import current_tenant
-from service.config import Settings
-from service.db import get_session
-from service.errors import ApiError
-from service.fields import Choice, Field, Form, Text, WebhookSecret, WebhookUrl
-from service.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
-from service.openapi import operation
-from service.settings import get_settings
-from service.webhook_signing import generate_secret
+from service.api.context import get_session, get_settings
+from service.api.openapi import operation
+from service.core import webhooks
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Choice, Field, Form, Text, WebhookSecret, WebhookUrl
+from service.core.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from service.core.webhook_signing import generate_secret
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 

@@ -32,9 +32,9 @@ import redis
 import requests
 from sqlalchemy import func, select
 
-from service import presence
-from service.db import Database
-from service.models import TERMINAL_STATES, Job, JobEvent, WebhookDelivery
+from service.adapters import presence
+from service.adapters.db import Database
+from service.core.models import TERMINAL_STATES, Job, JobEvent, WebhookDelivery
 from tests.conftest import TINY, Receiver, WorkerProcess, make_image, make_key
 from tests.faults import FaultyStack, free_port
 

@@ -5,9 +5,9 @@ import json
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from service.adapters.db import Database
 from service.cli import cli
-from service.db import Database
-from service.models import Job
+from service.core.models import Job
 from tests.conftest import TINY, make_image
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load_settings
+from service.core.config import ConfigError, load_settings
 
 
 def test_precedence_is_defaults_then_file_then_environment_then_overrides(tmp_path):

@@ -7,10 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from service import batches
+from service.adapters.blobs import LocalBlobStore
 from service.app import create_app
-from service.blobs import LocalBlobStore
-from service.models import Batch
+from service.core import batches
+from service.core.models import Batch
 from tests.conftest import TINY, make_image, serve
 
 IMAGE = make_image("JPEG", color=(250, 200, 0))

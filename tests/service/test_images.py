@@ -4,8 +4,8 @@ import io
 import pytest
 from PIL import Image
 
-from service.errors import ApiError
-from service.images import decode_image_field, inspect_image
+from service.core.errors import ApiError
+from service.core.images import decode_image_field, inspect_image
 from tests.conftest import make_image
 
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 1_000_000}

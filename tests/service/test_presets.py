@@ -1,9 +1,9 @@
 """Presets from config.yaml, and how a preset fills a request's fields."""
 import pytest
 
-from service.config import ConfigError, load_settings
-from service.errors import ApiError
-from service.presets import apply_preset
+from service.core.config import ConfigError, load_settings
+from service.core.errors import ApiError
+from service.core.presets import apply_preset
 
 
 def _settings(tmp_path, text):

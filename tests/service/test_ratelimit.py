@@ -1,7 +1,7 @@
 """The Redis rate limiter (GCRA) on its own: a burst of one second's worth, then the steady rate."""
 import uuid
 
-from service.ratelimit import RateLimiter
+from service.adapters.ratelimit import RateLimiter
 from tests.conftest import REDIS_URL
 
 

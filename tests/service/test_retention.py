@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from service import batches, lifecycle
-from service.blobs import LocalBlobStore
-from service.config import load_settings
-from service.models import Batch, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
-from service.retention import BLOB_GRACE_S, purge_expired
+from service.adapters.blobs import LocalBlobStore
+from service.core import batches, lifecycle
+from service.core.config import load_settings
+from service.core.models import Batch, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
+from service.core.retention import BLOB_GRACE_S, purge_expired
 from tests.conftest import TENANT, TINY
 
 HOUR = 3600

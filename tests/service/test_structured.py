@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from service.errors import ApiError
-from service.presets import BUILTIN_PRESETS, build_presets
-from service.structured import compile_schema, parse_response_format, validation_error
+from service.core.errors import ApiError
+from service.core.presets import BUILTIN_PRESETS, build_presets
+from service.core.structured import compile_schema, parse_response_format, validation_error
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["total", "vendor", "items"],
           "properties": {"total": {"type": ["number", "null"], "minimum": 0},

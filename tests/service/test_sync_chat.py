@@ -6,10 +6,9 @@ from there on everything is the real path: the ended job is read and rendered by
 """
 import pytest
 
-from service import sync_chat
-from service.api import chat_completions, generate_content, simple_chat
-from service.db import Database
-from service.errors import ApiError
+from service.adapters.db import Database
+from service.api.compat import chat_completions, generate_content, simple_chat, sync_chat
+from service.core.errors import ApiError
 from tests.conftest import finished_job
 
 

@@ -2,8 +2,8 @@
 import dataclasses
 import re
 
+from service.api.ui import UI_MAX_IMAGE_BYTES
 from service.app import create_app
-from service.ui import UI_MAX_IMAGE_BYTES
 
 
 def test_the_page_renders_with_the_models_the_limits_and_the_flower_link(client, settings):

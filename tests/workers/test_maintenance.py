@@ -8,10 +8,11 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from service import lifecycle, presence
-from service.db import Database
-from service.dispatch import Dispatcher
-from service.models import Job, JobStatus, WebhookDelivery, new_id, utcnow
+from service.adapters import presence
+from service.adapters.broker import Broker
+from service.adapters.db import Database
+from service.core import lifecycle
+from service.core.models import Job, JobStatus, WebhookDelivery, new_id, utcnow
 from tests.conftest import REDIS_URL, TENANT, finished_job
 from workers.maintenance import recover_orphaned_jobs, requeue_due_deliveries
 
@@ -53,7 +54,7 @@ def _job(db, job_id):
 
 
 def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(db, settings, unswept):
-    dispatcher = Dispatcher(settings, db)
+    broker = Broker(settings, db)
     queue_length = lambda: redis.Redis.from_url(REDIS_URL).llen(f"vlq.{MODEL}.bulk")  # noqa: E731
     before = queue_length()
     orphan = _running_job(db, "dead-worker")
@@ -62,7 +63,7 @@ def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(
     alive = _running_job(db, "live-worker")
     just_started = _running_job(db, "dead-worker", started_ago_s=0.0)
 
-    counts = recover_orphaned_jobs(db, dispatcher, settings, live_workers={"live-worker"})
+    counts = recover_orphaned_jobs(db, broker, settings, live_workers={"live-worker"})
 
     assert counts == {"requeued": 1, "failed": 1, "cancelled": 1}
     assert _job(db, orphan).status == "queued" and queue_length() == before + 1
@@ -72,14 +73,14 @@ def test_orphans_are_requeued_failed_or_cancelled_and_the_living_are_left_alone(
     assert _job(db, just_started).status == "running"  # still inside the heartbeat grace period
     with db.session() as session:
         assert [e.type for e in lifecycle.events(session, orphan)] == ["job.queued", "job.running", "job.queued"]
-    dispatcher.close()
+    broker.close()
 
 
 def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings, unswept):
     job_id = _running_job(db, "slow-worker")
     with db.session() as session:
         stale = session.get(Job, job_id)
-    recover_orphaned_jobs(db, Dispatcher(settings, db), settings, live_workers=set())
+    recover_orphaned_jobs(db, Broker(settings, db), settings, live_workers=set())
     with db.session() as session:
         assert lifecycle.claim(session, job_id, "new-worker").attempts == 2
     with db.session() as session:
@@ -88,9 +89,9 @@ def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings, un
 
 
 def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_path):
-    from service import batches
-    from service.blobs import LocalBlobStore
-    from service.models import Batch
+    from service.adapters.blobs import LocalBlobStore
+    from service.core import batches
+    from service.core.models import Batch
     from workers.maintenance import sweep_batches
 
     blobs = LocalBlobStore(tmp_path / "blobs")
@@ -128,19 +129,19 @@ def test_a_delivery_already_sent_is_sent_again_only_once_the_webhook_queue_is_id
     # A database of its own: the session's beat must not take part.
     fresh = Database(fresh_database_url)
     queue = f"vlq.webhooks.{new_id('test')}"
-    dispatcher = Dispatcher(dataclasses.replace(settings, webhook_queue=queue), fresh)
-    broker = redis.Redis.from_url(REDIS_URL)
+    broker = Broker(dataclasses.replace(settings, webhook_queue=queue), fresh)
+    client = redis.Redis.from_url(REDIS_URL)
     job_id = finished_job(fresh, webhook_url="http://127.0.0.1:9/hook", webhook_secret="whsec_c2VjcmV0")
     long_ago = utcnow() - timedelta(hours=1)
     with fresh.session() as session:  # due for an hour, its message sent then and never taken
         session.execute(update(WebhookDelivery).where(WebhookDelivery.subject_id == job_id)
                         .values(next_attempt_at=long_ago, enqueued_at=long_ago))
-    broker.rpush(queue, "a backlog")  # its message may well be in there still
-    assert requeue_due_deliveries(fresh, dispatcher, settings) == 0
-    broker.delete(queue)  # nothing waiting: its message was lost
-    assert requeue_due_deliveries(fresh, dispatcher, settings) == 1
-    assert broker.llen(queue) == 1
-    assert requeue_due_deliveries(fresh, dispatcher, settings) == 0  # recorded: not sent twice
-    broker.delete(queue)
-    dispatcher.close()
+    client.rpush(queue, "a backlog")  # its message may well be in there still
+    assert requeue_due_deliveries(fresh, broker, settings) == 0
+    client.delete(queue)  # nothing waiting: its message was lost
+    assert requeue_due_deliveries(fresh, broker, settings) == 1
+    assert client.llen(queue) == 1
+    assert requeue_due_deliveries(fresh, broker, settings) == 0  # recorded: not sent twice
+    client.delete(queue)
+    broker.close()
     fresh.dispose()

@@ -9,11 +9,11 @@ import psutil
 import pytest
 from PIL import Image
 
-from service.config import load_settings
+from service.core.config import load_settings
 from tests.conftest import ROOT, TINY
 from workers.engines import create_engine
 from workers.engines.base import EngineError, GenerationRequest
-from workers.registry import local_model
+from workers.modelstore.registry import local_model
 
 IMAGE = Image.new("RGB", (160, 120), (20, 120, 200))
 
@@ -151,9 +151,9 @@ def test_the_engine_process_exits_when_its_worker_is_killed(model_cache, tmp_pat
     # The engine's spawned process imports this file again (as __mp_main__): only __main__ runs the worker part.
     script.write_text(
         "import time\n"
-        "from service.config import load_settings\n"
+        "from service.core.config import load_settings\n"
         "from workers.engines import create_engine\n"
-        "from workers.registry import local_model\n"
+        "from workers.modelstore.registry import local_model\n"
         "if __name__ == '__main__':\n"
         f"    settings = load_settings({{'model_cache': {str(model_cache)!r}, 'default_model': {TINY!r}}},\n"
         "                             environ={})\n"

@@ -5,10 +5,10 @@ import pytest
 
 from bench.ocr_eval import fields
 from bench.receipts import Style, make_document, render
-from service.config import load_settings
+from service.core.config import load_settings
 from workers.engines import create_engine
 from workers.engines.base import GenerationRequest
-from workers.registry import local_model
+from workers.modelstore.registry import local_model
 
 
 def test_the_model_is_available_wherever_the_package_is_installed():

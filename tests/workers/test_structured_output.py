@@ -4,12 +4,12 @@ import json
 import pytest
 from PIL import Image
 
-from service.config import load_settings
-from service.structured import validation_error
+from service.core.config import load_settings
+from service.core.structured import validation_error
 from tests.conftest import TINY
 from workers.engines import create_engine
 from workers.engines.base import GenerationRequest
-from workers.registry import local_model
+from workers.modelstore.registry import local_model
 
 IMAGE = Image.new("RGB", (96, 96), (250, 250, 240))
 

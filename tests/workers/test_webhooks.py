@@ -3,8 +3,8 @@ import dataclasses
 
 from sqlalchemy import select
 
-from service.dispatch import Dispatcher
-from service.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from service.adapters.broker import Broker
+from service.core.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
 from tests.conftest import TENANT, drive_delivery, finished_job
 from workers.maintenance import requeue_due_deliveries
 from workers.webhooks import deliver, next_delay_s
@@ -117,15 +117,15 @@ def test_a_held_delivery_is_not_taken_twice_and_the_pass_resends_due_ones(db, se
     with db.session() as session:
         row = session.get(WebhookDelivery, delivery.id)
         row.lease_until, row.next_attempt_at = utcnow(), utcnow().replace(year=2000)
-    dispatcher = Dispatcher(dataclasses.replace(settings, webhook_queue="vlq.webhooks.unconsumed"), db)
-    assert requeue_due_deliveries(db, dispatcher, settings) >= 1
+    broker = Broker(dataclasses.replace(settings, webhook_queue="vlq.webhooks.unconsumed"), db)
+    assert requeue_due_deliveries(db, broker, settings) >= 1
     with db.session() as session:
         enqueued_at = session.get(WebhookDelivery, delivery.id).enqueued_at
     assert enqueued_at is not None
-    requeue_due_deliveries(db, dispatcher, settings)  # too soon: not enqueued a second time
+    requeue_due_deliveries(db, broker, settings)  # too soon: not enqueued a second time
     with db.session() as session:
         assert session.get(WebhookDelivery, delivery.id).enqueued_at == enqueued_at
-    dispatcher.close()
+    broker.close()
 
 
 def test_the_retry_delay_follows_the_schedule_with_jitter_and_retry_after(settings):

@@ -1,9 +1,9 @@
 """Inference engines behind one interface (`workers.engines.base.Engine`)."""
 from __future__ import annotations
 
-from service.config import Settings
+from service.core.config import Settings
 from workers.engines.base import Engine
-from workers.registry import LocalModel
+from workers.modelstore.registry import LocalModel
 
 
 def create_engine(model: LocalModel, settings: Settings) -> Engine:

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from service.config import Settings
-from service.structured import compile_schema
+from service.core.config import Settings
+from service.core.structured import compile_schema
 from workers.engines import pipeline_process
 from workers.engines.base import Engine, EngineError, GenerationRequest, RequestHandle
-from workers.registry import LocalModel
+from workers.modelstore.registry import LocalModel
 
 log = logging.getLogger(__name__)
 

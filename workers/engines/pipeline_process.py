@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import logs
+from service.core import logs
 from workers.engines.base import GenerationResult
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import Settings
+from service.core.config import Settings
 from workers.engines.base import Engine, EngineError, GenerationRequest, GenerationResult, RequestHandle
-from workers.registry import LocalModel
+from workers.modelstore.registry import LocalModel
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
+from service.adapters.db import Database
 from service.app import create_app
-from service.db import Database
-from service.models import ApiKey, Job
+from service.core.models import ApiKey, Job
 from tests.conftest import keyed, make_image, make_key
 
 IDLE_MODEL = "tiny-priority"  # no session worker serves it, so submitted jobs stay queued

@@ -6,9 +6,9 @@ import json
 import pytest
 import redis
 
-from service import lifecycle
-from service.db import Database
-from service.models import Job
+from service.adapters.db import Database
+from service.core import lifecycle
+from service.core.models import Job
 from tests.conftest import REDIS_URL, keyed, make_image
 
 # A registry model no worker serves in this session, so jobs stay queued while the API is examined.

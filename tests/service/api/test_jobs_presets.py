@@ -3,9 +3,9 @@ import base64
 
 import pytest
 
-from service import lifecycle
-from service.db import Database
-from service.models import Job, JobStatus
+from service.adapters.db import Database
+from service.core import lifecycle
+from service.core.models import Job, JobStatus
 from tests.conftest import make_image
 
 IDLE_MODEL = "tiny-idle"  # no worker serves it in this session, so jobs stay queued

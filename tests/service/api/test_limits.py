@@ -9,9 +9,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from service.adapters.db import Database
 from service.app import create_app
-from service.db import Database
-from service.models import Batch, Job
+from service.core.models import Batch, Job
 from tests.conftest import keyed, make_image, make_key
 
 IDLE_MODEL = "tiny-priority"  # no session worker serves it, so submitted jobs stay queued

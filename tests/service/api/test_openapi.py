@@ -4,7 +4,7 @@ from pathlib import Path
 
 import jsonschema
 
-from service.errors import ERROR_CODES
+from service.core.errors import ERROR_CODES
 from tests.conftest import ROOT, TINY
 
 

@@ -2,7 +2,7 @@
 import dataclasses
 
 from service.app import create_app
-from service.presets import BUILTIN_PRESETS, build_presets
+from service.core.presets import BUILTIN_PRESETS, build_presets
 from tests.conftest import keyed
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from sqlalchemy import select
 
-from service import lifecycle
-from service.models import Job, JobStatus, WebhookDelivery
+from service.core import lifecycle
+from service.core.models import Job, JobStatus, WebhookDelivery
 from tests.conftest import finished_job, keyed, make_image, make_key
 
 IDLE_MODEL = "tiny-priority"  # no session worker serves it, so submitted jobs stay queued

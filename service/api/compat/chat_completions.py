@@ -1,0 +1,195 @@
+"""OpenAI-compatible chat: POST /v1/chat/completions (JSON, streamed or not, or multipart) and GET /v1/models.
+
+Scripts written for OpenAI's API work unchanged with `base_url` pointed here. Each request is a job at
+interactive priority that the caller waits for (see `service.api.compat.sync_chat`); errors come in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, mapped from VLQ's codes in `render_error` alone.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask.typing import ResponseReturnValue
+
+from service.adapters import presence
+from service.api.common import image_bytes_field, job_request_from, request_fields
+from service.api.compat import sync_chat
+from service.api.compat.sync_chat import SYNC_ERRORS
+from service.api.context import get_redis, get_settings
+from service.api.errors import as_api_error
+from service.api.openapi import JSON, MULTIPART, operation
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Bool, Field, Form, Int, JsonObject, Text, bool_option
+from service.core.images import ImageField
+from service.core.jobs import generation_form
+from service.core.models import Job
+from service.core.openai_format import chat_chunk, chat_completion, finish_reason, parse_chat_request, usage_chunk
+from service.core.structured import ResponseFormat
+
+bp = Blueprint("chat_completions", __name__, url_prefix="/v1")
+
+
+
+class _Messages(Field):
+    """OpenAI's `messages` (read by service.core.openai_format.parse_chat_request, which builds the conversation)."""
+
+    codes = ("missing_field", "invalid_field", "invalid_request", "unsupported_image_url", "invalid_image_url",
+             "image_url_forbidden", "image_url_unreachable", "invalid_base64", "invalid_image",
+             "unsupported_image_format", "image_too_many_pixels", "image_too_large")
+
+    def schema(self) -> dict[str, Any]:
+        part = {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "image_url"]}, "text": {"type": "string"},
+            "image_url": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}}
+        message = {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"enum": ["system", "user", "assistant"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}]}}}
+        return self._described({"type": "array", "minItems": 1, "items": message})
+
+
+# One server-sent event, as clients parse it: its `data` is a chat.completion.chunk in JSON, or [DONE].
+_SSE_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
+_STREAM = Bool(name="stream", description="Server-sent chat.completion.chunk events, ending with data: [DONE].")
+
+
+def chat_form(settings: Settings) -> Form:
+    """OpenAI's JSON chat request: messages (one image in all) and the generation options."""
+    return Form((
+        _Messages(name="messages", required=True, description="One image in all, as an image_url data: URL."),
+        Int(name="max_completion_tokens", default=settings.default_max_tokens, low=1, high=settings.max_tokens_limit,
+            description="The same as max_tokens (OpenAI's newer name)."),
+        ResponseFormat(name="response_format", description="Constrain the output to JSON, in OpenAI's shape."),
+        _STREAM,
+        JsonObject(name="stream_options", max_bytes=1024, description="{include_usage: true} adds a usage chunk."),
+    )) + generation_form(settings)
+
+
+def chat_upload_form(settings: Settings) -> Form:
+    """The multipart form: an `image` file and a `prompt`."""
+    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return Form((image, Text(name="prompt", max_chars=settings.max_prompt_chars), _STREAM)) + generation_form(settings)
+
+
+@bp.post("/chat/completions")
+@operation("OpenAI-compatible chat completion (waits for the answer)", tags=("compatible",),
+           body={JSON: chat_form, MULTIPART: chat_upload_form}, errors=SYNC_ERRORS + ("not_found",),
+           error_schema="OpenAIError",
+           responses={200: {"description": "A chat.completion, or with `stream` its chunks as server-sent events.",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
+                                        "text/event-stream": {"schema": _SSE_EVENT}}}})
+def create_chat_completion() -> ResponseReturnValue:
+    """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
+    settings = get_settings()
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "The body is not a JSON object.")
+        if body.get("n") not in (None, 1):
+            raise ApiError(400, "invalid_field", "Only n=1 is supported.", {"field": "n"})
+        chat = parse_chat_request(body, settings)
+        fields, image, messages = chat.job_fields(), chat.conversation.image, chat.conversation.messages
+        options = body
+    else:
+        form, files = request_fields()
+        # The upload form's fields (`image` is the file); anything else in the form is ignored.
+        fields = {field.name: form[field.name] for field in chat_upload_form(settings).fields if field.name in form}
+        image, messages, options = image_bytes_field(form, files), None, form
+    stream = bool_option(options, "stream", default=False)
+    job_request = job_request_from(settings, fields, image, messages=messages, stream=stream)
+    if not stream:
+        return jsonify(chat_completion(sync_chat.answer(job_request, image)))
+    stream_options = options.get("stream_options") if isinstance(options.get("stream_options"), dict) else {}
+    job = sync_chat.submit(job_request, image)
+    events = _events(job, include_usage=bool_option(stream_options, "include_usage", default=False))
+    return Response(stream_with_context(events), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
+    """The answer as OpenAI's server-sent chat.completion.chunk events, ending with `data: [DONE]`.
+
+    A failure after the stream began arrives as an `{"error": ...}` event (the SDK raises it). If the client
+    goes away, the job is cancelled (found out at the next write: a piece of text, or a keep-alive every 2 s).
+    """
+    ended = False
+    try:
+        yield _event(chat_chunk(job, {"role": "assistant", "content": ""}, with_usage=include_usage))
+        for piece in sync_chat.pieces(job):
+            if isinstance(piece, Job):
+                final = piece
+            elif piece:
+                yield _event(chat_chunk(job, {"content": piece}, with_usage=include_usage))
+            else:  # an SSE comment: clients ignore it, and writing it tells whether the client is still there
+                yield ": keep-alive\n\n"
+        ended = True
+    except Exception as exc:
+        ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out
+        yield _event(error_body(as_api_error(exc))[0])
+        return
+    finally:
+        if not ended:  # the client disconnected mid-stream
+            sync_chat.abandon(job.id)
+    yield _event(chat_chunk(final, {}, finish=finish_reason(final), with_usage=include_usage))
+    if include_usage:
+        yield _event(usage_chunk(final))
+    yield "data: [DONE]\n\n"
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@bp.get("/models")
+@operation("Models, in OpenAI's list shape", tags=("compatible",), responses={200: "ModelList"},
+           error_schema="OpenAIError")
+def list_models() -> ResponseReturnValue:
+    """The registry in OpenAI's list shape (the SDK's models.list()), with whether a worker serves each now."""
+    statuses = _model_statuses()
+    return jsonify({"object": "list", "data": [_model(name, statuses) for name in get_settings().registry]})
+
+
+@bp.get("/models/<name:model>")  # `name` stops at ':', so .../models/x:generateContent is not this route
+@operation("A model, in OpenAI's shape", tags=("compatible",), responses={200: "Model"}, error_schema="OpenAIError")
+def get_model(model: str) -> ResponseReturnValue:
+    if model not in get_settings().registry:  # error_body answers it as OpenAI's 404 model_not_found
+        raise ApiError(400, "unknown_model", f"The model {model!r} does not exist.", {"model": model})
+    return jsonify(_model(model, _model_statuses()))
+
+
+def _model(name: str, statuses: dict[str, str]) -> dict[str, Any]:
+    # `created` is required by the shape; registry entries have no creation time, so it is 0.
+    return {"id": name, "object": "model", "created": 0, "owned_by": "vlq", "status": statuses.get(name, "absent")}
+
+
+def _model_statuses() -> dict[str, str]:
+    """live if any live worker serves the model, else loading, else unavailable (a worker could not load it)."""
+    rank = {"live": 3, "loading": 2, "unavailable": 1}
+    best: dict[str, str] = {}
+    for info in presence.live_workers(get_redis()).values():
+        for name, state in info.get("models", {}).items():
+            status = state.get("status", "unavailable")
+            if rank.get(status, 0) > rank.get(best.get(name, ""), 0):
+                best[name] = status
+    return best
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def error_body(error: ApiError) -> tuple[dict[str, Any], int]:
+    """A VLQ error in OpenAI's shape, and its HTTP status. An unknown model is OpenAI's 404 model_not_found."""
+    status, code = error.status, error.code
+    if code == "unknown_model":
+        status, code = 404, "model_not_found"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    param = (error.details or {}).get("field")
+    return {"error": {"message": error.message, "type": kind, "param": param, "code": code}}, status
+
+
+@bp.errorhandler(Exception)
+def render_error(exc: Exception) -> ResponseReturnValue:
+    error = as_api_error(exc)
+    body, status = error_body(error)
+    return jsonify(body), status, error.headers

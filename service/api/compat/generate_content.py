@@ -1,0 +1,143 @@
+"""Google's generateContent: POST /v1/models/{model}:generateContent (and under /v1beta, where Google's SDKs go).
+
+`contents` (user and model turns of text and inline_data parts), `system_instruction` and
+`generation_config` in; `candidates` and `usageMetadata` out. The REST API takes snake_case and camelCase
+field names alike, and so does this. Errors are `{"error": {"code", "message", "status"}}`, mapped in
+`render_error` alone.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from service.api.common import job_request_from
+from service.api.compat import sync_chat
+from service.api.compat.sync_chat import SYNC_ERRORS
+from service.api.context import get_settings
+from service.api.errors import as_api_error
+from service.api.openapi import operation
+from service.core.config import Settings
+from service.core.conversation import ImageRef, Turn, build
+from service.core.errors import ApiError
+from service.core.fields import Field, Form, JsonObject
+from service.core.images import ACCEPTED_FORMATS, decode_image_field
+
+bp = Blueprint("generate_content", __name__)
+
+_ROLES = {"user": "user", "model": "assistant"}
+_STATUS_NAMES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED",
+                 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+class _Contents(Field):
+    """Google's `contents` (read by `_turn`): user and model turns of text and inline_data parts."""
+
+    codes = ("missing_field", "invalid_field", "invalid_base64", "invalid_image", "unsupported_image_format",
+             "image_too_many_pixels", "image_too_large")
+
+    def schema(self) -> dict[str, Any]:
+        part = {"type": "object", "properties": {"text": {"type": "string"}, "inline_data": {
+            "type": "object", "required": ["data"],
+            "properties": {"mime_type": {"type": "string"}, "data": {"type": "string"}}}}}
+        content = {"type": "object", "required": ["parts"], "properties": {
+            "role": {"enum": ["user", "model"]}, "parts": {"type": "array", "items": part}}}
+        return self._described({"type": "array", "minItems": 1, "items": content})
+
+
+def content_form(settings: Settings) -> Form:
+    """The request body; snake_case names are shown, and camelCase ones are accepted too."""
+    return Form((
+        _Contents(name="contents", required=True, description="One image in all, in a user turn."),
+        JsonObject(name="system_instruction", max_bytes=settings.max_prompt_chars * 4,
+                   description="{parts: [{text}]}: the system turn."),
+        JsonObject(name="generation_config", max_bytes=1024,
+                   description="temperature, top_p, max_output_tokens (or their camelCase names)."),
+    ))
+
+
+@bp.post("/v1/models/<model>:generateContent")
+@bp.post("/v1beta/models/<model>:generateContent")
+@operation("Google-compatible generateContent (waits for the answer)", tags=("compatible",), body=content_form,
+           errors=SYNC_ERRORS, error_schema="GoogleError", responses={200: "GenerateContentResponse"})
+def generate_content(model: str) -> ResponseReturnValue:
+    settings = get_settings()
+    if model not in settings.registry:
+        raise ApiError(404, "not_found", f"models/{model} is not found; available: {', '.join(settings.registry)}.",
+                       {"model": model})
+    body = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The body must be a JSON object with 'contents'.")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise ApiError(400, "missing_field", "'contents' must be a non-empty list.", {"field": "contents"})
+    turns = [_turn(content, f"contents[{index}]") for index, content in enumerate(contents)]
+    system = _field(body, "system_instruction", "systemInstruction")
+    if system is not None:
+        turns.insert(0, _turn(system, "system_instruction", role="system"))
+    conversation = build(turns, _inline_image, max_chars=settings.max_prompt_chars)
+    config = _field(body, "generation_config", "generationConfig") or {}
+    if not isinstance(config, dict):
+        raise ApiError(400, "invalid_field", "'generation_config' must be an object.", {"field": "generation_config"})
+    fields = {"prompt": conversation.prompt, "model": model, "temperature": config.get("temperature"),
+              "max_tokens": _field(config, "max_output_tokens", "maxOutputTokens"),
+              "top_p": _field(config, "top_p", "topP")}
+    job_request = job_request_from(settings, fields, conversation.image, messages=conversation.messages)
+    job = sync_chat.answer(job_request, conversation.image)
+    usage = job.to_dict()["usage"] or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return jsonify({
+        "candidates": [{
+            "content": {"parts": [{"text": job.result_text or ""}], "role": "model"},
+            "finishReason": "MAX_TOKENS" if job.finish_reason == "length" else "STOP",
+            "index": 0,
+        }],
+        "usageMetadata": {"promptTokenCount": usage["prompt_tokens"],
+                          "candidatesTokenCount": usage["completion_tokens"],
+                          "totalTokenCount": usage["total_tokens"]},
+        "modelVersion": job.model,
+        "responseId": job.id,
+    })
+
+
+def _field(mapping: dict[str, Any], snake: str, camel: str) -> Any:
+    return mapping.get(snake, mapping.get(camel))
+
+
+def _turn(content: Any, where: str, role: str | None = None) -> Turn:
+    """One Content ({role, parts}) as a Turn: text parts, and inline_data images kept for `build` to decode."""
+    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+        raise ApiError(400, "invalid_field", f"{where} must be an object with a 'parts' list.", {"field": where})
+    named = content.get("role", "user")
+    role = role or (_ROLES.get(named) if isinstance(named, str) else None)  # a non-string role is refused, not a 500
+    if role is None:
+        raise ApiError(400, "invalid_field", f"{where}.role must be 'user' or 'model'.", {"field": f"{where}.role"})
+    parts: list[str | ImageRef] = []
+    for index, part in enumerate(content["parts"]):
+        inline = _field(part, "inline_data", "inlineData") if isinstance(part, dict) else None
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif isinstance(inline, dict):
+            parts.append(ImageRef(inline))
+        else:
+            raise ApiError(400, "invalid_field", f"{where}.parts[{index}] must hold 'text' or 'inline_data'.",
+                           {"field": f"{where}.parts[{index}]"})
+    return Turn(role, parts, where=where)
+
+
+def _inline_image(inline: dict[str, Any], where: str) -> bytes:
+    mime = _field(inline, "mime_type", "mimeType")
+    if mime not in ACCEPTED_FORMATS.values():
+        raise ApiError(400, "unsupported_image_format",
+                       f"inline_data mime_type {mime!r} is not accepted; send image/jpeg, image/png or image/webp.",
+                       {"field": where, "accepted": sorted(ACCEPTED_FORMATS)})
+    return decode_image_field(inline.get("data"), field=f"{where}.inline_data.data")
+
+
+@bp.errorhandler(Exception)
+def render_error(exc: Exception) -> ResponseReturnValue:
+    """Google's error shape. Its APIs answer an oversized or unsupported body with 400, so 413 and 415 become 400."""
+    error = as_api_error(exc)
+    status = 400 if error.status in (413, 415) else error.status
+    name = _STATUS_NAMES.get(status, "INVALID_ARGUMENT" if status < 500 else "INTERNAL")
+    return jsonify({"error": {"code": status, "message": error.message, "status": name}}), status, error.headers

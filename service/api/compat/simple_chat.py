@@ -1,0 +1,120 @@
+"""The `/api/v1/chat` API: one base64 data-URL image and a prompt in JSON, numeric codes in every answer.
+
+Success is `{"code": 0, "message": "success", "data": {...}}`; an error is `{"code", "message", "data": null}`
+with a code from `_CODES` (the family's documented table), mapped from VLQ's own error codes in `render_error`.
+"""
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from service.adapters import presence
+from service.api.auth import public
+from service.api.common import job_request_from
+from service.api.compat import sync_chat
+from service.api.compat.sync_chat import SYNC_ERRORS
+from service.api.context import get_redis, get_settings
+from service.api.errors import as_api_error
+from service.api.openapi import operation
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Choice, Float, Form, Int, Text
+from service.core.images import ACCEPTED_FORMATS, ImageField, decode_image_field
+
+bp = Blueprint("simple_chat", __name__, url_prefix="/api/v1")
+
+MAX_SIDE = 4096  # pixels on either side; larger images are refused with 4003
+_DATA_URL_HEADER = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)[^,]*;base64,", re.I)
+
+# VLQ's error code -> this family's code; anything not listed is 5000 (internal error).
+_CODES = {
+    "missing_field": 4000, "invalid_field": 4000, "invalid_json": 4000, "invalid_base64": 4000,
+    "invalid_image": 4000, "unsupported_media_type": 4000, "bad_request": 4000, "request_too_large": 4003,
+    "missing_data_url_header": 4001,
+    "unsupported_image_format": 4002,
+    "image_too_large": 4003, "image_too_many_pixels": 4003, "image_side_too_long": 4003,
+    "model_unavailable": 4004, "model_loading": 4004, "no_worker": 4004, "unknown_model": 4004,
+    "sync_timeout": 5001, "inference_timeout": 5001,
+    "out_of_memory": 5002,
+}
+
+
+def chat_form(settings: Settings) -> Form:
+    """The family's JSON body; `image` must be a data URL with its header (read by `_image`)."""
+    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return Form((
+        image, Text(name="prompt", max_chars=settings.max_prompt_chars),
+        Int(name="max_tokens", default=512, low=64, high=1024),
+        Float(name="temperature", default=0.0, low=0.0, high=2.0),
+        Choice(name="model", choices=sorted(settings.registry), default=settings.default_model, code="unknown_model"),
+    ), extra_codes=("missing_data_url_header", "image_side_too_long"))
+
+
+@bp.post("/chat")
+@operation("One image and a prompt, answered (numeric codes in every answer)", tags=("compatible",),
+           body=chat_form, errors=SYNC_ERRORS, error_schema="SimpleChatAnswer", responses={200: "SimpleChatAnswer"})
+def chat() -> ResponseReturnValue:
+    settings = get_settings()
+    body = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "Send a JSON object: {image, prompt, max_tokens, temperature}.")
+    image = _image(body.get("image"))
+    form = chat_form(settings)
+    fields = {"prompt": body.get("prompt"), "model": form.read("model", body), "temperature": body.get("temperature"),
+              "max_tokens": form.read("max_tokens", body)}
+    job_request = job_request_from(settings, fields, image)
+    info = job_request.image
+    if max(info.width, info.height) > MAX_SIDE:
+        raise ApiError(400, "image_side_too_long",
+                       f"The image is {info.width}x{info.height}; neither side may exceed {MAX_SIDE} pixels.",
+                       {"width": info.width, "height": info.height, "limit": MAX_SIDE})
+    job = sync_chat.answer(job_request, image)
+    shown = job.to_dict()
+    usage = shown["usage"] or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return jsonify({"code": 0, "message": "success", "data": {
+        "response": job.result_text or "", "token_usage": usage,
+        "inference_time_ms": shown["timings"]["inference_ms"]}})
+
+
+def _image(value: Any) -> bytes:
+    """The image from a data URL with its header; 4001 without one, 4002 when it names a format not accepted."""
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, "missing_field", "'image' is required: a data:image/...;base64,... URL.",
+                       {"field": "image"})
+    header = _DATA_URL_HEADER.match(value.strip())
+    if header is None:
+        raise ApiError(400, "missing_data_url_header",
+                       "'image' must start with a data URL header such as data:image/png;base64,", {"field": "image"})
+    if header.group("mime").lower() not in (*ACCEPTED_FORMATS.values(), "image/jpg"):
+        raise ApiError(400, "unsupported_image_format",
+                       f"{header.group('mime')} is not accepted; send JPEG, PNG or WebP.",
+                       {"format": header.group("mime"), "accepted": sorted(ACCEPTED_FORMATS)})
+    return decode_image_field(value)
+
+
+@bp.get("/health")
+@public
+@operation("Ready while a live worker serves the default model", tags=("compatible",),
+           responses={200: "SimpleChatHealth", 503: {"description": "Loading or unavailable.", "content": {
+               "application/json": {"schema": {"$ref": "#/components/schemas/SimpleChatHealth"}}}}},
+           error_schema="SimpleChatAnswer")
+def health() -> ResponseReturnValue:
+    """{status: ok} while a live worker serves the default model; otherwise 503 with status loading or unavailable."""
+    model = get_settings().default_model
+    states = {info.get("models", {}).get(model, {}).get("status")
+              for info in presence.live_workers(get_redis()).values()}
+    status = "ok" if "live" in states else "loading" if "loading" in states else "unavailable"
+    body = {"status": status, "model": model, "multimodal": True, "cpu_optimized": True,
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+    return jsonify(body), 200 if status == "ok" else 503
+
+
+@bp.errorhandler(Exception)
+def render_error(exc: Exception) -> ResponseReturnValue:
+    error = as_api_error(exc)
+    return jsonify({"code": _CODES.get(error.code, 5000), "message": error.message, "data": None}), \
+        error.status, error.headers

@@ -1,0 +1,75 @@
+"""Every failure rendered as the one JSON error body; framework errors and lost backends included."""
+from __future__ import annotations
+
+import logging
+
+import redis
+import sqlalchemy.exc
+from flask import Flask, g, jsonify
+from flask.typing import ResponseReturnValue
+from kombu.exceptions import OperationalError as KombuOperationalError
+from werkzeug.exceptions import HTTPException
+
+from service.adapters.db import DATABASE_UNAVAILABLE
+from service.core.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# Framework errors get the same body; these are their stable codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(Exception, lambda error: render(as_api_error(error)))
+
+
+def render(error: ApiError) -> ResponseReturnValue:
+    return jsonify(error.body()), error.status, error.headers
+
+
+def as_api_error(error: Exception) -> ApiError:
+    """Any exception as the ApiError a client sees; compatible API families render the result in their own shapes.
+
+    A framework error keeps its status; a lost backend is a 503 to retry; anything else is a logged 500, after the
+    request's session is rolled back.
+    """
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        # Keep the framework's own headers, e.g. a 405's `Allow`.
+        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+        return ApiError(status, _HTTP_CODES.get(status, "http_error"), error.description or error.name,
+                        headers=headers)
+    session = g.get("db_session")
+    if session is not None:
+        try:
+            session.rollback()
+        except Exception:  # a connection the database dropped cannot roll back; the pool discards it
+            log.debug("rollback failed", exc_info=True)
+    if isinstance(error, sqlalchemy.exc.DataError):  # the database refused a value the client sent (a NUL, say)
+        log.info("refused data: %s", error)
+        return ApiError(400, "bad_request", "A value in the request cannot be stored.")
+    unavailable = _unavailable_backend(error)
+    if unavailable:
+        log.warning("%s unavailable: %s", unavailable, error)
+        return ApiError(503, f"{unavailable}_unavailable", f"The {unavailable} is not reachable; try again shortly.",
+                        headers={"Retry-After": "5"})
+    log.exception("unhandled error", exc_info=error)
+    return ApiError(500, "internal_error", "Something went wrong on our side; it has been logged.")
+
+
+def _unavailable_backend(error: Exception) -> str | None:
+    """Name the backend behind a connection failure, so clients get a 503 they can retry, not a 500."""
+    if isinstance(error, DATABASE_UNAVAILABLE):
+        return "database"
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError | KombuOperationalError):
+        return "broker"
+    return None

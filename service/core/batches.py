@@ -1,0 +1,340 @@
+"""Batches: many jobs under one id, OpenAI-style. Ingest, counts, cancel and finalize live here.
+
+    validating ──> in_progress ──> finalizing ──> completed
+        │              │ └──────────────────────> expired
+        └─> failed     └──> cancelling ─────────> cancelled
+
+An OpenAI batch starts `validating` while a worker streams its input file into job rows; a native
+batch (images uploaded with one prompt) is ingested in the request and starts `in_progress`. When no
+item is queued or running, the batch is finalized: output and error files are written, then it ends.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, BinaryIO
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from service.adapters.blobs import BlobStore
+from service.adapters.db import Database
+from service.core import lifecycle, webhooks
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.images import inspect_image
+from service.core.jobs import generation_options
+from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
+from service.core.openai_format import chat_completion, parse_chat_request
+from service.core.structured import parse_response_format
+
+log = logging.getLogger(__name__)
+
+CHAT_ENDPOINT = "/v1/chat/completions"
+NATIVE_ENDPOINT = "/v1/jobs"
+MAX_LISTED_ERRORS = 100
+WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
+_WINDOW = re.compile(r"^(\d{1,4})([hm])$")
+
+_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
+    BatchStatus.VALIDATING: frozenset({BatchStatus.IN_PROGRESS, BatchStatus.FAILED, BatchStatus.CANCELLING}),
+    BatchStatus.IN_PROGRESS: frozenset({BatchStatus.FINALIZING, BatchStatus.CANCELLING, BatchStatus.EXPIRED}),
+    BatchStatus.FINALIZING: frozenset({BatchStatus.COMPLETED}),
+    BatchStatus.CANCELLING: frozenset({BatchStatus.CANCELLED}),
+}
+_ENDINGS = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED})
+_STAMPS = {
+    BatchStatus.IN_PROGRESS: "in_progress_at", BatchStatus.FINALIZING: "finalizing_at",
+    BatchStatus.COMPLETED: "completed_at", BatchStatus.FAILED: "failed_at", BatchStatus.EXPIRED: "expired_at",
+    BatchStatus.CANCELLING: "cancelling_at", BatchStatus.CANCELLED: "cancelled_at",
+}
+
+
+@dataclass
+class Ingest:
+    """Job rows built from a batch's items, and the errors that fail the whole batch."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_count: int = 0
+    _custom_ids: set[str] = field(default_factory=set)
+
+    def fail_line(self, line: int, code: str, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append({"code": code, "message": message, "param": None, "line": line})
+
+    def claim_custom_id(self, custom_id: str, line: int) -> bool:
+        if custom_id in self._custom_ids:
+            self.fail_line(line, "duplicate_custom_id", f"custom_id {custom_id!r} appears more than once.")
+            return False
+        self._custom_ids.add(custom_id)
+        return True
+
+
+# -- creating ----------------------------------------------------------------------------------
+
+def expires_at_for(window: str) -> Any:
+    match = _WINDOW.match(window or "")
+    if not match or int(match.group(1)) == 0:
+        raise ApiError(400, "invalid_field", "'completion_window' must look like '24h' or '90m'.",
+                       {"field": "completion_window"})
+    amount, unit = int(match.group(1)), match.group(2)
+    return utcnow() + (timedelta(hours=amount) if unit == "h" else timedelta(minutes=amount))
+
+
+def create_batch(session: Session, *, tenant: str, endpoint: str, input_file_id: str | None, completion_window: str,
+                 priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
+                 webhook_url: str | None = None, webhook_secret: str | None = None,
+                 batch_id: str | None = None) -> Batch:
+    """Add a new batch of `tenant` in `validating` to the session; its items and files will belong to that tenant."""
+    batch = Batch(id=batch_id or new_id("batch"), tenant=tenant, status=BatchStatus.VALIDATING.value,
+                  endpoint=endpoint,
+                  input_file_id=input_file_id, completion_window=completion_window, priority=priority,
+                  metadata_=metadata, idempotency_key=idempotency_key, created_at=utcnow(),
+                  expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
+                  webhook_secret=webhook_secret)
+    session.add(batch)
+    return batch
+
+
+def item_row(settings: Settings, blobs: BlobStore, batch: Batch, custom_id: str, image: bytes,
+             task_fields: dict[str, Any]) -> dict[str, Any]:
+    """One batch item as a job row; a bad image makes a row that is already failed, never a failed batch.
+
+    `task_fields` are the job columns of what to ask and how (prompt, model, options, preset, schema).
+    """
+    row: dict[str, Any] = {"id": new_id("job"), "tenant": batch.tenant, "batch_id": batch.id, "custom_id": custom_id,
+                           "priority": batch.priority, **task_fields}
+    try:
+        info = inspect_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    except ApiError as error:
+        return refused_row(row, error)
+    row.update(image_sha256=blobs.put(image), image_format=info.format, image_width=info.width,
+               image_height=info.height, request_sha256=hashlib.sha256(f"{batch.id}:{custom_id}".encode()).hexdigest())
+    return row
+
+
+def refused_row(row: dict[str, Any], error: ApiError) -> dict[str, Any]:
+    """A row for an item refused at ingest: it ends `failed` at once with the error it got."""
+    return {**row, "status": JobStatus.FAILED.value, "error_code": error.code, "error_message": error.message,
+            "request_sha256": ""}
+
+
+def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, blobs: BlobStore) -> Ingest:
+    """Stream an OpenAI batch input file (JSONL of {custom_id, method, url, body}) into job rows."""
+    ingest = Ingest()
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            ingest.fail_line(number, "invalid_json_line", f"Line {number} is not valid JSON: {exc}.")
+            continue
+        if not isinstance(line, dict):
+            ingest.fail_line(number, "invalid_request", f"Line {number} is not a JSON object.")
+            continue
+        custom_id = line.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            ingest.fail_line(number, "missing_custom_id", f"Line {number} has no custom_id string.")
+            continue
+        if line.get("method", "POST") != "POST" or line.get("url") != batch.endpoint:
+            ingest.fail_line(number, "invalid_url",
+                             f"Line {number} must be a POST to {batch.endpoint}, the batch's endpoint.")
+            continue
+        if not ingest.claim_custom_id(custom_id, number):
+            continue
+        try:
+            request = parse_chat_request(line.get("body"), settings)
+            options = generation_options(settings, request.job_fields())
+            schema = parse_response_format(request.response_format)
+        except ApiError as error:
+            # The line is well-formed but its request is not: that item fails, its neighbours run.
+            placeholder = {"id": new_id("job"), "tenant": batch.tenant, "batch_id": batch.id, "custom_id": custom_id,
+                           "prompt": "", "priority": batch.priority, "model": settings.default_model, "max_tokens": 0,
+                           "temperature": 0.0, "ignore_eos": False}
+            ingest.rows.append(refused_row(placeholder, error))
+            continue
+        conversation = request.conversation
+        ingest.rows.append(item_row(settings, blobs, batch, custom_id, conversation.image,
+                                    {"prompt": conversation.prompt, "messages": conversation.messages,
+                                     "response_schema": schema, **options.job_fields()}))
+    return ingest
+
+
+def count_requests(blobs: BlobStore, file: File) -> int:
+    """The requests in a batch input file: its non-blank lines, as ingest will read them."""
+    with blobs.open(file.sha256) as lines:
+        return sum(1 for line in lines if line.strip())
+
+
+def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
+    """Insert the rows and move the batch on: `failed` if any line was malformed, else `in_progress`.
+
+    Returns the queued jobs, to enqueue once the caller has committed.
+    """
+    if ingest.error_count:
+        transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.FAILED,
+                   errors={"object": "list", "data": ingest.errors})
+        return []
+    if not ingest.rows:
+        transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.FAILED, errors={"object": "list", "data": [
+            {"code": "empty_batch", "message": "The batch has no requests.", "param": None, "line": None}]})
+        return []
+    # The transition first: if an ingest task was delivered twice, only one of them inserts the rows.
+    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+        return []
+    lifecycle.create_jobs(session, ingest.rows)
+    return [Job(id=row["id"], model=row["model"], priority=row["priority"], attempts=0)
+            for row in ingest.rows if row["status"] == JobStatus.QUEUED.value]
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def request_counts(session: Session, batch_ids: list[str]) -> dict[str, dict[str, int]]:
+    """OpenAI's request_counts per batch (failed counts refused and failed items; cancelled is extra)."""
+    counts = {batch_id: {"total": 0, "completed": 0, "failed": 0, "cancelled": 0} for batch_id in batch_ids}
+    rows = session.execute(
+        select(Job.batch_id, Job.status, func.count()).where(Job.batch_id.in_(batch_ids))
+        .group_by(Job.batch_id, Job.status)
+    )
+    for batch_id, status, count in rows:
+        entry = counts[batch_id]
+        entry["total"] += count
+        key = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}.get(status)
+        if key:
+            entry[key] += count
+    return counts
+
+
+def render(session: Session, batch: Batch) -> dict[str, Any]:
+    return batch.to_dict(request_counts(session, [batch.id])[batch.id])
+
+
+def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterator[dict[str, Any]]:
+    """The batch's output-file lines (succeeded items) or error-file lines (the rest that ended), by custom_id."""
+    ended = [JobStatus.FAILED.value, JobStatus.CANCELLED.value]
+    wanted = Job.status == JobStatus.SUCCEEDED.value if succeeded else Job.status.in_(ended)
+    query = select(Job).where(Job.batch_id == batch_id, wanted).order_by(Job.custom_id)
+    for job in session.scalars(query.execution_options(yield_per=500)):
+        yield output_line(job)
+
+
+def output_line(job: Job) -> dict[str, Any]:
+    if job.status == JobStatus.SUCCEEDED.value:
+        response = {"status_code": 200, "request_id": job.id, "body": chat_completion(job)}
+        return {"id": f"batch_req_{job.id}", "custom_id": job.custom_id, "response": response, "error": None}
+    return {"id": f"batch_req_{job.id}", "custom_id": job.custom_id, "response": None,
+            "error": {"code": job.error_code or job.status, "message": job.error_message or job.status}}
+
+
+# -- cancelling, finalizing ----------------------------------------------------------------------
+
+def cancel(session: Session, batch: Batch) -> None:
+    """Cancel the queued items now; running ones finish. The batch ends `cancelled` once none is running."""
+    if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+        raise ApiError(409, "batch_not_cancellable", f"A batch that is {batch.status} cannot be cancelled.",
+                       {"status": batch.status})
+    transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING)
+    lifecycle.cancel_queued_in_batch(session, batch.id)
+
+
+def pending(session: Session, batch_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))) or 0
+
+
+def maybe_finalize(db: Database, blobs: BlobStore, batch_id: str) -> bool:
+    """If no item is pending, write the output and error files and end the batch. Safe to call from anywhere."""
+    with db.session() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None or pending(session, batch_id):
+            return False
+        # finalizing_at doubles as the claim, so concurrent callers write the files once.
+        claimed = session.execute(update(Batch).where(
+            Batch.id == batch_id, Batch.finalizing_at.is_(None),
+            Batch.status.in_([BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value]),
+        ).values(finalizing_at=utcnow())).rowcount == 1
+        if not claimed:
+            return False
+        if batch.status == BatchStatus.IN_PROGRESS.value:
+            transition(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
+    with db.session() as session:
+        batch = session.get(Batch, batch_id, populate_existing=True)
+        ending = BatchStatus.COMPLETED if batch.status == BatchStatus.FINALIZING.value else BatchStatus.CANCELLED
+        _end_with_files(session, blobs, batch_id, BatchStatus(batch.status), ending)
+    return True
+
+
+def expire_overdue(db: Database, blobs: BlobStore) -> int:
+    """Batches past their completion_window: queued items are cancelled and the batch ends `expired`,
+    with what finished so far in its files (items still running finish, but after the batch ended)."""
+    with db.session() as session:
+        overdue = session.scalars(select(Batch.id).where(
+            Batch.status == BatchStatus.IN_PROGRESS.value, Batch.expires_at < utcnow(),
+            Batch.finalizing_at.is_(None))).all()
+    expired = 0
+    for batch_id in overdue:
+        with db.session() as session:
+            claimed = session.execute(update(Batch).where(Batch.id == batch_id, Batch.finalizing_at.is_(None))
+                                      .values(finalizing_at=utcnow())).rowcount == 1
+            if claimed:
+                lifecycle.cancel_queued_in_batch(session, batch_id)
+                _end_with_files(session, blobs, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED)
+                expired += 1
+    return expired
+
+
+def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: BatchStatus,
+                    ending: BatchStatus) -> None:
+    """Write the output and error files of everything ended so far, and move the batch to `ending`."""
+    tenant = session.scalar(select(Batch.tenant).where(Batch.id == batch_id))
+    output = _write_file(session, blobs, batch_id, tenant, succeeded=True)
+    errors = _write_file(session, blobs, batch_id, tenant, succeeded=False)
+    transition(session, batch_id, source, ending,
+               output_file_id=output.id if output else None, error_file_id=errors.id if errors else None)
+    log.info("batch %s ended as %s", batch_id, ending.value)
+
+
+def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, *, succeeded: bool) -> File | None:
+    buffer = io.BytesIO()
+    for line in result_lines(session, batch_id, succeeded=succeeded):
+        buffer.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+    if not buffer.tell():
+        return None
+    kind = "output" if succeeded else "errors"
+    buffer.seek(0)
+    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}", tenant)
+
+
+def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str,
+               tenant: str) -> File:
+    """Store the bytes and add the file row of `tenant` to the session."""
+    sha256, size = blobs.put_stream(stream)
+    file = File(id=new_id("file"), tenant=tenant, filename=filename, purpose=purpose, bytes=size, sha256=sha256,
+                created_at=utcnow())
+    session.add(file)
+    return file
+
+
+def transition(session: Session, batch_id: str, source: BatchStatus, target: BatchStatus, **values: Any) -> bool:
+    """The one place a batch changes state: a conditional UPDATE stamped with the target's time."""
+    if target not in _TRANSITIONS.get(source, ()):
+        raise ValueError(f"no batch transition {source.value} -> {target.value}")
+    result = session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == source.value).values(
+        status=target.value, **{_STAMPS[target]: utcnow()}, **values))
+    if result.rowcount != 1:
+        return False
+    log.info("batch %s: %s -> %s", batch_id, source.value, target.value)
+    if target in _ENDINGS:  # the outbox: the batch summary, in the same transaction as its ending
+        batch = session.get(Batch, batch_id, populate_existing=True)
+        webhooks.record_event(session, f"batch.{target.value}", batch_id, render(session, batch),
+                              tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)
+    return True

@@ -1,0 +1,76 @@
+"""A chat request's conversation, whichever API family it came in: its turns and the one image they hold.
+
+Families turn their own shapes into `Turn`s (OpenAI `messages`, Google `contents`); `build` checks them the
+same way for all and produces what a job stores: the image's bytes, the prompt it shows (the last user
+turn's text) and, for a real conversation, its `messages` with `{"type": "image"}` where the image was.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from service.core.errors import ApiError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # system | user | assistant
+    parts: list[str | ImageRef]  # text, and at most one image in the whole conversation
+    plain: bool = False  # the family sent the content as one string (kept so, for the chat template)
+    where: str = "messages"  # names the turn in error details, in the family's own terms
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    source: Any  # what the family gave: a URL, base64, or bytes; `build` loads it
+
+
+@dataclass(frozen=True)
+class Conversation:
+    image: bytes
+    prompt: str  # the last user turn's text: what the job shows
+    messages: list[dict[str, Any]] | None  # None for a single user turn, which runs as a plain prompt
+
+
+def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int) -> Conversation:
+    """Check the turns and load their image: exactly one image, in a user turn; text to answer; a user turn last."""
+    if not turns:
+        raise ApiError(400, "missing_field", "The conversation has no messages.", {"field": "messages"})
+    images = [(turn, part) for turn in turns for part in turn.parts if isinstance(part, ImageRef)]
+    if len(images) != 1:
+        raise ApiError(400, "invalid_field", f"Send exactly one image in the conversation (got {len(images)}).",
+                       {"field": "messages"})
+    image_turn, image = images[0]
+    if image_turn.role != "user":
+        raise ApiError(400, "invalid_field", "The image must be part of a user turn.", {"field": image_turn.where})
+    if turns[-1].role != "user":
+        raise ApiError(400, "invalid_field", "The conversation must end with a user turn.", {"field": turns[-1].where})
+    user_texts = [_text(turn) for turn in turns if turn.role == "user"]
+    if not any(text.strip() for text in user_texts):
+        raise ApiError(400, "missing_field", "The conversation holds no text prompt.", {"field": "prompt"})
+    total = sum(len(_text(turn)) for turn in turns)
+    if total > max_chars:
+        raise ApiError(400, "invalid_field",
+                       f"The conversation's text is {total} characters; the limit is {max_chars}.",
+                       {"field": "messages"})
+    single = len(turns) == 1
+    return Conversation(
+        image=load_image(image.source, image_turn.where),
+        prompt=_text(turns[0]) if single else user_texts[-1],
+        messages=None if single else [_message(turn) for turn in turns],
+    )
+
+
+def _text(turn: Turn) -> str:
+    return "\n".join(part for part in turn.parts if isinstance(part, str) and part.strip())
+
+
+def _message(turn: Turn) -> dict[str, Any]:
+    """A turn as the chat template reads it (Hugging Face's shape): a string, or typed parts."""
+    if turn.plain and all(isinstance(part, str) for part in turn.parts):
+        return {"role": turn.role, "content": "".join(turn.parts)}
+    return {"role": turn.role, "content": [
+        {"type": "image"} if isinstance(part, ImageRef) else {"type": "text", "text": part} for part in turn.parts]}

@@ -1,0 +1,108 @@
+"""Checks on uploaded images, done before anything is stored."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from PIL import Image, UnidentifiedImageError
+
+from service.core.errors import ApiError
+from service.core.fields import Field
+
+ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+# An 8x8 grey PNG: the document's example image, so API fuzzers also send requests that reach a worker.
+EXAMPLE_DATA_URL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGNsaGhgwAaYsIoOWgkA"
+                    "MBcBkGHHl6YAAAAASUVORK5CYII=")
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # JPEG, PNG or WEBP
+    width: int
+    height: int
+
+
+def decode_image_field(value: object, field: str = "image") -> bytes:
+    """Bytes from a data URL (`data:image/png;base64,...`) or from raw base64."""
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, "missing_field", f"'{field}' is required: a data URL or base64-encoded image bytes.",
+                       {"field": field})
+    payload = value.strip()
+    match = _DATA_URL.match(payload)
+    if match:
+        if not match.group("b64"):
+            raise ApiError(400, "invalid_base64", f"'{field}' is a data URL without ';base64'; send base64 data.",
+                           {"field": field})
+        payload = payload[match.end():]
+    payload = re.sub(r"\s+", "", payload)
+    payload += "=" * (-len(payload) % 4)  # tolerate stripped padding
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", f"'{field}' is not valid base64.", {"field": field}) from None
+
+
+def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """Validate format, size and integrity without trusting the header alone; raise ApiError on any problem."""
+    if not data:
+        raise ApiError(400, "invalid_image", "The image is empty (0 bytes).")
+    if len(data) > max_bytes:
+        raise ApiError(413, "image_too_large", f"The image is {len(data)} bytes; the limit is {max_bytes}.",
+                       {"bytes": len(data), "limit": max_bytes})
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(400, "invalid_image", "The bytes are not a recognizable image.") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, past twice its default limit
+        raise ApiError(400, "image_too_many_pixels", f"The image has too many pixels: {exc}",
+                       {"limit": max_pixels}) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a header cut short or broken (e.g. a JPEG segment)
+        raise ApiError(400, "invalid_image", f"The image header could not be read: {exc}.") from None
+    # Phones save photos as MPO: a JPEG with more pictures (depth, previews) after the first, which is what is read.
+    image_format = "JPEG" if image.format == "MPO" else image.format
+    if image_format not in ACCEPTED_FORMATS:
+        raise ApiError(400, "unsupported_image_format",
+                       f"{image.format} images are not supported; send JPEG, PNG or WebP.",
+                       {"format": image.format, "accepted": sorted(ACCEPTED_FORMATS)})
+    width, height = image.size
+    # Checked from the header before decoding, so a decompression bomb is refused without inflating it.
+    if width * height > max_pixels:
+        raise ApiError(400, "image_too_many_pixels",
+                       f"The image is {width}x{height} ({width * height} pixels); the limit is {max_pixels}.",
+                       {"width": width, "height": height, "limit": max_pixels})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(400, "invalid_image", f"The image could not be decoded: {exc}.") from None
+    return ImageInfo(format=image_format, width=width, height=height)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageField(Field):
+    """An image: an uploaded file in a multipart form, a data URL or base64 in JSON; read as (bytes, info)."""
+
+    max_bytes: int
+    max_pixels: int
+    required: bool = True
+    codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_base64", "invalid_image", "unsupported_image_format",
+                                        "image_too_many_pixels", "image_too_large")
+
+    def read(self, fields: dict[str, Any]) -> tuple[bytes, ImageInfo]:
+        value = fields.get(self.name)
+        data = value.read() if hasattr(value, "read") else decode_image_field(value, self.name)
+        return data, inspect_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    def schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "description": "JPEG, PNG or WebP: a data URL or raw base64.",
+                                "examples": [EXAMPLE_DATA_URL]})
+
+    def form_schema(self) -> dict[str, Any]:
+        return self._described({"type": "string", "format": "binary", "contentMediaType": "image/*"})

@@ -1,0 +1,264 @@
+"""Accepting a job: store the image, insert the row, then hand it to the queue once it is committed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.adapters.blobs import BlobStore
+from service.adapters.db import Database
+from service.core import lifecycle, logs
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.core.fields import Bool, Choice, Float, Form, Int, OptionalNumber, Text
+from service.core.images import ImageInfo
+from service.core.models import Job, JobStatus, new_id
+from service.core.ports import Sender
+from service.core.presets import apply_preset
+from service.core.structured import ResponseFormat
+from service.core.tenancy import Caller
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate: shared by single jobs and every item of a batch."""
+
+    model: str
+    max_tokens: int
+    temperature: float
+    ignore_eos: bool
+    top_p: float | None = None  # None: the engine's default
+
+    def job_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated job submission."""
+
+    task: Task
+    priority: str
+    metadata: dict[str, Any] | None
+    image_sha256: str
+    image: ImageInfo
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    no_cache: bool = False  # run it even if an identical request already has a result
+    stream: bool = False  # the worker publishes the text as it is generated (service.adapters.token_stream)
+
+    def fingerprint(self) -> str:
+        """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
+        fields = asdict(self) | {"image": None}
+        fields.pop("stream")  # how the answer is delivered, not what is asked
+        # Options added later count only when set, so requests from before them keep their fingerprints.
+        for holder, name in ((fields["task"], "messages"), (fields["task"], "max_pixels"),
+                             (fields["task"]["options"], "top_p")):
+            if holder[name] is None:
+                del holder[name]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    def cache_key(self) -> str | None:
+        """What makes two requests' results interchangeable; None if the result must not be reused.
+
+        Sampled (temperature > 0) results are random draws, and ignore_eos runs are load tests: neither is cached.
+        The preset counts through what it resolved to (prompt, model, schema, max_tokens), not by name.
+        """
+        task, options = self.task, self.task.options
+        if options.temperature > 0 or options.ignore_eos:
+            return None
+        fields = {"image": self.image_sha256, "model": options.model, "prompt": task.prompt,
+                  "max_tokens": options.max_tokens, "schema": task.response_schema, "ocr": task.ground_with_ocr}
+        if task.messages is not None:  # a conversation: every turn counts, not only the last prompt
+            fields["messages"] = task.messages
+        if task.max_pixels is not None:  # the model saw a smaller image
+            fields["max_pixels"] = task.max_pixels
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Task:
+    """What to ask and how, after presets are applied: shared by a job and every item of a native batch."""
+
+    prompt: str
+    options: GenerationOptions
+    preset: str | None
+    response_schema: dict[str, Any] | None
+    ground_with_ocr: bool
+    messages: list[dict[str, Any]] | None = None  # a conversation (see Job.messages); `prompt` is its last turn
+    max_pixels: int | None = None  # the preset's bound on the image's size, below the model's; None: the model's
+
+    def job_fields(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "preset": self.preset, "response_schema": self.response_schema,
+                "ground_with_ocr": self.ground_with_ocr, "messages": self.messages, "max_pixels": self.max_pixels,
+                **self.options.job_fields()}
+
+
+def task_form(settings: Settings) -> Form:
+    """What to ask and how: the fields `resolve_task` reads, for a job and for every item of a native batch."""
+    return Form((
+        Choice(name="preset", choices=sorted(settings.presets), code="unknown_preset",
+               description="Fills prompt, model, max_tokens, the schema and ground_with_ocr; set fields win."),
+        Text(name="prompt", max_chars=settings.max_prompt_chars, required=False,
+             description="Required unless a preset gives one or the model is an OCR engine."),
+        *generation_form(settings).fields,
+        ResponseFormat(name="response_format", description="Constrain the output to JSON, in OpenAI's shape."),
+        Bool(name="ground_with_ocr", description="OCR the image first and add its text to the prompt."),
+    ))
+
+
+def generation_form(settings: Settings) -> Form:
+    return Form((
+        Choice(name="model", choices=sorted(settings.registry), default=settings.default_model, code="unknown_model"),
+        Int(name="max_tokens", default=settings.default_max_tokens, low=1, high=settings.max_tokens_limit),
+        Float(name="temperature", default=0.0, low=0.0, high=2.0, description="0 is greedy."),
+        OptionalNumber(name="top_p", low=0.0, high=1.0, exclusive_low=True,
+                       description="Nucleus sampling; absent leaves the engine's default."),
+        Bool(name="ignore_eos", description="Generate exactly max_tokens (benchmarks, load tests)."),
+    ))
+
+
+def resolve_task(settings: Settings, fields: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> Task:
+    """Apply the `preset`, then validate prompt, generation options, `response_format` and `ground_with_ocr`.
+
+    `messages` makes it a conversation, whose last user turn is `fields["prompt"]`.
+    """
+    form = task_form(settings)
+    form.read("preset", fields)  # refuses what is not a configured preset's name, before it is looked up
+    fields, preset = apply_preset(settings.presets, fields)
+    options = generation_options(settings, fields)
+    ocr = settings.registry[options.model].engine == "rapidocr"
+    prompt = form.read("prompt", fields)
+    if prompt is None and not ocr:  # only an OCR model reads an image without a prompt
+        raise ApiError(400, "missing_field", "'prompt' is required.", {"field": "prompt"})
+    schema = form.read("response_format", fields)
+    if schema is None and preset is not None:
+        schema = preset.output_schema()
+    ground_with_ocr = form.read("ground_with_ocr", fields)
+    if ocr and (schema is not None or ground_with_ocr):
+        field = "response_format" if schema is not None else "ground_with_ocr"
+        raise ApiError(400, "invalid_field",
+                       f"'{field}' needs a vision-language model; {options.model!r} is an OCR engine.",
+                       {"field": field})
+    if messages is not None and ground_with_ocr:
+        raise ApiError(400, "invalid_field", "'ground_with_ocr' works on a single prompt, not a conversation.",
+                       {"field": "ground_with_ocr"})
+    return Task(prompt=prompt or "", options=options, preset=preset.name if preset else None, response_schema=schema,
+                ground_with_ocr=ground_with_ocr, messages=messages, max_pixels=preset.max_pixels if preset else None)
+
+
+def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:
+    """model, max_tokens, temperature, top_p and ignore_eos, validated against the registry and the limits."""
+    form = generation_form(settings)
+    return GenerationOptions(**{field.name: field.read(fields) for field in form.fields})
+
+
+def submit(
+    session: Session, blobs: BlobStore, broker: Sender, request: JobRequest, image_bytes: bytes,
+    idempotency_key: str | None, caller: Caller,
+) -> tuple[Job, bool]:
+    """Create and enqueue a job for the caller's tenant; returns (job, replayed) where replayed means the key
+    matched an earlier job of that tenant. A new job must fit the caller's quota (429 otherwise)."""
+    fingerprint = request.fingerprint()
+    tenant = caller.tenant
+    if idempotency_key:
+        existing = _by_idempotency_key(session, tenant, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, True
+    caller.admit_jobs(session, 1)
+
+    blobs.put(image_bytes)
+    cache_key = request.cache_key()
+    job_id = new_id("job")
+    logs.bind(job_id=job_id)  # the request's lines from here on are about this job (reset when it ends)
+    job = lifecycle.create_job(
+        session,
+        id=job_id,
+        tenant=tenant,
+        priority=request.priority,
+        image_sha256=request.image_sha256,
+        image_format=request.image.format,
+        image_width=request.image.width,
+        image_height=request.image.height,
+        metadata_=request.metadata,
+        cache_key=cache_key,
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint,
+        **request.task.job_fields(),
+        webhook_url=request.webhook_url,
+        webhook_secret=request.webhook_secret,
+        stream=request.stream,
+    )
+    cached = cache_key is not None and not request.no_cache and _answer_from_cache(session, job, cache_key)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the other one's insert won.
+        session.rollback()
+        existing = _by_idempotency_key(session, tenant, idempotency_key, fingerprint) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, True
+    if cached:
+        session.refresh(job)
+        return job, False
+
+    # Accepted once committed. If the broker does not take the task now (Redis down), the job waits in the
+    # database, unsent, and the dispatcher pass sends it when Redis is back.
+    broker.enqueue([job])
+    return job, False
+
+
+def _answer_from_cache(session: Session, job: Job, cache_key: str) -> bool:
+    """Finish `job` with the newest succeeded result of an identical request of its tenant, if there is one.
+
+    Tenants never share results: a hit would tell one tenant that another sent the same image and prompt.
+    """
+    source = session.scalars(
+        select(Job).where(Job.cache_key == cache_key, Job.tenant == job.tenant, Job.status == JobStatus.SUCCEEDED.value,
+                          Job.id != job.id)
+        .order_by(Job.finished_at.desc()).limit(1)
+    ).first()
+    if source is None:
+        return False
+    session.flush()  # the new row must exist for its conditional UPDATE
+    return lifecycle.complete_from_cache(session, job.id, source)
+
+
+def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: str) -> Job | None:
+    job = session.scalars(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).first()
+    if job is not None and job.request_sha256 != fingerprint:
+        raise ApiError(409, "idempotency_key_reused",
+                       "This Idempotency-Key was already used for a different request.",
+                       {"job_id": job.id})
+    return job
+
+
+def cancel(session: Session, broker: Sender, job_id: str) -> bool:
+    """Cancel a queued job now, or signal a running one's worker; True if a running job was signalled.
+
+    Commits. A job that already ended, or whose cancel is already on its way, is left as it is.
+    """
+    if lifecycle.cancel_queued(session, job_id):
+        session.commit()
+        return False
+    signalled = lifecycle.request_cancel(session, job_id)
+    session.commit()
+    if signalled:
+        broker.publish_cancel(job_id)
+    return signalled
+
+
+def ended(db: Database, job_id: str) -> bool:
+    """Whether the job has reached a terminal state, read in a short transaction of its own (so it sees new writes)."""
+    with db.session() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status is None or JobStatus(status).terminal

@@ -1,0 +1,96 @@
+"""API keys: create (the secret is shown once), list, revoke, and find the key a request presents.
+
+A key is `vlq_sk_` + 256 random bits. Only its SHA-256 is stored. A fast, unsalted hash is right here, unlike for
+passwords: slow salted hashes (bcrypt, argon2) exist to make guessing low-entropy secrets expensive, and no amount
+of guessing finds a 256-bit random value, so they would only add ~100 ms of CPU to every request. Being unsalted,
+the hash is also the lookup key: one indexed equality query finds the key, where a salted hash would have to be
+checked against every row. A stolen table of hashes lets no one call the API.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.core.fields import Bool, Form, OptionalNumber, Text
+from service.core.models import ApiKey, new_id, utcnow
+from service.core.tenancy import DEFAULT_TENANT, TENANT_REGEX
+
+PREFIX = "vlq_sk_"
+_SHOWN_CHARS = len(PREFIX) + 4  # enough to tell keys apart in a list, far too little to matter as a secret
+_TOUCH_EVERY_S = 60  # last_used_at is written at most this often per key, not on every request
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """What a new key is for; validated once, for the CLI and the admin API alike."""
+
+    name: str
+    tenant: str = DEFAULT_TENANT
+    admin: bool = False
+    rate_limit_rps: float | None = None  # None: the configured default
+    max_queued_jobs: int | None = None
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> KeySpec:
+        """Validate request fields (or CLI options) into a spec; raises ApiError naming the bad field."""
+        values = {field.name: field.read(fields) for field in KEY_FORM.fields}
+        return cls(**{**values, "tenant": values["tenant"] or DEFAULT_TENANT})
+
+
+# What POST /v1/keys and `vlq keys create` take; null numbers keep the configured defaults.
+KEY_FORM = Form((
+    Text(name="name", max_chars=100, description="What the key is for, e.g. the client that will use it."),
+    Text(name="tenant", max_chars=64, required=False, pattern=TENANT_REGEX,
+         description=f"Whose jobs, batches and files it reaches (default: {DEFAULT_TENANT})."),
+    Bool(name="admin", description="May manage keys (/v1/keys)."),
+    OptionalNumber(name="rate_limit_rps", low=0.0, high=1e6, description="Requests per second; 0 is unlimited."),
+    OptionalNumber(name="max_queued_jobs", low=0, high=10**9, integer=True,
+                   description="Queued + running jobs of its tenant; 0 is unlimited."),
+))
+
+def create_key(session: Session, spec: KeySpec) -> tuple[ApiKey, str]:
+    """Add a key to the session; returns it and its secret, which exists nowhere else afterwards."""
+    secret = PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(id=new_id("key"), name=spec.name, tenant=spec.tenant, key_hash=hash_secret(secret),
+                 prefix=secret[:_SHOWN_CHARS], admin=spec.admin, rate_limit_rps=spec.rate_limit_rps,
+                 max_queued_jobs=spec.max_queued_jobs, created_at=utcnow())
+    session.add(key)
+    return key, secret
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def find_key(session: Session, secret: str) -> ApiKey | None:
+    """The key with this secret, revoked or not; None if there is none."""
+    if not secret.startswith(PREFIX) or len(secret) > 128:
+        return None
+    return session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_secret(secret))).first()
+
+
+def used_recently(key: ApiKey) -> bool:
+    """Whether its last_used_at is recent enough to leave alone: requests do not each write, only one a minute."""
+    return key.last_used_at is not None and (utcnow() - key.last_used_at).total_seconds() < _TOUCH_EVERY_S
+
+
+def note_use(session: Session, key_id: str) -> None:
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    """Revoke a key from now on (its row stays, for the record); None if there is no such key."""
+    key = session.get(ApiKey, key_id)
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key
+

@@ -1,0 +1,433 @@
+"""Database models. Every schema change here needs an Alembic revision in migrations/versions."""
+from __future__ import annotations
+
+import enum
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A time-ordered id (48-bit milliseconds + 80 random bits, Crockford base32), so ids sort by creation."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC and always returns aware UTC, so SQLite and Postgres read back alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use service.core.models.utcnow()")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class TenantOwned:
+    """A row that belongs to one tenant: the API finds it only for that tenant's keys (service/api/common.py).
+
+    No default on purpose: a row created without a tenant fails its insert instead of landing in some tenant.
+    """
+
+    tenant: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the secret is stored (see service/keys.py for why that hash)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    tenant: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256 of the whole secret
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to tell keys apart in lists
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float)  # None: the configured default; 0: unlimited
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)  # None: the configured default; 0: unlimited
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The key as the API shows it: never the secret, nor its hash."""
+        return {"id": self.id, "object": "api_key", "name": self.name, "tenant": self.tenant, "admin": self.admin,
+                "prefix": self.prefix, "rate_limit_rps": self.rate_limit_rps, "max_queued_jobs": self.max_queued_jobs,
+                "created_at": _iso(self.created_at), "last_used_at": _iso(self.last_used_at),
+                "revoked_at": _iso(self.revoked_at)}
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Priority(enum.StrEnum):
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+class BatchStatus(enum.StrEnum):
+    """OpenAI's batch states."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+class File(TenantOwned, Base):
+    """An uploaded or generated file (OpenAI Files API); the bytes live in the blob store."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_id", "tenant", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": _unix(self.created_at),
+                "filename": self.filename, "purpose": self.purpose, "status": "processed"}
+
+
+class Batch(TenantOwned, Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_tenant_id", "tenant", "id"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_batches_tenant_idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str | None] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    errors: Mapped[dict[str, Any] | None]  # validation errors, OpenAI's {"object": "list", "data": [...]}
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per tenant
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))  # gets the batch's ending event
+    webhook_secret: Mapped[str | None] = mapped_column(String(255))
+    # When the ingest task was last handed to the broker; None while no message is known to be there
+    # (never sent, or lost with the broker's data), so the dispatcher sends it (see workers.maintenance).
+    enqueued_at: Mapped[datetime | None]
+
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    in_progress_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+
+    def to_dict(self, request_counts: dict[str, int]) -> dict[str, Any]:
+        """The batch in OpenAI's shape; counts come from its jobs."""
+        stamps = ("created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
+                  "expired_at", "cancelling_at", "cancelled_at")
+        return {
+            "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
+            "input_file_id": self.input_file_id, "completion_window": self.completion_window,
+            "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+            **{stamp: _unix(getattr(self, stamp)) for stamp in stamps},
+            "request_counts": request_counts, "metadata": self.metadata_, "priority": self.priority,
+            "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
+        }
+
+
+class Job(TenantOwned, Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_batch_id_status", "batch_id", "status"),
+        Index("ix_jobs_tenant_id", "tenant", "id"),
+        Index("ix_jobs_tenant_status_id", "tenant", "status", "id"),  # the quota's count, and filtered lists
+        Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),  # the dispatcher's query
+        Index("ix_jobs_finished_at", "finished_at"),  # retention's query
+        UniqueConstraint("batch_id", "custom_id", name="uq_jobs_batch_custom_id"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str] = mapped_column(Text)
+    priority: Mapped[str] = mapped_column(String(16))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    custom_id: Mapped[str | None] = mapped_column(String(255))
+
+    # Null only for a batch item refused at ingest (its error says why).
+    image_sha256: Mapped[str | None] = mapped_column(String(64), index=True)  # indexed: retention asks who uses a blob
+    image_format: Mapped[str | None] = mapped_column(String(8))
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float]
+    top_p: Mapped[float | None]  # nucleus sampling; None leaves the engine's default (1.0)
+    ignore_eos: Mapped[bool] = mapped_column(default=False)
+    # A conversation (chat requests): system/user/assistant turns, `{"type": "image"}` marking where the job's
+    # image sits. The engine applies the model's chat template over all of them. None for a single prompt.
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    stream: Mapped[bool] = mapped_column(default=False)  # the worker publishes text as it is generated
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    preset: Mapped[str | None] = mapped_column(String(64))
+    response_schema: Mapped[dict[str, Any] | None]  # the output must validate against it (preset or response_format)
+    ground_with_ocr: Mapped[bool] = mapped_column(default=False)
+    max_pixels: Mapped[int | None]  # the preset's bound on the image's size, if lower than the model's
+    # Identical requests share a key (see service.cache); None for requests that are never cached.
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    cached_from: Mapped[str | None] = mapped_column(String(40))  # the job whose result this one reused
+
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per tenant
+    request_sha256: Mapped[str] = mapped_column(String(64))
+
+    result_text: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | length | cancelled
+    result_json: Mapped[dict[str, Any] | None]  # the parsed output of a schema-constrained job
+    result_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # OCR: [{text, box, confidence}]
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    ttft_ms: Mapped[float | None]
+    inference_ms: Mapped[float | None]
+    batch_size: Mapped[int | None]
+
+    worker: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+    # When the job's task was last handed to the broker; None while no message is known to be there
+    # (not sent yet, requeued, or lost with the broker's data), so the dispatcher sends it.
+    enqueued_at: Mapped[datetime | None]
+    # Retention: when the image (its blob reference) and the result were removed; the row and its stats stay.
+    image_expired_at: Mapped[datetime | None]
+    result_expired_at: Mapped[datetime | None]
+
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))  # never shown by the API
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the API shows it."""
+        usage = None
+        if self.prompt_tokens is not None and self.completion_tokens is not None:
+            usage = {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            }
+        return {
+            "id": self.id,
+            "object": "job",
+            "status": self.status,
+            "model": self.model,
+            "prompt": self.prompt,
+            "priority": self.priority,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "messages": self.messages,
+            "image": None if self.image_sha256 is None else {
+                "sha256": self.image_sha256, "format": self.image_format,
+                "width": self.image_width, "height": self.image_height},
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "preset": self.preset,
+            "result": self._result(),
+            "cached": self.cached_from is not None,
+            "cache_of": self.cached_from,
+            "usage": usage,
+            "timings": self._timings(),
+            "batch_size": self.batch_size,
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "error": None if self.error_code is None else {"code": self.error_code, "message": self.error_message},
+            "metadata": self.metadata_,
+            "batch_id": self.batch_id,
+            "custom_id": self.custom_id,
+            "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
+            "image_expired_at": _iso(self.image_expired_at),
+            "result_expired_at": _iso(self.result_expired_at),
+        }
+
+    def _result(self) -> dict[str, Any] | None:
+        if self.result_text is None:
+            return None
+        result: dict[str, Any] = {"text": self.result_text}
+        if self.response_schema is not None:
+            result["json"] = self.result_json
+        if self.result_lines is not None:
+            result["lines"] = self.result_lines
+        return result
+
+    def _timings(self) -> dict[str, float | None]:
+        return {
+            "queue_ms": _ms_between(self.created_at, self.started_at),
+            "ttft_ms": _round(self.ttft_ms),
+            "inference_ms": _round(self.inference_ms),
+            "total_ms": _ms_between(self.created_at, self.finished_at),
+        }
+
+
+class JobEvent(Base):
+    """One row per state transition, written in the same transaction as the transition itself.
+
+    It is the audit trail ("ended exactly once" is checkable) and the outbox that webhooks deliver from.
+    """
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(32))  # "job.<status>"
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+class WebhookEndpoint(TenantOwned, Base):
+    """A receiver registered once (POST /v1/webhooks) for every event of its tenant that its filter matches."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_id", "tenant", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[str] | None] = mapped_column(JSON)  # None: every event type
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # "active" | "disabled" (a 410 from the receiver)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(TenantOwned, Base):
+    """One event to one receiver: its id is the `webhook-id`, the same on every attempt.
+
+    Created in the transaction that records the event (the outbox); delivered by workers, retried
+    from `next_attempt_at`, and held by one worker at a time through `lease_until`.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_type", "subject_id", "target", name="uq_webhook_deliveries_event_target"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_tenant_id", "tenant", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(40), index=True)  # the job (or batch) the event is about
+    target: Mapped[str] = mapped_column(String(40))  # an endpoint id, or "request" for the job's own webhook_url
+    endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent on every attempt
+    status: Mapped[str] = mapped_column(String(16))  # pending | succeeded | failed | cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """The log of one delivery attempt."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(String(64))  # timeout | connection_error | forbidden_address
+    latency_ms: Mapped[float]
+    response_body: Mapped[str | None] = mapped_column(Text)  # truncated
+    next_attempt_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _unix(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 1)

@@ -1,0 +1,129 @@
+"""OpenAI's chat shapes: reading a chat request into VLQ's terms, and writing a job as a chat.completion."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from service.core.config import Settings
+from service.core.conversation import Conversation, ImageRef, Turn, build
+from service.core.errors import ApiError
+from service.core.image_urls import load_image_url
+from service.core.models import Job
+
+# OpenAI's newer name for the system role.
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The parts of an OpenAI chat request a VLQ job needs."""
+
+    conversation: Conversation
+    model: str | None
+    max_tokens: Any
+    temperature: Any
+    top_p: Any
+    response_format: Any
+    ignore_eos: Any  # not OpenAI's, but vLLM's servers take it too (load tests, benchmarks)
+
+    def job_fields(self) -> dict[str, Any]:
+        """The request's options under the job's field names (validated by service.core.jobs)."""
+        return {"prompt": self.conversation.prompt, "model": self.model, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "top_p": self.top_p, "response_format": self.response_format,
+                "ignore_eos": self.ignore_eos}
+
+
+def parse_chat_request(body: Any, settings: Settings) -> ChatRequest:
+    """Read `messages` (system, user and assistant turns; one image_url part) and the options; ApiError if unusable."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The request body must be a JSON object.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "missing_field", "'messages' must be a non-empty list.", {"field": "messages"})
+    turns = [_turn(message, index) for index, message in enumerate(messages)]
+    return ChatRequest(
+        conversation=build(turns, partial(load_image_url, settings), max_chars=settings.max_prompt_chars),
+        model=body.get("model"),
+        max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
+        temperature=body.get("temperature"),
+        top_p=body.get("top_p"),
+        response_format=body.get("response_format"),
+        ignore_eos=body.get("ignore_eos"),
+    )
+
+
+def _turn(message: Any, index: int) -> Turn:
+    where = f"messages[{index}]"
+    named = message.get("role") if isinstance(message, dict) else None
+    role = _ROLES.get(named) if isinstance(named, str) else None
+    if role is None:
+        raise ApiError(400, "invalid_field", f"{where} must be a system, user or assistant message.", {"field": where})
+    content = message.get("content")
+    if isinstance(content, str):
+        return Turn(role, [content], plain=True, where=where)
+    if not isinstance(content, list):
+        raise ApiError(400, "invalid_field", f"{where}.content must be a string or a list of parts.",
+                       {"field": f"{where}.content"})
+    parts: list[str | ImageRef] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif kind == "image_url":
+            image_url = part.get("image_url")
+            parts.append(ImageRef(image_url.get("url") if isinstance(image_url, dict) else image_url))
+        else:
+            raise ApiError(400, "invalid_field", f"{where} has an unsupported content part {kind!r}.",
+                           {"field": f"{where}.content"})
+    return Turn(role, parts, where=where)
+
+
+def chat_completion(job: Job) -> dict[str, Any]:
+    """A finished job as an OpenAI chat.completion object."""
+    return {
+        "id": completion_id(job),
+        "object": "chat.completion",
+        "created": int(job.created_at.timestamp()),
+        "model": job.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": job.result_text or ""},
+            "logprobs": None,
+            "finish_reason": finish_reason(job),
+        }],
+        "usage": usage(job),
+    }
+
+
+def chat_chunk(job: Job, delta: dict[str, Any], *, finish: str | None = None,
+               with_usage: bool = False) -> dict[str, Any]:
+    """One chat.completion.chunk of a streamed answer. With `stream_options.include_usage`, OpenAI sends
+    `usage: null` on every chunk and the figures on one last chunk without choices (`usage_chunk`)."""
+    chunk: dict[str, Any] = {
+        "id": completion_id(job), "object": "chat.completion.chunk", "created": int(job.created_at.timestamp()),
+        "model": job.model, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if with_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(job: Job) -> dict[str, Any]:
+    return {"id": completion_id(job), "object": "chat.completion.chunk", "created": int(job.created_at.timestamp()),
+            "model": job.model, "choices": [], "usage": usage(job)}
+
+
+def completion_id(job: Job) -> str:
+    return f"chatcmpl-{job.id}"
+
+
+def finish_reason(job: Job) -> str:
+    return job.finish_reason if job.finish_reason in ("stop", "length") else "stop"
+
+
+def usage(job: Job) -> dict[str, Any]:
+    """Token counts (zero for OCR and cached answers), plus VLQ's `total_time_ms`: submit to answer."""
+    shown = job.to_dict()
+    counts = shown["usage"] or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return {**counts, "total_time_ms": shown["timings"]["total_ms"]}
