@@ -4,59 +4,104 @@ The codes are stable and documented in README.md ("Error codes").
 """
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
-# Every code the API answers with: (HTTP status, when). README.md "Error codes" shows the same table,
-# and the OpenAPI document has one component per code.
-ERROR_CODES: dict[str, tuple[int, str]] = {
-    "bad_request": (400, "The request could not be read (e.g. a malformed multipart body)."),
-    "missing_field": (400, "A required field is absent or empty (`details.field` names it)."),
-    "invalid_field": (400, "A field is out of range or of the wrong type (`details.field` names it)."),
-    "invalid_json": (400, "The body is not a JSON object."),
-    "invalid_base64": (400, "`image` is not valid base64, or a data URL without `;base64`."),
-    "invalid_image": (400, "Empty, truncated or undecodable image bytes."),
-    "unsupported_image_format": (400, "Not JPEG, PNG or WebP."),
-    "image_too_many_pixels": (400, "Over `max_image_pixels`, decompression bombs included."),
-    "unknown_model": (400, "`model` is not in the registry (`details.available` lists them)."),
-    "unknown_preset": (400, "`preset` is not configured (`details.available` lists them)."),
-    "invalid_response_format": (400, "`response_format` is not an accepted shape, or its schema is invalid."),
-    "invalid_header": (400, "A header is malformed, e.g. an `Idempotency-Key` over 255 characters."),
-    "invalid_webhook_url": (400, "A webhook URL that is not http(s), is malformed, or does not resolve."),
-    "webhook_url_forbidden": (400, "A webhook URL that resolves to a private, loopback or reserved address."),
-    "duplicate_custom_id": (400, "Two images of a native batch share a file name."),
-    "invalid_archive": (400, "`archive` is not a readable zip."),
-    "unsupported_image_url": (400, "An `image_url` that is neither a `data:` URL nor, where `image_url_fetch` is on, "
-                                   "an `http(s)` URL."),
-    "invalid_image_url": (400, "A fetched image URL that is malformed or does not resolve."),
-    "image_url_forbidden": (400, "A fetched image URL that resolves to a private, loopback or reserved address."),
-    "image_url_unreachable": (400, "A fetched image URL that did not answer 2xx in time."),
-    "missing_data_url_header": (400, "/api/v1/chat: `image` is base64 without its `data:image/...;base64,` header."),
-    "image_side_too_long": (400, "/api/v1/chat: an image side is over the family's documented limit."),
-    "invalid_request": (400, "A chat request that is not in OpenAI's shape (e.g. no user image)."),
-    "unauthorized": (401, "No API key, or a wrong or revoked one (`WWW-Authenticate: Bearer`)."),
-    "forbidden": (403, "Managing keys without an admin key."),
-    "not_found": (404, "No such resource in the caller's tenant, or no such route."),
-    "method_not_allowed": (405, "The route does not take this method (`Allow` lists those it takes)."),
-    "idempotency_key_reused": (409, "The Idempotency-Key was used for a different request."),
-    "job_already_finished": (409, "Cancelling a job that already ended."),
-    "batch_not_cancellable": (409, "Cancelling a batch that already ended."),
-    "file_in_use": (409, "Deleting a file a running batch still reads."),
-    "cancelled": (409, "A synchronous request's job was cancelled by someone else while it waited."),
-    "webhook_endpoint_disabled": (409, "Redelivering to an endpoint that was disabled (410) or deleted."),
-    "image_too_large": (413, "The image is over `max_image_bytes`."),
-    "request_too_large": (413, "The whole body is over the limit."),
-    "unsupported_media_type": (415, "Neither JSON nor multipart/form."),
-    "rate_limited": (429, "The key's `rate_limit_rps` is spent; retry after `Retry-After` seconds."),
-    "quota_exceeded": (429, "The tenant's queued + running jobs would pass the key's `max_queued_jobs`."),
-    "internal_error": (500, "A bug; it is logged."),
-    "broker_unavailable": (503, "Redis is down: nothing was accepted; retry after `Retry-After`."),
-    "database_unavailable": (503, "The database is down; retry after `Retry-After`."),
-    "no_worker": (503, "Synchronous endpoints: no live worker serves the model."),
-    "model_loading": (503, "Synchronous endpoints: the model is still loading; retry shortly."),
-    "model_unavailable": (503, "Synchronous endpoints: no worker could load the model."),
-    "overloaded": (503, "Synchronous endpoints: too many requests are waiting already; retry after `Retry-After`."),
-    "sync_timeout": (504, "A synchronous request got no answer within `sync_timeout_s`; its job was cancelled."),
-}
+
+class ErrorCode(StrEnum):
+    """Every code a client can meet, with its HTTP status and when it happens.
+
+    API errors answer with the status; a job that was accepted but could not run ends `failed` (or `cancelled`)
+    with a `job` code in `error.code`, and a synchronous endpoint waiting on that job answers with its status.
+    README.md "Error codes" lists the same table (tests/service/core/test_errors.py checks it), and the OpenAPI
+    document has one component per API code.
+    """
+
+    status: int
+    when: str
+    job: bool
+
+    def __new__(cls, value: str, status: int, when: str, job: bool = False) -> ErrorCode:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.status = status
+        member.when = when
+        member.job = job
+        return member
+
+    BAD_REQUEST = "bad_request", 400, "The request could not be read (e.g. a malformed multipart body)."
+    MISSING_FIELD = "missing_field", 400, "A required field is absent or empty (`details.field` names it)."
+    INVALID_FIELD = "invalid_field", 400, "A field is out of range or of the wrong type (`details.field` names it)."
+    INVALID_JSON = "invalid_json", 400, "The body is not a JSON object."
+    INVALID_BASE64 = "invalid_base64", 400, "`image` is not valid base64, or a data URL without `;base64`."
+    INVALID_IMAGE = "invalid_image", 400, "Empty, truncated or undecodable image bytes."
+    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format", 400, "Not JPEG, PNG or WebP."
+    IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels", 400, "Over `max_image_pixels`, decompression bombs included."
+    UNKNOWN_MODEL = "unknown_model", 400, "`model` is not in the registry (`details.available` lists them)."
+    UNKNOWN_PRESET = "unknown_preset", 400, "`preset` is not configured (`details.available` lists them)."
+    INVALID_RESPONSE_FORMAT = ("invalid_response_format", 400,
+                               "`response_format` is not an accepted shape, or its schema is invalid.")
+    INVALID_HEADER = "invalid_header", 400, "A header is malformed, e.g. an `Idempotency-Key` over 255 characters."
+    INVALID_WEBHOOK_URL = ("invalid_webhook_url", 400,
+                           "A webhook URL that is not http(s), is malformed, or does not resolve.")
+    WEBHOOK_URL_FORBIDDEN = ("webhook_url_forbidden", 400,
+                             "A webhook URL that resolves to a private, loopback or reserved address.")
+    DUPLICATE_CUSTOM_ID = "duplicate_custom_id", 400, "Two images of a native batch share a file name."
+    INVALID_ARCHIVE = "invalid_archive", 400, "`archive` is not a readable zip."
+    UNSUPPORTED_IMAGE_URL = ("unsupported_image_url", 400,
+                             "An `image_url` that is neither a `data:` URL nor, where `image_url_fetch` is on, an "
+                             "`http(s)` URL.")
+    INVALID_IMAGE_URL = "invalid_image_url", 400, "A fetched image URL that is malformed or does not resolve."
+    IMAGE_URL_FORBIDDEN = ("image_url_forbidden", 400,
+                           "A fetched image URL that resolves to a private, loopback or reserved address.")
+    IMAGE_URL_UNREACHABLE = "image_url_unreachable", 400, "A fetched image URL that did not answer 2xx in time."
+    MISSING_DATA_URL_HEADER = ("missing_data_url_header", 400,
+                               "/api/v1/chat: `image` is base64 without its `data:image/...;base64,` header.")
+    IMAGE_SIDE_TOO_LONG = ("image_side_too_long", 400,
+                           "/api/v1/chat: an image side is over the family's documented limit.")
+    INVALID_REQUEST = "invalid_request", 400, "A chat request that is not in OpenAI's shape (e.g. no user image)."
+    UNAUTHORIZED = "unauthorized", 401, "No API key, or a wrong or revoked one (`WWW-Authenticate: Bearer`)."
+    FORBIDDEN = "forbidden", 403, "Managing keys without an admin key."
+    NOT_FOUND = "not_found", 404, "No such resource in the caller's tenant, or no such route."
+    METHOD_NOT_ALLOWED = ("method_not_allowed", 405,
+                          "The route does not take this method (`Allow` lists those it takes).")
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused", 409, "The Idempotency-Key was used for a different request."
+    JOB_ALREADY_FINISHED = "job_already_finished", 409, "Cancelling a job that already ended."
+    BATCH_NOT_CANCELLABLE = "batch_not_cancellable", 409, "Cancelling a batch that already ended."
+    FILE_IN_USE = "file_in_use", 409, "Deleting a file a running batch still reads."
+    CANCELLED = "cancelled", 409, "A synchronous request's job was cancelled by someone else while it waited."
+    WEBHOOK_ENDPOINT_DISABLED = ("webhook_endpoint_disabled", 409,
+                                 "Redelivering to an endpoint that was disabled (410) or deleted.")
+    IMAGE_TOO_LARGE = "image_too_large", 413, "The image is over `max_image_bytes`."
+    REQUEST_TOO_LARGE = "request_too_large", 413, "The whole body is over the limit."
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Neither JSON nor multipart/form."
+    RATE_LIMITED = "rate_limited", 429, "The key's `rate_limit_rps` is spent; retry after `Retry-After` seconds."
+    QUOTA_EXCEEDED = "quota_exceeded", 429, "The tenant's queued + running jobs would pass the key's `max_queued_jobs`."
+    INTERNAL_ERROR = "internal_error", 500, "A bug; it is logged."
+    BROKER_UNAVAILABLE = "broker_unavailable", 503, "Redis is down: nothing was accepted; retry after `Retry-After`."
+    DATABASE_UNAVAILABLE = "database_unavailable", 503, "The database is down; retry after `Retry-After`."
+    NO_WORKER = "no_worker", 503, "Synchronous endpoints: no live worker serves the model."
+    MODEL_LOADING = "model_loading", 503, "Synchronous endpoints: the model is still loading; retry shortly."
+    MODEL_UNAVAILABLE = "model_unavailable", 503, "Synchronous endpoints: no worker could load the model."
+    OVERLOADED = ("overloaded", 503,
+                  "Synchronous endpoints: too many requests are waiting already; retry after `Retry-After`.")
+    SYNC_TIMEOUT = ("sync_timeout", 504,
+                    "A synchronous request got no answer within `sync_timeout_s`; its job was cancelled.")
+
+    # Job failure codes (`job`): how a failed job's `error.code` reads.
+    IMAGE_UNREADABLE = "image_unreadable", 500, "The stored image could not be read or decoded by the worker.", True
+    INFERENCE_ERROR = "inference_error", 500, "The engine failed the request (the message says why).", True
+    OUT_OF_MEMORY = "out_of_memory", 503, "The engine ran out of memory for the request.", True
+    INVALID_OUTPUT = "invalid_output", 500, "A schema-constrained output did not parse or validate.", True
+    INFERENCE_TIMEOUT = "inference_timeout", 504, "Generation took longer than `job_timeout_s`.", True
+    WORKER_LOST = "worker_lost", 503, "Its worker died on each of `max_attempts` attempts.", True
+
+
+# A job can also end with these API codes (a cancelled job, a model no worker could load).
+JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE} | {code for code in ErrorCode if code.job})
+
+# Every code the API answers with: (HTTP status, when), for the OpenAPI document's error components.
+ERROR_CODES: dict[str, tuple[int, str]] = {code.value: (code.status, code.when) for code in ErrorCode if not code.job}
 
 class ApiError(Exception):
     """An error the client can act on: HTTP status, stable machine code, human message."""

@@ -11,11 +11,13 @@ from typing import Any
 
 from PIL import Image
 
+from service.core.errors import ErrorCode
+
 
 class EngineError(RuntimeError):
     """The engine failed a request (not the caller's fault); `code` is the job error code it becomes."""
 
-    def __init__(self, message: str, code: str = "inference_error") -> None:
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INFERENCE_ERROR) -> None:
         super().__init__(message)
         self.code = code  # inference_error, or out_of_memory when the engine ran out of memory
 

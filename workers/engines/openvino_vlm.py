@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.core.config import Settings
+from service.core.errors import ErrorCode
 from service.core.structured import compile_schema
 from workers.engines import pipeline_process
 from workers.engines.base import Engine, EngineError, GenerationRequest, RequestHandle
@@ -148,7 +149,7 @@ class OpenVINOVLMEngine(Engine):
                 handle.set_result(payload)
             else:
                 code, text = payload
-                handle.set_error(EngineError(text, code))
+                handle.set_error(EngineError(text, ErrorCode(code)))
 
     def _fail_all(self, error: EngineError) -> None:
         with self._lock:

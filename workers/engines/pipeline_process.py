@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core import logs
+from service.core.errors import ErrorCode
 from workers.engines.base import GenerationResult
 
 log = logging.getLogger(__name__)
@@ -243,15 +244,15 @@ class _Loop:
         )
 
 
-def error_code(exc: BaseException) -> str:
+def error_code(exc: BaseException) -> ErrorCode:
     """The job error code an engine failure becomes: out_of_memory when memory ran out, else inference_error."""
     if isinstance(exc, MemoryError | _OutOfMemory):
-        return "out_of_memory"
+        return ErrorCode.OUT_OF_MEMORY
     # OpenVINO surfaces C++ allocation failures as RuntimeError text.
     text = str(exc).lower()
     if any(sign in text for sign in ("bad_alloc", "out of memory", "failed to allocate")):
-        return "out_of_memory"
-    return "inference_error"
+        return ErrorCode.OUT_OF_MEMORY
+    return ErrorCode.INFERENCE_ERROR
 
 
 def _read_tokens(item: _InFlight) -> None:

@@ -16,7 +16,7 @@ from service.adapters import presence, token_stream
 from service.api.auth import current_caller
 from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_redis, get_session, get_settings
 from service.core import jobs
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.models import Job, JobStatus, Priority
 
 log = logging.getLogger(__name__)
@@ -26,16 +26,6 @@ _RETRY = {"Retry-After": "5"}
 SYNC_ERRORS = ("quota_exceeded", "broker_unavailable", "no_worker", "model_loading", "model_unavailable", "overloaded",
                "sync_timeout", "cancelled")
 _BLOCK_S = 2.0  # the longest a stream read blocks, well inside the Redis client's socket timeout
-# A failed job's error code -> how a synchronous caller hears about it (status, code kept).
-_FAILURE_STATUS = {
-    "inference_timeout": 504,
-    "out_of_memory": 503,
-    "model_unavailable": 503,
-    "worker_lost": 503,
-    "image_unreadable": 500,
-    "invalid_output": 500,
-    "inference_error": 500,
-}
 
 
 def admit(model: str) -> None:
@@ -127,8 +117,8 @@ def succeeded(job_id: str) -> Job:
         return job
     if job.status == JobStatus.CANCELLED.value:
         raise ApiError(409, "cancelled", f"The job {job.id} was cancelled before it finished.", {"job_id": job.id})
-    code = job.error_code or "inference_error"
-    status = _FAILURE_STATUS.get(code, 500)
+    code = job.error_code or ErrorCode.INFERENCE_ERROR
+    status = ErrorCode(code).status if code in ErrorCode else 500  # the job's code is kept, with its status
     raise ApiError(status, code, job.error_message or "The job failed.", {"job_id": job.id},
                    headers=_RETRY if status == 503 else None)
 
