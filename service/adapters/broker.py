@@ -103,6 +103,7 @@ class Broker:
         self.celery: Celery = celery_client(settings)
         self.db = db
         self.webhook_queue = settings.webhook_queue
+        self._owns_redis = client is None
         self.redis = client or redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
         self._backoff_s = backoff_s
         self._down_until = 0.0
@@ -178,6 +179,8 @@ class Broker:
 
     def close(self) -> None:
         self.celery.close()
+        if self._owns_redis:
+            self.redis.close()
 
     def _send(self, send: Callable[[Any], None], what: str) -> bool:
         if self._backoff_s and time.monotonic() < self._down_until:

@@ -63,12 +63,12 @@ def test_a_submit_while_the_broker_is_down_is_stored_and_sent_once_it_is_back(se
     assert _enqueued_at(db, Job, job["id"]) is None  # accepted, not sent
 
     broker.start()
-    broker = Broker(settings, db)
-    assert redispatch(db, broker, settings)["jobs"] == 1
+    sender = Broker(settings, db)
+    assert redispatch(db, sender, settings)["jobs"] == 1
     assert _messages(broker) == [job["id"]] and _enqueued_at(db, Job, job["id"]) is not None
-    assert redispatch(db, broker, settings)["jobs"] == 0  # sent once, recorded: not sent again
+    assert redispatch(db, sender, settings)["jobs"] == 0  # sent once, recorded: not sent again
     assert _messages(broker) == [job["id"]]
-    broker.close()
+    sender.close()
 
 
 def test_a_batch_created_while_the_broker_is_down_is_ingested_once_it_is_back(settings, db, broker):
@@ -80,43 +80,43 @@ def test_a_batch_created_while_the_broker_is_down_is_ingested_once_it_is_back(se
     assert batch["status"] == "validating" and _enqueued_at(db, Batch, batch["id"]) is None
 
     broker.start()
-    broker = Broker(settings, db)
-    assert redispatch(db, broker, settings)["batches"] == 1
+    sender = Broker(settings, db)
+    assert redispatch(db, sender, settings)["batches"] == 1
     assert _messages(broker, SERVICE_QUEUE) == [batch["id"]]
-    broker.close()
+    sender.close()
 
 
 def test_a_broker_restart_has_every_queued_job_sent_again_and_nothing_else(settings, db, broker):
     client = keyed(create_app(settings).test_client(), make_key(settings, rate_limit_rps=0, max_queued_jobs=0))
-    broker = Broker(settings, db)
-    redispatch(db, broker, settings)  # the dispatcher meets this broker run
+    sender = Broker(settings, db)
+    redispatch(db, sender, settings)  # the sender meets this broker run
     waiting, running, cancelled = _submit(client), _submit(client), _submit(client)
     client.post(f"/v1/jobs/{cancelled['id']}/cancel")
     with db.session() as session:
         session.execute(update(Job).where(Job.id == running["id"]).values(status="running"))
     assert sorted(_messages(broker)) == sorted(job["id"] for job in (waiting, running, cancelled))
-    assert redispatch(db, broker, settings)["jobs"] == 0
+    assert redispatch(db, sender, settings)["jobs"] == 0
 
     broker.restart(down_s=0)  # no persistence: every message is gone
     assert _messages(broker) == []
-    counts = redispatch(db, broker, settings)
+    counts = redispatch(db, sender, settings)
     assert counts["forgotten"] == 1 and counts["jobs"] == 1
     assert _messages(broker) == [waiting["id"]]  # the running and the cancelled job are not sent again
-    assert redispatch(db, broker, settings) == {"forgotten": 0, "lost": 0, "jobs": 0, "batches": 0}
-    broker.close()
+    assert redispatch(db, sender, settings) == {"forgotten": 0, "lost": 0, "jobs": 0, "batches": 0}
+    sender.close()
 
 
 def test_a_queued_job_whose_message_vanished_is_sent_again_but_not_one_a_worker_holds(settings, db, broker):
     client = keyed(create_app(settings).test_client(), make_key(settings, rate_limit_rps=0, max_queued_jobs=0))
-    broker = Broker(settings, db)
-    redispatch(db, broker, settings)  # the dispatcher meets this broker run
+    sender = Broker(settings, db)
+    redispatch(db, sender, settings)  # the sender meets this broker run
     held, vanished = _submit(client), _submit(client)
     queue = redis.Redis.from_url(broker.url)
     raw = dict(zip(_messages(broker), queue.lrange(QUEUE, 0, -1), strict=True))
     queue.delete(QUEUE)
     # A worker took `held` (kombu keeps it in `unacked` until the task is acknowledged); `vanished` is nowhere.
     queue.hset("unacked", "delivery-tag-1", json.dumps([json.loads(raw[held["id"]]), "", QUEUE]))
-    assert redispatch(db, broker, settings)["lost"] == 0  # sent a moment ago: not lost yet
+    assert redispatch(db, sender, settings)["lost"] == 0  # sent a moment ago: not lost yet
 
     def sent_long_ago():
         with db.session() as session:
@@ -124,9 +124,9 @@ def test_a_queued_job_whose_message_vanished_is_sent_again_but_not_one_a_worker_
                             .values(enqueued_at=utcnow() - timedelta(minutes=2)))
 
     sent_long_ago()
-    counts = redispatch(db, broker, settings)
+    counts = redispatch(db, sender, settings)
     assert counts["lost"] == 1 and counts["jobs"] == 1
     assert _messages(broker) == [vanished["id"]]
     sent_long_ago()
-    assert redispatch(db, broker, settings)["lost"] == 0  # waiting in its queue now: not lost
-    broker.close()
+    assert redispatch(db, sender, settings)["lost"] == 0  # waiting in its queue now: not lost
+    sender.close()
