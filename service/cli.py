@@ -56,14 +56,15 @@ def run() -> None:
     settings = _server_settings()
     _require_redis(settings)
     _migrate(settings)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "service.cli", "api", "--no-auth-warning"]),  # run warns itself
-        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"]),
-        subprocess.Popen([sys.executable, "-m", "service.cli", "beat"]),
-        subprocess.Popen([sys.executable, "-m", "service.cli", "flower"]),
-    ]
-    click.echo(f"VLQ on http://{settings.host}:{settings.port}  Flower on {settings.flower_link}  "
-               "(Ctrl-C stops everything)")
+    commands = [["api", "--no-auth-warning"], ["worker"], ["beat"]]  # run warns about disabled auth itself
+    problem = _flower_problem(settings)
+    if problem is None:
+        commands.append(["flower"])
+    else:
+        click.echo(f"Flower not started: {problem}", err=True)
+    children = [subprocess.Popen([sys.executable, "-m", "service.cli", *command]) for command in commands]
+    flower_note = f"Flower on {settings.flower_link}  " if problem is None else ""
+    click.echo(f"VLQ on http://{settings.host}:{settings.port}  {flower_note}(Ctrl-C stops everything)")
     _warn_if_auth_disabled(settings)
     _supervise(children, settings.shutdown_grace_s + 30)
 
@@ -115,12 +116,26 @@ def beat(loglevel: str) -> None:
 
 @cli.command()
 def flower() -> None:
-    """Run Flower, Celery's monitor, on flower_host:flower_port."""
+    """Run Flower, Celery's monitor, on flower_host:flower_port, behind flower_basic_auth."""
     settings = _server_settings()
-    os.execvp(sys.executable, [
+    problem = _flower_problem(settings)
+    if problem is not None:
+        raise click.ClickException(problem)
+    env = dict(os.environ)
+    if settings.flower_basic_auth:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth  # Flower reads it; kept off the command line (ps)
+    os.execvpe(sys.executable, [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
         f"--address={settings.flower_host}", f"--port={settings.flower_port}",
-    ])
+    ], env)
+
+
+def _flower_problem(settings: Settings) -> str | None:
+    """Why Flower may not start: it shows every tenant's task ids and tracebacks, so it needs a login."""
+    if settings.flower_basic_auth or settings.disable_auth:
+        return None
+    return ("Flower shows every tenant's task ids and tracebacks, so it needs a login while auth is on: set "
+            "flower_basic_auth (VLQ_FLOWER_BASIC_AUTH=user:password).")
 
 
 # -- database -------------------------------------------------------------------------------

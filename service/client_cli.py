@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 import requests
@@ -79,13 +82,15 @@ def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: i
     # The same images and options give the same key, so a re-run finds its batch instead of resubmitting.
     key = "vlq-submit-" + hashlib.sha256(json.dumps([fields, sorted(digests.items())]).encode()).hexdigest()
     server = Server(url, api_key)
-    handles = [("images", (name, path.open("rb"))) for name, path in images.items()]
-    try:
-        console.print(f"uploading {len(images)} images…")
-        response = server.call("POST", "/v1/batches", data=fields, files=handles, headers={"Idempotency-Key": key})
-    finally:
-        for _, (_, handle) in handles:
-            handle.close()
+    # One zip part, not one part per image (forms are capped at 1,000 parts), built on disk and streamed, so
+    # neither the folder's size nor its count of images is held in memory.
+    with tempfile.TemporaryFile() as body:
+        content_type = write_archive_form(body, fields, images)
+        size = body.tell()
+        body.seek(0)
+        console.print(f"uploading {len(images)} images ({size / 1e6:.1f} MB)…")
+        response = server.call("POST", "/v1/batches", data=body,
+                               headers={"Idempotency-Key": key, "Content-Type": content_type})
     batch = response.json()
     resumed = response.headers.get("Idempotent-Replayed") == "true"
     total = batch["request_counts"]["total"]
@@ -131,13 +136,30 @@ def collect_images(paths: tuple[str, ...]) -> dict[str, Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = {str(f.relative_to(path)): f for f in sorted(path.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES}
+            found = {f.relative_to(path).as_posix(): f for f in sorted(path.rglob("*"))
+                     if f.suffix.lower() in IMAGE_SUFFIXES}
         elif path.is_file():
             found = {path.name: path}
         else:
             found = {f.name: f for f in sorted(Path().glob(raw)) if f.suffix.lower() in IMAGE_SUFFIXES}
         images.update(found)
     return images
+
+
+def write_archive_form(out: IO[bytes], fields: Mapping[str, str], images: Mapping[str, Path]) -> str:
+    """Write a multipart/form-data body to `out`: the fields, then every image in one stored (uncompressed: images
+    are compressed already) zip part `archive`, named by its custom_id. Returns the body's Content-Type."""
+    boundary = f"vlq-{uuid.uuid4().hex}"
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
+        out.write(value.encode() + b"\r\n")
+    out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="archive"; filename="images.zip"\r\n'
+              "Content-Type: application/zip\r\n\r\n".encode())
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for custom_id, path in images.items():
+            archive.write(path, arcname=custom_id)
+    out.write(f"\r\n--{boundary}--\r\n".encode())
+    return f"multipart/form-data; boundary={boundary}"
 
 
 def follow(server: Server, batch_id: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def test_it_runs_api_worker_beat_flower_redis_postgres_and_a_migration_step():
     assert set(SERVICES) == {*VLQ, "redis", "postgres"}
     assert _command("api")[:2] == ["vlq", "api"] and _command("worker") == ["vlq", "worker"]
     assert _command("beat") == ["vlq", "beat"] and _command("migrate") == ["vlq", "db", "upgrade"]
-    assert _command("flower")[:4] == ["celery", "-A", "workers.celery_app", "flower"]
+    assert _command("flower") == ["vlq", "flower"]
     for service in ("api", "worker", "beat"):
         assert SERVICES[service]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     for service in ("api", "worker", "redis", "postgres", "flower"):
@@ -55,3 +55,10 @@ def test_environment_names_real_settings_and_mounts_the_model_cache_and_blobs():
             "VLQ_DATABASE_URL"]
         assert environment["VLQ_REDIS_URL"].startswith("redis://redis:")
     assert {"models", "blobs"} <= set(COMPOSE["volumes"])
+
+
+def test_flower_needs_a_login_and_is_published_on_loopback_only():
+    flower = SERVICES["flower"]
+    assert flower["environment"]["VLQ_FLOWER_BASIC_AUTH"] == "${VLQ_FLOWER_BASIC_AUTH:-}"
+    assert flower["environment"]["VLQ_DISABLE_AUTH"] == "false"  # so `vlq flower` refuses to start without it
+    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])

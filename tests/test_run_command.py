@@ -12,8 +12,10 @@ from pathlib import Path
 
 import redis
 import requests
+from click.testing import CliRunner
 
 from service.adapters import presence
+from service.cli import cli
 from tests.conftest import REDIS_URL, ROOT
 
 
@@ -49,7 +51,7 @@ def _wait_for(check: Callable[[], object], what: str, process: subprocess.Popen[
 def test_vlq_run_supervises_the_api_a_worker_and_flower(config_file, tmp_path):
     api_port, flower_port = _free_port(), _free_port()
     env = {**os.environ, "VLQ_CONFIG": str(config_file), "VLQ_PORT": str(api_port),
-           "VLQ_FLOWER_PORT": str(flower_port), "PYTHONUNBUFFERED": "1",
+           "VLQ_FLOWER_PORT": str(flower_port), "PYTHONUNBUFFERED": "1", "VLQ_FLOWER_BASIC_AUTH": "ops:s3cret",
            # A model with no export here: the worker comes up serving nothing, so it takes no other test's jobs.
            "VLQ_MODELS": "qwen3-vl-2b"}
     log = tmp_path / "run.log"
@@ -62,7 +64,8 @@ def test_vlq_run_supervises_the_api_a_worker_and_flower(config_file, tmp_path):
         _wait_for(lambda: (r := _answers(f"{api}/healthz")) and r.ok, "the API", process, log)
         _wait_for(lambda: (r := _answers(f"{flower}/healthcheck")) and r.text == "OK", "Flower", process, log)
         assert f'href="{flower}"' in requests.get(api, timeout=5).text  # the UI links to this Flower
-        assert "Flower" in requests.get(flower, timeout=5).text
+        assert requests.get(flower, timeout=5).status_code == 401  # auth is on: Flower wants its login
+        assert "Flower" in requests.get(flower, timeout=5, auth=("ops", "s3cret")).text
         children = _children(process.pid)
         assert len(children) == 4  # api, worker, beat, flower
         broker = redis.Redis.from_url(REDIS_URL)
@@ -75,3 +78,8 @@ def test_vlq_run_supervises_the_api_a_worker_and_flower(config_file, tmp_path):
     for pid in children:  # every child was stopped and reaped with it
         assert not Path(f"/proc/{pid}").exists()
     assert _answers(f"{flower}/healthcheck") is None
+
+
+def test_flower_refuses_to_start_without_a_login_while_auth_is_on(config_file):
+    result = CliRunner(env={"VLQ_CONFIG": str(config_file), "VLQ_FLOWER_BASIC_AUTH": ""}).invoke(cli, ["flower"])
+    assert result.exit_code == 1 and "flower_basic_auth" in result.output and "VLQ_FLOWER_BASIC_AUTH" in result.output

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +25,7 @@ from service.wiring import wire
 from workers.engines import create_engine
 from workers.engines.base import Engine, RequestHandle
 from workers.modelstore.registry import candidate_models
+from workers.webhook_pool import FairPool
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class WorkerRuntime:
         self.blobs = self.wiring.blobs
         self.broker = self.wiring.broker
         self.redis = self.wiring.redis
-        self.webhook_pool = BoundedPool(settings.webhook_concurrency, name="vlq-webhook")
+        self.webhook_pool = FairPool(settings.webhook_concurrency, settings.webhook_tenant_slots, name="vlq-webhook")
         self.engines: dict[str, Engine] = {}
         self.models: dict[str, dict[str, Any]] = {}  # name -> {"status": loading|live|unavailable, "reason"?}
         self._active: dict[str, JobTracker] = {}
@@ -269,32 +269,3 @@ class JobTracker:
 
     def attach(self, handle: RequestHandle) -> None:
         self._runtime._attach(self, handle)
-
-
-class BoundedPool:
-    """A few threads for side work (webhook deliveries), so it never takes the Celery threads inference needs.
-
-    `submit` blocks only while `2 × size` tasks are already waiting or running here.
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
-        self._slots = threading.BoundedSemaphore(size * 2)
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._slots.acquire()
-        try:
-            self._executor.submit(self._run, fn, *args, **kwargs)
-        except RuntimeError:  # shut down meanwhile; the work stays due in the database
-            self._slots.release()
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception:
-            log.exception("%s failed; it stays due and will be retried", getattr(fn, "__name__", fn))
-        finally:
-            self._slots.release()

@@ -1,24 +1,29 @@
 """Webhook deliveries: claim a due delivery, POST it signed, log the attempt, and schedule the next one.
 
-The task is thin: it claims the delivery and hands it to the worker's small webhook pool, so a slow
-receiver holds a webhook thread, never an inference slot. The database is the source of truth: a
-delivery is held through a lease, and one whose worker died is found by the periodic pass once the
-lease expires (`workers.maintenance.requeue_due_deliveries`).
+The task is thin: it hands the delivery to the worker's webhook pool (`workers.webhook_pool`), so a slow receiver
+holds a webhook thread, never an inference slot, and the pool shares its threads fairly between tenants and gives
+each receiver one attempt at a time. Across workers a short Redis lock per receiver does the same. The database is
+the source of truth: an attempt is held through a lease taken when it starts, longer than the attempt can last
+(`webhook_timeout_s` bounds the whole exchange, see `service.core.egress`), so two attempts of one delivery never
+overlap; one whose worker died is found by the periodic pass (`workers.maintenance.requeue_due_deliveries`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 
+import redis
 from celery import shared_task
 from sqlalchemy import select, update
 
 from service.adapters import metrics
-from service.adapters.broker import DELIVER_WEBHOOK_TASK, Broker
+from service.adapters.broker import BROKER_ERRORS, DELIVER_WEBHOOK_TASK, Broker
 from service.adapters.db import Database
 from service.core import egress, logs
 from service.core.config import Settings
@@ -31,26 +36,69 @@ log = logging.getLogger(__name__)
 
 MAX_LOGGED_BODY = 1024  # bytes of the receiver's answer kept in the log
 SHORT_DELAY_S = 60.0  # retries sooner than this go through a Celery countdown; later ones wait for the periodic pass
+BUSY_RETRY_S = 1.0  # another worker is sending to the same receiver: look again this much later
 _JITTER = 0.1  # each delay is stretched by up to 10%, so retries to one receiver spread out
 
 
 @shared_task(name=DELIVER_WEBHOOK_TASK)
 def deliver_webhook(delivery_id: str) -> None:
     runtime = current_runtime()
-    # Claimed here, before the message is acknowledged: if this worker dies before the pool gets to it, the lease
-    # runs out and the periodic pass sends it again.
-    attempt = _claim(runtime.db, runtime.settings, delivery_id)
-    if attempt is not None:
-        runtime.webhook_pool.submit(_attempt, runtime.db, runtime.settings, delivery_id, attempt,
-                                    broker=runtime.broker)
+    route = _route(runtime.db, delivery_id)
+    if route is None:
+        return
+    tenant, receiver = route
+    work = partial(_deliver, runtime.db, runtime.settings, delivery_id, receiver, runtime.broker)
+    if not runtime.webhook_pool.submit(tenant, receiver, delivery_id, work):
+        # This tenant already has a full queue here: marked unsent, the periodic pass sends it again later.
+        with runtime.db.session() as session:
+            session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id)
+                            .values(enqueued_at=None))
+        log.info("delivery %s deferred: tenant %s has %d deliveries waiting on this worker", delivery_id, tenant,
+                 runtime.webhook_pool.max_waiting)
 
 
 def deliver(db: Database, settings: Settings, delivery_id: str, *, broker: Broker | None = None) -> str | None:
     """Make one attempt at a due delivery; returns its status after it, or None if it was not ours to make."""
-    attempt = _claim(db, settings, delivery_id)
-    if attempt is None:
+    route = _route(db, delivery_id)
+    if route is None:
         return None
-    return _attempt(db, settings, delivery_id, attempt, broker=broker)
+    return _deliver(db, settings, delivery_id, route[1], broker)
+
+
+def _route(db: Database, delivery_id: str) -> tuple[str, str] | None:
+    """(tenant, receiver key) of a pending delivery: its endpoint, or for a job's own webhook_url the URL."""
+    with db.session() as session:
+        row = session.execute(select(WebhookDelivery.tenant, WebhookDelivery.endpoint_id, WebhookDelivery.url)
+                              .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")).first()
+    if row is None:
+        return None
+    return row.tenant, row.endpoint_id or "url-" + hashlib.sha256(row.url.encode()).hexdigest()[:32]
+
+
+def _deliver(db: Database, settings: Settings, delivery_id: str, receiver: str,
+             broker: Broker | None) -> str | None:
+    """Claim and make one attempt, holding the receiver's lock so no other worker sends to it meanwhile."""
+    lock = None
+    if broker is not None:
+        lock = broker.redis.lock(f"vlq:webhooks:receiver:{receiver}", timeout=settings.webhook_lease_s,
+                                 blocking=False)
+        if not lock.acquire():
+            try:
+                broker.enqueue_delivery(delivery_id, countdown=BUSY_RETRY_S)
+            except BROKER_ERRORS as exc:  # it stays due; the periodic pass sends it
+                log.warning("delivery %s not re-sent (%s); the periodic pass will", delivery_id, exc)
+            return None
+    try:
+        attempt = _claim(db, settings, delivery_id)
+        if attempt is None:
+            return None
+        return _attempt(db, settings, delivery_id, attempt, broker=broker)
+    finally:
+        if lock is not None:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:  # it expired: the attempt outlived the lease, and was fenced
+                pass
 
 
 def _attempt(db: Database, settings: Settings, delivery_id: str, attempt: int, *,
@@ -134,6 +182,7 @@ def next_delay_s(settings: Settings, attempts_made: int, retry_after_s: float | 
 def _claim(db: Database, settings: Settings, delivery_id: str) -> int | None:
     """Take the lease on a due delivery; returns the attempt number, or None if it is not due or is held.
 
+    Taken when the attempt starts, never while it waits for a thread, so the lease always covers the whole attempt.
     The claim uses up the delivery's message (`enqueued_at` cleared): from here the lease covers it.
     """
     now = utcnow()

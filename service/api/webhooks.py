@@ -5,6 +5,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
 
 from service.api.auth import current_tenant
 from service.api.common import get_or_404, newest_first, page, page_form, request_fields
@@ -61,6 +62,7 @@ def list_form(settings: Settings) -> Form:
 
 @bp.post("")
 @operation("Register a webhook endpoint", body=endpoint_form, tags=("webhooks",), responses={201: "WebhookEndpoint"},
+           errors=("too_many_webhook_endpoints",),
            links={"GetEndpoint": ("webhooks.get_endpoint", "endpoint_id"),
                   "DeleteEndpoint": ("webhooks.delete_endpoint", "endpoint_id")})
 def create_endpoint() -> ResponseReturnValue:
@@ -70,16 +72,32 @@ def create_endpoint() -> ResponseReturnValue:
     url = form.read("url", fields)
     if url is None:
         raise ApiError(400, "missing_field", "'url' is required.", {"field": "url"})
+    session = get_session()
+    _check_endpoint_cap(session, get_settings().max_webhook_endpoints_per_tenant)
     endpoint = WebhookEndpoint(
         id=new_id("whep"), tenant=current_tenant(), url=url, secret=form.read("secret", fields) or generate_secret(),
         events=form.read("events", fields), description=form.read("description", fields),
         status="active", created_at=utcnow(),
     )
-    session = get_session()
     session.add(endpoint)
     session.commit()
     body = webhooks.endpoint_to_dict(endpoint, with_secret=True)
     return jsonify(body), 201, {"Location": f"/v1/webhooks/{endpoint.id}"}
+
+
+def _check_endpoint_cap(session: Any, limit: int) -> None:
+    """Refuse a new endpoint once the tenant has `limit` (deleted ones do not count); 0 is unlimited.
+
+    Each endpoint turns every event into one more delivery through the pool all tenants share.
+    """
+    if not limit:
+        return
+    count = session.scalar(select(func.count()).select_from(WebhookEndpoint).where(
+        WebhookEndpoint.tenant == current_tenant(), WebhookEndpoint.deleted_at.is_(None)))
+    if count >= limit:
+        raise ApiError(409, "too_many_webhook_endpoints",
+                       f"This tenant already has {count} webhook endpoints, the limit; delete one first.",
+                       {"limit": limit})
 
 
 @bp.get("")

@@ -98,7 +98,8 @@ class Settings:
     sync_timeout_s: float = 120.0  # a request still unanswered after this is cancelled and answered 504
     sync_max_queue_depth: int = 32  # refuse (503) while this many interactive jobs already wait for the model
     image_url_fetch: bool = False  # fetch http(s) image_url parts (through the SSRF guard); data URLs always work
-    image_url_timeout_s: float = 10.0  # the bound on fetching one image URL
+    image_url_timeout_s: float = 10.0  # the bound on fetching one image URL, connect to last byte
+    image_url_max_concurrent: int = 4  # image URL fetches one process makes at once; more get 503 image_url_busy
 
     # Retention: how long data is kept after its job ends (files: after they were created); 0 keeps it forever.
     retention_images_s: float = 7 * 86400
@@ -108,11 +109,12 @@ class Settings:
 
     # Webhooks. The schedule is the delay before each attempt (Standard Webhooks' default).
     webhook_retry_schedule_s: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
-    webhook_timeout_s: float = 10.0  # connect + answer, per attempt
+    webhook_timeout_s: float = 10.0  # the whole of one attempt: connect, send, answer
     webhook_concurrency: int = 4  # deliveries one worker sends at once, beside its inference slots
     webhook_queue: str = "vlq.webhooks"  # the Celery queue deliveries go through; every worker consumes it
     webhook_secret: str = ""  # used for a job's webhook_url when the job brings no webhook_secret
     egress_allow_cidrs: tuple[str, ...] = ()  # private ranges outbound requests may reach anyway
+    max_webhook_endpoints_per_tenant: int = 20  # registered endpoints (not deleted) a tenant may have; 0: unlimited
 
     # Access. Every request needs an API key unless auth is disabled, which only local use should do.
     disable_auth: bool = False
@@ -123,6 +125,7 @@ class Settings:
     flower_host: str = "127.0.0.1"
     flower_port: int = 5555
     flower_url: str = ""  # empty: http://{flower_host}:{flower_port}; set it when Flower sits behind a proxy
+    flower_basic_auth: str = ""  # "user:password" (comma-separated for several); required unless auth is disabled
 
     @property
     def worker_concurrency(self) -> int:
@@ -136,8 +139,14 @@ class Settings:
 
     @property
     def webhook_lease_s(self) -> float:
-        """How long a worker holds a delivery: longer than one attempt can take (connect, answer, body)."""
-        return 3 * self.webhook_timeout_s + 5
+        """How long a worker holds a delivery: an attempt ends within webhook_timeout_s (the socket is shut down
+        then), so twice that plus a margin for recording it. The lease is renewed when the attempt starts."""
+        return 2 * self.webhook_timeout_s + 5
+
+    @property
+    def webhook_tenant_slots(self) -> int:
+        """A worker's webhook threads one tenant may hold at once: half the pool, so others always get through."""
+        return max(1, self.webhook_concurrency // 2)
 
     @property
     def flower_link(self) -> str:
@@ -273,6 +282,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("rate_limit_rps and max_queued_jobs must not be negative (0 means unlimited)")
     if settings.sync_timeout_s <= 0 or settings.image_url_timeout_s <= 0:
         raise ConfigError("sync_timeout_s and image_url_timeout_s must be positive")
+    if settings.image_url_max_concurrent < 1 or settings.webhook_concurrency < 1:
+        raise ConfigError("image_url_max_concurrent and webhook_concurrency must be at least 1")
+    if settings.max_webhook_endpoints_per_tenant < 0:
+        raise ConfigError("max_webhook_endpoints_per_tenant must not be negative (0 means unlimited)")
+    if settings.flower_basic_auth and any(":" not in pair for pair in settings.flower_basic_auth.split(",")):
+        raise ConfigError('flower_basic_auth must be "user:password" (comma-separated for several users)')
     if settings.sync_max_queue_depth < 0:
         raise ConfigError("sync_max_queue_depth must not be negative")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:

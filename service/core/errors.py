@@ -72,6 +72,8 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled", 409, "A synchronous request's job was cancelled by someone else while it waited."
     WEBHOOK_ENDPOINT_DISABLED = ("webhook_endpoint_disabled", 409,
                                  "Redelivering to an endpoint that was disabled (410) or deleted.")
+    TOO_MANY_WEBHOOK_ENDPOINTS = ("too_many_webhook_endpoints", 409,
+                                  "The tenant already has `max_webhook_endpoints_per_tenant` endpoints; delete one.")
     IMAGE_TOO_LARGE = "image_too_large", 413, "The image is over `max_image_bytes`."
     REQUEST_TOO_LARGE = "request_too_large", 413, "The whole body is over the limit."
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Neither JSON nor multipart/form."
@@ -80,6 +82,9 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error", 500, "A bug; it is logged."
     BROKER_UNAVAILABLE = "broker_unavailable", 503, "Redis is down: nothing was accepted; retry after `Retry-After`."
     DATABASE_UNAVAILABLE = "database_unavailable", 503, "The database is down; retry after `Retry-After`."
+    IMAGE_URL_BUSY = ("image_url_busy", 503,
+                      "This API process is already fetching `image_url_max_concurrent` image URLs; retry after "
+                      "`Retry-After`, or send a data URL.")
     NO_WORKER = "no_worker", 503, "Synchronous endpoints: no live worker serves the model."
     MODEL_LOADING = "model_loading", 503, "Synchronous endpoints: the model is still loading; retry shortly."
     MODEL_UNAVAILABLE = "model_unavailable", 503, "Synchronous endpoints: no worker could load the model."

@@ -1,12 +1,15 @@
 """Images given by URL (OpenAI's `image_url`): data URLs always; http(s) only where `image_url_fetch` allows it.
 
 Remote images are fetched through the SSRF guard (`service.core.egress`): private and loopback addresses are
-refused unless `egress_allow_cidrs` allows them, redirects are not followed, and both the time
-(`image_url_timeout_s`) and the bytes read (`max_image_bytes`) are bounded.
+refused unless `egress_allow_cidrs` allows them, redirects are not followed, and both the total time
+(`image_url_timeout_s`, connect to last byte) and the bytes read (`max_image_bytes`) are bounded. A process makes
+at most `image_url_max_concurrent` fetches at once and refuses more (503 `image_url_busy`), so slow URLs can never
+hold every thread of the API.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from service.core import egress
@@ -15,6 +18,9 @@ from service.core.errors import ApiError
 from service.core.images import decode_image_field
 
 log = logging.getLogger(__name__)
+
+_slots: dict[int, threading.BoundedSemaphore] = {}  # per configured bound: this process's fetches in flight
+_slots_lock = threading.Lock()
 
 
 def load_image_url(settings: Settings, url: Any, field: str) -> bytes:
@@ -35,6 +41,23 @@ def load_image_url(settings: Settings, url: Any, field: str) -> bytes:
 
 def _fetch(settings: Settings, url: str, field: str) -> bytes:
     details = {"field": field, "url": url[:200]}
+    slots = _fetch_slots(settings.image_url_max_concurrent)
+    if not slots.acquire(blocking=False):
+        raise ApiError(503, "image_url_busy",
+                       f"This server is already fetching {settings.image_url_max_concurrent} image URLs; retry "
+                       "shortly, or send the image as a data URL.", details, headers={"Retry-After": "1"})
+    try:
+        return _fetch_now(settings, url, details)
+    finally:
+        slots.release()
+
+
+def _fetch_slots(limit: int) -> threading.BoundedSemaphore:
+    with _slots_lock:
+        return _slots.setdefault(limit, threading.BoundedSemaphore(limit))
+
+
+def _fetch_now(settings: Settings, url: str, details: dict[str, Any]) -> bytes:
     try:
         # One byte over the limit tells a too-large image from one exactly at it.
         response = egress.get(url, allow_cidrs=settings.egress_allow_cidrs, timeout_s=settings.image_url_timeout_s,

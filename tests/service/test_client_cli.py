@@ -1,12 +1,17 @@
 """The `vlq` client commands against a live server and worker."""
 import csv
+import io
 import json
+import zipfile
 
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from werkzeug.test import create_environ
+from werkzeug.wrappers import Request
 
 from service.adapters.db import Database
 from service.cli import cli
+from service.client_cli import write_archive_form
 from service.core.models import Job
 from tests.conftest import TINY, make_image
 
@@ -68,3 +73,37 @@ def test_the_cli_explains_an_unreachable_server(tmp_path):
     (tmp_path / "a.png").write_bytes(make_image())
     result = CliRunner().invoke(cli, ["submit", str(tmp_path), "--prompt", "x", "--url", "http://127.0.0.1:1"])
     assert result.exit_code != 0 and "cannot reach VLQ" in result.output
+
+
+def test_submit_a_folder_of_1200_images_sends_one_batch(tmp_path, live_server, api_key):
+    """Over Flask's 1,000-part form limit as one part per image; the CLI sends one zip part instead."""
+    folder = tmp_path / "many"
+    (folder / "sub").mkdir(parents=True)
+    tiny = make_image(size=(8, 8))
+    for index in range(1200):
+        (folder / ("sub" if index % 2 else "") / f"i{index:04}.png").write_bytes(tiny)
+    runner = CliRunner(env={"VLQ_URL": live_server, "VLQ_API_KEY": api_key})
+    # tiny-idle: no worker serves it, so the 1,200 items wait queued and are cancelled below.
+    result = runner.invoke(cli, ["submit", str(folder), "--prompt", "x", "--model", "tiny-idle", "--max-tokens", "1"])
+    assert result.exit_code == 0, result.output
+    batch_id = result.stdout.strip().splitlines()[-1]
+    status = json.loads(runner.invoke(cli, ["status", batch_id]).stdout)
+    assert status["request_counts"]["total"] == 1200 and status["status"] in ("in_progress", "validating")
+    cancelled = runner.invoke(cli, ["cancel", batch_id])
+    assert cancelled.exit_code == 0, cancelled.output
+
+
+def test_the_archive_form_is_a_valid_multipart_body_with_every_image(tmp_path):
+    images = {}
+    for name in ("a.png", "sub/b.jpg"):
+        path = tmp_path / name.replace("/", "_")
+        path.write_bytes(make_image())
+        images[name] = path
+    body = io.BytesIO()
+    content_type = write_archive_form(body, {"prompt": "Total?"}, images)
+    parsed = Request(create_environ(method="POST", input_stream=io.BytesIO(body.getvalue()),
+                                    content_type=content_type, content_length=len(body.getvalue())))
+    assert parsed.form["prompt"] == "Total?"
+    with zipfile.ZipFile(parsed.files["archive"].stream) as archive:
+        assert archive.namelist() == ["a.png", "sub/b.jpg"]
+        assert archive.read("sub/b.jpg") == images["sub/b.jpg"].read_bytes()

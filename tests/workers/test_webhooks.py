@@ -1,5 +1,11 @@
-"""Webhook delivery against a real receiver: retries, backoff, Retry-After, 410, SSRF, and the periodic pass."""
+"""Webhook delivery against a real receiver: retries, backoff, Retry-After, 410, SSRF, the periodic pass, and a slow
+receiver that never gets two attempts at once."""
 import dataclasses
+import hashlib
+import threading
+import time
+from datetime import UTC
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sqlalchemy import select
 
@@ -7,7 +13,7 @@ from service.adapters.broker import Broker
 from service.core.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
 from tests.conftest import TENANT, drive_delivery, finished_job
 from workers.maintenance import requeue_due_deliveries
-from workers.webhooks import deliver, next_delay_s
+from workers.webhooks import BUSY_RETRY_S, deliver, next_delay_s
 
 
 def _deliveries(db, job_id):
@@ -135,3 +141,102 @@ def test_the_retry_delay_follows_the_schedule_with_jitter_and_retry_after(settin
     assert next_delay_s(schedule, 3) is None
     assert next_delay_s(schedule, 1, retry_after_s=120) == 120
     assert next_delay_s(schedule, 1, retry_after_s=10**6) == 300  # capped at the longest wait
+
+
+class DripReceiver:
+    """A receiver that reads the delivery, then answers one byte every 0.2 s: every attempt times out mid-answer.
+    It records when each request came, with its webhook-id, and how many were open at once."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[str, float]] = []
+        self.open_now: dict[str, int] = {}
+        self.most_open = 0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                webhook_id = self.headers.get("webhook-id", "")
+                with lock:
+                    receiver.arrivals.append((webhook_id, time.time()))
+                    receiver.open_now[webhook_id] = receiver.open_now.get(webhook_id, 0) + 1
+                    receiver.most_open = max(receiver.most_open, receiver.open_now[webhook_id])
+                try:
+                    for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok":
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass
+                finally:
+                    with lock:
+                        receiver.open_now[webhook_id] -= 1
+                    self.close_connection = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+def test_a_slow_receiver_gets_each_attempt_once_on_schedule(db, settings, worker, receiver):
+    slow = DripReceiver()
+    job_id = finished_job(db, webhook_url=slow.url, webhook_secret=receiver.secret)
+    [delivery] = _deliveries(db, job_id)
+    broker = Broker(settings, db)
+    try:
+        broker.enqueue_delivery(delivery.id)  # to the session's worker, which sends it and its retries
+        final = _wait_until_settled(db, delivery.id, timeout=60)
+    finally:
+        broker.close()
+        slow.server.shutdown()
+    schedule = settings.webhook_retry_schedule_s
+    assert (final.status, final.attempts, final.last_error) == ("failed", len(schedule), "timeout")
+    assert [webhook_id for webhook_id, _ in slow.arrivals] == [delivery.id] * len(schedule)
+    assert slow.most_open == 1  # never two attempts at once
+    log = _log(db, delivery.id)
+    assert [a.attempt for a in log] == list(range(1, len(schedule) + 1))
+    for attempt in log:  # each attempt abandoned at the limit (the answer was still dripping)
+        assert attempt.error == "timeout" and attempt.latency_ms < (settings.webhook_timeout_s + 0.5) * 1000
+    for before, (_, arrived) in zip(log, slow.arrivals[1:], strict=False):
+        ended = before.created_at.replace(tzinfo=UTC).timestamp()
+        waited = arrived - ended  # the next attempt came after this one ended, and after its delay
+        assert waited >= schedule[before.attempt] - 0.05, (before.attempt, waited)
+
+
+def _wait_until_settled(db, delivery_id, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.session() as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery.status != "pending":
+            return delivery
+        time.sleep(0.1)
+    raise TimeoutError(f"delivery {delivery_id} still pending")
+
+
+def test_a_receiver_busy_on_another_worker_is_tried_again_later(db, settings, receiver):
+    job_id = finished_job(db, webhook_url=receiver.url, webhook_secret=receiver.secret)
+    [delivery] = _deliveries(db, job_id)
+    broker = Broker(dataclasses.replace(settings, webhook_queue="vlq.webhooks.unconsumed"), db)
+    key = "url-" + hashlib.sha256(receiver.url.encode()).hexdigest()[:32]
+    held = broker.redis.lock(f"vlq:webhooks:receiver:{key}", timeout=30)
+    assert held.acquire(blocking=False)  # another worker is sending to this receiver
+    try:
+        assert deliver(db, settings, delivery.id, broker=broker) is None
+        assert receiver.deliveries == []
+        with db.session() as session:
+            row = session.get(WebhookDelivery, delivery.id)
+            assert (row.status, row.attempts, row.lease_until) == ("pending", 0, None)  # no attempt spent
+            assert row.enqueued_at is not None  # sent again, BUSY_RETRY_S later
+    finally:
+        held.release()
+    assert BUSY_RETRY_S <= 5
+    assert deliver(db, settings, delivery.id, broker=broker) == "succeeded"
+    assert len(receiver.deliveries) == 1
+    broker.redis.delete("vlq.webhooks.unconsumed")
+    broker.close()

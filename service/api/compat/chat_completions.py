@@ -37,7 +37,7 @@ class _Messages(Field):
     """OpenAI's `messages` (read by service.core.openai_format.parse_chat_request, which builds the conversation)."""
 
     codes = ("missing_field", "invalid_field", "invalid_request", "unsupported_image_url", "invalid_image_url",
-             "image_url_forbidden", "image_url_unreachable", "invalid_base64", "invalid_image",
+             "image_url_forbidden", "image_url_unreachable", "image_url_busy", "invalid_base64", "invalid_image",
              "unsupported_image_format", "image_too_many_pixels", "image_too_large")
 
     def schema(self) -> dict[str, Any]:

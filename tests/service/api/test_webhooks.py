@@ -1,10 +1,13 @@
 """The webhooks API: endpoints, a job's own webhook options, the delivery log and redelivery."""
 import base64
+import dataclasses
 import io
+import uuid
 
 import pytest
 
-from tests.conftest import drive_delivery, finished_job, make_image
+from service.app import create_app
+from tests.conftest import drive_delivery, finished_job, keyed, make_image, make_key
 
 IDLE_MODEL = "tiny-idle"  # no session worker serves it, so submitted jobs stay queued
 
@@ -106,3 +109,18 @@ def test_redelivery_to_a_deleted_endpoint_is_refused(client, db, settings, recei
     client.delete(f"/v1/webhooks/{endpoint['id']}")
     response = client.post(f"/v1/webhooks/deliveries/{delivery['id']}/redeliver")
     assert (response.status_code, response.get_json()["error"]["code"]) == (409, "webhook_endpoint_disabled")
+
+
+def test_a_tenant_may_register_only_so_many_endpoints(settings, receiver):
+    capped = create_app(dataclasses.replace(settings, max_webhook_endpoints_per_tenant=2))
+    client = keyed(capped.test_client(), make_key(settings, tenant=f"cap-{uuid.uuid4().hex[:8]}"))
+    other = keyed(capped.test_client(), make_key(settings, tenant=f"cap-{uuid.uuid4().hex[:8]}"))
+    first, second = (client.post("/v1/webhooks", json={"url": receiver.url}).get_json() for _ in range(2))
+    refused = client.post("/v1/webhooks", json={"url": receiver.url})
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "too_many_webhook_endpoints"
+    assert refused.get_json()["error"]["details"] == {"limit": 2}
+    assert other.post("/v1/webhooks", json={"url": receiver.url}).status_code == 201  # its own count
+    client.delete(f"/v1/webhooks/{first['id']}")  # deleted ones do not count
+    assert client.post("/v1/webhooks", json={"url": receiver.url}).status_code == 201
+    assert second["id"]
