@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test screenshots bench bench-full bench-tune eval chaos tiny migrate worker api beat flower lock clean
+.PHONY: run test test-fast screenshots bench bench-full bench-tune eval chaos tiny migrate worker api beat flower lock clean
 
 run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + beat + Flower (:5555)
 	$(BIN)/vlq run
@@ -12,8 +12,11 @@ run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start 
 test: $(STAMP)  ## the whole suite against real Redis, SQLite, Postgres and worker processes
 	$(BIN)/pytest
 
+test-fast: $(STAMP)  ## the rest, in under a minute: no worker process, browser, schemathesis run, Postgres or model build
+	$(BIN)/pytest -m "not (chaos or browser or schemathesis or postgres or worker)"
+
 screenshots: $(STAMP)  ## the web UI tests, keeping their screenshots in docs/screenshots for the README
-	VLQ_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest tests/test_web_ui.py -k sqlite
+	VLQ_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest tests/e2e/test_web_ui.py -k sqlite
 
 bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
 	$(BIN)/python -m bench.service_bench
@@ -28,7 +31,7 @@ eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts an
 	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md
 
 chaos: $(STAMP)  ## fault injection at full size: 1,000 jobs, worker SIGKILLs, a Redis restart, a Postgres cut
-	$(BIN)/python -m tests.chaos.harness --jobs 1000
+	$(BIN)/python -m tests.e2e.chaos.harness --jobs 1000
 
 tiny: $(STAMP)  ## build and export the tiny random-weight Qwen3-VL (offline, once)
 	$(BIN)/vlq model build-tiny

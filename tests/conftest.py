@@ -45,6 +45,51 @@ TENANT = "acme"
 ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle", "tiny-drain")
 BROKEN = "tiny-broken"  # looks exported, but its language model is garbage: a worker fails to load it
 STUCK = "tiny-stuck"  # its generation_config.json is a FIFO: a worker loading it waits until the test writes to it
+# Each database kind a test runs on; the Postgres one carries the `postgres` marker.
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+# -- markers -----------------------------------------------------------------------------------
+# `make test` runs every test; `make test-fast` deselects the markers below. Tests get them from what they use,
+# so nobody has to remember: a Postgres database param is `postgres` (DATABASES), a fixture that starts a `vlq`
+# process or needs the tiny model is `worker` (WORKER_FIXTURES), and whole modules are marked in MODULE_MARKS.
+# A test that starts a process, builds the model or opens Postgres without its marker fails (_require_marker).
+
+WORKER_FIXTURES = {"model_cache", "exported_models", "beat", "start_worker", "worker"}
+MODULE_MARKS = {
+    "e2e/test_web_ui.py": ["browser"],
+    "e2e/test_schemathesis.py": ["schemathesis"],
+    "e2e/test_faults.py": ["worker", "postgres"],  # its own stack (tests/e2e/faults.py): Postgres, workers, beat
+    "e2e/test_run_command.py": ["worker"],  # `vlq run` starts a worker, beat and Flower
+    "e2e/chaos/test_chaos.py": ["postgres"],  # the harness's stack (tests/e2e/faults.py) runs on Postgres
+}
+_running: pytest.Item | None = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        if WORKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.worker)
+        module = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else ""
+        for name in MODULE_MARKS.get(module, ()):
+            item.add_marker(getattr(pytest.mark, name))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    global _running
+    _running = item
+    try:
+        yield
+    finally:
+        _running = None
+
+
+def _require_marker(marker: str, what: str) -> None:
+    """Fail the running test (if any: the chaos harness runs outside pytest) unless it carries `marker`."""
+    if _running is not None and _running.get_closest_marker(marker) is None:
+        raise RuntimeError(f"{_running.nodeid} {what}, so it must be marked `{marker}` (see tests/conftest.py)")
 
 
 # -- the tiny model ----------------------------------------------------------------------------
@@ -57,6 +102,7 @@ def model_cache() -> Path:
 def tiny_model_cache() -> Path:
     """The model cache with the tiny Qwen3-VL (built and exported through the real CLI path the first time) and
     its aliases (one export, several registry names, so a test's workers can have a queue of their own)."""
+    _require_marker("worker", "needs the tiny model")
     if not (MODEL_CACHE / f"{TINY}-fp16" / "openvino_language_model.xml").exists():
         env = {**os.environ, "VLQ_MODEL_CACHE": str(MODEL_CACHE)}
         subprocess.run([sys.executable, "-m", "service.cli", "model", "build-tiny"], cwd=ROOT, env=env, check=True)
@@ -84,6 +130,7 @@ def fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory, revision
 @contextmanager
 def postgres_schema(revision: str = "head") -> Iterator[str]:
     """A private schema in the test Postgres database, migrated to `revision`; yields its URL. Dropped afterwards."""
+    _require_marker("postgres", "uses Postgres")
     schema = f"vlq_test_{uuid.uuid4().hex[:10]}"
     dsn = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -97,14 +144,14 @@ def postgres_schema(revision: str = "head") -> Iterator[str]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+@pytest.fixture(scope="session", params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A freshly migrated database of each kind, for the whole session."""
     with fresh_database(request.param, tmp_path_factory) as url:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=DATABASES)
 def fresh_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database of each kind for this test alone, for passes that act on every row (broker, retention)."""
     with fresh_database(request.param, tmp_path_factory) as url:
@@ -114,8 +161,9 @@ def fresh_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
 # -- configuration -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One config file that the test's API and its worker processes both read (as VLQ_CONFIG)."""
+def config_file(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One config file that the test's API and its worker processes both read (as VLQ_CONFIG). Its model folder
+    stays empty until a test needs the models (`exported_models`): the API never reads it."""
     tmp = tmp_path_factory.mktemp("config")
     config = {
         "database_url": database_url,
@@ -145,9 +193,17 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
                for alias in (*ALIASES, BROKEN, STUCK)},
         },
     }
-    # The session's own model folder: the tiny export and its aliases linked in, and a broken copy.
-    models = tmp / "models"
-    models.mkdir()
+    (tmp / "models").mkdir()
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported_models(config_file: Path, model_cache: Path) -> Path:
+    """The session's own model folder: the tiny export and its aliases linked in, and a broken and a stuck copy."""
+    models = config_file.parent / "models"
     compiled = model_cache / ".compiled"  # OpenVINO's compiled-model cache, kept warm across sessions
     compiled.mkdir(exist_ok=True)
     (models / ".compiled").symlink_to(compiled, target_is_directory=True)
@@ -157,10 +213,7 @@ def config_file(database_url: str, model_cache: Path, tmp_path_factory: pytest.T
     (models / f"{BROKEN}-fp16" / "openvino_language_model.xml").write_text("<net>this is not a model</net>")
     _linked_export(model_cache / f"{TINY}-fp16", models / f"{STUCK}-fp16", "generation_config.json")
     os.mkfifo(models / f"{STUCK}-fp16" / "generation_config.json")
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return path
+    return models
 
 
 def _linked_export(source: Path, target: Path, missing: str) -> None:
@@ -194,6 +247,7 @@ class WorkerProcess:
     """A real `vlq worker` subprocess (or another `vlq` service command, such as `beat`)."""
 
     def __init__(self, config_file: Path, log_path: Path, command: str = "worker", **env: str) -> None:
+        _require_marker("worker", f"starts `vlq {command}`")
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
@@ -239,7 +293,8 @@ def beat(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def start_worker(config_file: Path, beat: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def start_worker(config_file: Path, exported_models: Path, beat: WorkerProcess,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Factory for extra workers (a test's own model alias, batch size...); all are stopped at the end."""
     started: list[WorkerProcess] = []
     logs = tmp_path_factory.mktemp("worker-logs")

@@ -116,7 +116,7 @@ def openapi_path(rule: Rule) -> str:
 def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: bool) -> dict[str, Any]:
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in _PATH_PARAM.findall(rule.rule)]
-    if spec is None:  # still listed, so the route is known; tests/test_openapi.py fails until it is documented
+    if spec is None:  # still listed, so the route is known; test_openapi.py fails until it is documented
         return {"operationId": rule.endpoint, "parameters": params,
                 "responses": {"default": {"description": "Undocumented."}}}
     codes = list(spec.errors) + list(_ALWAYS) + ([] if public else list(_AUTH))

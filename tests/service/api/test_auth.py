@@ -54,10 +54,16 @@ def test_a_wrong_key_is_a_401(app, header):
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_health_endpoints_need_no_key(app):
-    anonymous = app.test_client()
-    assert anonymous.get("/healthz").status_code == 200
-    assert anonymous.get("/readyz").status_code in (200, 503)  # open either way; readiness is another test's matter
+def test_health_endpoints_need_no_key(settings):
+    # Redis down: readiness is then fixed (a 503 saying so), whatever workers other tests left running. A keyed
+    # route would answer 401 before its view ran; these views run and answer for themselves.
+    anonymous = create_app(dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0")).test_client()
+    assert anonymous.get("/healthz").get_json() == {"status": "ok"}
+    ready = anonymous.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["missing"] == ["redis"]
+    health = anonymous.get("/health")
+    assert health.status_code == 503 and health.get_json() == {"status": "unhealthy", "missing": ["redis"]}
+    assert _error(anonymous.get("/v1/jobs")) == (401, "unauthorized")  # while a keyed route still asks for one
 
 
 def test_admin_creates_a_key_that_works_and_whose_secret_is_shown_once(app, admin, settings):

@@ -1,4 +1,4 @@
-"""Readiness says exactly what is missing (a submit with the broker down: tests/service/test_dispatch.py)."""
+"""Readiness says exactly what is missing (a submit with the broker down: tests/service/adapters/test_broker.py)."""
 import dataclasses
 import time
 

@@ -1,6 +1,6 @@
 """Faults lose nothing: a Redis restart, a Postgres cut and worker stops, with real worker and beat processes.
 
-Everything runs on private backends (tests/faults.py): a Redis this module kills, and Postgres behind a proxy it
+Everything runs on private backends (tests/e2e/faults.py): a Redis this module kills, and Postgres behind a proxy it
 cuts. The API is the real app in this process, so its answers during an outage are checked one by one.
 """
 import base64
@@ -14,7 +14,7 @@ from service.adapters.db import Database
 from service.app import create_app
 from service.core import lifecycle
 from tests.conftest import TINY, keyed, make_image, make_key, wait_for_status
-from tests.faults import FaultyStack
+from tests.e2e.faults import FaultyStack
 
 ENDED = {"succeeded", "failed", "cancelled"}
 

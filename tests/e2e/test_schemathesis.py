@@ -18,7 +18,7 @@ CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance,ignor
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(settings, worker, client, api_key, tmp_path):
     # The API offers only the model the worker serves: a synchronous endpoint rightly answers 503 no_worker for
-    # any other (tests/test_sync_end_to_end.py checks that), so here any 5xx is a bug.
+    # any other (tests/e2e/test_sync_end_to_end.py checks that), so here any 5xx is a bug.
     served = dataclasses.replace(settings, registry={TINY: settings.registry[TINY]}, presets={
         name: preset for name, preset in settings.presets.items() if preset.model in (None, TINY)})
     with serve(create_app(served)) as url:

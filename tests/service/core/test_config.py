@@ -68,7 +68,7 @@ def test_auth_is_on_unless_a_flag_turns_it_off(tmp_path):
 
 
 def test_the_local_config_file_turns_auth_off_and_the_server_examples_turn_it_on():
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     assert load_settings(environ={"VLQ_CONFIG": str(root / "config.yaml")}).disable_auth is True
     assert 'VLQ_DISABLE_AUTH: "false"' in (root / "docker-compose.yml").read_text()
     assert "VLQ_DISABLE_AUTH=false" in (root / "Dockerfile").read_text()

@@ -16,7 +16,7 @@ from service.app import create_app
 from service.core.config import load_settings
 from service.core.models import Batch, Job, utcnow
 from tests.conftest import TINY, keyed, make_image, make_key
-from tests.faults import PrivateRedis
+from tests.e2e.faults import PrivateRedis
 from workers.maintenance import redispatch
 
 QUEUE = f"vlq.{TINY}.interactive"

@@ -7,7 +7,7 @@ from sqlalchemy import text
 from service.adapters.db import Database
 from service.adapters.migrate import upgrade
 from service.core.models import Base
-from tests.conftest import fresh_database
+from tests.conftest import DATABASES, fresh_database
 
 
 def test_migrations_match_the_models(database_url):
@@ -18,7 +18,7 @@ def test_migrations_match_the_models(database_url):
     assert diff == []
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", DATABASES)
 def test_rows_from_before_tenants_belong_to_the_default_tenant(kind, tmp_path_factory):
     with fresh_database(kind, tmp_path_factory, revision="0005") as url:
         database = Database(url)

@@ -2,7 +2,7 @@
 cut while jobs run, and not one job, result or webhook event lost or doubled."""
 import pytest
 
-from tests.chaos.harness import ChaosConfig, run
+from tests.e2e.chaos.harness import ChaosConfig, run
 
 
 @pytest.mark.chaos

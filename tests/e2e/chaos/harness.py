@@ -1,8 +1,8 @@
 """The chaos run: a real VLQ stack works through N jobs while it takes faults, and must lose or double nothing.
 
-    python -m tests.chaos.harness [--jobs 1000] [--workers 3] [--kill-every 5] [--rate 10]      # `make chaos`
+    python -m tests.e2e.chaos.harness [--jobs 1000] [--workers 3] [--kill-every 5] [--rate 10]      # `make chaos`
 
-The stack (tests/faults.py): the API under gunicorn, worker processes serving the tiny model, two beats (as a
+The stack (tests/e2e/faults.py): the API under gunicorn, worker processes serving the tiny model, two beats (as a
 careless deployment might run), a private Redis without persistence, and Postgres behind a proxy. While the jobs
 are submitted and run, a worker is SIGKILLed every --kill-every seconds (and a new one started), Redis is killed
 and restarted once (every queued message is lost), and Postgres is cut once. Clients retry a 503 with the same
@@ -36,7 +36,7 @@ from service.adapters import presence
 from service.adapters.db import Database
 from service.core.models import TERMINAL_STATES, Job, JobEvent, WebhookDelivery
 from tests.conftest import TINY, Receiver, WorkerProcess, make_image, make_key
-from tests.faults import FaultyStack, free_port
+from tests.e2e.faults import FaultyStack, free_port
 
 _ENDED = {status.value for status in TERMINAL_STATES}
 
