@@ -29,6 +29,11 @@ class ErrorCode(StrEnum):
         member.job = job
         return member
 
+    @classmethod
+    def of(cls, code: str | None) -> ErrorCode:
+        """A failed job's stored code as a member; inference_error for none or one this version does not know."""
+        return cls._value2member_map_.get(code or "", cls.INFERENCE_ERROR)  # type: ignore[return-value]
+
     BAD_REQUEST = "bad_request", 400, "The request could not be read (e.g. a malformed multipart body)."
     MISSING_FIELD = "missing_field", 400, "A required field is absent or empty (`details.field` names it)."
     INVALID_FIELD = "invalid_field", 400, "A field is out of range or of the wrong type (`details.field` names it)."

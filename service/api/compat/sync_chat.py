@@ -117,10 +117,9 @@ def succeeded(job_id: str) -> Job:
         return job
     if job.status == JobStatus.CANCELLED.value:
         raise ApiError(409, "cancelled", f"The job {job.id} was cancelled before it finished.", {"job_id": job.id})
-    code = job.error_code or ErrorCode.INFERENCE_ERROR
-    status = ErrorCode(code).status if code in ErrorCode else 500  # the job's code is kept, with its status
-    raise ApiError(status, code, job.error_message or "The job failed.", {"job_id": job.id},
-                   headers=_RETRY if status == 503 else None)
+    code = ErrorCode.of(job.error_code)
+    raise ApiError(code.status, code, job.error_message or "The job failed.", {"job_id": job.id},
+                   headers=_RETRY if code.status == 503 else None)
 
 
 def timed_out(job_id: str, timeout_s: float) -> ApiError:
