@@ -1,4 +1,4 @@
-"""Batch tasks: stream an OpenAI input file into jobs, and finalize batches whose items have all ended."""
+"""The batch ingest task: stream an OpenAI input file into jobs."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,6 @@ from workers.runtime import WorkerRuntime, current_runtime
 
 log = logging.getLogger(__name__)
 
-FINALIZE_TASK = "vlq.finalize_batch"
 _INGEST_RETRY_S = 30.0  # how long an ingest waits for an unavailable database before its message is requeued
 
 
@@ -27,12 +26,6 @@ def ingest_batch(batch_id: str) -> None:
         # The ingest is one transaction, so nothing of it was kept: put the message back for another try.
         log.warning("batch %s: the database stayed unavailable, its ingest goes back to the queue", batch_id)
         raise Reject(exc, requeue=True) from exc
-
-
-@shared_task(name=FINALIZE_TASK)
-def finalize_batch(batch_id: str) -> None:
-    runtime = current_runtime()
-    batches.maybe_finalize(runtime.db, runtime.blobs, batch_id)
 
 
 def ingest(runtime: WorkerRuntime, batch_id: str) -> str | None:

@@ -257,12 +257,7 @@ def maybe_finalize(db: Database, blobs: BlobStore, batch_id: str) -> bool:
         batch = session.get(Batch, batch_id)
         if batch is None or pending(session, batch_id):
             return False
-        # finalizing_at doubles as the claim, so concurrent callers write the files once.
-        claimed = session.execute(update(Batch).where(
-            Batch.id == batch_id, Batch.finalizing_at.is_(None),
-            Batch.status.in_([BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value]),
-        ).values(finalizing_at=utcnow())).rowcount == 1
-        if not claimed:
+        if not _claim_ending(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             return False
         if batch.status == BatchStatus.IN_PROGRESS.value:
             transition(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
@@ -283,9 +278,7 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
     expired = 0
     for batch_id in overdue:
         with db.session() as session:
-            claimed = session.execute(update(Batch).where(Batch.id == batch_id, Batch.finalizing_at.is_(None))
-                                      .values(finalizing_at=utcnow())).rowcount == 1
-            if claimed:
+            if _claim_ending(session, batch_id, BatchStatus.IN_PROGRESS):
                 lifecycle.cancel_queued_in_batch(session, batch_id)
                 _end_with_files(session, blobs, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED)
                 expired += 1
@@ -324,8 +317,19 @@ def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: s
     return file
 
 
+def _claim_ending(session: Session, batch_id: str, *states: BatchStatus) -> bool:
+    """Take the right to end a batch in one of `states`, so concurrent callers write its files once.
+
+    Not a state change: `finalizing_at` doubles as the claim (the transition to finalizing stamps it again).
+    """
+    return session.execute(update(Batch).where(
+        Batch.id == batch_id, Batch.finalizing_at.is_(None), Batch.status.in_([state.value for state in states]),
+    ).values(finalizing_at=utcnow())).rowcount == 1
+
+
 def transition(session: Session, batch_id: str, source: BatchStatus, target: BatchStatus, **values: Any) -> bool:
-    """The one place a batch changes state: a conditional UPDATE stamped with the target's time."""
+    """The batch state machine: the one place a batch changes state, a conditional UPDATE stamped with the
+    target's time; an ending records its webhooks in the same transaction."""
     if target not in _TRANSITIONS.get(source, ()):
         raise ValueError(f"no batch transition {source.value} -> {target.value}")
     result = session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == source.value).values(

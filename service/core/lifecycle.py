@@ -20,10 +20,13 @@ from sqlalchemy.orm import Session
 
 from service.adapters import job_endings
 from service.core import webhooks
+from service.core.errors import ErrorCode
 from service.core.models import Job, JobEvent, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
+# The states a new job may start in.
+INITIAL: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.FAILED})
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SUCCEEDED}),
     JobStatus.RUNNING: frozenset({JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
@@ -32,7 +35,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 def create_job(session: Session, **fields: Any) -> Job:
     """Add a new queued job (and its first event) to the session."""
-    job = Job(status=JobStatus.QUEUED.value, attempts=0, created_at=utcnow(), **fields)
+    job = Job(status=JobStatus.QUEUED.value, attempts=0, created_at=utcnow(), **fields)  # INITIAL
     session.add(job)
     session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
     return job
@@ -48,6 +51,8 @@ def create_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
     now = utcnow()
     for row in rows:
         row.setdefault("status", JobStatus.QUEUED.value)
+        if JobStatus(row["status"]) not in INITIAL:
+            raise ValueError(f"a job cannot start {row['status']}")
         row.update(attempts=0, created_at=now)
         if row["status"] == JobStatus.FAILED.value:
             row["finished_at"] = now
@@ -67,28 +72,18 @@ def create_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
 def cancel_queued_in_batch(session: Session, batch_id: str) -> int:
     """queued -> cancelled for every queued item of a batch, in one UPDATE; returns how many."""
     now = utcnow()
-    cancelled = session.execute(
-        update(Job)
-        .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.CANCELLED.value, finished_at=now, cancel_requested_at=now,
-                error_code="cancelled", error_message="The batch was cancelled before this item started.")
-        .returning(Job.id, Job.tenant)
-        .execution_options(synchronize_session=False)
-    ).all()
-    if cancelled:
-        session.execute(insert(JobEvent), [
-            {"job_id": job_id, "type": "job.cancelled", "attempt": 0, "worker": None, "created_at": now}
-            for job_id, _ in cancelled
-        ])
-        webhooks.record_job_events(session, cancelled[0].tenant, [job_id for job_id, _ in cancelled], "job.cancelled")
-    return len(cancelled)
+    return len(_transition(
+        session, [Job.batch_id == batch_id], JobStatus.QUEUED, JobStatus.CANCELLED, now,
+        values={"finished_at": now, "cancel_requested_at": now, "error_code": ErrorCode.CANCELLED,
+                "error_message": "The batch was cancelled before this item started."},
+    ))
 
 
 def claim(session: Session, job_id: str, worker: str) -> Job | None:
     """queued -> running for this worker; None if someone else has it or it already ended."""
     now = utcnow()
     won = _transition(
-        session, job_id, JobStatus.QUEUED, JobStatus.RUNNING, now,
+        session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.RUNNING, now,
         values={"worker": worker, "started_at": now, "attempts": Job.attempts + 1},
     )
     return session.get(Job, job_id, populate_existing=True) if won else None
@@ -101,41 +96,40 @@ def finish(
     if not status.terminal:
         raise ValueError(f"{status} is not terminal")
     now = utcnow()
-    return _transition(
-        session, job.id, JobStatus.RUNNING, status, now,
+    return bool(_transition(
+        session, [Job.id == job.id, *_fence(job)], JobStatus.RUNNING, status, now,
         values={"finished_at": now, **values},
-        fence={"attempts": job.attempts, "worker": job.worker},
-    )
+    ))
 
 
 def complete_from_cache(session: Session, job_id: str, source: Job) -> bool:
     """queued -> succeeded with `source`'s result; the job never runs, and costs no tokens or engine time."""
     now = utcnow()
-    return _transition(
-        session, job_id, JobStatus.QUEUED, JobStatus.SUCCEEDED, now,
+    return bool(_transition(
+        session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.SUCCEEDED, now,
         values={"started_at": now, "finished_at": now, "cached_from": source.cached_from or source.id,
                 "result_text": source.result_text, "result_json": source.result_json,
                 "result_lines": source.result_lines, "prompt_tokens": 0 if source.prompt_tokens is not None else None,
                 "completion_tokens": 0 if source.completion_tokens is not None else None, "inference_ms": 0.0},
-    )
+    ))
 
 
 def requeue(session: Session, job: Job) -> bool:
     """running -> queued, after the worker holding this attempt was lost or stopped; the caller then sends it."""
-    return _transition(
-        session, job.id, JobStatus.RUNNING, JobStatus.QUEUED, utcnow(),
-        values={"started_at": None, "enqueued_at": None}, fence={"attempts": job.attempts, "worker": job.worker},
-    )
+    return bool(_transition(
+        session, [Job.id == job.id, *_fence(job)], JobStatus.RUNNING, JobStatus.QUEUED, utcnow(),
+        values={"started_at": None, "enqueued_at": None},
+    ))
 
 
 def cancel_queued(session: Session, job_id: str) -> bool:
     """queued -> cancelled; the task message is left to find the job ended and do nothing."""
     now = utcnow()
-    return _transition(
-        session, job_id, JobStatus.QUEUED, JobStatus.CANCELLED, now,
+    return bool(_transition(
+        session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.CANCELLED, now,
         values={"finished_at": now, "cancel_requested_at": now,
-                "error_code": "cancelled", "error_message": "Cancelled before it started."},
-    )
+                "error_code": ErrorCode.CANCELLED, "error_message": "Cancelled before it started."},
+    ))
 
 
 def request_cancel(session: Session, job_id: str) -> bool:
@@ -152,29 +146,33 @@ def events(session: Session, job_id: str) -> list[JobEvent]:
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
 
 
+def _fence(job: Job) -> list[Any]:
+    """A worker's write counts only while the job is still the attempt it claimed."""
+    return [Job.attempts == job.attempts, Job.worker == job.worker]
+
+
 def _transition(
-    session: Session,
-    job_id: str,
-    source: JobStatus,
-    target: JobStatus,
-    now: datetime,
-    *,
+    session: Session, where: list[Any], source: JobStatus, target: JobStatus, now: datetime, *,
     values: dict[str, Any],
-    fence: dict[str, Any] | None = None,
-) -> bool:
+) -> list[str]:
+    """Move every job matching `where` that is in `source` to `target`, with its event (and, for an ending, its
+    webhooks and its ending announcement) in the same transaction. Returns the ids of the jobs that moved."""
     if target not in TRANSITIONS.get(source, ()):
         raise ValueError(f"no transition {source.value} -> {target.value}")
-    conditions = [Job.id == job_id, Job.status == source.value]
-    conditions += [getattr(Job, column) == value for column, value in (fence or {}).items()]
-    statement = update(Job).where(*conditions).values(status=target.value, **values)
-    result = session.execute(statement.execution_options(synchronize_session=False))
-    if result.rowcount != 1:
-        return False
-    attempt, worker = session.execute(select(Job.attempts, Job.worker).where(Job.id == job_id)).one()
-    job_event = JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now)
-    session.add(job_event)
-    if target.terminal:
-        webhooks.record_job_event(session, job_id, job_event)  # the outbox: same transaction as the transition
-        job_endings.mark_ended(session, job_id)  # wakes synchronous requests waiting on it, once committed
-    log.info("job %s: %s -> %s (attempt %s)", job_id, source.value, target.value, attempt)
-    return True
+    moved = session.execute(
+        update(Job).where(*where, Job.status == source.value).values(status=target.value, **values)
+        .returning(Job.id, Job.tenant, Job.attempts, Job.worker).execution_options(synchronize_session=False)
+    ).all()
+    if not moved:
+        return []
+    events = [JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now)
+              for job_id, _, attempt, worker in moved]
+    session.add_all(events)
+    if target.terminal and len(moved) == 1:
+        webhooks.record_job_event(session, events[0].job_id, events[0])  # the outbox: in the same transaction
+        job_endings.mark_ended(session, events[0].job_id)  # wakes synchronous requests waiting on it, once committed
+    elif target.terminal:  # a batch's items at once: they have no webhook_url and no synchronous waiter
+        webhooks.record_job_events(session, moved[0].tenant, [row.id for row in moved], events[0].type)
+    for job_id, _, attempt, _ in moved:
+        log.info("job %s: %s -> %s (attempt %s)", job_id, source.value, target.value, attempt)
+    return [job_id for job_id, *_ in moved]
