@@ -22,6 +22,7 @@ from service.core import keys as api_keys  # `keys` is the command group below
 from service.core import logs
 from service.core.config import ConfigError, Settings, load_settings
 from service.core.errors import ApiError
+from service.core.shapes import iso
 from service.core.tenancy import DEFAULT_TENANT
 
 log = logging.getLogger("vlq")
@@ -186,12 +187,11 @@ def keys_list() -> None:
     click.echo(f"{'id':<31} {'name':<20} {'tenant':<12} {'prefix':<12} {'admin':<5} {'rps':>6} {'queued':>8}  "
                f"{'last used':<20} revoked")
     for key in rows:
-        data = key.to_dict()
         rps = "default" if key.rate_limit_rps is None else f"{key.rate_limit_rps:g}"
         queued = "default" if key.max_queued_jobs is None else str(key.max_queued_jobs)
         click.echo(f"{key.id:<31} {key.name[:20]:<20} {key.tenant[:12]:<12} {key.prefix:<12} "
-                   f"{'yes' if key.admin else 'no':<5} {rps:>6} {queued:>8}  {(data['last_used_at'] or '-')[:19]:<20} "
-                   f"{(data['revoked_at'] or '-')[:19]}")
+                   f"{'yes' if key.admin else 'no':<5} {rps:>6} {queued:>8}  {(iso(key.last_used_at) or '-')[:19]:<20} "
+                   f"{(iso(key.revoked_at) or '-')[:19]}")
 
 
 @keys.command("revoke")

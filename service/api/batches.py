@@ -35,6 +35,7 @@ from service.core.config import Settings
 from service.core.errors import ApiError
 from service.core.fields import Choice, Field, Form, Text
 from service.core.models import Batch, File, Job, Priority, new_id
+from service.core.shapes import BatchOut, Timings, Usage
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -110,7 +111,7 @@ def create_batch() -> ResponseReturnValue:
     if key:
         existing = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).first()
         if existing is not None:
-            return jsonify(batches.render(session, existing)), 200, {"Idempotent-Replayed": "true"}
+            return jsonify(batches.render(session, existing).dump()), 200, {"Idempotent-Replayed": "true"}
     fields, _ = request_fields()
     native = not request.is_json
     try:
@@ -118,7 +119,7 @@ def create_batch() -> ResponseReturnValue:
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
         batch = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).one()
-    return jsonify(batches.render(session, batch))
+    return jsonify(batches.render(session, batch).dump())
 
 
 def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) -> Batch:
@@ -197,14 +198,14 @@ def _uploaded_images() -> Iterator[tuple[str, bytes]]:
 def list_batches() -> ResponseReturnValue:
     rows, limit = newest_first(Batch)
     counts = batches.request_counts(get_session(), [row.id for row in rows])
-    return jsonify(page(rows, limit, lambda batch: batch.to_dict(counts[batch.id])))
+    return jsonify(page(rows, limit, lambda batch: BatchOut.from_row(batch, counts[batch.id])))
 
 
 @bp.get("/<batch_id>")
 @operation("Get a batch", tags=("batches",), responses={200: "Batch"})
 def get_batch(batch_id: str) -> ResponseReturnValue:
     session = get_session()
-    return jsonify(batches.render(session, get_or_404(session, Batch, batch_id, "batch")))
+    return jsonify(batches.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.post("/<batch_id>/cancel")
@@ -217,7 +218,7 @@ def cancel_batch(batch_id: str) -> ResponseReturnValue:
     session.commit()
     batches.maybe_finalize(get_db(), get_blobs(), batch_id)
     session.expire_all()
-    return jsonify(batches.render(session, get_or_404(session, Batch, batch_id, "batch")))
+    return jsonify(batches.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.get("/<batch_id>/results")
@@ -244,12 +245,11 @@ def _stream_items(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:
 
 
 def _result_row(job: Job) -> dict[str, Any]:
-    data = job.to_dict()
-    usage = data["usage"] or {}
+    usage = Usage.of(job)
     return {
         "custom_id": job.custom_id, "status": job.status, "text": job.result_text, "json": job.result_json,
-        "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-        "total_tokens": usage.get("total_tokens"), **data["timings"],
+        "prompt_tokens": usage and usage.prompt_tokens, "completion_tokens": usage and usage.completion_tokens,
+        "total_tokens": usage and usage.total_tokens, **Timings.of(job).dump(),
         "error_code": job.error_code, "error_message": job.error_message, "job_id": job.id,
     }
 

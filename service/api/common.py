@@ -19,6 +19,7 @@ from service.core.errors import ApiError
 from service.core.fields import Bool, Choice, Form, Int, JsonObject, Text, WebhookSecret, WebhookUrl
 from service.core.images import decode_image_field, inspect_image
 from service.core.models import Priority, TenantOwned
+from service.core.shapes import Page, Shape
 
 T = TypeVar("T")
 
@@ -147,18 +148,17 @@ def newest_first(model: Any, *conditions: Any, max_limit: int = 100) -> tuple[li
     return list(get_session().scalars(query.order_by(model.id.desc()).limit(limit + 1))), limit
 
 
-def page(rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]]) -> dict[str, Any]:
-    """A list response from up to limit+1 rows: the extra row only tells whether there is more."""
+def page(rows: Sequence[T], limit: int, render: Callable[[T], Shape]) -> dict[str, Any]:
+    """A list response (the `Page` shape) from up to limit+1 rows: the extra row only tells whether there is more."""
     shown = rows[:limit]
     has_more = len(rows) > limit
-    return {
-        "object": "list",
-        "data": [render(row) for row in shown],
-        "has_more": has_more,
-        "next_cursor": shown[-1].id if has_more and shown else None,
-        "first_id": shown[0].id if shown else None,
-        "last_id": shown[-1].id if shown else None,
-    }
+    return Page[Any](
+        data=[render(row) for row in shown],
+        has_more=has_more,
+        next_cursor=shown[-1].id if has_more and shown else None,
+        first_id=shown[0].id if shown else None,
+        last_id=shown[-1].id if shown else None,
+    ).dump()
 
 
 def webhook_options(settings: Settings, fields: dict[str, Any]) -> dict[str, str | None]:

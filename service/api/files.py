@@ -17,6 +17,7 @@ from service.core.config import Settings
 from service.core.errors import ApiError
 from service.core.fields import Choice, Field, Form
 from service.core.models import Batch, File
+from service.core.shapes import FileDeleted, FileOut
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
 
@@ -57,7 +58,7 @@ def upload() -> ResponseReturnValue:
     session = get_session()
     file = store_file(session, get_blobs(), upload.stream, upload.filename or "upload", purpose, current_tenant())
     session.commit()
-    return jsonify(file.to_dict())
+    return jsonify(FileOut.from_row(file).dump())
 
 
 @bp.get("")
@@ -65,13 +66,13 @@ def upload() -> ResponseReturnValue:
 def list_files() -> ResponseReturnValue:
     purpose = list_form(get_settings()).read("purpose", request.args.to_dict())
     rows, limit = newest_first(File, *([File.purpose == purpose] if purpose else []), max_limit=10_000)
-    return jsonify(page(rows, limit, File.to_dict))
+    return jsonify(page(rows, limit, FileOut.from_row))
 
 
 @bp.get("/<file_id>")
 @operation("Get a file's description", tags=("files",), responses={200: "File"})
 def get_file(file_id: str) -> ResponseReturnValue:
-    return jsonify(get_or_404(get_session(), File, file_id, "file").to_dict())
+    return jsonify(FileOut.from_row(get_or_404(get_session(), File, file_id, "file")).dump())
 
 
 @bp.get("/<file_id>/content")
@@ -101,7 +102,7 @@ def delete(file_id: str) -> ResponseReturnValue:
     session.delete(file)
     session.commit()
     # The blob may be shared (content-addressed); the retention pass deletes it once nothing refers to it.
-    return jsonify({"id": file_id, "object": "file", "deleted": True})
+    return jsonify(FileDeleted(id=file_id).dump())
 
 
 def _chunks(stream, size: int = 256 * 1024):  # type: ignore[no-untyped-def]

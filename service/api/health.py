@@ -10,8 +10,8 @@ from flask.typing import ResponseReturnValue
 from service.adapters import presence
 from service.api.auth import public
 from service.api.context import get_db, get_redis
-from service.api.openapi import operation
-from service.api.schemas import ref
+from service.api.openapi import operation, ref
+from service.core.shapes import HealthOut, OpenAIHealthOut, ReadinessOut
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ bp = Blueprint("health", __name__)
 @public
 @operation("Liveness: the process answers", tags=("health",), responses={200: "Health"})
 def healthz() -> ResponseReturnValue:
-    return jsonify({"status": "ok"})
+    return jsonify(HealthOut().dump())
 
 
 @bp.get("/readyz")
@@ -33,7 +33,7 @@ def healthz() -> ResponseReturnValue:
 def readyz() -> ResponseReturnValue:
     """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing."""
     body = readiness()
-    return jsonify(body), 200 if not body["missing"] else 503
+    return jsonify(body.dump()), 200 if not body.missing else 503
 
 
 @bp.get("/health")
@@ -44,12 +44,12 @@ def readyz() -> ResponseReturnValue:
 def health() -> ResponseReturnValue:
     """The OpenAI-compatible servers' health check: {"status": "healthy"} when ready."""
     body = readiness()
-    if not body["missing"]:
-        return jsonify({"status": "healthy"})
-    return jsonify({"status": "unhealthy", "missing": body["missing"]}), 503
+    if not body.missing:
+        return jsonify(OpenAIHealthOut(status="healthy").dump())
+    return jsonify(OpenAIHealthOut(status="unhealthy", missing=body.missing).dump()), 503
 
 
-def readiness() -> dict[str, Any]:
+def readiness() -> ReadinessOut:
     """What /readyz reports: the checks, what is missing (empty when ready), the live models and workers."""
     checks: dict[str, Any] = {}
     missing: list[str] = []
@@ -71,10 +71,5 @@ def readiness() -> dict[str, Any]:
     models = presence.live_models(workers)
     if "redis" not in missing and not models:
         missing.append("worker" if not workers else "model")
-    return {
-        "status": "ready" if not missing else "not_ready",
-        "missing": missing,
-        "checks": checks,
-        "models": models,
-        "workers": [{"name": name, **info} for name, info in sorted(workers.items())],
-    }
+    return ReadinessOut(status="ready" if not missing else "not_ready", missing=missing, checks=checks, models=models,
+                        workers=[{"name": name, **info} for name, info in sorted(workers.items())])

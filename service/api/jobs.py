@@ -26,6 +26,7 @@ from service.core.errors import ApiError
 from service.core.fields import Choice, Form
 from service.core.images import ACCEPTED_FORMATS, ImageField
 from service.core.models import Job, JobStatus, Priority
+from service.core.shapes import JobOut
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -59,7 +60,7 @@ def create_job() -> ResponseReturnValue:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return jsonify(job.to_dict()), 202, headers
+    return jsonify(JobOut.from_row(job).dump()), 202, headers
 
 
 @bp.get("")
@@ -67,13 +68,13 @@ def create_job() -> ResponseReturnValue:
 def list_jobs() -> ResponseReturnValue:
     status = list_form(get_settings()).read("status", request.args.to_dict())
     rows, limit = newest_first(Job, *([Job.status == status] if status else []))
-    return jsonify(page(rows, limit, Job.to_dict))
+    return jsonify(page(rows, limit, JobOut.from_row))
 
 
 @bp.get("/<job_id>")
 @operation("Get a job", tags=("jobs",), responses={200: "Job"})
 def get_job(job_id: str) -> ResponseReturnValue:
-    return jsonify(get_or_404(get_session(), Job, job_id, "job").to_dict())
+    return jsonify(JobOut.from_row(get_or_404(get_session(), Job, job_id, "job")).dump())
 
 
 @bp.get("/<job_id>/image")
@@ -110,4 +111,4 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
     if jobs.cancel(session, get_broker(), job_id):
         get_job_endings().wait(job_id, lambda: jobs.ended(get_db(), job_id), get_settings().cancel_wait_s)
     session.expire_all()
-    return jsonify(get_or_404(session, Job, job_id, "job").to_dict()), 202
+    return jsonify(JobOut.from_row(get_or_404(session, Job, job_id, "job")).dump()), 202

@@ -12,6 +12,7 @@ from service.core import keys
 from service.core.config import Settings
 from service.core.fields import Form
 from service.core.models import ApiKey
+from service.core.shapes import ApiKeyOut
 
 bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
 
@@ -37,7 +38,7 @@ def create_key() -> ResponseReturnValue:
     session = get_session()
     key, secret = keys.create_key(session, keys.KeySpec.from_fields(fields))
     session.commit()
-    return jsonify({**key.to_dict(), "key": secret}), 201, {"Location": f"/v1/keys/{key.id}"}
+    return jsonify(ApiKeyOut.from_row(key, secret=secret).dump()), 201, {"Location": f"/v1/keys/{key.id}"}
 
 
 @bp.get("")
@@ -45,13 +46,13 @@ def create_key() -> ResponseReturnValue:
            errors=("forbidden",))
 def list_keys() -> ResponseReturnValue:
     rows, limit = newest_first(ApiKey)
-    return jsonify(page(rows, limit, ApiKey.to_dict))
+    return jsonify(page(rows, limit, ApiKeyOut.from_row))
 
 
 @bp.get("/<key_id>")
 @operation("Get an API key (admin)", tags=("keys",), responses={200: "ApiKey"}, errors=("forbidden",))
 def get_key(key_id: str) -> ResponseReturnValue:
-    return jsonify(get_or_404(get_session(), ApiKey, key_id, "API key").to_dict())
+    return jsonify(ApiKeyOut.from_row(get_or_404(get_session(), ApiKey, key_id, "API key")).dump())
 
 
 @bp.delete("/<key_id>")
@@ -62,4 +63,4 @@ def revoke_key(key_id: str) -> ResponseReturnValue:
     get_or_404(session, ApiKey, key_id, "API key")
     key = keys.revoke_key(session, key_id)
     session.commit()
-    return jsonify(key.to_dict())
+    return jsonify(ApiKeyOut.from_row(key).dump())

@@ -3,7 +3,7 @@
 Paths and methods come from Flask's url_map, so no route can be left out. Each view says what it takes
 and answers with `@operation(...)`: its body and query are the same `Form`s (service.core.fields) the view
 reads and validates through, so the document's request schemas are the validators' own definitions;
-its answers name schemas in service.api.schemas, and its errors are codes of `ERROR_CODES`.
+its answers name response shapes (service.core.shapes), and its errors are codes of `ERROR_CODES`.
 
 A new endpoint joins the document with one decorator line:
 
@@ -21,10 +21,10 @@ from flask import Flask
 from werkzeug.routing import Rule
 
 from service.api.context import get_settings
-from service.api.schemas import COMPONENTS, ref
 from service.core.config import Settings
 from service.core.errors import ERROR_CODES
 from service.core.fields import Form
+from service.core.shapes import components
 
 F = TypeVar("F", bound=Callable[..., Any])
 FormFactory = Callable[[Settings], Form]
@@ -45,7 +45,7 @@ class Operation:
     """What one view takes and answers, for the document."""
 
     summary: str
-    responses: Mapping[int, str | dict[str, Any]]  # status -> a schema in service.api.schemas, or a response object
+    responses: Mapping[int, str | dict[str, Any]]  # status -> a shape's name (service.core.shapes), or a response
     body: FormFactory | Mapping[str, FormFactory] | None = None  # one form for every media type, or one each
     media: tuple[str, ...] = (JSON,)
     query: FormFactory | None = None
@@ -96,7 +96,7 @@ def document(app: Flask) -> dict[str, Any]:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             public = getattr(view, "vlq_public", False)  # set by service.api.auth.public
             paths.setdefault(openapi_path(rule), {})[method.lower()] = _operation(rule, spec, settings, public)
-    schemas = {**COMPONENTS, **_error_schemas()}
+    schemas = {**components(), **_error_schemas()}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "VLQ", "version": "1", "description": "Batch vision-language jobs on Qwen3-VL + OpenVINO."},
@@ -155,9 +155,16 @@ def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: b
     return result
 
 
+def ref(name: str) -> dict[str, Any]:
+    """A reference to a component: a response shape's name, or `Error.<code>`."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 def _response(answer: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(answer, dict):
         return answer
+    if answer not in components():
+        raise KeyError(f"no response shape named {answer!r} in service.core.shapes.COMPONENTS")
     return {"description": answer, "content": {JSON: {"schema": ref(answer)}}}
 
 

@@ -6,6 +6,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from service.api.auth import current_tenant
 from service.api.common import get_or_404, newest_first, page, page_form, request_fields
@@ -16,6 +17,7 @@ from service.core.config import Settings
 from service.core.errors import ApiError
 from service.core.fields import Choice, Field, Form, Text, WebhookSecret, WebhookUrl
 from service.core.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from service.core.shapes import WebhookDeliveryOut, WebhookEndpointDeleted, WebhookEndpointOut
 from service.core.webhook_signing import generate_secret
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
@@ -81,7 +83,7 @@ def create_endpoint() -> ResponseReturnValue:
     )
     session.add(endpoint)
     session.commit()
-    body = webhooks.endpoint_to_dict(endpoint, with_secret=True)
+    body = WebhookEndpointOut.from_row(endpoint, with_secret=True).dump()
     return jsonify(body), 201, {"Location": f"/v1/webhooks/{endpoint.id}"}
 
 
@@ -104,13 +106,13 @@ def _check_endpoint_cap(session: Any, limit: int) -> None:
 @operation("List webhook endpoints", query=list_form, tags=("webhooks",), responses={200: "WebhookEndpointList"})
 def list_endpoints() -> ResponseReturnValue:
     rows, limit = newest_first(WebhookEndpoint, WebhookEndpoint.deleted_at.is_(None))
-    return jsonify(page(rows, limit, webhooks.endpoint_to_dict))
+    return jsonify(page(rows, limit, WebhookEndpointOut.from_row))
 
 
 @bp.get("/<id:endpoint_id>")
 @operation("Get a webhook endpoint", tags=("webhooks",), responses={200: "WebhookEndpoint"})
 def get_endpoint(endpoint_id: str) -> ResponseReturnValue:
-    return jsonify(webhooks.endpoint_to_dict(_live_endpoint(endpoint_id)))
+    return jsonify(WebhookEndpointOut.from_row(_live_endpoint(endpoint_id)).dump())
 
 
 @bp.delete("/<id:endpoint_id>")
@@ -122,7 +124,7 @@ def delete_endpoint(endpoint_id: str) -> ResponseReturnValue:
     endpoint.deleted_at = utcnow()
     webhooks.cancel_pending(session, endpoint.id, "endpoint deleted")
     session.commit()
-    return jsonify({"id": endpoint.id, "object": "webhook_endpoint", "deleted": True})
+    return jsonify(WebhookEndpointDeleted(id=endpoint.id).dump())
 
 
 @bp.get("/deliveries")
@@ -135,7 +137,7 @@ def list_deliveries() -> ResponseReturnValue:
                (WebhookDelivery.status, form.read("status", args)))
     rows, limit = newest_first(WebhookDelivery, *(column == value for column, value in filters if value))
     logs = webhooks.attempts_of(get_session(), [row.id for row in rows])
-    return jsonify(page(rows, limit, lambda row: webhooks.delivery_to_dict(row, logs[row.id])))
+    return jsonify(page(rows, limit, lambda row: WebhookDeliveryOut.from_row(row, logs[row.id])))
 
 
 @bp.get("/deliveries/<delivery_id>")
@@ -143,7 +145,7 @@ def list_deliveries() -> ResponseReturnValue:
 def get_delivery(delivery_id: str) -> ResponseReturnValue:
     session = get_session()
     delivery = get_or_404(session, WebhookDelivery, delivery_id, "webhook delivery")
-    return jsonify(webhooks.delivery_to_dict(delivery, webhooks.attempts_of(session, [delivery.id])[delivery.id]))
+    return jsonify(_delivery(session, delivery))
 
 
 @bp.post("/deliveries/<delivery_id>/redeliver")
@@ -163,7 +165,7 @@ def redeliver(delivery_id: str) -> ResponseReturnValue:
     session.commit()
     session.expire_all()
     delivery = get_or_404(session, WebhookDelivery, delivery_id, "webhook delivery")
-    return jsonify(webhooks.delivery_to_dict(delivery, webhooks.attempts_of(session, [delivery.id])[delivery.id])), 202
+    return jsonify(_delivery(session, delivery)), 202
 
 
 def _live_endpoint(endpoint_id: str) -> WebhookEndpoint:
@@ -171,3 +173,8 @@ def _live_endpoint(endpoint_id: str) -> WebhookEndpoint:
     if endpoint.deleted_at is not None:
         raise ApiError(404, "not_found", f"No webhook endpoint with id {endpoint_id!r}.", {"id": endpoint_id})
     return endpoint
+
+
+def _delivery(session: Session, delivery: WebhookDelivery) -> dict[str, Any]:
+    """A delivery with its attempt log, as the API shows it."""
+    return WebhookDeliveryOut.from_row(delivery, webhooks.attempts_of(session, [delivery.id])[delivery.id]).dump()

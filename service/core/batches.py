@@ -31,7 +31,8 @@ from service.core.errors import ApiError
 from service.core.images import inspect_image
 from service.core.jobs import generation_options
 from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
-from service.core.openai_format import chat_completion, parse_chat_request
+from service.core.openai_format import parse_chat_request
+from service.core.shapes import BatchOut, BatchRequestOutput, RequestCounts
 from service.core.structured import parse_response_format
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def request_counts(session: Session, batch_ids: list[str]) -> dict[str, dict[str, int]]:
+def request_counts(session: Session, batch_ids: list[str]) -> dict[str, RequestCounts]:
     """OpenAI's request_counts per batch (failed counts refused and failed items; cancelled is extra)."""
     counts = {batch_id: {"total": 0, "completed": 0, "failed": 0, "cancelled": 0} for batch_id in batch_ids}
     rows = session.execute(
@@ -211,28 +212,21 @@ def request_counts(session: Session, batch_ids: list[str]) -> dict[str, dict[str
         key = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}.get(status)
         if key:
             entry[key] += count
-    return counts
+    return {batch_id: RequestCounts(**entry) for batch_id, entry in counts.items()}
 
 
-def render(session: Session, batch: Batch) -> dict[str, Any]:
-    return batch.to_dict(request_counts(session, [batch.id])[batch.id])
+def render(session: Session, batch: Batch) -> BatchOut:
+    """The batch as the API shows it, with its counts."""
+    return BatchOut.from_row(batch, request_counts(session, [batch.id])[batch.id])
 
 
-def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterator[dict[str, Any]]:
+def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterator[BatchRequestOutput]:
     """The batch's output-file lines (succeeded items) or error-file lines (the rest that ended), by custom_id."""
     ended = [JobStatus.FAILED.value, JobStatus.CANCELLED.value]
     wanted = Job.status == JobStatus.SUCCEEDED.value if succeeded else Job.status.in_(ended)
     query = select(Job).where(Job.batch_id == batch_id, wanted).order_by(Job.custom_id)
     for job in session.scalars(query.execution_options(yield_per=500)):
-        yield output_line(job)
-
-
-def output_line(job: Job) -> dict[str, Any]:
-    if job.status == JobStatus.SUCCEEDED.value:
-        response = {"status_code": 200, "request_id": job.id, "body": chat_completion(job)}
-        return {"id": f"batch_req_{job.id}", "custom_id": job.custom_id, "response": response, "error": None}
-    return {"id": f"batch_req_{job.id}", "custom_id": job.custom_id, "response": None,
-            "error": {"code": job.error_code or job.status, "message": job.error_message or job.status}}
+        yield BatchRequestOutput.of(job)
 
 
 # -- cancelling, finalizing ----------------------------------------------------------------------
@@ -299,7 +293,7 @@ def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: B
 def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, *, succeeded: bool) -> File | None:
     buffer = io.BytesIO()
     for line in result_lines(session, batch_id, succeeded=succeeded):
-        buffer.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        buffer.write(json.dumps(line.dump(), separators=(",", ":")).encode() + b"\n")
     if not buffer.tell():
         return None
     kind = "output" if succeeded else "errors"

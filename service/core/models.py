@@ -86,13 +86,6 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
 
-    def to_dict(self) -> dict[str, Any]:
-        """The key as the API shows it: never the secret, nor its hash."""
-        return {"id": self.id, "object": "api_key", "name": self.name, "tenant": self.tenant, "admin": self.admin,
-                "prefix": self.prefix, "rate_limit_rps": self.rate_limit_rps, "max_queued_jobs": self.max_queued_jobs,
-                "created_at": _iso(self.created_at), "last_used_at": _iso(self.last_used_at),
-                "revoked_at": _iso(self.revoked_at)}
-
 
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
@@ -140,10 +133,6 @@ class File(TenantOwned, Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": _unix(self.created_at),
-                "filename": self.filename, "purpose": self.purpose, "status": "processed"}
-
 
 class Batch(TenantOwned, Base):
     __tablename__ = "batches"
@@ -178,19 +167,6 @@ class Batch(TenantOwned, Base):
     expired_at: Mapped[datetime | None]
     cancelling_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
-
-    def to_dict(self, request_counts: dict[str, int]) -> dict[str, Any]:
-        """The batch in OpenAI's shape; counts come from its jobs."""
-        stamps = ("created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
-                  "expired_at", "cancelling_at", "cancelled_at")
-        return {
-            "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
-            "input_file_id": self.input_file_id, "completion_window": self.completion_window,
-            "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
-            **{stamp: _unix(getattr(self, stamp)) for stamp in stamps},
-            "request_counts": request_counts, "metadata": self.metadata_, "priority": self.priority,
-            "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
-        }
 
 
 class Job(TenantOwned, Base):
@@ -233,7 +209,7 @@ class Job(TenantOwned, Base):
     response_schema: Mapped[dict[str, Any] | None]  # the output must validate against it (preset or response_format)
     ground_with_ocr: Mapped[bool] = mapped_column(default=False)
     max_pixels: Mapped[int | None]  # the preset's bound on the image's size, if lower than the model's
-    # Identical requests share a key (see service.cache); None for requests that are never cached.
+    # Identical requests share a key (service.core.jobs.JobRequest.cache_key); None for requests never cached.
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     cached_from: Mapped[str | None] = mapped_column(String(40))  # the job whose result this one reused
 
@@ -268,68 +244,6 @@ class Job(TenantOwned, Base):
 
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret: Mapped[str | None] = mapped_column(String(128))  # never shown by the API
-
-    def to_dict(self) -> dict[str, Any]:
-        """The job as the API shows it."""
-        usage = None
-        if self.prompt_tokens is not None and self.completion_tokens is not None:
-            usage = {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-            }
-        return {
-            "id": self.id,
-            "object": "job",
-            "status": self.status,
-            "model": self.model,
-            "prompt": self.prompt,
-            "priority": self.priority,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "messages": self.messages,
-            "image": None if self.image_sha256 is None else {
-                "sha256": self.image_sha256, "format": self.image_format,
-                "width": self.image_width, "height": self.image_height},
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "preset": self.preset,
-            "result": self._result(),
-            "cached": self.cached_from is not None,
-            "cache_of": self.cached_from,
-            "usage": usage,
-            "timings": self._timings(),
-            "batch_size": self.batch_size,
-            "worker": self.worker,
-            "attempts": self.attempts,
-            "error": None if self.error_code is None else {"code": self.error_code, "message": self.error_message},
-            "metadata": self.metadata_,
-            "batch_id": self.batch_id,
-            "custom_id": self.custom_id,
-            "webhook": None if self.webhook_url is None else {"url": self.webhook_url},
-            "image_expired_at": _iso(self.image_expired_at),
-            "result_expired_at": _iso(self.result_expired_at),
-        }
-
-    def _result(self) -> dict[str, Any] | None:
-        if self.result_text is None:
-            return None
-        result: dict[str, Any] = {"text": self.result_text}
-        if self.response_schema is not None:
-            result["json"] = self.result_json
-        if self.result_lines is not None:
-            result["lines"] = self.result_lines
-        return result
-
-    def _timings(self) -> dict[str, float | None]:
-        return {
-            "queue_ms": _ms_between(self.created_at, self.started_at),
-            "ttft_ms": _round(self.ttft_ms),
-            "inference_ms": _round(self.inference_ms),
-            "total_ms": _ms_between(self.created_at, self.finished_at),
-        }
 
 
 class JobEvent(Base):
@@ -414,20 +328,3 @@ class WebhookAttempt(Base):
     next_attempt_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
 
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def _unix(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp())
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
-def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds() * 1000, 1)

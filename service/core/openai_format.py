@@ -1,4 +1,4 @@
-"""OpenAI's chat shapes: reading a chat request into VLQ's terms, and writing a job as a chat.completion."""
+"""OpenAI's chat requests read into VLQ's terms (the answers' shapes are in service.core.shapes.compat)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +9,6 @@ from service.core.config import Settings
 from service.core.conversation import Conversation, ImageRef, Turn, build
 from service.core.errors import ApiError
 from service.core.image_urls import load_image_url
-from service.core.models import Job
 
 # OpenAI's newer name for the system role.
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -77,53 +76,3 @@ def _turn(message: Any, index: int) -> Turn:
             raise ApiError(400, "invalid_field", f"{where} has an unsupported content part {kind!r}.",
                            {"field": f"{where}.content"})
     return Turn(role, parts, where=where)
-
-
-def chat_completion(job: Job) -> dict[str, Any]:
-    """A finished job as an OpenAI chat.completion object."""
-    return {
-        "id": completion_id(job),
-        "object": "chat.completion",
-        "created": int(job.created_at.timestamp()),
-        "model": job.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": job.result_text or ""},
-            "logprobs": None,
-            "finish_reason": finish_reason(job),
-        }],
-        "usage": usage(job),
-    }
-
-
-def chat_chunk(job: Job, delta: dict[str, Any], *, finish: str | None = None,
-               with_usage: bool = False) -> dict[str, Any]:
-    """One chat.completion.chunk of a streamed answer. With `stream_options.include_usage`, OpenAI sends
-    `usage: null` on every chunk and the figures on one last chunk without choices (`usage_chunk`)."""
-    chunk: dict[str, Any] = {
-        "id": completion_id(job), "object": "chat.completion.chunk", "created": int(job.created_at.timestamp()),
-        "model": job.model, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if with_usage:
-        chunk["usage"] = None
-    return chunk
-
-
-def usage_chunk(job: Job) -> dict[str, Any]:
-    return {"id": completion_id(job), "object": "chat.completion.chunk", "created": int(job.created_at.timestamp()),
-            "model": job.model, "choices": [], "usage": usage(job)}
-
-
-def completion_id(job: Job) -> str:
-    return f"chatcmpl-{job.id}"
-
-
-def finish_reason(job: Job) -> str:
-    return job.finish_reason if job.finish_reason in ("stop", "length") else "stop"
-
-
-def usage(job: Job) -> dict[str, Any]:
-    """Token counts (zero for OCR and cached answers), plus VLQ's `total_time_ms`: submit to answer."""
-    shown = job.to_dict()
-    counts = shown["usage"] or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {**counts, "total_time_ms": shown["timings"]["total_ms"]}

@@ -1,7 +1,8 @@
 """Webhook events and the outbox: an event becomes one delivery row per receiver, in the event's own transaction.
 
-Adding an event source takes one call: `record_event(session, "batch.completed", batch.id, batch.to_dict(),
-tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)` where the batch's transition is written.
+Adding an event source takes one call: `record_event(session, "batch.completed", batch.id, BatchOut.from_row(...),
+tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)` where the batch's transition is written;
+the body is the `WebhookEvent` shape (service.core.shapes), carrying its subject as the API shows it.
 An event reaches only the endpoints of its subject's tenant.
 Deliveries created in a transaction are sent to the workers once it commits (see `attach_outbox`);
 if that send is lost, the workers' periodic pass finds them due in the database and sends them again.
@@ -11,31 +12,30 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.adapters.db import after_commit, on_commit
-from service.core.models import Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, _iso, new_id, utcnow
+from service.core.models import Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from service.core.shapes import BatchOut, EventType, JobOut, WebhookEvent
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = (
-    "job.succeeded", "job.failed", "job.cancelled",
-    "batch.completed", "batch.failed", "batch.cancelled", "batch.expired",
-)
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 REQUEST_TARGET = "request"  # a delivery to the URL the job (or batch) itself carried
 _PENDING_KEY = "vlq.webhook_deliveries"
 
 
-def record_event(session: Session, event_type: str, subject_id: str, data: dict[str, Any], *, tenant: str,
+def record_event(session: Session, event_type: str, subject_id: str, data: JobOut | BatchOut, *, tenant: str,
                  url: str | None = None, secret: str | None = None) -> list[WebhookDelivery]:
     """Create a pending delivery of this event to the subject's own URL and to every matching endpoint of `tenant`."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event {event_type!r}")
     now = utcnow()
-    body = json.dumps({"type": event_type, "timestamp": _iso(now), "data": data}, separators=(",", ":"))
+    event = WebhookEvent(type=event_type, timestamp=now, data=data)  # type: ignore[arg-type]  # checked above
+    body = json.dumps(event.dump(), separators=(",", ":"))
     targets: list[tuple[str, str | None, str, str]] = []
     if url and secret:
         targets.append((REQUEST_TARGET, None, url, secret))
@@ -56,7 +56,7 @@ def record_job_event(session: Session, job_id: str, job_event: JobEvent) -> list
     """The outbox side of a job reaching a terminal state; called by the state machine."""
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
-    return record_event(session, job_event.type, job.id, job.to_dict(), tenant=job.tenant, url=job.webhook_url,
+    return record_event(session, job_event.type, job.id, JobOut.from_row(job), tenant=job.tenant, url=job.webhook_url,
                         secret=job.webhook_secret)
 
 
@@ -70,7 +70,7 @@ def record_job_events(session: Session, tenant: str, job_ids: list[str], event_t
     if not job_ids or not any(e.events is None or event_type in e.events for e in endpoints):
         return
     for job in session.scalars(select(Job).where(Job.id.in_(job_ids))):
-        record_event(session, event_type, job.id, job.to_dict(), tenant=tenant)
+        record_event(session, event_type, job.id, JobOut.from_row(job), tenant=tenant)
 
 
 def _live_endpoints(session: Session, tenant: str) -> list[WebhookEndpoint]:
@@ -103,35 +103,6 @@ def cancel_pending(session: Session, endpoint_id: str, reason: str) -> None:
     session.execute(update(WebhookDelivery).where(
         WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "pending",
     ).values(status="cancelled", last_error=reason, next_attempt_at=None, finished_at=utcnow()))
-
-
-def endpoint_to_dict(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> dict[str, Any]:
-    """An endpoint as the API shows it; the secret only in the answer that created it."""
-    body = {
-        "id": endpoint.id, "object": "webhook_endpoint", "url": endpoint.url,
-        "events": endpoint.events, "description": endpoint.description, "status": endpoint.status,
-        "disabled_reason": endpoint.disabled_reason, "created_at": _iso(endpoint.created_at),
-        "disabled_at": _iso(endpoint.disabled_at),
-    }
-    if with_secret:
-        body["secret"] = endpoint.secret
-    return body
-
-
-def delivery_to_dict(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[str, Any]:
-    """A delivery and its attempt log, as the API shows it (never the secret)."""
-    return {
-        "id": delivery.id, "object": "webhook_delivery", "event_type": delivery.event_type,
-        "subject_id": delivery.subject_id, "endpoint_id": delivery.endpoint_id, "url": delivery.url,
-        "status": delivery.status, "attempts": delivery.attempts,
-        "next_attempt_at": _iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
-        "last_status_code": delivery.last_status_code, "last_error": delivery.last_error,
-        "created_at": _iso(delivery.created_at), "finished_at": _iso(delivery.finished_at),
-        "log": [{
-            "attempt": a.attempt, "status_code": a.status_code, "error": a.error, "latency_ms": round(a.latency_ms, 1),
-            "response_body": a.response_body, "next_attempt_at": _iso(a.next_attempt_at), "at": _iso(a.created_at),
-        } for a in attempts],
-    }
 
 
 def attempts_of(session: Session, delivery_ids: list[str]) -> dict[str, list[WebhookAttempt]]:

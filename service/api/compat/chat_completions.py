@@ -26,7 +26,9 @@ from service.core.fields import Bool, Field, Form, Int, JsonObject, Text, bool_o
 from service.core.images import ImageField
 from service.core.jobs import generation_form
 from service.core.models import Job
-from service.core.openai_format import chat_chunk, chat_completion, finish_reason, parse_chat_request, usage_chunk
+from service.core.openai_format import parse_chat_request
+from service.core.shapes import ChatCompletionChunk, ChatCompletionOut, ModelOut, ObjectList, OpenAIErrorOut, Shape
+from service.core.shapes.compat import finish_reason
 from service.core.structured import ResponseFormat
 
 bp = Blueprint("chat_completions", __name__, url_prefix="/v1")
@@ -100,7 +102,7 @@ def create_chat_completion() -> ResponseReturnValue:
     stream = bool_option(options, "stream", default=False)
     job_request = job_request_from(settings, fields, image, messages=messages, stream=stream)
     if not stream:
-        return jsonify(chat_completion(sync_chat.answer(job_request, image)))
+        return jsonify(ChatCompletionOut.of(sync_chat.answer(job_request, image)).dump())
     stream_options = options.get("stream_options") if isinstance(options.get("stream_options"), dict) else {}
     job = sync_chat.submit(job_request, image)
     events = _events(job, include_usage=bool_option(stream_options, "include_usage", default=False))
@@ -116,12 +118,12 @@ def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
     """
     ended = False
     try:
-        yield _event(chat_chunk(job, {"role": "assistant", "content": ""}, with_usage=include_usage))
+        yield _event(ChatCompletionChunk.of(job, {"role": "assistant", "content": ""}, with_usage=include_usage))
         for piece in sync_chat.pieces(job):
             if isinstance(piece, Job):
                 final = piece
             elif piece:
-                yield _event(chat_chunk(job, {"content": piece}, with_usage=include_usage))
+                yield _event(ChatCompletionChunk.of(job, {"content": piece}, with_usage=include_usage))
             else:  # an SSE comment: clients ignore it, and writing it tells whether the client is still there
                 yield ": keep-alive\n\n"
         ended = True
@@ -132,14 +134,15 @@ def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
     finally:
         if not ended:  # the client disconnected mid-stream
             sync_chat.abandon(job.id)
-    yield _event(chat_chunk(final, {}, finish=finish_reason(final), with_usage=include_usage))
+    yield _event(ChatCompletionChunk.of(final, {}, finish=finish_reason(final), with_usage=include_usage))
     if include_usage:
-        yield _event(usage_chunk(final))
+        yield _event(ChatCompletionChunk.usage_of(final))
     yield "data: [DONE]\n\n"
 
 
-def _event(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _event(data: Shape | dict[str, Any]) -> str:
+    body = data.dump() if isinstance(data, Shape) else data
+    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
 @bp.get("/models")
@@ -148,7 +151,7 @@ def _event(data: dict[str, Any]) -> str:
 def list_models() -> ResponseReturnValue:
     """The registry in OpenAI's list shape (the SDK's models.list()), with whether a worker serves each now."""
     statuses = _model_statuses()
-    return jsonify({"object": "list", "data": [_model(name, statuses) for name in get_settings().registry]})
+    return jsonify(ObjectList[ModelOut](data=[_model(name, statuses) for name in get_settings().registry]).dump())
 
 
 @bp.get("/models/<name:model>")  # `name` stops at ':', so .../models/x:generateContent is not this route
@@ -156,12 +159,11 @@ def list_models() -> ResponseReturnValue:
 def get_model(model: str) -> ResponseReturnValue:
     if model not in get_settings().registry:  # error_body answers it as OpenAI's 404 model_not_found
         raise ApiError(400, "unknown_model", f"The model {model!r} does not exist.", {"model": model})
-    return jsonify(_model(model, _model_statuses()))
+    return jsonify(_model(model, _model_statuses()).dump())
 
 
-def _model(name: str, statuses: dict[str, str]) -> dict[str, Any]:
-    # `created` is required by the shape; registry entries have no creation time, so it is 0.
-    return {"id": name, "object": "model", "created": 0, "owned_by": "vlq", "status": statuses.get(name, "absent")}
+def _model(name: str, statuses: dict[str, str]) -> ModelOut:
+    return ModelOut(id=name, status=statuses.get(name, "absent"))
 
 
 def _model_statuses() -> dict[str, str]:
@@ -185,7 +187,9 @@ def error_body(error: ApiError) -> tuple[dict[str, Any], int]:
         status, code = 404, "model_not_found"
     kind = "invalid_request_error" if status < 500 else "server_error"
     param = (error.details or {}).get("field")
-    return {"error": {"message": error.message, "type": kind, "param": param, "code": code}}, status
+    body = OpenAIErrorOut.model_validate({"error": {"message": error.message, "type": kind, "param": param,
+                                                    "code": code}})
+    return body.dump(), status
 
 
 @bp.errorhandler(Exception)

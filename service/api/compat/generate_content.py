@@ -23,6 +23,7 @@ from service.core.conversation import ImageRef, Turn, build
 from service.core.errors import ApiError
 from service.core.fields import Field, Form, JsonObject
 from service.core.images import ACCEPTED_FORMATS, decode_image_field
+from service.core.shapes import GenerateContentResponse, GoogleErrorOut
 
 bp = Blueprint("generate_content", __name__)
 
@@ -84,20 +85,7 @@ def generate_content(model: str) -> ResponseReturnValue:
               "max_tokens": _field(config, "max_output_tokens", "maxOutputTokens"),
               "top_p": _field(config, "top_p", "topP")}
     job_request = job_request_from(settings, fields, conversation.image, messages=conversation.messages)
-    job = sync_chat.answer(job_request, conversation.image)
-    usage = job.to_dict()["usage"] or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return jsonify({
-        "candidates": [{
-            "content": {"parts": [{"text": job.result_text or ""}], "role": "model"},
-            "finishReason": "MAX_TOKENS" if job.finish_reason == "length" else "STOP",
-            "index": 0,
-        }],
-        "usageMetadata": {"promptTokenCount": usage["prompt_tokens"],
-                          "candidatesTokenCount": usage["completion_tokens"],
-                          "totalTokenCount": usage["total_tokens"]},
-        "modelVersion": job.model,
-        "responseId": job.id,
-    })
+    return jsonify(GenerateContentResponse.of(sync_chat.answer(job_request, conversation.image)).dump())
 
 
 def _field(mapping: dict[str, Any], snake: str, camel: str) -> Any:
@@ -140,4 +128,5 @@ def render_error(exc: Exception) -> ResponseReturnValue:
     error = as_api_error(exc)
     status = 400 if error.status in (413, 415) else error.status
     name = _STATUS_NAMES.get(status, "INVALID_ARGUMENT" if status < 500 else "INTERNAL")
-    return jsonify({"error": {"code": status, "message": error.message, "status": name}}), status, error.headers
+    body = GoogleErrorOut.model_validate({"error": {"code": status, "message": error.message, "status": name}})
+    return jsonify(body.dump()), status, error.headers

@@ -6,7 +6,6 @@ with a code from `_CODES` (the family's documented table), mapped from VLQ's own
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -24,6 +23,8 @@ from service.core.config import Settings
 from service.core.errors import ApiError
 from service.core.fields import Choice, Float, Form, Int, Text
 from service.core.images import ACCEPTED_FORMATS, ImageField, decode_image_field
+from service.core.models import utcnow
+from service.core.shapes import SimpleChatAnswer, SimpleChatHealth
 
 bp = Blueprint("simple_chat", __name__, url_prefix="/api/v1")
 
@@ -72,12 +73,7 @@ def chat() -> ResponseReturnValue:
         raise ApiError(400, "image_side_too_long",
                        f"The image is {info.width}x{info.height}; neither side may exceed {MAX_SIDE} pixels.",
                        {"width": info.width, "height": info.height, "limit": MAX_SIDE})
-    job = sync_chat.answer(job_request, image)
-    shown = job.to_dict()
-    usage = shown["usage"] or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return jsonify({"code": 0, "message": "success", "data": {
-        "response": job.result_text or "", "token_usage": usage,
-        "inference_time_ms": shown["timings"]["inference_ms"]}})
+    return jsonify(SimpleChatAnswer.of(sync_chat.answer(job_request, image)).dump())
 
 
 def _image(value: Any) -> bytes:
@@ -108,13 +104,12 @@ def health() -> ResponseReturnValue:
     states = {info.get("models", {}).get(model, {}).get("status")
               for info in presence.live_workers(get_redis()).values()}
     status = "ok" if "live" in states else "loading" if "loading" in states else "unavailable"
-    body = {"status": status, "model": model, "multimodal": True, "cpu_optimized": True,
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
-    return jsonify(body), 200 if status == "ok" else 503
+    body = SimpleChatHealth(status=status, model=model, multimodal=True, cpu_optimized=True, timestamp=utcnow())
+    return jsonify(body.dump()), 200 if status == "ok" else 503
 
 
 @bp.errorhandler(Exception)
 def render_error(exc: Exception) -> ResponseReturnValue:
     error = as_api_error(exc)
-    return jsonify({"code": _CODES.get(error.code, 5000), "message": error.message, "data": None}), \
-        error.status, error.headers
+    body = SimpleChatAnswer(code=_CODES.get(error.code, 5000), message=error.message, data=None)
+    return jsonify(body.dump()), error.status, error.headers

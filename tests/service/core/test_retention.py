@@ -12,6 +12,7 @@ from service.core import batches, lifecycle
 from service.core.config import load_settings
 from service.core.models import Batch, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
 from service.core.retention import BLOB_GRACE_S, purge_expired
+from service.core.shapes import JobOut
 from tests.conftest import TENANT, TINY
 
 HOUR = 3600
@@ -93,7 +94,8 @@ def test_retention_removes_what_expired_and_keeps_what_is_still_needed(db, blobs
     job = _get(db, Job, old_on_shared)
     assert job.result_text is None and job.result_expired_at is not None and job.cache_key is None
     assert job.image_expired_at is not None and job.status == "succeeded" and job.completion_tokens == 2
-    assert job.to_dict()["result"] is None and job.to_dict()["result_expired_at"]
+    shown = JobOut.from_row(job).dump()
+    assert shown["result"] is None and shown["result_expired_at"]
     with db.session() as session:  # the delivery carried the result, so it went with it
         assert session.scalars(select(WebhookDelivery).where(WebhookDelivery.subject_id == old_on_shared)).all() == []
     assert _get(db, Job, old_on_lonely).result_text == "the answer"  # results are kept longer than images

@@ -1,0 +1,239 @@
+"""The compatible API families' answers (README "Compatible APIs"): OpenAI's chat completions, models and batch
+output lines, the `/api/v1/chat` family, and Google's generateContent, each with its own error shape."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import MISSING
+
+from service.core import models
+from service.core.models import JobStatus
+from service.core.shapes.base import ObjectList, Shape, Timestamp
+from service.core.shapes.resources import Timings, Usage
+
+# -- OpenAI ------------------------------------------------------------------------------------------------
+
+
+class ChatUsage(Usage):
+    """Token counts (zero for OCR and cached answers), plus VLQ's `total_time_ms`: submit to answer."""
+
+    total_time_ms: float | None
+
+    @classmethod
+    def of_job(cls, job: models.Job) -> ChatUsage:
+        counts = Usage.of(job) or Usage.zero()
+        return cls(**counts.model_dump(), total_time_ms=Timings.of(job).total_ms)
+
+
+class ChatMessage(Shape):
+    role: str
+    content: str | None
+
+
+class ChatChoice(Shape):
+    index: int
+    message: ChatMessage | MISSING = MISSING
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class ChatCompletionOut(Shape):
+    """A finished job as an OpenAI chat.completion object."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage | MISSING = MISSING
+
+    @classmethod
+    def of(cls, job: models.Job) -> ChatCompletionOut:
+        message = ChatMessage(role="assistant", content=job.result_text or "")
+        return cls(id=completion_id(job), created=int(job.created_at.timestamp()), model=job.model,
+                   choices=[ChatChoice(index=0, message=message, finish_reason=finish_reason(job))],
+                   usage=ChatUsage.of_job(job))
+
+
+class ChunkChoice(Shape):
+    index: int
+    delta: dict[str, Any]
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(Shape):
+    """One chat.completion.chunk of a streamed answer. With `stream_options.include_usage`, OpenAI sends
+    `usage: null` on every chunk and the figures on one last chunk without choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: ChatUsage | None | MISSING = MISSING
+
+    @classmethod
+    def of(cls, job: models.Job, delta: dict[str, Any], *, finish: str | None = None,
+           with_usage: bool = False) -> ChatCompletionChunk:
+        chunk = cls(id=completion_id(job), created=int(job.created_at.timestamp()), model=job.model,
+                    choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)])
+        if with_usage:
+            chunk.usage = None
+        return chunk
+
+    @classmethod
+    def usage_of(cls, job: models.Job) -> ChatCompletionChunk:
+        """The last chunk when usage was asked for: no choices, the figures."""
+        return cls(id=completion_id(job), created=int(job.created_at.timestamp()), model=job.model, choices=[],
+                   usage=ChatUsage.of_job(job))
+
+
+def completion_id(job: models.Job) -> str:
+    return f"chatcmpl-{job.id}"
+
+
+def finish_reason(job: models.Job) -> str:
+    return job.finish_reason if job.finish_reason in ("stop", "length") else "stop"
+
+
+class BatchResponse(Shape):
+    status_code: int
+    request_id: str
+    body: ChatCompletionOut
+
+
+class BatchLineError(Shape):
+    code: str
+    message: str
+
+
+class BatchRequestOutput(Shape):
+    """One line of a batch's output file (a succeeded item) or error file (the others), in OpenAI's shape."""
+
+    id: str
+    custom_id: str | None
+    response: BatchResponse | None
+    error: BatchLineError | None
+
+    @classmethod
+    def of(cls, job: models.Job) -> BatchRequestOutput:
+        if job.status == JobStatus.SUCCEEDED.value:
+            response = BatchResponse(status_code=200, request_id=job.id, body=ChatCompletionOut.of(job))
+            return cls(id=f"batch_req_{job.id}", custom_id=job.custom_id, response=response, error=None)
+        return cls(id=f"batch_req_{job.id}", custom_id=job.custom_id, response=None,
+                   error=BatchLineError(code=job.error_code or job.status, message=job.error_message or job.status))
+
+
+class ModelOut(Shape):
+    """A model of the registry; `created` is required by the shape but unknown, so it is 0."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "vlq"
+    status: str
+
+
+class OpenAIErrorDetail(Shape):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorOut(Shape):
+    error: OpenAIErrorDetail
+
+
+class OpenAIHealthOut(Shape):
+    status: Literal["healthy", "unhealthy"]
+    missing: list[str] | MISSING = MISSING
+
+
+ModelList = ObjectList[ModelOut]
+
+# -- /api/v1/chat ------------------------------------------------------------------------------------------
+
+
+class SimpleChatData(Shape):
+    response: str
+    token_usage: Usage
+    inference_time_ms: float | None
+
+
+class SimpleChatAnswer(Shape):
+    """Every answer of the family: code 0 and `data` on success, a numeric error code and `data: null` otherwise."""
+
+    code: int
+    message: str
+    data: SimpleChatData | None
+
+    @classmethod
+    def of(cls, job: models.Job) -> SimpleChatAnswer:
+        data = SimpleChatData(response=job.result_text or "", token_usage=Usage.of(job) or Usage.zero(),
+                              inference_time_ms=Timings.of(job).inference_ms)
+        return cls(code=0, message="success", data=data)
+
+
+class SimpleChatHealth(Shape):
+    status: Literal["ok", "loading", "unavailable"]
+    model: str
+    multimodal: bool
+    cpu_optimized: bool
+    timestamp: Timestamp
+
+
+# -- Google generateContent ------------------------------------------------------------------------------------
+
+
+class GooglePart(Shape):
+    text: str
+
+
+class GoogleContent(Shape):
+    parts: list[GooglePart]
+    role: str
+
+
+class GoogleCandidate(Shape):
+    content: GoogleContent
+    finishReason: str  # noqa: N815 (Google's names)
+    index: int
+
+
+class GoogleUsage(Shape):
+    promptTokenCount: int  # noqa: N815
+    candidatesTokenCount: int  # noqa: N815
+    totalTokenCount: int  # noqa: N815
+
+
+class GenerateContentResponse(Shape):
+    candidates: list[GoogleCandidate]
+    usageMetadata: GoogleUsage  # noqa: N815
+    modelVersion: str  # noqa: N815
+    responseId: str  # noqa: N815
+
+    @classmethod
+    def of(cls, job: models.Job) -> GenerateContentResponse:
+        usage = Usage.of(job) or Usage.zero()
+        candidate = GoogleCandidate(
+            content=GoogleContent(parts=[GooglePart(text=job.result_text or "")], role="model"),
+            finishReason="MAX_TOKENS" if job.finish_reason == "length" else "STOP", index=0)
+        return cls(candidates=[candidate],
+                   usageMetadata=GoogleUsage(promptTokenCount=usage.prompt_tokens,
+                                             candidatesTokenCount=usage.completion_tokens,
+                                             totalTokenCount=usage.total_tokens),
+                   modelVersion=job.model, responseId=job.id)
+
+
+class GoogleErrorDetail(Shape):
+    code: int
+    message: str
+    status: str
+
+
+class GoogleErrorOut(Shape):
+    error: GoogleErrorDetail
+
+

@@ -1,0 +1,378 @@
+"""VLQ's own resources as the API shows them: jobs, batches, files, keys, webhooks, presets, errors, health."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import MISSING, Field
+
+from service.core import models
+from service.core.models import BatchStatus, JobStatus, Priority
+from service.core.presets import Preset
+from service.core.shapes.base import Deleted, Shape, Timestamp, UnixSeconds
+
+EventType = Literal["job.succeeded", "job.failed", "job.cancelled",
+                    "batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
+
+
+class Usage(Shape):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, job: models.Job) -> Usage | None:
+        """The job's token counts; None until both are known (and for OCR or cached answers)."""
+        if job.prompt_tokens is None or job.completion_tokens is None:
+            return None
+        return Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens,
+                     total_tokens=job.prompt_tokens + job.completion_tokens)
+
+    @classmethod
+    def zero(cls) -> Usage:
+        return Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+
+class Timings(Shape):
+    """Milliseconds, to one decimal: waiting in the queue, to the first token, generating, and submit to end."""
+
+    queue_ms: float | None
+    ttft_ms: float | None
+    inference_ms: float | None
+    total_ms: float | None
+
+    @classmethod
+    def of(cls, job: models.Job) -> Timings:
+        return cls(queue_ms=_ms_between(job.created_at, job.started_at), ttft_ms=_round(job.ttft_ms),
+                   inference_ms=_round(job.inference_ms), total_ms=_ms_between(job.created_at, job.finished_at))
+
+
+class OcrLine(Shape):
+    text: str
+    box: list[Any]
+    confidence: float
+
+
+class JobResult(Shape):
+    # The output: `json` only for a schema-constrained job, `lines` only for OCR.
+
+    text: str
+    json_: Any | MISSING = Field(MISSING, alias="json")
+    lines: list[OcrLine] | MISSING = MISSING
+
+    @classmethod
+    def of(cls, job: models.Job) -> JobResult | None:
+        if job.result_text is None:
+            return None
+        result = cls(text=job.result_text)
+        if job.response_schema is not None:
+            result.json_ = job.result_json
+        if job.result_lines is not None:
+            result.lines = [OcrLine.model_validate(line) for line in job.result_lines]
+        return result
+
+
+class JobImage(Shape):
+    sha256: str
+    format: str | None
+    width: int | None
+    height: int | None
+
+
+class JobError(Shape):
+    code: str
+    message: str | None
+
+
+class WebhookRef(Shape):
+    # A job's or batch's own webhook (never its secret).
+
+    url: str
+
+
+class JobOut(Shape):
+    """A job as the API shows it."""
+
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    model: str
+    prompt: str
+    priority: Priority
+    max_tokens: int
+    temperature: float
+    top_p: float | None
+    messages: list[dict[str, Any]] | None
+    image: JobImage | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    preset: str | None
+    result: JobResult | None
+    cached: bool
+    cache_of: str | None
+    usage: Usage | None
+    timings: Timings
+    batch_size: int | None
+    worker: str | None
+    attempts: int
+    error: JobError | None
+    metadata: dict[str, Any] | None
+    batch_id: str | None
+    custom_id: str | None
+    webhook: WebhookRef | None
+    image_expired_at: Timestamp | None
+    result_expired_at: Timestamp | None
+
+    @classmethod
+    def from_row(cls, job: models.Job) -> JobOut:
+        image = None if job.image_sha256 is None else JobImage(
+            sha256=job.image_sha256, format=job.image_format, width=job.image_width, height=job.image_height)
+        return cls(
+            id=job.id, status=job.status, model=job.model, prompt=job.prompt, priority=job.priority,
+            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, messages=job.messages,
+            image=image, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            preset=job.preset, result=JobResult.of(job), cached=job.cached_from is not None, cache_of=job.cached_from,
+            usage=Usage.of(job), timings=Timings.of(job), batch_size=job.batch_size, worker=job.worker,
+            attempts=job.attempts,
+            error=None if job.error_code is None else JobError(code=job.error_code, message=job.error_message),
+            metadata=job.metadata_, batch_id=job.batch_id, custom_id=job.custom_id,
+            webhook=None if job.webhook_url is None else WebhookRef(url=job.webhook_url),
+            image_expired_at=job.image_expired_at, result_expired_at=job.result_expired_at,
+        )
+
+
+class RequestCounts(Shape):
+    """OpenAI's request_counts (failed counts refused and failed items; cancelled is VLQ's own)."""
+
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class BatchOut(Shape):
+    """A batch in OpenAI's shape, plus VLQ's priority and webhook."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: dict[str, Any] | None
+    input_file_id: str | None
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: UnixSeconds
+    expires_at: UnixSeconds
+    in_progress_at: UnixSeconds
+    finalizing_at: UnixSeconds
+    completed_at: UnixSeconds
+    failed_at: UnixSeconds
+    expired_at: UnixSeconds
+    cancelling_at: UnixSeconds
+    cancelled_at: UnixSeconds
+    request_counts: RequestCounts
+    metadata: dict[str, Any] | None
+    priority: Priority
+    webhook: WebhookRef | None
+
+    @classmethod
+    def from_row(cls, batch: models.Batch, counts: RequestCounts) -> BatchOut:
+        """The batch; its counts come from its jobs (service.core.batches.request_counts)."""
+        return cls(
+            id=batch.id, endpoint=batch.endpoint, errors=batch.errors, input_file_id=batch.input_file_id,
+            completion_window=batch.completion_window, status=batch.status, output_file_id=batch.output_file_id,
+            error_file_id=batch.error_file_id, **{stamp: getattr(batch, stamp) for stamp in _BATCH_STAMPS},
+            request_counts=counts, metadata=batch.metadata_, priority=batch.priority,
+            webhook=None if batch.webhook_url is None else WebhookRef(url=batch.webhook_url),
+        )
+
+
+_BATCH_STAMPS = ("created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
+                 "expired_at", "cancelling_at", "cancelled_at")
+
+
+class FileOut(Shape):
+    """A file in OpenAI's shape."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: UnixSeconds
+    filename: str
+    purpose: str
+    status: str = "processed"
+
+    @classmethod
+    def from_row(cls, file: models.File) -> FileOut:
+        return cls(id=file.id, bytes=file.bytes, created_at=file.created_at, filename=file.filename,
+                   purpose=file.purpose)
+
+
+class FileDeleted(Deleted):
+    object: Literal["file"] = "file"
+
+
+class ApiKeyOut(Shape):
+    """An API key: never its hash, and its secret only in the answer that created it."""
+
+    id: str
+    object: Literal["api_key"] = "api_key"
+    name: str
+    tenant: str
+    admin: bool
+    prefix: str
+    rate_limit_rps: float | None
+    max_queued_jobs: int | None
+    created_at: Timestamp
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+    key: str | MISSING = Field(MISSING, description="The secret: only in the answer that created the key.")
+
+    @classmethod
+    def from_row(cls, key: models.ApiKey, *, secret: str | None = None) -> ApiKeyOut:
+        shown = cls(id=key.id, name=key.name, tenant=key.tenant, admin=key.admin, prefix=key.prefix,
+                    rate_limit_rps=key.rate_limit_rps, max_queued_jobs=key.max_queued_jobs,
+                    created_at=key.created_at, last_used_at=key.last_used_at, revoked_at=key.revoked_at)
+        if secret is not None:
+            shown.key = secret
+        return shown
+
+
+class WebhookEndpointOut(Shape):
+    """A registered receiver; its signing secret only in the answer that created it."""
+
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[EventType] | None
+    description: str | None
+    status: Literal["active", "disabled"]
+    disabled_reason: str | None
+    created_at: Timestamp
+    disabled_at: Timestamp | None
+    secret: str | MISSING = Field(MISSING, description="Only in the answer that created the endpoint.")
+
+    @classmethod
+    def from_row(cls, endpoint: models.WebhookEndpoint, *, with_secret: bool = False) -> WebhookEndpointOut:
+        shown = cls(id=endpoint.id, url=endpoint.url, events=endpoint.events, description=endpoint.description,
+                    status=endpoint.status, disabled_reason=endpoint.disabled_reason,
+                    created_at=endpoint.created_at, disabled_at=endpoint.disabled_at)
+        if with_secret:
+            shown.secret = endpoint.secret
+        return shown
+
+
+class WebhookEndpointDeleted(Deleted):
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+
+
+class WebhookAttemptOut(Shape):
+    attempt: int
+    status_code: int | None
+    error: str | None
+    latency_ms: float
+    response_body: str | None
+    next_attempt_at: Timestamp | None
+    at: Timestamp
+
+    @classmethod
+    def from_row(cls, attempt: models.WebhookAttempt) -> WebhookAttemptOut:
+        return cls(attempt=attempt.attempt, status_code=attempt.status_code, error=attempt.error,
+                   latency_ms=round(attempt.latency_ms, 1), response_body=attempt.response_body,
+                   next_attempt_at=attempt.next_attempt_at, at=attempt.created_at)
+
+
+class WebhookDeliveryOut(Shape):
+    """One event to one receiver and its attempt log (never the secret)."""
+
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    event_type: EventType
+    subject_id: str
+    endpoint_id: str | None
+    url: str
+    status: Literal["pending", "succeeded", "failed", "cancelled"]
+    attempts: int
+    next_attempt_at: Timestamp | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    log: list[WebhookAttemptOut]
+
+    @classmethod
+    def from_row(cls, delivery: models.WebhookDelivery, attempts: list[models.WebhookAttempt]) -> WebhookDeliveryOut:
+        return cls(
+            id=delivery.id, event_type=delivery.event_type, subject_id=delivery.subject_id,
+            endpoint_id=delivery.endpoint_id, url=delivery.url, status=delivery.status, attempts=delivery.attempts,
+            next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
+            last_status_code=delivery.last_status_code, last_error=delivery.last_error,
+            created_at=delivery.created_at, finished_at=delivery.finished_at,
+            log=[WebhookAttemptOut.from_row(attempt) for attempt in attempts],
+        )
+
+
+class WebhookEvent(Shape):
+    """The body POSTed to a receiver: the event, when it happened, and its subject as the API shows it."""
+
+    type: EventType
+    timestamp: Timestamp
+    data: JobOut | BatchOut
+
+
+class PresetOut(Shape):
+    """A configured preset and what it fills in; `model` null means the server's default_model."""
+
+    object: Literal["preset"] = "preset"
+    name: str
+    prompt: str | None
+    model: str | None
+    max_tokens: int | None
+    schema_: dict[str, Any] | None = Field(alias="schema")
+    labels: list[str]
+    ground_with_ocr: bool
+    max_pixels: int | None
+
+    @classmethod
+    def of(cls, preset: Preset) -> PresetOut:
+        return cls(name=preset.name, prompt=preset.prompt, model=preset.model, max_tokens=preset.max_tokens,
+                   schema=preset.output_schema(), labels=list(preset.labels), ground_with_ocr=preset.ground_with_ocr,
+                   max_pixels=preset.max_pixels)
+
+
+class ErrorDetail(Shape):
+    code: str
+    message: str
+    details: dict[str, Any] | MISSING = MISSING
+
+
+class ErrorOut(Shape):
+    """Every VLQ error (service.core.errors.ApiError.body)."""
+
+    error: ErrorDetail
+
+
+class HealthOut(Shape):
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessOut(Shape):
+    """Ready when the database and Redis answer and a live worker has a model loaded; `missing` says what is not."""
+
+    status: Literal["ready", "not_ready"]
+    missing: list[str]
+    checks: dict[str, str]
+    models: list[str]
+    workers: list[dict[str, Any]]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 1)
