@@ -1,0 +1,90 @@
+"""`execute_job` called directly, on a real worker runtime with the tiny model: how each kind of job ends."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from service.core import lifecycle
+from service.core.models import Job, JobEvent, new_id
+from tests.conftest import TENANT, make_image
+from workers.inference import execute_job
+from workers.runtime import WorkerRuntime
+
+MODEL = "tiny-unit"  # served by this module's runtime alone, and never sent to a queue: no other worker takes it
+
+
+@pytest.fixture(scope="module")
+def runtime(settings, exported_models) -> Iterator[WorkerRuntime]:
+    runtime = WorkerRuntime(dataclasses.replace(settings, models=(MODEL,)), name=f"unit@{new_id('w')}")
+    runtime.start()
+    assert runtime.models[MODEL]["status"] == "live", runtime.models
+    yield runtime
+    runtime.stop()
+
+
+def _job(runtime: WorkerRuntime, **fields: Any) -> str:
+    """A queued job row, created by the state machine and never enqueued."""
+    job_id = new_id("job")
+    fields.setdefault("image_sha256", runtime.blobs.put(make_image()))
+    fields.setdefault("max_tokens", 8)
+    with runtime.db.session() as session:
+        lifecycle.create_job(session, id=job_id, tenant=TENANT, model=fields.pop("model", MODEL),
+                             prompt="What is this?", priority="bulk", image_format="PNG", image_width=96,
+                             image_height=64, temperature=0.0, ignore_eos=True, request_sha256="x",
+                             **fields)
+    return job_id
+
+
+def _read(runtime: WorkerRuntime, job_id: str) -> tuple[Job, list[str]]:
+    with runtime.db.session() as session:
+        job = session.get(Job, job_id)
+        events = session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+    return job, list(events)
+
+
+def test_a_job_runs_and_records_its_answer_usage_and_timings(runtime) -> None:
+    job_id = _job(runtime)
+    assert execute_job(runtime, job_id) == "succeeded"
+    job, events = _read(runtime, job_id)
+    assert events == ["job.queued", "job.running", "job.succeeded"]
+    assert job.result_text and job.completion_tokens == 8 and job.prompt_tokens > 0
+    assert job.worker == runtime.name and job.attempts == 1 and job.inference_ms > 0
+    assert not runtime.is_running(job_id)
+
+
+def test_a_job_whose_image_is_gone_fails_as_unreadable(runtime) -> None:
+    job_id = _job(runtime, image_sha256="f" * 64)
+    assert execute_job(runtime, job_id) == "failed"
+    job, events = _read(runtime, job_id)
+    assert (job.error_code, events[-1]) == ("image_unreadable", "job.failed")
+
+
+def test_a_job_for_a_model_this_worker_does_not_serve_fails_as_unavailable(runtime) -> None:
+    job_id = _job(runtime, model="tiny-idle")
+    assert execute_job(runtime, job_id) == "failed"
+    assert _read(runtime, job_id)[0].error_code == "model_unavailable"
+
+
+def test_a_job_that_already_ended_is_left_alone(runtime) -> None:
+    job_id = _job(runtime)
+    with runtime.db.session() as session:
+        assert lifecycle.cancel_queued(session, job_id)
+    assert execute_job(runtime, job_id) is None  # a redelivered message for a cancelled job
+    job, events = _read(runtime, job_id)
+    assert job.status == "cancelled" and events == ["job.queued", "job.cancelled"]
+
+
+def test_a_constrained_job_ends_with_parsed_json_or_invalid_output(runtime) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    job_id = _job(runtime, response_schema=schema, max_tokens=64)
+    status = execute_job(runtime, job_id)
+    job, _ = _read(runtime, job_id)
+    # Random weights under a grammar: a complete object parses; one cut off by max_tokens is invalid_output.
+    if status == "succeeded":
+        assert isinstance(job.result_json, dict) and isinstance(job.result_json["a"], int)
+    else:
+        assert (status, job.error_code) == ("failed", "invalid_output")
