@@ -88,6 +88,8 @@ def native_batch_model(settings: Settings) -> type[RequestModel]:
 
 
 class ResultsQuery(RequestModel):
+    """GET /v1/batches/{id}/results: JSONL, or CSV."""
+
     format: Annotated[str, Choice(choices=["jsonl", "csv"])] = "jsonl"
 
 

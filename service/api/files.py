@@ -24,12 +24,16 @@ PURPOSES = ("batch", "batch_output", "batch_errors", "vision", "user_data")
 
 
 class FileUpload(RequestModel):
+    """POST /v1/files (multipart)."""
+
     file: Annotated[Any, Upload(missing_message="'{name}' is required (multipart).")] = Field(
         description="A JSONL batch input file.")
     purpose: Annotated[str, Choice(choices=PURPOSES)]
 
 
 class FileList(Page):
+    """GET /v1/files: longer pages (a batch's files), optionally of one purpose."""
+
     limit: Annotated[int, Number(low=1, high=10_000, integer=True)] = 20
     purpose: Annotated[str | None, Choice(choices=PURPOSES)] = None
 

@@ -23,6 +23,8 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
 class JobList(Page):
+    """GET /v1/jobs: a page, optionally of one status."""
+
     status: Annotated[str | None, Choice(choices=[s.value for s in JobStatus])] = None
 
 

@@ -114,6 +114,10 @@ def openapi_path(rule: Rule) -> str:
     return _PATH_PARAM.sub(r"{\1}", rule.rule)
 
 
+def _model(shape: Shape, settings: Settings) -> type[RequestModel]:
+    return shape if isinstance(shape, type) else shape(settings)
+
+
 def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: bool) -> dict[str, Any]:
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in _PATH_PARAM.findall(rule.rule)]
@@ -154,10 +158,6 @@ def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: b
         result["security"] = [{name: []} for name in security]
     result.update(spec.extra)
     return result
-
-
-def _model(shape: Shape, settings: Settings) -> type[RequestModel]:
-    return shape if isinstance(shape, type) else shape(settings)
 
 
 def _response(answer: str | dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,8 @@ def endpoint_model(settings: Settings) -> type[RequestModel]:
 
 
 class DeliveryList(Page):
+    """GET /v1/webhooks/deliveries: a page, filtered by subject (`job_id` is its old name), endpoint, status."""
+
     job_id: Annotated[str | None, Text(max_chars=64)] = None
     subject_id: Annotated[str | None, Text(max_chars=64)] = None
     endpoint_id: Annotated[str | None, Text(max_chars=64)] = None

@@ -11,8 +11,10 @@ is text). `parse` turns pydantic's ValidationError into the one ApiError a clien
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -164,17 +166,19 @@ def field_schema(info: FieldInfo, *, form: bool = False) -> dict[str, Any]:
 
 def per_settings(build: Callable[[Settings], T]) -> Callable[[Settings], T]:
     """`build(settings)`, built once per Settings object (Settings holds mappings, so it cannot be a cache key)."""
-    built: dict[int, tuple[Settings, T]] = {}
+    built: dict[int, tuple[Settings, T]] = {}  # id -> (the Settings, kept so its id is not reused, what was built)
+    lock = threading.Lock()
 
+    @functools.wraps(build)
     def get(settings: Settings) -> T:
-        hit = built.get(id(settings))
-        if hit is None or hit[0] is not settings:
-            if len(built) >= 32:  # tests build many apps; a server, one
-                built.pop(next(iter(built)))
-            hit = built[id(settings)] = (settings, build(settings))
-        return hit[1]
+        with lock:
+            hit = built.get(id(settings))
+            if hit is None or hit[0] is not settings:
+                if len(built) >= 32:  # tests build many apps; a server, one
+                    built.pop(next(iter(built)))
+                hit = built[id(settings)] = (settings, build(settings))
+            return hit[1]
 
-    get.__doc__ = build.__doc__
     return get
 
 

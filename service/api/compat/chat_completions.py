@@ -69,6 +69,8 @@ _STREAM_DESCRIPTION = "Server-sent chat.completion.chunk events, ending with dat
 
 
 class _StreamOptions(RequestModel):
+    """`stream_options`: `include_usage` adds a last chunk with the token counts."""
+
     include_usage: Annotated[bool, Bool()] = False
 
 
