@@ -6,36 +6,38 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from service.adapters.db import Database
 from service.api.auth import current_caller
 from service.api.common import (
+    PageQuery,
     get_or_404,
     idempotency_key,
     newest_first,
-    options_form,
     owned_or_none,
     page,
-    page_form,
+    read_query,
     request_fields,
     tenant_scope,
-    webhook_options,
 )
 from service.api.context import get_blobs, get_broker, get_db, get_session, get_settings
 from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import batches, jobs, logs
 from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Choice, Field, Form, Text
 from service.core.models import Batch, File, Job, Priority, new_id
+from service.core.requests import options_model, task_model
 from service.core.shapes import BatchOut, Timings, Usage
+from service.core.validation import Choice, RequestModel, Spec, Text, combine, parse, per_settings
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -44,58 +46,66 @@ _CSV_COLUMNS = ["custom_id", "status", "text", "prompt_tokens", "completion_toke
                 "queue_ms", "ttft_ms", "inference_ms", "total_ms", "error_code", "error_message", "job_id"]
 
 
-class _Files(Field):
-    """Uploaded files under one name, repeated (native batches: `images`, `archive`); read in the view."""
+@dataclass(frozen=True, kw_only=True)
+class _Files(Spec):
+    """Uploaded files under one name, repeated (native batches: `images`, `archive`); the view hands over the list."""
 
-    codes = ("duplicate_custom_id", "invalid_archive", "missing_field")
+    codes: ClassVar[tuple[str, ...]] = ("duplicate_custom_id", "invalid_archive", "missing_field")
 
-    def schema(self) -> dict[str, Any]:
-        return self._described({"type": "array", "items": {"type": "string", "format": "binary"}})
+    def read(self, value: Any, name: str) -> list[Any]:
+        return list(value)
 
-
-def _batch_options(settings: Settings) -> Form:
-    window = Text(name="completion_window", max_chars=5, required=False, pattern=batches.WINDOW_PATTERN,
-                  description="Like 24h (the default) or 90m; a batch still running past it ends expired.")
-    return Form((window,)) + options_form(settings, priority=Priority.BULK)
+    def schema(self, required: bool) -> dict[str, Any]:
+        return {"type": "array", "items": {"type": "string", "format": "binary"}}
 
 
-def _options(settings: Settings, fields: dict[str, Any], key: str | None) -> dict[str, Any]:
+@per_settings
+def batch_options_model(settings: Settings) -> type[RequestModel]:
+    """What both batch forms take besides their requests: the completion window and the job options."""
+    class Window(RequestModel):
+        completion_window: Annotated[str | None, Text(max_chars=5, pattern=batches.WINDOW_PATTERN)] = Field(
+            None, description="Like 24h (the default) or 90m; a batch still running past it ends expired.")
+    return combine("BatchOptions", Window, options_model(settings, Priority.BULK))
+
+
+@per_settings
+def openai_batch_model(settings: Settings) -> type[RequestModel]:
+    """OpenAI's form (JSON): a JSONL file of chat requests, uploaded before with POST /v1/files."""
+    class Input(RequestModel):
+        input_file_id: Annotated[str, Text(max_chars=64)] = Field(description="An uploaded JSONL file (purpose batch).")
+        endpoint: Annotated[str, Choice(choices=[batches.CHAT_ENDPOINT])]
+    return combine("OpenAIBatch", Input, batch_options_model(settings))
+
+
+@per_settings
+def native_batch_model(settings: Settings) -> type[RequestModel]:
+    """The native form (multipart): images and/or zips, with one prompt (or preset) and the job options."""
+    class Uploads(RequestModel):
+        images: Annotated[list[Any], _Files()] = Field(
+            default_factory=list, description="The images, repeated; file names become custom_ids.")
+        archive: Annotated[list[Any], _Files()] = Field(
+            default_factory=list, description="Zips of images; paths inside become custom_ids.")
+    return combine("NativeBatch", Uploads, task_model(settings), batch_options_model(settings))
+
+
+class ResultsQuery(RequestModel):
+    """GET /v1/batches/{id}/results: JSONL, or CSV."""
+
+    format: Annotated[str, Choice(choices=["jsonl", "csv"])] = "jsonl"
+
+
+def _options(settings: Settings, body: Any, key: str | None) -> dict[str, Any]:
     """create_batch's arguments that both forms share."""
-    form = _batch_options(settings)
     batch_id = new_id("batch")
     logs.bind(batch_id=batch_id)  # the request's lines from here on are about this batch (reset when it ends)
-    return {"completion_window": form.read("completion_window", fields) or "24h",
-            "priority": form.read("priority", fields), "metadata": form.read("metadata", fields),
-            "idempotency_key": key, "batch_id": batch_id, **webhook_options(settings, fields)}
-
-
-def openai_form(settings: Settings) -> Form:
-    """OpenAI's form (JSON): a JSONL file of chat requests, uploaded before with POST /v1/files."""
-    return Form((
-        Text(name="input_file_id", max_chars=64, description="An uploaded JSONL file (purpose batch)."),
-        Choice(name="endpoint", choices=[batches.CHAT_ENDPOINT], required=True),
-    )) + _batch_options(settings)
-
-
-def native_form(settings: Settings) -> Form:
-    """The native form (multipart): images and/or zips, with one prompt (or preset) and the job options."""
-    return Form((
-        _Files(name="images", description="The images, repeated; file names become custom_ids."),
-        _Files(name="archive", description="Zips of images; paths inside become custom_ids."),
-    )) + jobs.task_form(settings) + _batch_options(settings)
-
-
-def list_form(settings: Settings) -> Form:
-    return page_form()
-
-
-def results_form(settings: Settings) -> Form:
-    return Form((Choice(name="format", choices=["jsonl", "csv"], default="jsonl"),))
+    return {"completion_window": body.completion_window or "24h", "priority": body.priority,
+            "metadata": body.metadata, "idempotency_key": key, "batch_id": batch_id,
+            **jobs.webhook(settings, body.webhook_url, body.webhook_secret)}
 
 
 @bp.post("")
-@operation("Create a batch", body={JSON: openai_form, MULTIPART: native_form}, headers=("Idempotency-Key",),
-           tags=("batches",), responses={200: "Batch"},
+@operation("Create a batch", body={JSON: openai_batch_model, MULTIPART: native_batch_model},
+           headers=("Idempotency-Key",), tags=("batches",), responses={200: "Batch"},
            errors=("quota_exceeded", "broker_unavailable", "invalid_header"),
            links={"GetBatch": ("batches.get_batch", "batch_id"), "Results": ("batches.results", "batch_id"),
                   "CancelBatch": ("batches.cancel_batch", "batch_id")})
@@ -113,39 +123,38 @@ def create_batch() -> ResponseReturnValue:
         if existing is not None:
             return jsonify(batches.render(session, existing).dump()), 200, {"Idempotent-Replayed": "true"}
     fields, _ = request_fields()
-    native = not request.is_json
     try:
-        batch = _create_native(settings, fields, key) if native else _create_openai(settings, fields, key)
+        if request.is_json:
+            batch = _create_openai(settings, parse(openai_batch_model(settings), fields), key)
+        else:
+            uploads = {name: request.files.getlist(name) for name in ("images", "archive")}
+            batch = _create_native(settings, parse(native_batch_model(settings), {**fields, **uploads}), key)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
         batch = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).one()
     return jsonify(batches.render(session, batch).dump())
 
 
-def _create_openai(settings: Settings, fields: dict[str, Any], key: str | None) -> Batch:
+def _create_openai(settings: Settings, body: Any, key: str | None) -> Batch:
     session = get_session()
-    form = openai_form(settings)
-    file_id = form.read("input_file_id", fields)
-    file = owned_or_none(session, File, file_id)
+    file = owned_or_none(session, File, body.input_file_id)
     if file is None:
-        raise ApiError(400, "invalid_field", f"No file with id {file_id!r}; upload it with POST /v1/files.",
+        raise ApiError(400, "invalid_field", f"No file with id {body.input_file_id!r}; upload it with POST /v1/files.",
                        {"field": "input_file_id"})
-    if form.read("endpoint", fields) != batches.CHAT_ENDPOINT:
-        raise ApiError(400, "invalid_field", f"'endpoint' must be {batches.CHAT_ENDPOINT}.", {"field": "endpoint"})
     caller = current_caller()
     if caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
         caller.admit_jobs(session, batches.count_requests(get_blobs(), file))
     batch = batches.create_batch(
         session, tenant=caller.tenant, endpoint=batches.CHAT_ENDPOINT, input_file_id=file.id,
-        **_options(settings, fields, key))
+        **_options(settings, body, key))
     session.commit()
     get_broker().enqueue_ingest(batch.id)  # if the broker is down, the dispatcher pass sends it later
     return batch
 
 
-def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) -> Batch:
-    task = jobs.resolve_task(settings, fields)
-    images = list(_uploaded_images())
+def _create_native(settings: Settings, body: Any, key: str | None) -> Batch:
+    task = jobs.resolve_task(settings, body)
+    images = list(_uploaded_images(body.images, body.archive))
     if not images:
         raise ApiError(400, "missing_field", "Send images as 'images' files or a zip as 'archive'.",
                        {"field": "images"})
@@ -159,7 +168,7 @@ def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) 
     caller.admit_jobs(session, len(images))
     batch = batches.create_batch(
         session, tenant=caller.tenant, endpoint=batches.NATIVE_ENDPOINT, input_file_id=None,
-        **_options(settings, fields, key))
+        **_options(settings, body, key))
     session.flush()
     ingest = batches.Ingest(rows=[batches.item_row(settings, get_blobs(), batch, name, data, task.job_fields())
                                   for name, data in images])
@@ -172,11 +181,11 @@ def _create_native(settings: Settings, fields: dict[str, Any], key: str | None) 
     return session.get(Batch, batch.id)
 
 
-def _uploaded_images() -> Iterator[tuple[str, bytes]]:
+def _uploaded_images(images: list[Any], archives: list[Any]) -> Iterator[tuple[str, bytes]]:
     """(custom_id, bytes) for each uploaded image and each image inside an uploaded zip."""
-    for upload in request.files.getlist("images"):
+    for upload in images:
         yield upload.filename or "image", upload.read()
-    for upload in request.files.getlist("archive"):
+    for upload in archives:
         try:
             archive = zipfile.ZipFile(upload.stream)
         except zipfile.BadZipFile:
@@ -194,9 +203,9 @@ def _uploaded_images() -> Iterator[tuple[str, bytes]]:
 
 
 @bp.get("")
-@operation("List batches, newest first", query=list_form, tags=("batches",), responses={200: "BatchList"})
+@operation("List batches, newest first", query=PageQuery, tags=("batches",), responses={200: "BatchList"})
 def list_batches() -> ResponseReturnValue:
-    rows, limit = newest_first(Batch)
+    rows, limit = newest_first(Batch, query=read_query(PageQuery))
     counts = batches.request_counts(get_session(), [row.id for row in rows])
     return jsonify(page(rows, limit, lambda batch: BatchOut.from_row(batch, counts[batch.id])))
 
@@ -222,13 +231,13 @@ def cancel_batch(batch_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/<batch_id>/results")
-@operation("Every item so far, streamed", query=results_form, tags=("batches",),
+@operation("Every item so far, streamed", query=ResultsQuery, tags=("batches",),
            responses={200: text_response("JSONL (one item a line) or CSV.", "application/jsonl", "text/csv")})
 def results(batch_id: str) -> ResponseReturnValue:
     """Every item so far, streamed: JSONL by default, or CSV with ?format=csv."""
     session = get_session()
     get_or_404(session, Batch, batch_id, "batch")
-    fmt = results_form(get_settings()).read("format", request.args.to_dict())
+    fmt = read_query(ResultsQuery).format
     items = _stream_items(get_db(), batch_id)
     if fmt == "csv":
         return Response(_csv(items), mimetype="text/csv",

@@ -1,27 +1,25 @@
-"""Helpers every blueprint shares: reading request fields, tenant-scoped get-or-404 and listing, cursor pagination,
-job requests."""
+"""Helpers every blueprint shares: reading request fields and queries, tenant-scoped get-or-404 and listing, cursor
+pagination."""
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from flask import request
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.routing import BaseConverter
 
 from service.api.auth import current_tenant
 from service.api.context import get_session
-from service.core import jobs
-from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Bool, Choice, Form, Int, JsonObject, Text, WebhookSecret, WebhookUrl
-from service.core.images import decode_image_field, inspect_image
-from service.core.models import Priority, TenantOwned
+from service.core.models import TenantOwned
 from service.core.shapes import Page, Shape
+from service.core.validation import Number, RequestModel, Text, parse
 
 T = TypeVar("T")
+M = TypeVar("M", bound=RequestModel)
 
 
 class IdConverter(BaseConverter):
@@ -49,45 +47,15 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 
 
-NO_CACHE = Bool(name="no_cache", description="Run even if an identical request already has a result.")
+def request_values() -> dict[str, Any]:
+    """A JSON body's fields, or a form's fields and files (a file wins over a text field of its name)."""
+    fields, files = request_fields()
+    return {**fields, **files}
 
 
-def image_bytes_field(fields: dict[str, Any], files: dict[str, Any]) -> bytes:
-    """The `image`: an uploaded file, or a data URL / base64 string."""
-    upload = files.get("image")
-    if upload is not None:
-        return upload.read()
-    return decode_image_field(fields.get("image"))
-
-
-def job_request_from(settings: Settings, fields: dict[str, Any], image_bytes: bytes, *,
-                     messages: list[dict[str, Any]] | None = None, stream: bool = False) -> jobs.JobRequest:
-    """Validate a job's fields and image (and conversation) into a JobRequest; interactive unless it says bulk."""
-    task = jobs.resolve_task(settings, fields, messages)
-    info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    form = options_form(settings, priority=Priority.INTERACTIVE)
-    return jobs.JobRequest(
-        task=task,
-        priority=form.read("priority", fields),
-        metadata=form.read("metadata", fields),
-        image_sha256=hashlib.sha256(image_bytes).hexdigest(),
-        image=info,
-        no_cache=NO_CACHE.read(fields),
-        stream=stream,
-        **webhook_options(settings, fields),
-    )
-
-
-def options_form(settings: Settings, *, priority: Priority) -> Form:
-    """The options a job and a batch share: priority, metadata and their own webhook."""
-    return Form((
-        Choice(name="priority", choices=[p.value for p in Priority], default=priority.value,
-               description="Interactive queues are always read before bulk ones."),
-        JsonObject(name="metadata", max_bytes=settings.max_metadata_bytes, description="Returned untouched."),
-        WebhookUrl(name="webhook_url", allow_cidrs=settings.egress_allow_cidrs,
-                   description="Receives the ending event, signed (Standard Webhooks)."),
-        WebhookSecret(name="webhook_secret", description="Signs those deliveries (default: the server's)."),
-    ), extra_codes=("missing_field",))
+def read_query(model: type[M]) -> M:
+    """The query string read into `model`."""
+    return parse(model, request.args.to_dict())
 
 
 def idempotency_key() -> str | None:
@@ -119,29 +87,21 @@ def tenant_scope(model: Any) -> list[Any]:
     return [model.tenant == current_tenant()] if issubclass(model, TenantOwned) else []
 
 
-def page_form(*, max_limit: int = 100) -> Form:
+class PageQuery(RequestModel):
     """The query of every list endpoint."""
-    return Form((
-        Int(name="limit", default=20, low=1, high=max_limit),
-        Text(name="cursor", max_chars=64, required=False, description="The previous page's next_cursor."),
-        # `after` is OpenAI's name for the cursor, so its SDK's list pagination works unchanged.
-        Text(name="after", max_chars=64, required=False, description="The same as cursor (OpenAI's name)."),
-    ))
+
+    limit: Annotated[int, Number(low=1, high=100, integer=True)] = 20
+    cursor: Annotated[str | None, Text(max_chars=64)] = Field(None, description="The previous page's next_cursor.")
+    # `after` is OpenAI's name for the cursor, so its SDK's list pagination works unchanged.
+    after: Annotated[str | None, Text(max_chars=64)] = Field(None, description="The same as cursor (OpenAI's name).")
 
 
-def page_params(*, max_limit: int = 100) -> tuple[int, str | None]:
-    """(limit, cursor) from the query string."""
-    form, args = page_form(max_limit=max_limit), request.args.to_dict()
-    cursor, after = form.read("cursor", args), form.read("after", args)  # both checked, even when both are given
-    return form.read("limit", args), cursor or after
-
-
-def newest_first(model: Any, *conditions: Any, max_limit: int = 100) -> tuple[list[Any], int]:
+def newest_first(model: Any, *conditions: Any, query: PageQuery) -> tuple[list[Any], int]:
     """One page of the caller's `model` rows matching `conditions`, newest first (ids sort by time), after the cursor.
 
     Returns (rows, limit); rows holds one extra row when there are more, which `page` uses and drops.
     """
-    limit, cursor = page_params(max_limit=max_limit)
+    limit, cursor = query.limit, query.cursor or query.after
     query = select(model).where(*conditions, *tenant_scope(model))
     if cursor:
         query = query.where(model.id < cursor)
@@ -160,18 +120,3 @@ def page(rows: Sequence[T], limit: int, render: Callable[[T], Shape]) -> dict[st
         last_id=shown[-1].id if shown else None,
     ).dump()
 
-
-def webhook_options(settings: Settings, fields: dict[str, Any]) -> dict[str, str | None]:
-    """A job's or batch's own webhook; without a webhook_secret it is signed with the configured one."""
-    form = options_form(settings, priority=Priority.INTERACTIVE)
-    url = form.read("webhook_url", fields)
-    secret = form.read("webhook_secret", fields)
-    if url is None:
-        if secret is not None:
-            raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})
-        return {}
-    secret = secret or settings.webhook_secret or None
-    if secret is None:
-        raise ApiError(400, "missing_field", "'webhook_secret' is required: this server has no default webhook_secret.",
-                       {"field": "webhook_secret"})
-    return {"webhook_url": url, "webhook_secret": secret}

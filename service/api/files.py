@@ -1,71 +1,63 @@
 """Files, OpenAI-compatible: upload a batch input file, read generated output and error files."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
+from pydantic import Field
 from sqlalchemy import select
 
 from service.adapters.blobs import BlobNotFound
 from service.api.auth import current_tenant
-from service.api.common import get_or_404, newest_first, page, page_form, request_fields
+from service.api.common import PageQuery, get_or_404, newest_first, page, read_query, request_values
 from service.api.context import get_blobs, get_session, get_settings
 from service.api.openapi import MULTIPART, operation, text_response
 from service.core.batches import store_file
-from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Choice, Field, Form
 from service.core.models import Batch, File
 from service.core.shapes import FileDeleted, FileOut
+from service.core.validation import Choice, Number, RequestModel, Upload, parse
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
 
 PURPOSES = ("batch", "batch_output", "batch_errors", "vision", "user_data")
 
 
-class _Upload(Field):
-    """The uploaded file, streamed to the blob store by the view."""
+class FileUpload(RequestModel):
+    """POST /v1/files (multipart)."""
 
-    codes = ("missing_field",)
-
-    def schema(self) -> dict[str, Any]:
-        return self._described({"type": "string", "format": "binary"})
-
-
-def upload_form(settings: Settings) -> Form:
-    return Form((_Upload(name="file", required=True, description="A JSONL batch input file."),
-                 Choice(name="purpose", choices=PURPOSES, required=True)))
+    file: Annotated[Any, Upload(missing_message="'{name}' is required (multipart).")] = Field(
+        description="A JSONL batch input file.")
+    purpose: Annotated[str, Choice(choices=PURPOSES)]
 
 
-def list_form(settings: Settings) -> Form:
-    return page_form(max_limit=10_000) + Form((Choice(name="purpose", choices=PURPOSES),))
+class FileList(PageQuery):
+    """GET /v1/files: longer pages (a batch's files), optionally of one purpose."""
+
+    limit: Annotated[int, Number(low=1, high=10_000, integer=True)] = 20
+    purpose: Annotated[str | None, Choice(choices=PURPOSES)] = None
 
 
 @bp.post("")
-@operation("Upload a file", body=upload_form, media=(MULTIPART,), tags=("files",), responses={200: "File"},
+@operation("Upload a file", body=FileUpload, media=(MULTIPART,), tags=("files",), responses={200: "File"},
            links={"GetFile": ("files.get_file", "file_id"), "Content": ("files.content", "file_id"),
                   "DeleteFile": ("files.delete", "file_id")})
 def upload() -> ResponseReturnValue:
     request.max_content_length = get_settings().max_upload_bytes  # batch input files are large
-    fields, files = request_fields()
-    upload = files.get("file")
-    if upload is None:
-        raise ApiError(400, "missing_field", "'file' is required (multipart).", {"field": "file"})
-    purpose = upload_form(get_settings()).read("purpose", fields)
-    if purpose is None:
-        raise ApiError(400, "missing_field", "'purpose' is required.", {"field": "purpose"})
+    body = parse(FileUpload, request_values())
     session = get_session()
-    file = store_file(session, get_blobs(), upload.stream, upload.filename or "upload", purpose, current_tenant())
+    file = store_file(session, get_blobs(), body.file.stream, body.file.filename or "upload", body.purpose,
+                      current_tenant())
     session.commit()
     return jsonify(FileOut.from_row(file).dump())
 
 
 @bp.get("")
-@operation("List files, newest first", query=list_form, tags=("files",), responses={200: "FileList"})
+@operation("List files, newest first", query=FileList, tags=("files",), responses={200: "FileList"})
 def list_files() -> ResponseReturnValue:
-    purpose = list_form(get_settings()).read("purpose", request.args.to_dict())
-    rows, limit = newest_first(File, *([File.purpose == purpose] if purpose else []), max_limit=10_000)
+    query = read_query(FileList)
+    rows, limit = newest_first(File, *([File.purpose == query.purpose] if query.purpose else []), query=query)
     return jsonify(page(rows, limit, FileOut.from_row))
 
 

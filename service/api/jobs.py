@@ -1,61 +1,46 @@
 """Jobs: one image + one prompt, answered asynchronously. POST /v1/jobs, then poll GET /v1/jobs/{id}."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from service.adapters.blobs import BlobNotFound
 from service.api.auth import current_caller
-from service.api.common import (
-    NO_CACHE,
-    get_or_404,
-    idempotency_key,
-    image_bytes_field,
-    job_request_from,
-    newest_first,
-    options_form,
-    page,
-    page_form,
-    request_fields,
-)
+from service.api.common import PageQuery, get_or_404, idempotency_key, newest_first, page, read_query, request_values
 from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_session, get_settings
 from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import jobs
 from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Choice, Form
-from service.core.images import ACCEPTED_FORMATS, ImageField
-from service.core.models import Job, JobStatus, Priority
+from service.core.images import ACCEPTED_FORMATS
+from service.core.models import Job, JobStatus
+from service.core.requests import job_submit_model
 from service.core.shapes import JobOut
+from service.core.validation import Choice, parse
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-def job_form(settings: Settings) -> Form:
-    """Everything POST /v1/jobs reads."""
-    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return (Form((image,)) + jobs.task_form(settings) + options_form(settings, priority=Priority.INTERACTIVE)
-            + Form((NO_CACHE,), extra_codes=("invalid_header", "idempotency_key_reused", "quota_exceeded",
-                                             "broker_unavailable")))
+class JobList(PageQuery):
+    """GET /v1/jobs: a page, optionally of one status."""
 
-
-def list_form(settings: Settings) -> Form:
-    return page_form() + Form((Choice(name="status", choices=[s.value for s in JobStatus]),))
+    status: Annotated[str | None, Choice(choices=[s.value for s in JobStatus])] = None
 
 
 @bp.post("")
-@operation("Submit a job", body=job_form, media=(JSON, MULTIPART), headers=("Idempotency-Key",), tags=("jobs",),
-           responses={202: "Job"}, links={"GetJob": ("jobs.get_job", "job_id"),
+@operation("Submit a job", body=job_submit_model, media=(JSON, MULTIPART), headers=("Idempotency-Key",),
+           tags=("jobs",), responses={202: "Job"}, links={"GetJob": ("jobs.get_job", "job_id"),
                                           "CancelJob": ("jobs.cancel_job", "job_id")})
 def create_job() -> ResponseReturnValue:
     """Store the image and the job, then queue it; poll GET /v1/jobs/{id} for the result."""
     settings: Settings = get_settings()
-    fields, files = request_fields()
-    image_bytes = image_bytes_field(fields, files)
-    job_request = job_request_from(settings, fields, image_bytes)
+    body = parse(job_submit_model(settings), request_values())
+    job_request = jobs.job_request(settings, body, body.image)
     key = idempotency_key()
 
-    job, replayed = jobs.submit(get_session(), get_blobs(), get_broker(), job_request, image_bytes, key,
+    job, replayed = jobs.submit(get_session(), get_blobs(), get_broker(), job_request, body.image, key,
                                 current_caller())
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:
@@ -64,10 +49,10 @@ def create_job() -> ResponseReturnValue:
 
 
 @bp.get("")
-@operation("List jobs, newest first", query=list_form, tags=("jobs",), responses={200: "JobList"})
+@operation("List jobs, newest first", query=JobList, tags=("jobs",), responses={200: "JobList"})
 def list_jobs() -> ResponseReturnValue:
-    status = list_form(get_settings()).read("status", request.args.to_dict())
-    rows, limit = newest_first(Job, *([Job.status == status] if status else []))
+    query = read_query(JobList)
+    rows, limit = newest_first(Job, *([Job.status == query.status] if query.status else []), query=query)
     return jsonify(page(rows, limit, JobOut.from_row))
 
 

@@ -5,12 +5,10 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from service.api.auth import require_admin
-from service.api.common import get_or_404, newest_first, page, page_form, request_fields
+from service.api.common import PageQuery, get_or_404, newest_first, page, read_query, request_fields
 from service.api.context import get_session
 from service.api.openapi import operation
 from service.core import keys
-from service.core.config import Settings
-from service.core.fields import Form
 from service.core.models import ApiKey
 from service.core.shapes import ApiKeyOut
 
@@ -22,17 +20,9 @@ def _admins_only() -> None:
     require_admin()
 
 
-def key_form(settings: Settings) -> Form:
-    return keys.KEY_FORM
-
-
-def list_form(settings: Settings) -> Form:
-    return page_form()
-
-
 @bp.post("")
 @operation("Create an API key (admin); the answer is the only place its secret appears", tags=("keys",),
-           body=key_form, responses={201: "ApiKey"}, errors=("forbidden",))
+           body=keys.KeySpec, responses={201: "ApiKey"}, errors=("forbidden",))
 def create_key() -> ResponseReturnValue:
     fields, _ = request_fields()
     session = get_session()
@@ -42,10 +32,10 @@ def create_key() -> ResponseReturnValue:
 
 
 @bp.get("")
-@operation("List API keys, newest first (admin)", tags=("keys",), query=list_form, responses={200: "ApiKeyList"},
+@operation("List API keys, newest first (admin)", tags=("keys",), query=PageQuery, responses={200: "ApiKeyList"},
            errors=("forbidden",))
 def list_keys() -> ResponseReturnValue:
-    rows, limit = newest_first(ApiKey)
+    rows, limit = newest_first(ApiKey, query=read_query(PageQuery))
     return jsonify(page(rows, limit, ApiKeyOut.from_row))
 
 

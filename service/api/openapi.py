@@ -1,14 +1,14 @@
 """The OpenAPI 3.1 document, built from the app itself.
 
 Paths and methods come from Flask's url_map, so no route can be left out. Each view says what it takes
-and answers with `@operation(...)`: its body and query are the same `Form`s (service.core.fields) the view
-reads and validates through, so the document's request schemas are the validators' own definitions;
+and answers with `@operation(...)`: its body and query are the same pydantic models (service.core.validation)
+the view reads and validates through, so the document's request schemas are the validators' own definitions;
 its answers name response shapes (service.core.shapes), and its errors are codes of `ERROR_CODES`.
 
 A new endpoint joins the document with one decorator line:
 
     @bp.post("/v1/chat/completions")
-    @operation("Chat completion", body=chat_form, responses={200: "ChatCompletion"})
+    @operation("Chat completion", body=chat_model, responses={200: "ChatCompletion"})
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ from werkzeug.routing import Rule
 from service.api.context import get_settings
 from service.core.config import Settings
 from service.core.errors import ERROR_CODES
-from service.core.fields import Form
 from service.core.shapes import components
+from service.core.validation import RequestModel, error_codes, field_schema, object_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
-FormFactory = Callable[[Settings], Form]
+# A request shape: a model, or a function that builds it from the Settings (bounds, models, presets).
+Shape = type[RequestModel] | Callable[[Settings], type[RequestModel]]
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -46,9 +47,9 @@ class Operation:
 
     summary: str
     responses: Mapping[int, str | dict[str, Any]]  # status -> a shape's name (service.core.shapes), or a response
-    body: FormFactory | Mapping[str, FormFactory] | None = None  # one form for every media type, or one each
+    body: Shape | Mapping[str, Shape] | None = None  # one shape for every media type, or one each
     media: tuple[str, ...] = (JSON,)
-    query: FormFactory | None = None
+    query: Shape | None = None
     errors: tuple[str, ...] = ()
     headers: tuple[str, ...] = ()  # request headers, e.g. Idempotency-Key
     tags: tuple[str, ...] = ()
@@ -113,6 +114,10 @@ def openapi_path(rule: Rule) -> str:
     return _PATH_PARAM.sub(r"{\1}", rule.rule)
 
 
+def _model(shape: Shape, settings: Settings) -> type[RequestModel]:
+    return shape if isinstance(shape, type) else shape(settings)
+
+
 def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: bool) -> dict[str, Any]:
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in _PATH_PARAM.findall(rule.rule)]
@@ -126,20 +131,20 @@ def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: b
     if spec.tags:
         result["tags"] = list(spec.tags)
     if spec.query is not None:
-        query = spec.query(settings)
-        codes += query.codes
-        params += [{"name": f.name, "in": "query", "required": f.required, "schema": f.form_schema()}
-                   for f in query.fields]
+        query = _model(spec.query, settings)
+        codes += error_codes(query)
+        params += [{"name": name, "in": "query", "required": info.is_required(),
+                    "schema": field_schema(info, form=True)} for name, info in query.model_fields.items()]
     params += [{"name": name, "in": "header", "required": False, **HEADERS[name]} for name in spec.headers]
     if params:
         result["parameters"] = params
     if spec.body is not None:
         bodies = spec.body if isinstance(spec.body, Mapping) else {media: spec.body for media in spec.media}
         content = {}
-        for media, factory in bodies.items():
-            body = factory(settings)
-            codes += list(body.codes) + list(_BODY)
-            content[media] = {"schema": body.schema(form=media != JSON)}
+        for media, shape in bodies.items():
+            body = _model(shape, settings)
+            codes += list(error_codes(body)) + list(_BODY)
+            content[media] = {"schema": object_schema(body, form=media != JSON)}
         result["requestBody"] = {"required": True, "content": content}
     result["responses"] = {str(status): _response(answer) for status, answer in spec.responses.items()}
     if spec.links:

@@ -1,35 +1,35 @@
 """Webhooks: endpoints registered once (POST/GET/DELETE /v1/webhooks) and the delivery log with redelivery."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
+from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.api.auth import current_tenant
-from service.api.common import get_or_404, newest_first, page, page_form, request_fields
+from service.api.common import PageQuery, get_or_404, newest_first, page, read_query, request_fields
 from service.api.context import get_session, get_settings
 from service.api.openapi import operation
 from service.core import webhooks
 from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Choice, Field, Form, Text, WebhookSecret, WebhookUrl
 from service.core.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
 from service.core.shapes import WebhookDeliveryOut, WebhookEndpointDeleted, WebhookEndpointOut
+from service.core.validation import Choice, RequestModel, Spec, Text, WebhookSecret, WebhookUrl, parse, per_settings
 from service.core.webhook_signing import generate_secret
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 
 
-class _Events(Field):
+@dataclass(frozen=True, kw_only=True)
+class _Events(Spec):
     """Event types an endpoint receives (all when absent)."""
 
-    def read(self, fields: dict[str, Any]) -> list[str] | None:
-        value = fields.get(self.name)
-        if value is None:
-            return None
+    def read(self, value: Any, name: str) -> list[str]:
         if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
             raise ApiError(400, "invalid_field", "'events' must be a non-empty list of event types.",
                            {"field": "events"})
@@ -39,47 +39,47 @@ class _Events(Field):
                            {"field": "events", "available": list(webhooks.EVENT_TYPES)})
         return sorted(set(value), key=webhooks.EVENT_TYPES.index)
 
-    def schema(self) -> dict[str, Any]:
-        return self._described({"type": "array", "minItems": 1, "items": {"enum": list(webhooks.EVENT_TYPES)}})
+    def schema(self, required: bool) -> dict[str, Any]:
+        return {"type": "array", "minItems": 1, "items": {"enum": list(webhooks.EVENT_TYPES)}}
 
 
-def endpoint_form(settings: Settings) -> Form:
-    return Form((
-        WebhookUrl(name="url", allow_cidrs=settings.egress_allow_cidrs, required=True),
-        WebhookSecret(name="secret", description="whsec_<base64>; generated when absent (shown only once)."),
-        _Events(name="events", description="Event types to receive; all when absent."),
-        Text(name="description", max_chars=500, required=False),
-    ), extra_codes=("missing_field",))
+@per_settings
+def endpoint_model(settings: Settings) -> type[RequestModel]:
+    """POST /v1/webhooks: a receiver to register."""
+    class Endpoint(RequestModel):
+        url: Annotated[str, WebhookUrl(allow_cidrs=settings.egress_allow_cidrs)]
+        secret: Annotated[str | None, WebhookSecret()] = Field(
+            None, description="whsec_<base64>; generated when absent (shown only once).")
+        events: Annotated[list[str] | None, _Events()] = Field(
+            None, description="Event types to receive; all when absent.")
+        description: Annotated[str | None, Text(max_chars=500)] = None
+        extra_codes = ("missing_field",)
+    return Endpoint
 
 
-def deliveries_form(settings: Settings) -> Form:
-    ids = [Text(name=name, max_chars=64, required=False) for name in ("job_id", "subject_id", "endpoint_id")]
-    status = Choice(name="status", choices=["pending", "succeeded", "failed", "cancelled"])
-    return page_form() + Form((*ids, status))
+class DeliveryList(PageQuery):
+    """GET /v1/webhooks/deliveries: a page, filtered by subject (`job_id` is its old name), endpoint, status."""
 
-
-def list_form(settings: Settings) -> Form:
-    return page_form()
+    job_id: Annotated[str | None, Text(max_chars=64)] = None
+    subject_id: Annotated[str | None, Text(max_chars=64)] = None
+    endpoint_id: Annotated[str | None, Text(max_chars=64)] = None
+    status: Annotated[str | None, Choice(choices=["pending", "succeeded", "failed", "cancelled"])] = None
 
 
 @bp.post("")
-@operation("Register a webhook endpoint", body=endpoint_form, tags=("webhooks",), responses={201: "WebhookEndpoint"},
+@operation("Register a webhook endpoint", body=endpoint_model, tags=("webhooks",), responses={201: "WebhookEndpoint"},
            errors=("too_many_webhook_endpoints",),
            links={"GetEndpoint": ("webhooks.get_endpoint", "endpoint_id"),
                   "DeleteEndpoint": ("webhooks.delete_endpoint", "endpoint_id")})
 def create_endpoint() -> ResponseReturnValue:
     """Register a receiver; the answer is the only one that shows its secret."""
     fields, _ = request_fields()
-    form = endpoint_form(get_settings())
-    url = form.read("url", fields)
-    if url is None:
-        raise ApiError(400, "missing_field", "'url' is required.", {"field": "url"})
+    body = parse(endpoint_model(get_settings()), fields)
     session = get_session()
     _check_endpoint_cap(session, get_settings().max_webhook_endpoints_per_tenant)
     endpoint = WebhookEndpoint(
-        id=new_id("whep"), tenant=current_tenant(), url=url, secret=form.read("secret", fields) or generate_secret(),
-        events=form.read("events", fields), description=form.read("description", fields),
-        status="active", created_at=utcnow(),
+        id=new_id("whep"), tenant=current_tenant(), url=body.url, secret=body.secret or generate_secret(),
+        events=body.events, description=body.description, status="active", created_at=utcnow(),
     )
     session.add(endpoint)
     session.commit()
@@ -103,9 +103,9 @@ def _check_endpoint_cap(session: Any, limit: int) -> None:
 
 
 @bp.get("")
-@operation("List webhook endpoints", query=list_form, tags=("webhooks",), responses={200: "WebhookEndpointList"})
+@operation("List webhook endpoints", query=PageQuery, tags=("webhooks",), responses={200: "WebhookEndpointList"})
 def list_endpoints() -> ResponseReturnValue:
-    rows, limit = newest_first(WebhookEndpoint, WebhookEndpoint.deleted_at.is_(None))
+    rows, limit = newest_first(WebhookEndpoint, WebhookEndpoint.deleted_at.is_(None), query=read_query(PageQuery))
     return jsonify(page(rows, limit, WebhookEndpointOut.from_row))
 
 
@@ -128,14 +128,13 @@ def delete_endpoint(endpoint_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/deliveries")
-@operation("The delivery log", query=deliveries_form, tags=("webhooks",), responses={200: "WebhookDeliveryList"})
+@operation("The delivery log", query=DeliveryList, tags=("webhooks",), responses={200: "WebhookDeliveryList"})
 def list_deliveries() -> ResponseReturnValue:
     """The delivery log, newest first; filter by `job_id` (or any `subject_id`), `endpoint_id`, `status`."""
-    args, form = request.args.to_dict(), deliveries_form(get_settings())
-    filters = ((WebhookDelivery.subject_id, form.read("job_id", args) or form.read("subject_id", args)),
-               (WebhookDelivery.endpoint_id, form.read("endpoint_id", args)),
-               (WebhookDelivery.status, form.read("status", args)))
-    rows, limit = newest_first(WebhookDelivery, *(column == value for column, value in filters if value))
+    query = read_query(DeliveryList)
+    filters = ((WebhookDelivery.subject_id, query.job_id or query.subject_id),
+               (WebhookDelivery.endpoint_id, query.endpoint_id), (WebhookDelivery.status, query.status))
+    rows, limit = newest_first(WebhookDelivery, *(column == value for column, value in filters if value), query=query)
     logs = webhooks.attempts_of(get_session(), [row.id for row in rows])
     return jsonify(page(rows, limit, lambda row: WebhookDeliveryOut.from_row(row, logs[row.id])))
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from PIL import Image, UnidentifiedImageError
 
 from service.core.errors import ApiError
-from service.core.fields import Field
+from service.core.validation import Spec
 
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 # An 8x8 grey PNG: the document's example image, so API fuzzers also send requests that reach a worker.
@@ -86,23 +86,24 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImageField(Field):
-    """An image: an uploaded file in a multipart form, a data URL or base64 in JSON; read as (bytes, info)."""
+class ImageData(Spec):
+    """An image's bytes: an uploaded file in a multipart form, a data URL or base64 in JSON (checked by
+    `inspect_image` once the rest of the request is read)."""
 
-    max_bytes: int
-    max_pixels: int
-    required: bool = True
     codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_base64", "invalid_image", "unsupported_image_format",
                                         "image_too_many_pixels", "image_too_large")
+    blank: ClassVar[bool] = True
 
-    def read(self, fields: dict[str, Any]) -> tuple[bytes, ImageInfo]:
-        value = fields.get(self.name)
-        data = value.read() if hasattr(value, "read") else decode_image_field(value, self.name)
-        return data, inspect_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+    def read(self, value: Any, name: str) -> bytes:
+        return value.read() if hasattr(value, "read") else decode_image_field(value, name)
 
-    def schema(self) -> dict[str, Any]:
-        return self._described({"type": "string", "description": "JPEG, PNG or WebP: a data URL or raw base64.",
-                                "examples": [EXAMPLE_DATA_URL]})
+    def missing(self, name: str) -> ApiError:
+        return ApiError(400, "missing_field", f"'{name}' is required: a data URL or base64-encoded image bytes.",
+                        {"field": name})
 
-    def form_schema(self) -> dict[str, Any]:
-        return self._described({"type": "string", "format": "binary", "contentMediaType": "image/*"})
+    def schema(self, required: bool) -> dict[str, Any]:
+        return {"type": "string", "description": "JPEG, PNG or WebP: a data URL or raw base64.",
+                "examples": [EXAMPLE_DATA_URL]}
+
+    def form_schema(self, required: bool) -> dict[str, Any]:
+        return {"type": "string", "format": "binary", "contentMediaType": "image/*"}

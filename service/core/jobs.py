@@ -16,13 +16,12 @@ from service.adapters.db import Database
 from service.core import lifecycle, logs
 from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Bool, Choice, Float, Form, Int, OptionalNumber, Text
-from service.core.images import ImageInfo
+from service.core.images import ImageInfo, inspect_image
 from service.core.models import Job, JobStatus, new_id
 from service.core.ports import Sender
-from service.core.presets import apply_preset
-from service.core.structured import ResponseFormat
+from service.core.requests import generation_model
 from service.core.tenancy import Caller
+from service.core.validation import parse
 
 log = logging.getLogger(__name__)
 
@@ -102,63 +101,65 @@ class Task:
                 **self.options.job_fields()}
 
 
-def task_form(settings: Settings) -> Form:
-    """What to ask and how: the fields `resolve_task` reads, for a job and for every item of a native batch."""
-    return Form((
-        Choice(name="preset", choices=sorted(settings.presets), code="unknown_preset",
-               description="Fills prompt, model, max_tokens, the schema and ground_with_ocr; set fields win."),
-        Text(name="prompt", max_chars=settings.max_prompt_chars, required=False,
-             description="Required unless a preset gives one or the model is an OCR engine."),
-        *generation_form(settings).fields,
-        ResponseFormat(name="response_format", description="Constrain the output to JSON, in OpenAI's shape."),
-        Bool(name="ground_with_ocr", description="OCR the image first and add its text to the prompt."),
-    ))
+def resolve_task(settings: Settings, fields: Any, messages: list[dict[str, Any]] | None = None) -> Task:
+    """The task a request asks for: its fields (a `task_model`, presets applied) checked against each other.
 
-
-def generation_form(settings: Settings) -> Form:
-    return Form((
-        Choice(name="model", choices=sorted(settings.registry), default=settings.default_model, code="unknown_model"),
-        Int(name="max_tokens", default=settings.default_max_tokens, low=1, high=settings.max_tokens_limit),
-        Float(name="temperature", default=0.0, low=0.0, high=2.0, description="0 is greedy."),
-        OptionalNumber(name="top_p", low=0.0, high=1.0, exclusive_low=True,
-                       description="Nucleus sampling; absent leaves the engine's default."),
-        Bool(name="ignore_eos", description="Generate exactly max_tokens (benchmarks, load tests)."),
-    ))
-
-
-def resolve_task(settings: Settings, fields: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> Task:
-    """Apply the `preset`, then validate prompt, generation options, `response_format` and `ground_with_ocr`.
-
-    `messages` makes it a conversation, whose last user turn is `fields["prompt"]`.
+    `messages` makes it a conversation, whose last user turn is the `prompt`.
     """
-    form = task_form(settings)
-    form.read("preset", fields)  # refuses what is not a configured preset's name, before it is looked up
-    fields, preset = apply_preset(settings.presets, fields)
-    options = generation_options(settings, fields)
+    preset = settings.presets.get(fields.preset) if fields.preset else None
+    options = GenerationOptions(**{name: getattr(fields, name) for name in generation_model(settings).model_fields})
     ocr = settings.registry[options.model].engine == "rapidocr"
-    prompt = form.read("prompt", fields)
-    if prompt is None and not ocr:  # only an OCR model reads an image without a prompt
+    if fields.prompt is None and not ocr:  # only an OCR model reads an image without a prompt
         raise ApiError(400, "missing_field", "'prompt' is required.", {"field": "prompt"})
-    schema = form.read("response_format", fields)
+    schema = fields.response_format
     if schema is None and preset is not None:
         schema = preset.output_schema()
-    ground_with_ocr = form.read("ground_with_ocr", fields)
-    if ocr and (schema is not None or ground_with_ocr):
+    if ocr and (schema is not None or fields.ground_with_ocr):
         field = "response_format" if schema is not None else "ground_with_ocr"
         raise ApiError(400, "invalid_field",
                        f"'{field}' needs a vision-language model; {options.model!r} is an OCR engine.",
                        {"field": field})
-    if messages is not None and ground_with_ocr:
+    if messages is not None and fields.ground_with_ocr:
         raise ApiError(400, "invalid_field", "'ground_with_ocr' works on a single prompt, not a conversation.",
                        {"field": "ground_with_ocr"})
-    return Task(prompt=prompt or "", options=options, preset=preset.name if preset else None, response_schema=schema,
-                ground_with_ocr=ground_with_ocr, messages=messages, max_pixels=preset.max_pixels if preset else None)
+    return Task(prompt=fields.prompt or "", options=options, preset=preset.name if preset else None,
+                response_schema=schema, ground_with_ocr=fields.ground_with_ocr, messages=messages,
+                max_pixels=preset.max_pixels if preset else None)
 
 
 def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:
     """model, max_tokens, temperature, top_p and ignore_eos, validated against the registry and the limits."""
-    form = generation_form(settings)
-    return GenerationOptions(**{field.name: field.read(fields) for field in form.fields})
+    return GenerationOptions(**parse(generation_model(settings), fields).model_dump())
+
+
+def job_request(settings: Settings, fields: Any, image_bytes: bytes, *,
+                messages: list[dict[str, Any]] | None = None, stream: bool = False) -> JobRequest:
+    """A job's fields (a `job_model`) and image (and conversation) as a JobRequest."""
+    task = resolve_task(settings, fields, messages)
+    info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return JobRequest(
+        task=task,
+        priority=fields.priority,
+        metadata=fields.metadata,
+        image_sha256=hashlib.sha256(image_bytes).hexdigest(),
+        image=info,
+        no_cache=fields.no_cache,
+        stream=stream,
+        **webhook(settings, fields.webhook_url, fields.webhook_secret),
+    )
+
+
+def webhook(settings: Settings, url: str | None, secret: str | None) -> dict[str, str]:
+    """A job's or batch's own webhook; without a webhook_secret it is signed with the configured one."""
+    if url is None:
+        if secret is not None:
+            raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})
+        return {}
+    secret = secret or settings.webhook_secret or None
+    if secret is None:
+        raise ApiError(400, "missing_field", "'webhook_secret' is required: this server has no default webhook_secret.",
+                       {"field": "webhook_secret"})
+    return {"webhook_url": url, "webhook_secret": secret}
 
 
 def submit(

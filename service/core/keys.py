@@ -10,48 +10,40 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.core.fields import Bool, Form, OptionalNumber, Text
 from service.core.models import ApiKey, new_id, utcnow
 from service.core.tenancy import DEFAULT_TENANT, TENANT_REGEX
+from service.core.validation import Bool, OptionalNumber, RequestModel, Text, parse
 
 PREFIX = "vlq_sk_"
 _SHOWN_CHARS = len(PREFIX) + 4  # enough to tell keys apart in a list, far too little to matter as a secret
 _TOUCH_EVERY_S = 60  # last_used_at is written at most this often per key, not on every request
 
 
-@dataclass(frozen=True)
-class KeySpec:
-    """What a new key is for; validated once, for the CLI and the admin API alike."""
+class KeySpec(RequestModel):
+    """What a new key is for: what POST /v1/keys and `vlq keys create` take; null numbers keep the configured
+    defaults."""
 
-    name: str
-    tenant: str = DEFAULT_TENANT
-    admin: bool = False
-    rate_limit_rps: float | None = None  # None: the configured default
-    max_queued_jobs: int | None = None
+    name: Annotated[str, Text(max_chars=100)] = Field(
+        description="What the key is for, e.g. the client that will use it.")
+    tenant: Annotated[str, Text(max_chars=64, pattern=TENANT_REGEX)] = Field(
+        DEFAULT_TENANT, description=f"Whose jobs, batches and files it reaches (default: {DEFAULT_TENANT}).")
+    admin: Annotated[bool, Bool()] = Field(False, description="May manage keys (/v1/keys).")
+    rate_limit_rps: Annotated[float | None, OptionalNumber(low=0.0, high=1e6)] = Field(
+        None, description="Requests per second; 0 is unlimited.")
+    max_queued_jobs: Annotated[int | None, OptionalNumber(low=0, high=10**9, integer=True)] = Field(
+        None, description="Queued + running jobs of its tenant; 0 is unlimited.")
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> KeySpec:
         """Validate request fields (or CLI options) into a spec; raises ApiError naming the bad field."""
-        values = {field.name: field.read(fields) for field in KEY_FORM.fields}
-        return cls(**{**values, "tenant": values["tenant"] or DEFAULT_TENANT})
+        return parse(cls, fields)
 
-
-# What POST /v1/keys and `vlq keys create` take; null numbers keep the configured defaults.
-KEY_FORM = Form((
-    Text(name="name", max_chars=100, description="What the key is for, e.g. the client that will use it."),
-    Text(name="tenant", max_chars=64, required=False, pattern=TENANT_REGEX,
-         description=f"Whose jobs, batches and files it reaches (default: {DEFAULT_TENANT})."),
-    Bool(name="admin", description="May manage keys (/v1/keys)."),
-    OptionalNumber(name="rate_limit_rps", low=0.0, high=1e6, description="Requests per second; 0 is unlimited."),
-    OptionalNumber(name="max_queued_jobs", low=0, high=10**9, integer=True,
-                   description="Queued + running jobs of its tenant; 0 is unlimited."),
-))
 
 def create_key(session: Session, spec: KeySpec) -> tuple[ApiKey, str]:
     """Add a key to the session; returns it and its secret, which exists nowhere else afterwards."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import jsonschema
 
 from service.core.errors import ApiError
-from service.core.fields import Field
+from service.core.validation import Spec
 
 # String characters: printable ASCII and Latin-1/Latin Extended-A (at most 2 UTF-8 bytes each), no quote,
 # backslash or control characters, so a string's length in the regex is its JSON length, and escapes never occur.
@@ -174,23 +174,24 @@ def _invalid(problem: str) -> ApiError:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ResponseFormat(Field):
+class ResponseFormat(Spec):
     """The `response_format` field: read as the JSON schema it asks for (None for plain text)."""
 
     codes: ClassVar[tuple[str, ...]] = ("invalid_response_format",)
+    blank: ClassVar[bool] = True
 
-    def read(self, fields: dict[str, Any]) -> dict[str, Any] | None:
-        return parse_response_format(fields.get(self.name))
+    def read(self, value: Any, name: str) -> dict[str, Any] | None:
+        return parse_response_format(value)
 
-    def schema(self) -> dict[str, Any]:
-        return self._described({"oneOf": [
+    def schema(self, required: bool) -> dict[str, Any]:
+        return {"oneOf": [
             {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
             {"type": "object", "required": ["type", "json_schema"], "properties": {
                 "type": {"const": "json_schema"},
                 "json_schema": {"type": "object", "required": ["name"], "properties": {
                     "name": {"type": "string", "minLength": 1}, "schema": {"type": "object"},
                     "strict": {"type": "boolean"}}}}},
-        ]})
+        ]}
 
-    def form_schema(self) -> dict[str, Any]:
-        return self._described({"type": "string", "contentMediaType": "application/json"})
+    def form_schema(self, required: bool) -> dict[str, Any]:
+        return {"type": "string", "contentMediaType": "application/json"}

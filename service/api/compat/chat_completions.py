@@ -8,76 +8,102 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from flask.typing import ResponseReturnValue
+from pydantic import Field
 
 from service.adapters import presence
-from service.api.common import image_bytes_field, job_request_from, request_fields
+from service.api.common import request_values
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
 from service.api.context import get_redis, get_settings
 from service.api.errors import as_api_error
 from service.api.openapi import JSON, MULTIPART, operation
+from service.core import jobs
 from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Bool, Field, Form, Int, JsonObject, Text, bool_option
-from service.core.images import ImageField
-from service.core.jobs import generation_form
+from service.core.images import ImageData
 from service.core.models import Job
 from service.core.openai_format import parse_chat_request
+from service.core.requests import generation_model, job_model
 from service.core.shapes import ChatCompletionChunk, ChatCompletionOut, ModelOut, ObjectList, OpenAIErrorOut, Shape
 from service.core.shapes.compat import finish_reason
 from service.core.structured import ResponseFormat
+from service.core.validation import Bool, JsonObject, Number, RequestModel, Spec, Text, combine, parse, per_settings
 
 bp = Blueprint("chat_completions", __name__, url_prefix="/v1")
 
 
 
-class _Messages(Field):
-    """OpenAI's `messages` (read by service.core.openai_format.parse_chat_request, which builds the conversation)."""
+@dataclass(frozen=True, kw_only=True)
+class _Messages(Spec):
+    """OpenAI's `messages`: a non-empty list, built into the conversation by service.core.openai_format."""
 
-    codes = ("missing_field", "invalid_field", "invalid_request", "unsupported_image_url", "invalid_image_url",
-             "image_url_forbidden", "image_url_unreachable", "image_url_busy", "invalid_base64", "invalid_image",
-             "unsupported_image_format", "image_too_many_pixels", "image_too_large")
+    codes: ClassVar[tuple[str, ...]] = (
+        "missing_field", "invalid_field", "invalid_request", "unsupported_image_url", "invalid_image_url",
+        "image_url_forbidden", "image_url_unreachable", "image_url_busy", "invalid_base64", "invalid_image",
+        "unsupported_image_format", "image_too_many_pixels", "image_too_large")
 
-    def schema(self) -> dict[str, Any]:
+    def read(self, value: Any, name: str) -> list[Any]:
+        if not isinstance(value, list) or not value:
+            raise self.missing(name)
+        return value
+
+    def missing(self, name: str) -> ApiError:
+        return ApiError(400, "missing_field", f"'{name}' must be a non-empty list.", {"field": name})
+
+    def schema(self, required: bool) -> dict[str, Any]:
         part = {"type": "object", "required": ["type"], "properties": {
             "type": {"enum": ["text", "image_url"]}, "text": {"type": "string"},
             "image_url": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}}
         message = {"type": "object", "required": ["role", "content"], "properties": {
             "role": {"enum": ["system", "user", "assistant"]},
             "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}]}}}
-        return self._described({"type": "array", "minItems": 1, "items": message})
+        return {"type": "array", "minItems": 1, "items": message}
 
 
 # One server-sent event, as clients parse it: its `data` is a chat.completion.chunk in JSON, or [DONE].
 _SSE_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
-_STREAM = Bool(name="stream", description="Server-sent chat.completion.chunk events, ending with data: [DONE].")
+_STREAM_DESCRIPTION = "Server-sent chat.completion.chunk events, ending with data: [DONE]."
 
 
-def chat_form(settings: Settings) -> Form:
+class _StreamOptions(RequestModel):
+    """`stream_options`: `include_usage` adds a last chunk with the token counts."""
+
+    include_usage: Annotated[bool, Bool()] = False
+
+
+@per_settings
+def chat_model(settings: Settings) -> type[RequestModel]:
     """OpenAI's JSON chat request: messages (one image in all) and the generation options."""
-    return Form((
-        _Messages(name="messages", required=True, description="One image in all, as an image_url data: URL."),
-        Int(name="max_completion_tokens", default=settings.default_max_tokens, low=1, high=settings.max_tokens_limit,
-            description="The same as max_tokens (OpenAI's newer name)."),
-        ResponseFormat(name="response_format", description="Constrain the output to JSON, in OpenAI's shape."),
-        _STREAM,
-        JsonObject(name="stream_options", max_bytes=1024, description="{include_usage: true} adds a usage chunk."),
-    )) + generation_form(settings)
+    class Chat(RequestModel):
+        messages: Annotated[list[Any], _Messages()] = Field(description="One image in all, as an image_url data: URL.")
+        max_completion_tokens: Annotated[int, Number(low=1, high=settings.max_tokens_limit, integer=True)] = Field(
+            settings.default_max_tokens, description="The same as max_tokens (OpenAI's newer name).")
+        response_format: Annotated[dict[str, Any] | None, ResponseFormat()] = Field(
+            None, description="Constrain the output to JSON, in OpenAI's shape.")
+        stream: Annotated[bool, Bool()] = Field(False, description=_STREAM_DESCRIPTION)
+        stream_options: Annotated[dict[str, Any] | None, JsonObject(max_bytes=1024)] = Field(
+            None, description="{include_usage: true} adds a usage chunk.")
+    return combine("ChatCompletion", Chat, generation_model(settings))
 
 
-def chat_upload_form(settings: Settings) -> Form:
+@per_settings
+def chat_upload_model(settings: Settings) -> type[RequestModel]:
     """The multipart form: an `image` file and a `prompt`."""
-    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return Form((image, Text(name="prompt", max_chars=settings.max_prompt_chars), _STREAM)) + generation_form(settings)
+    class Upload(RequestModel):
+        image: Annotated[bytes, ImageData()]
+        prompt: Annotated[str, Text(max_chars=settings.max_prompt_chars)]
+        stream: Annotated[bool, Bool()] = Field(False, description=_STREAM_DESCRIPTION)
+    return combine("ChatUpload", Upload, generation_model(settings))
 
 
 @bp.post("/chat/completions")
 @operation("OpenAI-compatible chat completion (waits for the answer)", tags=("compatible",),
-           body={JSON: chat_form, MULTIPART: chat_upload_form}, errors=SYNC_ERRORS + ("not_found",),
+           body={JSON: chat_model, MULTIPART: chat_upload_model}, errors=SYNC_ERRORS + ("not_found",),
            error_schema="OpenAIError",
            responses={200: {"description": "A chat.completion, or with `stream` its chunks as server-sent events.",
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
@@ -86,26 +112,25 @@ def create_chat_completion() -> ResponseReturnValue:
     """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
     settings = get_settings()
     if request.is_json:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
+        raw = request.get_json(silent=True)
+        if not isinstance(raw, dict):
             raise ApiError(400, "invalid_json", "The body is not a JSON object.")
-        if body.get("n") not in (None, 1):
+        if raw.get("n") not in (None, 1):
             raise ApiError(400, "invalid_field", "Only n=1 is supported.", {"field": "n"})
-        chat = parse_chat_request(body, settings)
+        body = parse(chat_model(settings), raw)
+        chat = parse_chat_request(raw, settings)
         fields, image, messages = chat.job_fields(), chat.conversation.image, chat.conversation.messages
-        options = body
     else:
-        form, files = request_fields()
-        # The upload form's fields (`image` is the file); anything else in the form is ignored.
-        fields = {field.name: form[field.name] for field in chat_upload_form(settings).fields if field.name in form}
-        image, messages, options = image_bytes_field(form, files), None, form
-    stream = bool_option(options, "stream", default=False)
-    job_request = job_request_from(settings, fields, image, messages=messages, stream=stream)
-    if not stream:
+        body = parse(chat_upload_model(settings), request_values())
+        # The upload form's own fields; anything else in the form is ignored.
+        fields, image, messages = body.model_dump(exclude={"image", "stream"}), body.image, None
+    job_request = jobs.job_request(settings, parse(job_model(settings), fields), image, messages=messages,
+                                   stream=body.stream)
+    if not body.stream:
         return jsonify(ChatCompletionOut.of(sync_chat.answer(job_request, image)).dump())
-    stream_options = options.get("stream_options") if isinstance(options.get("stream_options"), dict) else {}
+    stream_options = parse(_StreamOptions, getattr(body, "stream_options", None) or {})  # JSON only
     job = sync_chat.submit(job_request, image)
-    events = _events(job, include_usage=bool_option(stream_options, "include_usage", default=False))
+    events = _events(job, include_usage=stream_options.include_usage)
     return Response(stream_with_context(events), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

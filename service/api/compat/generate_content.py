@@ -7,23 +7,25 @@ field names alike, and so does this. Errors are `{"error": {"code", "message", "
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from pydantic import AliasChoices, Field
 
-from service.api.common import job_request_from
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
 from service.api.context import get_settings
 from service.api.errors import as_api_error
 from service.api.openapi import operation
-from service.core.config import Settings
+from service.core import jobs
 from service.core.conversation import ImageRef, Turn, build
 from service.core.errors import ApiError
-from service.core.fields import Field, Form, JsonObject
 from service.core.images import ACCEPTED_FORMATS, decode_image_field
+from service.core.requests import job_model
 from service.core.shapes import GenerateContentResponse, GoogleErrorOut
+from service.core.validation import RequestModel, Spec, parse
 
 bp = Blueprint("generate_content", __name__)
 
@@ -32,35 +34,67 @@ _STATUS_NAMES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ABORTED", 429:
                  500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
-class _Contents(Field):
-    """Google's `contents` (read by `_turn`): user and model turns of text and inline_data parts."""
+@dataclass(frozen=True, kw_only=True)
+class _Contents(Spec):
+    """Google's `contents`: user and model turns of text and inline_data parts, read as Turns."""
 
-    codes = ("missing_field", "invalid_field", "invalid_base64", "invalid_image", "unsupported_image_format",
-             "image_too_many_pixels", "image_too_large")
+    codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_field", "invalid_base64", "invalid_image",
+                                        "unsupported_image_format", "image_too_many_pixels", "image_too_large")
 
-    def schema(self) -> dict[str, Any]:
+    def read(self, value: Any, name: str) -> list[Turn]:
+        if not isinstance(value, list) or not value:
+            raise self.missing(name)
+        return [_turn(content, f"{name}[{index}]") for index, content in enumerate(value)]
+
+    def missing(self, name: str) -> ApiError:
+        return ApiError(400, "missing_field", f"'{name}' must be a non-empty list.", {"field": name})
+
+    def schema(self, required: bool) -> dict[str, Any]:
         part = {"type": "object", "properties": {"text": {"type": "string"}, "inline_data": {
             "type": "object", "required": ["data"],
             "properties": {"mime_type": {"type": "string"}, "data": {"type": "string"}}}}}
         content = {"type": "object", "required": ["parts"], "properties": {
             "role": {"enum": ["user", "model"]}, "parts": {"type": "array", "items": part}}}
-        return self._described({"type": "array", "minItems": 1, "items": content})
+        return {"type": "array", "minItems": 1, "items": content}
 
 
-def content_form(settings: Settings) -> Form:
+@dataclass(frozen=True, kw_only=True)
+class _SystemInstruction(Spec):
+    """{parts: [{text}]}, read as the system turn."""
+
+    def read(self, value: Any, name: str) -> Turn:
+        return _turn(value, name, role="system")
+
+    def schema(self, required: bool) -> dict[str, Any]:
+        return {"type": "object"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Object(Spec):
+    def read(self, value: Any, name: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ApiError(400, "invalid_field", f"'{name}' must be an object.", {"field": name})
+        return value
+
+    def schema(self, required: bool) -> dict[str, Any]:
+        return {"type": "object"}
+
+
+class Content(RequestModel):
     """The request body; snake_case names are shown, and camelCase ones are accepted too."""
-    return Form((
-        _Contents(name="contents", required=True, description="One image in all, in a user turn."),
-        JsonObject(name="system_instruction", max_bytes=settings.max_prompt_chars * 4,
-                   description="{parts: [{text}]}: the system turn."),
-        JsonObject(name="generation_config", max_bytes=1024,
-                   description="temperature, top_p, max_output_tokens (or their camelCase names)."),
-    ))
+
+    contents: Annotated[list[Turn], _Contents()] = Field(description="One image in all, in a user turn.")
+    system_instruction: Annotated[Turn | None, _SystemInstruction()] = Field(
+        None, validation_alias=AliasChoices("system_instruction", "systemInstruction"),
+        description="{parts: [{text}]}: the system turn.")
+    generation_config: Annotated[dict[str, Any], _Object()] = Field(
+        default_factory=dict, validation_alias=AliasChoices("generation_config", "generationConfig"),
+        description="temperature, top_p, max_output_tokens (or their camelCase names).")
 
 
 @bp.post("/v1/models/<model>:generateContent")
 @bp.post("/v1beta/models/<model>:generateContent")
-@operation("Google-compatible generateContent (waits for the answer)", tags=("compatible",), body=content_form,
+@operation("Google-compatible generateContent (waits for the answer)", tags=("compatible",), body=Content,
            errors=SYNC_ERRORS, error_schema="GoogleError", responses={200: "GenerateContentResponse"})
 def generate_content(model: str) -> ResponseReturnValue:
     settings = get_settings()
@@ -70,21 +104,15 @@ def generate_content(model: str) -> ResponseReturnValue:
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object with 'contents'.")
-    contents = body.get("contents")
-    if not isinstance(contents, list) or not contents:
-        raise ApiError(400, "missing_field", "'contents' must be a non-empty list.", {"field": "contents"})
-    turns = [_turn(content, f"contents[{index}]") for index, content in enumerate(contents)]
-    system = _field(body, "system_instruction", "systemInstruction")
-    if system is not None:
-        turns.insert(0, _turn(system, "system_instruction", role="system"))
+    content = parse(Content, body)
+    turns = [content.system_instruction, *content.contents] if content.system_instruction else content.contents
     conversation = build(turns, _inline_image, max_chars=settings.max_prompt_chars)
-    config = _field(body, "generation_config", "generationConfig") or {}
-    if not isinstance(config, dict):
-        raise ApiError(400, "invalid_field", "'generation_config' must be an object.", {"field": "generation_config"})
+    config = content.generation_config
     fields = {"prompt": conversation.prompt, "model": model, "temperature": config.get("temperature"),
               "max_tokens": _field(config, "max_output_tokens", "maxOutputTokens"),
               "top_p": _field(config, "top_p", "topP")}
-    job_request = job_request_from(settings, fields, conversation.image, messages=conversation.messages)
+    job_request = jobs.job_request(settings, parse(job_model(settings), fields), conversation.image,
+                                   messages=conversation.messages)
     return jsonify(GenerateContentResponse.of(sync_chat.answer(job_request, conversation.image)).dump())
 
 

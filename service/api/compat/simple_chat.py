@@ -6,25 +6,27 @@ with a code from `_CODES` (the family's documented table), mapped from VLQ's own
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from service.adapters import presence
 from service.api.auth import public
-from service.api.common import job_request_from
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
 from service.api.context import get_redis, get_settings
 from service.api.errors import as_api_error
 from service.api.openapi import operation
+from service.core import jobs
 from service.core.config import Settings
 from service.core.errors import ApiError
-from service.core.fields import Choice, Float, Form, Int, Text
-from service.core.images import ACCEPTED_FORMATS, ImageField, decode_image_field
+from service.core.images import ACCEPTED_FORMATS, ImageData, decode_image_field
 from service.core.models import utcnow
+from service.core.requests import job_model
 from service.core.shapes import SimpleChatAnswer, SimpleChatHealth
+from service.core.validation import Choice, Number, RequestModel, Text, parse, per_settings
 
 bp = Blueprint("simple_chat", __name__, url_prefix="/api/v1")
 
@@ -44,36 +46,48 @@ _CODES = {
 }
 
 
-def chat_form(settings: Settings) -> Form:
-    """The family's JSON body; `image` must be a data URL with its header (read by `_image`)."""
-    image = ImageField(name="image", max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return Form((
-        image, Text(name="prompt", max_chars=settings.max_prompt_chars),
-        Int(name="max_tokens", default=512, low=64, high=1024),
-        Float(name="temperature", default=0.0, low=0.0, high=2.0),
-        Choice(name="model", choices=sorted(settings.registry), default=settings.default_model, code="unknown_model"),
-    ), extra_codes=("missing_data_url_header", "image_side_too_long"))
+@dataclass(frozen=True, kw_only=True)
+class _DataUrl(ImageData):
+    """The image as a data URL with its header (`_image`)."""
+
+    def read(self, value: Any, name: str) -> bytes:
+        return _image(value)
+
+    def missing(self, name: str) -> ApiError:
+        return ApiError(400, "missing_field", f"'{name}' is required: a data:image/...;base64,... URL.",
+                        {"field": name})
+
+
+@per_settings
+def chat_model(settings: Settings) -> type[RequestModel]:
+    """The family's JSON body."""
+    class SimpleChat(RequestModel):
+        image: Annotated[bytes, _DataUrl()]
+        prompt: Annotated[str, Text(max_chars=settings.max_prompt_chars)]
+        max_tokens: Annotated[int, Number(low=64, high=1024, integer=True)] = 512
+        temperature: Annotated[float, Number(low=0.0, high=2.0)] = 0.0
+        model: Annotated[str, Choice(choices=sorted(settings.registry), code="unknown_model")] = settings.default_model
+        extra_codes = ("missing_data_url_header", "image_side_too_long")
+    return SimpleChat
 
 
 @bp.post("/chat")
 @operation("One image and a prompt, answered (numeric codes in every answer)", tags=("compatible",),
-           body=chat_form, errors=SYNC_ERRORS, error_schema="SimpleChatAnswer", responses={200: "SimpleChatAnswer"})
+           body=chat_model, errors=SYNC_ERRORS, error_schema="SimpleChatAnswer", responses={200: "SimpleChatAnswer"})
 def chat() -> ResponseReturnValue:
     settings = get_settings()
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "Send a JSON object: {image, prompt, max_tokens, temperature}.")
-    image = _image(body.get("image"))
-    form = chat_form(settings)
-    fields = {"prompt": body.get("prompt"), "model": form.read("model", body), "temperature": body.get("temperature"),
-              "max_tokens": form.read("max_tokens", body)}
-    job_request = job_request_from(settings, fields, image)
+    chat = parse(chat_model(settings), body)
+    fields = parse(job_model(settings), chat.model_dump(exclude={"image"}))
+    job_request = jobs.job_request(settings, fields, chat.image)
     info = job_request.image
     if max(info.width, info.height) > MAX_SIDE:
         raise ApiError(400, "image_side_too_long",
                        f"The image is {info.width}x{info.height}; neither side may exceed {MAX_SIDE} pixels.",
                        {"width": info.width, "height": info.height, "limit": MAX_SIDE})
-    return jsonify(SimpleChatAnswer.of(sync_chat.answer(job_request, image)).dump())
+    return jsonify(SimpleChatAnswer.of(sync_chat.answer(job_request, chat.image)).dump())
 
 
 def _image(value: Any) -> bytes:

@@ -1,11 +1,13 @@
 """The OpenAPI document: every route is in it, its request schemas are the validators' own, its error codes are real."""
+import io
 import re
 from pathlib import Path
 
 import jsonschema
 
 from service.core.errors import ERROR_CODES
-from tests.conftest import ROOT, TINY
+from service.core.images import EXAMPLE_DATA_URL
+from tests.conftest import ROOT, TINY, make_image
 
 
 def test_every_route_and_method_is_documented(app, client):
@@ -31,9 +33,16 @@ def test_request_schemas_come_from_the_settings_the_validators_use(client, setti
     assert set(fields["preset"]["enum"]) == {*settings.presets, None}
     assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
     assert body["application/json"]["schema"]["required"] == ["image"]
-    # A value past the documented bound is refused by the same definition.
-    response = client.post("/v1/jobs", json={"image": "x", "prompt": "p", "max_tokens": settings.max_tokens_limit + 1})
-    assert response.status_code == 400
+    # A value past the documented bound is refused by the same definition, in JSON and in a form alike.
+    too_many = settings.max_tokens_limit + 1
+    json_body = client.post("/v1/jobs", json={"image": EXAMPLE_DATA_URL, "prompt": "p", "max_tokens": too_many})
+    form_body = client.post("/v1/jobs", data={"image": (io.BytesIO(make_image()), "a.png"), "prompt": "p",
+                                              "max_tokens": str(too_many)}, content_type="multipart/form-data")
+    for response in (json_body, form_body):
+        assert response.status_code == 400
+        assert response.get_json()["error"] == {
+            "code": "invalid_field", "details": {"field": "max_tokens"},
+            "message": f"'max_tokens' must be between 1 and {settings.max_tokens_limit}."}
 
 
 def test_answers_document_their_error_codes_with_one_component_each(client):
