@@ -21,8 +21,8 @@ def test_a_page_reads_the_query_string_text():
     page = parse(PageQuery, {"limit": "5", "after": "job_1"})
     assert (page.limit, page.cursor, page.after) == (5, None, "job_1")
     assert parse(PageQuery, {"cursor": ""}).cursor is None
-    assert refused(PageQuery, {"limit": "0"}) == {"code": "invalid_field", "message": "'limit' must be between 1 and 100.",
-                                             "details": {"field": "limit"}}
+    assert refused(PageQuery, {"limit": "0"}) == {
+        "code": "invalid_field", "message": "'limit' must be between 1 and 100.", "details": {"field": "limit"}}
     assert refused(PageQuery, {"cursor": "x" * 65})["details"] == {"field": "cursor"}
     assert parse(FileList, {"limit": "10000"}).limit == 10_000
     assert refused(FileList, {"limit": "10001"})["message"] == "'limit' must be between 1 and 10000."
