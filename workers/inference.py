@@ -16,6 +16,7 @@ from service.adapters.blobs import BlobNotFound
 from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import batches, lifecycle, logs, structured
+from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
 from workers.engines.base import EngineError, GenerationRequest, GenerationResult
 from workers.engines.images import prepare_image
@@ -53,31 +54,31 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
     except Exception as exc:
         # A claimed job must end: left `running` under a live worker, nothing would ever recover it.
         log.exception("job %s: unexpected error", job.id)
-        return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", f"Unexpected error: {exc!r}"))
+        return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.INFERENCE_ERROR, f"Unexpected error: {exc!r}"))
 
 
 
 def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     with runtime.tracking(job) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
-            return _finish(runtime, job, JobStatus.CANCELLED, error=("cancelled", "Cancelled before it started."))
+            return _finish(runtime, job, JobStatus.CANCELLED, error=(ErrorCode.CANCELLED, "Cancelled before it started."))
         engine = runtime.engines.get(job.model)
         if engine is None:  # only consumed queues reach here, so this means a misrouted task
             return _finish(runtime, job, JobStatus.FAILED,
-                           error=("model_unavailable", f"This worker does not serve {job.model!r}."))
+                           error=(ErrorCode.MODEL_UNAVAILABLE, f"This worker does not serve {job.model!r}."))
         try:
             blob = runtime.blobs.get(job.image_sha256)
             bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
             image = prepare_image(blob, min(bound, job.max_pixels or bound))
         except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
-                           error=("image_unreadable", f"The stored image could not be read: {exc}"))
+                           error=(ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}"))
         try:
             prompt = _grounded_prompt(runtime, job, blob) if job.ground_with_ocr else job.prompt
         except _OCRUnavailable as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=("model_unavailable", str(exc)))
+            return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.MODEL_UNAVAILABLE, str(exc)))
         except (EngineError, TimeoutError) as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=("inference_error", f"OCR grounding failed: {exc}"))
+            return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}"))
 
         try:
             handle = engine.submit(GenerationRequest(
@@ -96,7 +97,7 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
             handle.cancel()
             limit = runtime.settings.job_timeout_s
             return _finish(runtime, job, JobStatus.FAILED,
-                           error=("inference_timeout", f"Generation took longer than {limit}s."))
+                           error=(ErrorCode.INFERENCE_TIMEOUT, f"Generation took longer than {limit}s."))
         except EngineError as exc:
             if tracker.requeued:
                 return None
@@ -106,11 +107,11 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         return None
     if result.finish_reason == "cancelled":
         return _finish(runtime, job, JobStatus.CANCELLED, result=result,
-                       error=("cancelled", "Cancelled while running."))
+                       error=(ErrorCode.CANCELLED, "Cancelled while running."))
     if job.response_schema is not None:
         parsed, problem = _parse_output(result.text, job.response_schema)
         if problem is not None:
-            return _finish(runtime, job, JobStatus.FAILED, result=result, error=("invalid_output", problem))
+            return _finish(runtime, job, JobStatus.FAILED, result=result, error=(ErrorCode.INVALID_OUTPUT, problem))
         return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed)
     return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
 
@@ -170,7 +171,7 @@ def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
-            parsed: Any = None, error: tuple[str, str] | None = None) -> str | None:
+            parsed: Any = None, error: tuple[ErrorCode, str] | None = None) -> str | None:
     values: dict[str, Any] = {}
     if result is not None:
         values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,

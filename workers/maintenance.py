@@ -32,6 +32,7 @@ from service.adapters.broker import (
 from service.adapters.db import DATABASE_UNAVAILABLE, Database
 from service.core import batches, lifecycle, retention, webhooks
 from service.core.config import Settings
+from service.core.errors import ErrorCode
 from service.core.models import Batch, BatchStatus, Job, JobStatus, WebhookDelivery, utcnow
 from workers.runtime import WorkerRuntime, current_runtime
 
@@ -219,11 +220,11 @@ def recover_orphaned_jobs(
                 continue
             if job.cancel_requested_at is not None:
                 outcome = "cancelled" if lifecycle.finish(
-                    session, job, JobStatus.CANCELLED, error_code="cancelled",
+                    session, job, JobStatus.CANCELLED, error_code=ErrorCode.CANCELLED,
                     error_message="Cancelled; its worker was lost before it stopped.") else None
             elif job.attempts >= settings.max_attempts:
                 outcome = "failed" if lifecycle.finish(
-                    session, job, JobStatus.FAILED, error_code="worker_lost",
+                    session, job, JobStatus.FAILED, error_code=ErrorCode.WORKER_LOST,
                     error_message=f"The worker died during each of {job.attempts} attempts.") else None
             elif lifecycle.requeue(session, job):
                 outcome = "requeued"

@@ -20,7 +20,7 @@ from flask import Flask, current_app, g, request
 from service.api import openapi
 from service.api.context import get_db, get_rate_limiter, get_session, get_settings
 from service.core import keys
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.tenancy import DEFAULT_TENANT, Caller
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def require_admin() -> Caller:
     """The caller, if it holds an admin key; otherwise 403."""
     caller = current_caller()
     if not caller.admin:
-        raise ApiError(403, "forbidden", "This needs an admin API key.")
+        raise ApiError(ErrorCode.FORBIDDEN, "This needs an admin API key.")
     return caller
 
 
@@ -78,7 +78,7 @@ def _resolve_caller() -> None:
     wait_s = get_rate_limiter().check(caller.key_id or "", caller.rate_limit_rps)
     if wait_s > 0:
         retry_after = max(1, math.ceil(wait_s))
-        raise ApiError(429, "rate_limited",
+        raise ApiError(ErrorCode.RATE_LIMITED,
                        f"Too many requests for this API key (its limit is {caller.rate_limit_rps:g} per second); "
                        f"retry in {retry_after} s.",
                        {"limit_rps": caller.rate_limit_rps, "retry_after_s": retry_after},
@@ -98,12 +98,12 @@ def _authenticate(default_rps: float, default_max_queued: int) -> Caller:
     else:
         secret = request.headers.get("x-goog-api-key", "")
     if not secret:
-        raise ApiError(401, "unauthorized", "Send an API key as 'Authorization: Bearer <key>'.",
+        raise ApiError(ErrorCode.UNAUTHORIZED, "Send an API key as 'Authorization: Bearer <key>'.",
                        headers={"WWW-Authenticate": 'Bearer realm="vlq"'})
     key = keys.find_key(get_session(), secret)  # a read in the request's own session: no extra connection
     if key is None or key.revoked_at is not None:
         problem = "was revoked" if key is not None else "is not valid"
-        raise ApiError(401, "unauthorized", f"This API key {problem}.",
+        raise ApiError(ErrorCode.UNAUTHORIZED, f"This API key {problem}.",
                        headers={"WWW-Authenticate": 'Bearer realm="vlq", error="invalid_token"'})
     if not keys.used_recently(key):
         with get_db().session() as session:  # its own short transaction, apart from the request's work

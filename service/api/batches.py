@@ -33,7 +33,7 @@ from service.api.context import get_blobs, get_broker, get_db, get_session, get_
 from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import batches, jobs, logs
 from service.core.config import Settings
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.models import Batch, File, Job, Priority, new_id
 from service.core.requests import options_model, task_model
 from service.core.shapes import BatchOut, Timings, Usage
@@ -139,7 +139,8 @@ def _create_openai(settings: Settings, body: Any, key: str | None) -> Batch:
     session = get_session()
     file = owned_or_none(session, File, body.input_file_id)
     if file is None:
-        raise ApiError(400, "invalid_field", f"No file with id {body.input_file_id!r}; upload it with POST /v1/files.",
+        raise ApiError(ErrorCode.INVALID_FIELD,
+                       f"No file with id {body.input_file_id!r}; upload it with POST /v1/files.",
                        {"field": "input_file_id"})
     caller = current_caller()
     if caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
@@ -156,12 +157,12 @@ def _create_native(settings: Settings, body: Any, key: str | None) -> Batch:
     task = jobs.resolve_task(settings, body)
     images = list(_uploaded_images(body.images, body.archive))
     if not images:
-        raise ApiError(400, "missing_field", "Send images as 'images' files or a zip as 'archive'.",
+        raise ApiError(ErrorCode.MISSING_FIELD, "Send images as 'images' files or a zip as 'archive'.",
                        {"field": "images"})
     names = [name for name, _ in images]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ApiError(400, "duplicate_custom_id", "Image file names must be unique; they become custom_ids.",
+        raise ApiError(ErrorCode.DUPLICATE_CUSTOM_ID, "Image file names must be unique; they become custom_ids.",
                        {"duplicates": duplicates[:20]})
     session = get_session()
     caller = current_caller()
@@ -189,7 +190,7 @@ def _uploaded_images(images: list[Any], archives: list[Any]) -> Iterator[tuple[s
         try:
             archive = zipfile.ZipFile(upload.stream)
         except zipfile.BadZipFile:
-            raise ApiError(400, "invalid_archive", "'archive' is not a readable zip file.") from None
+            raise ApiError(ErrorCode.INVALID_ARCHIVE, "'archive' is not a readable zip file.") from None
         limit = get_settings().max_image_bytes
         for entry in archive.infolist():
             path = PurePosixPath(entry.filename)

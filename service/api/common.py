@@ -13,7 +13,7 @@ from werkzeug.routing import BaseConverter
 
 from service.api.auth import current_tenant
 from service.api.context import get_session
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.models import TenantOwned
 from service.core.shapes import Page, Shape
 from service.core.validation import Number, RequestModel, Text, parse
@@ -39,11 +39,11 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "The body is not a JSON object.")
+            raise ApiError(ErrorCode.INVALID_JSON, "The body is not a JSON object.")
         return body, {}
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return request.form.to_dict(), request.files.to_dict()
-    raise ApiError(415, "unsupported_media_type",
+    raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 
 
@@ -62,7 +62,7 @@ def idempotency_key() -> str | None:
     """The request's Idempotency-Key header (jobs and batches), if any."""
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and (len(key) > 255 or "\x00" in key):
-        raise ApiError(400, "invalid_header", "Idempotency-Key must be at most 255 characters, without NUL.")
+        raise ApiError(ErrorCode.INVALID_HEADER, "Idempotency-Key must be at most 255 characters, without NUL.")
     return key
 
 
@@ -70,7 +70,7 @@ def get_or_404(session: Session, model: type[T], ident: str, kind: str) -> T:
     """The row with this id, if the caller's tenant owns it; another tenant's row is a 404, as if it did not exist."""
     row = owned_or_none(session, model, ident)
     if row is None:
-        raise ApiError(404, "not_found", f"No {kind} with id {ident!r}.", {"id": ident})
+        raise ApiError(ErrorCode.NOT_FOUND, f"No {kind} with id {ident!r}.", {"id": ident})
     return row
 
 

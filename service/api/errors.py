@@ -11,17 +11,17 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from werkzeug.exceptions import HTTPException
 
 from service.adapters.db import DATABASE_UNAVAILABLE
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 
 log = logging.getLogger(__name__)
 
 # Framework errors get the same body; these are their stable codes.
 _HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
+    400: ErrorCode.BAD_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.REQUEST_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
 }
 
 
@@ -46,7 +46,8 @@ def as_api_error(error: Exception) -> ApiError:
         status = error.code or 500
         # Keep the framework's own headers, e.g. a 405's `Allow`.
         headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
-        return ApiError(status, _HTTP_CODES.get(status, "http_error"), error.description or error.name,
+        code = _HTTP_CODES.get(status, ErrorCode.BAD_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR)
+        return ApiError(code, error.description or error.name, status=status,
                         headers=headers)
     session = g.get("db_session")
     if session is not None:
@@ -56,14 +57,15 @@ def as_api_error(error: Exception) -> ApiError:
             log.debug("rollback failed", exc_info=True)
     if isinstance(error, sqlalchemy.exc.DataError):  # the database refused a value the client sent (a NUL, say)
         log.info("refused data: %s", error)
-        return ApiError(400, "bad_request", "A value in the request cannot be stored.")
+        return ApiError(ErrorCode.BAD_REQUEST, "A value in the request cannot be stored.")
     unavailable = _unavailable_backend(error)
     if unavailable:
         log.warning("%s unavailable: %s", unavailable, error)
-        return ApiError(503, f"{unavailable}_unavailable", f"The {unavailable} is not reachable; try again shortly.",
+        return ApiError(ErrorCode(f"{unavailable}_unavailable"),
+                        f"The {unavailable} is not reachable; try again shortly.",
                         headers={"Retry-After": "5"})
     log.exception("unhandled error", exc_info=error)
-    return ApiError(500, "internal_error", "Something went wrong on our side; it has been logged.")
+    return ApiError(ErrorCode.INTERNAL_ERROR, "Something went wrong on our side; it has been logged.")
 
 
 def _unavailable_backend(error: Exception) -> str | None:

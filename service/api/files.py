@@ -14,7 +14,7 @@ from service.api.common import PageQuery, get_or_404, newest_first, page, read_q
 from service.api.context import get_blobs, get_session, get_settings
 from service.api.openapi import MULTIPART, operation, text_response
 from service.core.batches import store_file
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.models import Batch, File
 from service.core.shapes import FileDeleted, FileOut
 from service.core.validation import Choice, Number, RequestModel, Upload, parse
@@ -75,7 +75,7 @@ def content(file_id: str) -> ResponseReturnValue:
     try:
         stream = get_blobs().open(file.sha256)
     except BlobNotFound:  # retention removed it a moment before the row
-        raise ApiError(404, "not_found", f"File {file_id!r} has expired.", {"id": file_id}) from None
+        raise ApiError(ErrorCode.NOT_FOUND, f"File {file_id!r} has expired.", {"id": file_id}) from None
     mimetype = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
     return Response(_chunks(stream), mimetype=mimetype,
                     headers={"Content-Length": str(file.bytes),
@@ -90,7 +90,7 @@ def delete(file_id: str) -> ResponseReturnValue:
     in_use = session.scalar(select(Batch.id).where(Batch.input_file_id == file_id,
                                                   Batch.status.in_(["validating", "in_progress", "cancelling"])))
     if in_use:
-        raise ApiError(409, "file_in_use", f"Batch {in_use} is still reading this file.", {"batch_id": in_use})
+        raise ApiError(ErrorCode.FILE_IN_USE, f"Batch {in_use} is still reading this file.", {"batch_id": in_use})
     session.delete(file)
     session.commit()
     # The blob may be shared (content-addressed); the retention pass deletes it once nothing refers to it.

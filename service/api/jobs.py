@@ -13,7 +13,7 @@ from service.api.context import get_blobs, get_broker, get_db, get_job_endings, 
 from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import jobs
 from service.core.config import Settings
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.images import ACCEPTED_FORMATS
 from service.core.models import Job, JobStatus
 from service.core.requests import job_submit_model
@@ -71,11 +71,12 @@ def get_job_image(job_id: str) -> ResponseReturnValue:
     """The job's image as uploaded; its bytes never change (sha256-addressed), so browsers may keep it."""
     job = get_or_404(get_session(), Job, job_id, "job")
     if job.image_sha256 is None:
-        raise ApiError(404, "not_found", f"Job {job_id!r} has no image: it was refused at ingest.", {"id": job_id})
+        raise ApiError(ErrorCode.NOT_FOUND, f"Job {job_id!r} has no image: it was refused at ingest.", {"id": job_id})
     try:
         data = get_blobs().get(job.image_sha256)
     except BlobNotFound:
-        raise ApiError(404, "not_found", f"The image of job {job_id!r} is no longer stored.", {"id": job_id}) from None
+        raise ApiError(ErrorCode.NOT_FOUND,
+                       f"The image of job {job_id!r} is no longer stored.", {"id": job_id}) from None
     response = Response(data, mimetype=ACCEPTED_FORMATS[job.image_format])
     response.set_etag(job.image_sha256)
     response.cache_control.private = True  # job images may be confidential: no shared caches
@@ -91,7 +92,7 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
     session = get_session()
     job = get_or_404(session, Job, job_id, "job")
     if JobStatus(job.status).terminal:
-        raise ApiError(409, "job_already_finished", f"The job already ended as {job.status}.",
+        raise ApiError(ErrorCode.JOB_ALREADY_FINISHED, f"The job already ended as {job.status}.",
                        {"status": job.status})
     if jobs.cancel(session, get_broker(), job_id):
         get_job_endings().wait(job_id, lambda: jobs.ended(get_db(), job_id), get_settings().cancel_wait_s)

@@ -3,7 +3,7 @@
 Paths and methods come from Flask's url_map, so no route can be left out. Each view says what it takes
 and answers with `@operation(...)`: its body and query are the same pydantic models (service.core.validation)
 the view reads and validates through, so the document's request schemas are the validators' own definitions;
-its answers name response shapes (service.core.shapes), and its errors are codes of `ERROR_CODES`.
+its answers name response shapes (service.core.shapes), and its errors are `ErrorCode`s.
 
 A new endpoint joins the document with one decorator line:
 
@@ -22,7 +22,7 @@ from werkzeug.routing import Rule
 
 from service.api.context import get_settings
 from service.core.config import Settings
-from service.core.errors import ERROR_CODES
+from service.core.errors import ErrorCode
 from service.core.shapes import components
 from service.core.validation import RequestModel, error_codes, field_schema, object_schema
 
@@ -176,7 +176,7 @@ def _response(answer: str | dict[str, Any]) -> dict[str, Any]:
 def _error_responses(codes: list[str], family_schema: str | None = None) -> dict[str, Any]:
     by_status: dict[int, list[str]] = {}
     for code in dict.fromkeys(codes):
-        by_status.setdefault(ERROR_CODES[code][0], []).append(code)
+        by_status.setdefault(ErrorCode(code).status, []).append(code)
     responses = {}
     for status, group in sorted(by_status.items()):
         refs = [ref(family_schema)] if family_schema else [ref(f"Error.{code}") for code in group]
@@ -188,7 +188,7 @@ def _error_responses(codes: list[str], family_schema: str | None = None) -> dict
 def _error_schemas() -> dict[str, Any]:
     """One schema per error code: the shared Error body with that code."""
     return {
-        f"Error.{code}": {"allOf": [ref("Error")], "description": f"HTTP {status}: {when}",
-                          "properties": {"error": {"properties": {"code": {"const": code}}}}}
-        for code, (status, when) in ERROR_CODES.items()
+        f"Error.{code}": {"allOf": [ref("Error")], "description": f"HTTP {code.status}: {code.when}",
+                          "properties": {"error": {"properties": {"code": {"const": code.value}}}}}
+        for code in ErrorCode if not code.job
     }

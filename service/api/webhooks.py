@@ -16,7 +16,7 @@ from service.api.context import get_session, get_settings
 from service.api.openapi import operation
 from service.core import webhooks
 from service.core.config import Settings
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
 from service.core.shapes import WebhookDeliveryOut, WebhookEndpointDeleted, WebhookEndpointOut
 from service.core.validation import Choice, RequestModel, Spec, Text, WebhookSecret, WebhookUrl, parse, per_settings
@@ -31,11 +31,11 @@ class _Events(Spec):
 
     def read(self, value: Any, name: str) -> list[str]:
         if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
-            raise ApiError(400, "invalid_field", "'events' must be a non-empty list of event types.",
+            raise ApiError(ErrorCode.INVALID_FIELD, "'events' must be a non-empty list of event types.",
                            {"field": "events"})
         unknown = sorted(set(value) - set(webhooks.EVENT_TYPES))
         if unknown:
-            raise ApiError(400, "invalid_field", f"'events' has unknown event types: {', '.join(unknown)}.",
+            raise ApiError(ErrorCode.INVALID_FIELD, f"'events' has unknown event types: {', '.join(unknown)}.",
                            {"field": "events", "available": list(webhooks.EVENT_TYPES)})
         return sorted(set(value), key=webhooks.EVENT_TYPES.index)
 
@@ -97,7 +97,7 @@ def _check_endpoint_cap(session: Any, limit: int) -> None:
     count = session.scalar(select(func.count()).select_from(WebhookEndpoint).where(
         WebhookEndpoint.tenant == current_tenant(), WebhookEndpoint.deleted_at.is_(None)))
     if count >= limit:
-        raise ApiError(409, "too_many_webhook_endpoints",
+        raise ApiError(ErrorCode.TOO_MANY_WEBHOOK_ENDPOINTS,
                        f"This tenant already has {count} webhook endpoints, the limit; delete one first.",
                        {"limit": limit})
 
@@ -157,7 +157,7 @@ def redeliver(delivery_id: str) -> ResponseReturnValue:
     if delivery.endpoint_id:
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None or endpoint.deleted_at is not None or endpoint.status != "active":
-            raise ApiError(409, "webhook_endpoint_disabled",
+            raise ApiError(ErrorCode.WEBHOOK_ENDPOINT_DISABLED,
                            "The delivery's endpoint is disabled or deleted; register it again to send to it.",
                            {"endpoint_id": delivery.endpoint_id})
     webhooks.redeliver(session, delivery)
@@ -170,7 +170,7 @@ def redeliver(delivery_id: str) -> ResponseReturnValue:
 def _live_endpoint(endpoint_id: str) -> WebhookEndpoint:
     endpoint = get_or_404(get_session(), WebhookEndpoint, endpoint_id, "webhook endpoint")
     if endpoint.deleted_at is not None:
-        raise ApiError(404, "not_found", f"No webhook endpoint with id {endpoint_id!r}.", {"id": endpoint_id})
+        raise ApiError(ErrorCode.NOT_FOUND, f"No webhook endpoint with id {endpoint_id!r}.", {"id": endpoint_id})
     return endpoint
 
 

@@ -27,7 +27,7 @@ from service.adapters.blobs import BlobStore
 from service.adapters.db import Database
 from service.core import lifecycle, webhooks
 from service.core.config import Settings
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.images import inspect_image
 from service.core.jobs import generation_options
 from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
@@ -84,7 +84,7 @@ class Ingest:
 def expires_at_for(window: str) -> Any:
     match = _WINDOW.match(window or "")
     if not match or int(match.group(1)) == 0:
-        raise ApiError(400, "invalid_field", "'completion_window' must look like '24h' or '90m'.",
+        raise ApiError(ErrorCode.INVALID_FIELD, "'completion_window' must look like '24h' or '90m'.",
                        {"field": "completion_window"})
     amount, unit = int(match.group(1)), match.group(2)
     return utcnow() + (timedelta(hours=amount) if unit == "h" else timedelta(minutes=amount))
@@ -234,7 +234,7 @@ def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterato
 def cancel(session: Session, batch: Batch) -> None:
     """Cancel the queued items now; running ones finish. The batch ends `cancelled` once none is running."""
     if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
-        raise ApiError(409, "batch_not_cancellable", f"A batch that is {batch.status} cannot be cancelled.",
+        raise ApiError(ErrorCode.BATCH_NOT_CANCELLABLE, f"A batch that is {batch.status} cannot be cancelled.",
                        {"status": batch.status})
     transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING)
     lifecycle.cancel_queued_in_batch(session, batch.id)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 
 ROLES = ("system", "user", "assistant")
 
@@ -38,22 +38,23 @@ class Conversation:
 def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int) -> Conversation:
     """Check the turns and load their image: exactly one image, in a user turn; text to answer; a user turn last."""
     if not turns:
-        raise ApiError(400, "missing_field", "The conversation has no messages.", {"field": "messages"})
+        raise ApiError(ErrorCode.MISSING_FIELD, "The conversation has no messages.", {"field": "messages"})
     images = [(turn, part) for turn in turns for part in turn.parts if isinstance(part, ImageRef)]
     if len(images) != 1:
-        raise ApiError(400, "invalid_field", f"Send exactly one image in the conversation (got {len(images)}).",
+        raise ApiError(ErrorCode.INVALID_FIELD, f"Send exactly one image in the conversation (got {len(images)}).",
                        {"field": "messages"})
     image_turn, image = images[0]
     if image_turn.role != "user":
-        raise ApiError(400, "invalid_field", "The image must be part of a user turn.", {"field": image_turn.where})
+        raise ApiError(ErrorCode.INVALID_FIELD, "The image must be part of a user turn.", {"field": image_turn.where})
     if turns[-1].role != "user":
-        raise ApiError(400, "invalid_field", "The conversation must end with a user turn.", {"field": turns[-1].where})
+        raise ApiError(ErrorCode.INVALID_FIELD,
+                       "The conversation must end with a user turn.", {"field": turns[-1].where})
     user_texts = [_text(turn) for turn in turns if turn.role == "user"]
     if not any(text.strip() for text in user_texts):
-        raise ApiError(400, "missing_field", "The conversation holds no text prompt.", {"field": "prompt"})
+        raise ApiError(ErrorCode.MISSING_FIELD, "The conversation holds no text prompt.", {"field": "prompt"})
     total = sum(len(_text(turn)) for turn in turns)
     if total > max_chars:
-        raise ApiError(400, "invalid_field",
+        raise ApiError(ErrorCode.INVALID_FIELD,
                        f"The conversation's text is {total} characters; the limit is {max_chars}.",
                        {"field": "messages"})
     single = len(turns) == 1

@@ -110,17 +110,16 @@ class ErrorCode(StrEnum):
 # A job can also end with these API codes (a cancelled job, a model no worker could load).
 JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE} | {code for code in ErrorCode if code.job})
 
-# Every code the API answers with: (HTTP status, when), for the OpenAPI document's error components.
-ERROR_CODES: dict[str, tuple[int, str]] = {code.value: (code.status, code.when) for code in ErrorCode if not code.job}
 
 class ApiError(Exception):
-    """An error the client can act on: HTTP status, stable machine code, human message."""
+    """An error the client can act on: a stable code (which gives the HTTP status), a human message, details."""
 
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None, *, status: int | None = None) -> None:
+        """`status` overrides the code's own only for a framework error whose status has no code of its own."""
         super().__init__(message)
-        self.status = status
         self.code = code
+        self.status = status or code.status
         self.message = message
         self.details = details
         self.headers = headers or {}

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from PIL import Image, UnidentifiedImageError
 
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.validation import Spec
 
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
@@ -31,13 +31,13 @@ class ImageInfo:
 def decode_image_field(value: object, field: str = "image") -> bytes:
     """Bytes from a data URL (`data:image/png;base64,...`) or from raw base64."""
     if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, "missing_field", f"'{field}' is required: a data URL or base64-encoded image bytes.",
+        raise ApiError(ErrorCode.MISSING_FIELD, f"'{field}' is required: a data URL or base64-encoded image bytes.",
                        {"field": field})
     payload = value.strip()
     match = _DATA_URL.match(payload)
     if match:
         if not match.group("b64"):
-            raise ApiError(400, "invalid_base64", f"'{field}' is a data URL without ';base64'; send base64 data.",
+            raise ApiError(ErrorCode.INVALID_BASE64, f"'{field}' is a data URL without ';base64'; send base64 data.",
                            {"field": field})
         payload = payload[match.end():]
     payload = re.sub(r"\s+", "", payload)
@@ -45,35 +45,35 @@ def decode_image_field(value: object, field: str = "image") -> bytes:
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_base64", f"'{field}' is not valid base64.", {"field": field}) from None
+        raise ApiError(ErrorCode.INVALID_BASE64, f"'{field}' is not valid base64.", {"field": field}) from None
 
 
 def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     """Validate format, size and integrity without trusting the header alone; raise ApiError on any problem."""
     if not data:
-        raise ApiError(400, "invalid_image", "The image is empty (0 bytes).")
+        raise ApiError(ErrorCode.INVALID_IMAGE, "The image is empty (0 bytes).")
     if len(data) > max_bytes:
-        raise ApiError(413, "image_too_large", f"The image is {len(data)} bytes; the limit is {max_bytes}.",
+        raise ApiError(ErrorCode.IMAGE_TOO_LARGE, f"The image is {len(data)} bytes; the limit is {max_bytes}.",
                        {"bytes": len(data), "limit": max_bytes})
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ApiError(400, "invalid_image", "The bytes are not a recognizable image.") from None
+        raise ApiError(ErrorCode.INVALID_IMAGE, "The bytes are not a recognizable image.") from None
     except Image.DecompressionBombError as exc:  # Pillow's own header check, past twice its default limit
-        raise ApiError(400, "image_too_many_pixels", f"The image has too many pixels: {exc}",
+        raise ApiError(ErrorCode.IMAGE_TOO_MANY_PIXELS, f"The image has too many pixels: {exc}",
                        {"limit": max_pixels}) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a header cut short or broken (e.g. a JPEG segment)
-        raise ApiError(400, "invalid_image", f"The image header could not be read: {exc}.") from None
+        raise ApiError(ErrorCode.INVALID_IMAGE, f"The image header could not be read: {exc}.") from None
     # Phones save photos as MPO: a JPEG with more pictures (depth, previews) after the first, which is what is read.
     image_format = "JPEG" if image.format == "MPO" else image.format
     if image_format not in ACCEPTED_FORMATS:
-        raise ApiError(400, "unsupported_image_format",
+        raise ApiError(ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
                        f"{image.format} images are not supported; send JPEG, PNG or WebP.",
                        {"format": image.format, "accepted": sorted(ACCEPTED_FORMATS)})
     width, height = image.size
     # Checked from the header before decoding, so a decompression bomb is refused without inflating it.
     if width * height > max_pixels:
-        raise ApiError(400, "image_too_many_pixels",
+        raise ApiError(ErrorCode.IMAGE_TOO_MANY_PIXELS,
                        f"The image is {width}x{height} ({width * height} pixels); the limit is {max_pixels}.",
                        {"width": width, "height": height, "limit": max_pixels})
     try:
@@ -81,7 +81,7 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(400, "invalid_image", f"The image could not be decoded: {exc}.") from None
+        raise ApiError(ErrorCode.INVALID_IMAGE, f"The image could not be decoded: {exc}.") from None
     return ImageInfo(format=image_format, width=width, height=height)
 
 
@@ -98,7 +98,7 @@ class ImageData(Spec):
         return value.read() if hasattr(value, "read") else decode_image_field(value, name)
 
     def missing(self, name: str) -> ApiError:
-        return ApiError(400, "missing_field", f"'{name}' is required: a data URL or base64-encoded image bytes.",
+        return ApiError(ErrorCode.MISSING_FIELD, f"'{name}' is required: a data URL or base64-encoded image bytes.",
                         {"field": name})
 
     def schema(self, required: bool) -> dict[str, Any]:

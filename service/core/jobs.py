@@ -15,7 +15,7 @@ from service.adapters.blobs import BlobStore
 from service.adapters.db import Database
 from service.core import lifecycle, logs
 from service.core.config import Settings
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.images import ImageInfo, inspect_image
 from service.core.models import Job, JobStatus, new_id
 from service.core.ports import Sender
@@ -110,17 +110,17 @@ def resolve_task(settings: Settings, fields: Any, messages: list[dict[str, Any]]
     options = GenerationOptions(**{name: getattr(fields, name) for name in generation_model(settings).model_fields})
     ocr = settings.registry[options.model].engine == "rapidocr"
     if fields.prompt is None and not ocr:  # only an OCR model reads an image without a prompt
-        raise ApiError(400, "missing_field", "'prompt' is required.", {"field": "prompt"})
+        raise ApiError(ErrorCode.MISSING_FIELD, "'prompt' is required.", {"field": "prompt"})
     schema = fields.response_format
     if schema is None and preset is not None:
         schema = preset.output_schema()
     if ocr and (schema is not None or fields.ground_with_ocr):
         field = "response_format" if schema is not None else "ground_with_ocr"
-        raise ApiError(400, "invalid_field",
+        raise ApiError(ErrorCode.INVALID_FIELD,
                        f"'{field}' needs a vision-language model; {options.model!r} is an OCR engine.",
                        {"field": field})
     if messages is not None and fields.ground_with_ocr:
-        raise ApiError(400, "invalid_field", "'ground_with_ocr' works on a single prompt, not a conversation.",
+        raise ApiError(ErrorCode.INVALID_FIELD, "'ground_with_ocr' works on a single prompt, not a conversation.",
                        {"field": "ground_with_ocr"})
     return Task(prompt=fields.prompt or "", options=options, preset=preset.name if preset else None,
                 response_schema=schema, ground_with_ocr=fields.ground_with_ocr, messages=messages,
@@ -153,11 +153,12 @@ def webhook(settings: Settings, url: str | None, secret: str | None) -> dict[str
     """A job's or batch's own webhook; without a webhook_secret it is signed with the configured one."""
     if url is None:
         if secret is not None:
-            raise ApiError(400, "missing_field", "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})
+            raise ApiError(ErrorCode.MISSING_FIELD, "'webhook_secret' needs a 'webhook_url'.", {"field": "webhook_url"})
         return {}
     secret = secret or settings.webhook_secret or None
     if secret is None:
-        raise ApiError(400, "missing_field", "'webhook_secret' is required: this server has no default webhook_secret.",
+        raise ApiError(ErrorCode.MISSING_FIELD,
+                       "'webhook_secret' is required: this server has no default webhook_secret.",
                        {"field": "webhook_secret"})
     return {"webhook_url": url, "webhook_secret": secret}
 
@@ -237,7 +238,7 @@ def _answer_from_cache(session: Session, job: Job, cache_key: str) -> bool:
 def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: str) -> Job | None:
     job = session.scalars(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).first()
     if job is not None and job.request_sha256 != fingerprint:
-        raise ApiError(409, "idempotency_key_reused",
+        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED,
                        "This Idempotency-Key was already used for a different request.",
                        {"job_id": job.id})
     return job

@@ -7,7 +7,7 @@ from typing import Any
 
 from service.core.config import Settings
 from service.core.conversation import Conversation, ImageRef, Turn, build
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.image_urls import load_image_url
 
 # OpenAI's newer name for the system role.
@@ -36,10 +36,10 @@ class ChatRequest:
 def parse_chat_request(body: Any, settings: Settings) -> ChatRequest:
     """Read `messages` (system, user and assistant turns; one image_url part) and the options; ApiError if unusable."""
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "The request body must be a JSON object.")
+        raise ApiError(ErrorCode.INVALID_REQUEST, "The request body must be a JSON object.")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "missing_field", "'messages' must be a non-empty list.", {"field": "messages"})
+        raise ApiError(ErrorCode.MISSING_FIELD, "'messages' must be a non-empty list.", {"field": "messages"})
     turns = [_turn(message, index) for index, message in enumerate(messages)]
     return ChatRequest(
         conversation=build(turns, partial(load_image_url, settings), max_chars=settings.max_prompt_chars),
@@ -57,12 +57,13 @@ def _turn(message: Any, index: int) -> Turn:
     named = message.get("role") if isinstance(message, dict) else None
     role = _ROLES.get(named) if isinstance(named, str) else None
     if role is None:
-        raise ApiError(400, "invalid_field", f"{where} must be a system, user or assistant message.", {"field": where})
+        raise ApiError(ErrorCode.INVALID_FIELD,
+                       f"{where} must be a system, user or assistant message.", {"field": where})
     content = message.get("content")
     if isinstance(content, str):
         return Turn(role, [content], plain=True, where=where)
     if not isinstance(content, list):
-        raise ApiError(400, "invalid_field", f"{where}.content must be a string or a list of parts.",
+        raise ApiError(ErrorCode.INVALID_FIELD, f"{where}.content must be a string or a list of parts.",
                        {"field": f"{where}.content"})
     parts: list[str | ImageRef] = []
     for part in content:
@@ -73,6 +74,6 @@ def _turn(message: Any, index: int) -> Turn:
             image_url = part.get("image_url")
             parts.append(ImageRef(image_url.get("url") if isinstance(image_url, dict) else image_url))
         else:
-            raise ApiError(400, "invalid_field", f"{where} has an unsupported content part {kind!r}.",
+            raise ApiError(ErrorCode.INVALID_FIELD, f"{where} has an unsupported content part {kind!r}.",
                            {"field": f"{where}.content"})
     return Turn(role, parts, where=where)

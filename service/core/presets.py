@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.structured import check_schema, compile_schema
 
 OCR_MODEL = "rapidocr"  # the registry model the `ocr` preset runs on
@@ -139,7 +139,7 @@ def apply_preset(presets: Mapping[str, Preset], fields: Mapping[str, Any]) -> tu
         return dict(fields), None
     preset = presets.get(name)
     if preset is None:
-        raise ApiError(400, "unknown_preset", f"No preset named {name!r}.",
+        raise ApiError(ErrorCode.UNKNOWN_PRESET, f"No preset named {name!r}.",
                        {"preset": name, "available": sorted(presets)})
     defaults: dict[str, Any] = {"prompt": preset.prompt, "model": preset.model, "max_tokens": preset.max_tokens,
                                 "ground_with_ocr": preset.ground_with_ocr or None}

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import jsonschema
 
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.validation import Spec
 
 # String characters: printable ASCII and Latin-1/Latin Extended-A (at most 2 UTF-8 bytes each), no quote,
@@ -170,7 +170,7 @@ def _alternatives(options: list[tuple[str, int]]) -> tuple[str, int]:
 
 
 def _invalid(problem: str) -> ApiError:
-    return ApiError(400, "invalid_response_format", f"'response_format' {problem}.", {"field": "response_format"})
+    return ApiError(ErrorCode.INVALID_RESPONSE_FORMAT, f"'response_format' {problem}.", {"field": "response_format"})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.models import Job, JobStatus
 
 DEFAULT_TENANT = "default"  # owns the rows from before tenants existed, and every request while auth is off
@@ -37,7 +37,7 @@ class Caller:
         pending = pending_jobs(session, self.tenant, cap=limit)
         if pending + count > limit:
             raise ApiError(
-                429, "quota_exceeded",
+                ErrorCode.QUOTA_EXCEEDED,
                 f"This key allows {limit} queued or running jobs; the tenant has {pending} and this request adds "
                 f"{count}. Retry when some have finished.",
                 {"limit": limit, "pending": pending, "requested": count},

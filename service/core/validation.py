@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
 from service.core import egress
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.webhook_signing import secret_key
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class Spec:
 
     def missing(self, name: str) -> ApiError:
         """The error for a required field that is absent (or null, or blank)."""
-        return ApiError(400, "missing_field", f"'{name}' is required.", {"field": name})
+        return ApiError(ErrorCode.MISSING_FIELD, f"'{name}' is required.", {"field": name})
 
     def schema(self, required: bool) -> dict[str, Any]:
         """The value's JSON Schema in a JSON body."""
@@ -117,7 +117,7 @@ def api_error(model: type[RequestModel], exc: ValidationError) -> ApiError:
     name = ".".join(str(part) for part in first["loc"])
     if first["type"] == "missing" and name in model.model_fields:
         return spec_of(model.model_fields[name]).missing(name)
-    return ApiError(400, "invalid_field", f"'{name}' {first['msg']}.", {"field": name})
+    return ApiError(ErrorCode.INVALID_FIELD, f"'{name}' {first['msg']}.", {"field": name})
 
 
 def combine(name: str, *parts: type[RequestModel]) -> type[RequestModel]:
@@ -185,7 +185,7 @@ def per_settings(build: Callable[[Settings], T]) -> Callable[[Settings], T]:
 # -- the field types -----------------------------------------------------------------------------
 
 def invalid(name: str, problem: str, **details: Any) -> ApiError:
-    return ApiError(400, "invalid_field", f"'{name}' {problem}.", {"field": name, **details})
+    return ApiError(ErrorCode.INVALID_FIELD, f"'{name}' {problem}.", {"field": name, **details})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,7 +304,7 @@ class Choice(Spec):
             allowed = self.choices[0] if len(self.choices) == 1 else f"one of {', '.join(self.choices)}"
             raise invalid(name, f"must be {allowed}")
         kind = name.replace("_", " ")
-        raise ApiError(400, self.code, f"No {kind} named {value!r}.",
+        raise ApiError(ErrorCode(self.code), f"No {kind} named {value!r}.",
                        {name: str(value), "available": sorted(self.choices)})
 
     def schema(self, required: bool) -> dict[str, Any]:
@@ -351,13 +351,14 @@ class WebhookUrl(Spec):
 
     def read(self, value: Any, name: str) -> str:
         if not isinstance(value, str) or len(value) > 2048:
-            raise ApiError(400, "invalid_webhook_url", f"'{name}' must be an http(s) URL of at most 2048 characters.",
+            raise ApiError(ErrorCode.INVALID_WEBHOOK_URL,
+                           f"'{name}' must be an http(s) URL of at most 2048 characters.",
                            {"field": name})
         try:
             egress.resolve(value, self.allow_cidrs)
         except egress.EgressDenied as exc:
             code = "webhook_url_forbidden" if exc.code == "forbidden_address" else "invalid_webhook_url"
-            raise ApiError(400, code, f"'{name}' is not accepted: {exc}.",
+            raise ApiError(ErrorCode(code), f"'{name}' is not accepted: {exc}.",
                            {"field": name, "reason": exc.code}) from None
         return value
 
@@ -395,7 +396,7 @@ class Upload(Spec):
         return value
 
     def missing(self, name: str) -> ApiError:
-        return ApiError(400, "missing_field", self.missing_message.format(name=name), {"field": name})
+        return ApiError(ErrorCode.MISSING_FIELD, self.missing_message.format(name=name), {"field": name})
 
     def schema(self, required: bool) -> dict[str, Any]:
         return {"type": "string", "format": "binary"}

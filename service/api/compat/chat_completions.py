@@ -24,7 +24,7 @@ from service.api.errors import as_api_error
 from service.api.openapi import JSON, MULTIPART, operation
 from service.core import jobs
 from service.core.config import Settings
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.images import ImageData
 from service.core.models import Job
 from service.core.openai_format import parse_chat_request
@@ -53,7 +53,7 @@ class _Messages(Spec):
         return value
 
     def missing(self, name: str) -> ApiError:
-        return ApiError(400, "missing_field", f"'{name}' must be a non-empty list.", {"field": name})
+        return ApiError(ErrorCode.MISSING_FIELD, f"'{name}' must be a non-empty list.", {"field": name})
 
     def schema(self, required: bool) -> dict[str, Any]:
         part = {"type": "object", "required": ["type"], "properties": {
@@ -114,9 +114,9 @@ def create_chat_completion() -> ResponseReturnValue:
     if request.is_json:
         raw = request.get_json(silent=True)
         if not isinstance(raw, dict):
-            raise ApiError(400, "invalid_json", "The body is not a JSON object.")
+            raise ApiError(ErrorCode.INVALID_JSON, "The body is not a JSON object.")
         if raw.get("n") not in (None, 1):
-            raise ApiError(400, "invalid_field", "Only n=1 is supported.", {"field": "n"})
+            raise ApiError(ErrorCode.INVALID_FIELD, "Only n=1 is supported.", {"field": "n"})
         body = parse(chat_model(settings), raw)
         chat = parse_chat_request(raw, settings)
         fields, image, messages = chat.job_fields(), chat.conversation.image, chat.conversation.messages
@@ -183,7 +183,7 @@ def list_models() -> ResponseReturnValue:
 @operation("A model, in OpenAI's shape", tags=("compatible",), responses={200: "Model"}, error_schema="OpenAIError")
 def get_model(model: str) -> ResponseReturnValue:
     if model not in get_settings().registry:  # error_body answers it as OpenAI's 404 model_not_found
-        raise ApiError(400, "unknown_model", f"The model {model!r} does not exist.", {"model": model})
+        raise ApiError(ErrorCode.UNKNOWN_MODEL, f"The model {model!r} does not exist.", {"model": model})
     return jsonify(_model(model, _model_statuses()).dump())
 
 

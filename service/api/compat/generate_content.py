@@ -21,7 +21,7 @@ from service.api.errors import as_api_error
 from service.api.openapi import operation
 from service.core import jobs
 from service.core.conversation import ImageRef, Turn, build
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.images import ACCEPTED_FORMATS, decode_image_field
 from service.core.requests import job_model
 from service.core.shapes import GenerateContentResponse, GoogleErrorOut
@@ -47,7 +47,7 @@ class _Contents(Spec):
         return [_turn(content, f"{name}[{index}]") for index, content in enumerate(value)]
 
     def missing(self, name: str) -> ApiError:
-        return ApiError(400, "missing_field", f"'{name}' must be a non-empty list.", {"field": name})
+        return ApiError(ErrorCode.MISSING_FIELD, f"'{name}' must be a non-empty list.", {"field": name})
 
     def schema(self, required: bool) -> dict[str, Any]:
         part = {"type": "object", "properties": {"text": {"type": "string"}, "inline_data": {
@@ -73,7 +73,7 @@ class _SystemInstruction(Spec):
 class _Object(Spec):
     def read(self, value: Any, name: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise ApiError(400, "invalid_field", f"'{name}' must be an object.", {"field": name})
+            raise ApiError(ErrorCode.INVALID_FIELD, f"'{name}' must be an object.", {"field": name})
         return value
 
     def schema(self, required: bool) -> dict[str, Any]:
@@ -99,11 +99,11 @@ class Content(RequestModel):
 def generate_content(model: str) -> ResponseReturnValue:
     settings = get_settings()
     if model not in settings.registry:
-        raise ApiError(404, "not_found", f"models/{model} is not found; available: {', '.join(settings.registry)}.",
+        raise ApiError(ErrorCode.NOT_FOUND, f"models/{model} is not found; available: {', '.join(settings.registry)}.",
                        {"model": model})
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "The body must be a JSON object with 'contents'.")
+        raise ApiError(ErrorCode.INVALID_JSON, "The body must be a JSON object with 'contents'.")
     content = parse(Content, body)
     turns = [content.system_instruction, *content.contents] if content.system_instruction else content.contents
     conversation = build(turns, _inline_image, max_chars=settings.max_prompt_chars)
@@ -123,11 +123,11 @@ def _field(mapping: dict[str, Any], snake: str, camel: str) -> Any:
 def _turn(content: Any, where: str, role: str | None = None) -> Turn:
     """One Content ({role, parts}) as a Turn: text parts, and inline_data images kept for `build` to decode."""
     if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
-        raise ApiError(400, "invalid_field", f"{where} must be an object with a 'parts' list.", {"field": where})
+        raise ApiError(ErrorCode.INVALID_FIELD, f"{where} must be an object with a 'parts' list.", {"field": where})
     named = content.get("role", "user")
     role = role or (_ROLES.get(named) if isinstance(named, str) else None)  # a non-string role is refused, not a 500
     if role is None:
-        raise ApiError(400, "invalid_field", f"{where}.role must be 'user' or 'model'.", {"field": f"{where}.role"})
+        raise ApiError(ErrorCode.INVALID_FIELD, f"{where}.role must be 'user' or 'model'.", {"field": f"{where}.role"})
     parts: list[str | ImageRef] = []
     for index, part in enumerate(content["parts"]):
         inline = _field(part, "inline_data", "inlineData") if isinstance(part, dict) else None
@@ -136,7 +136,7 @@ def _turn(content: Any, where: str, role: str | None = None) -> Turn:
         elif isinstance(inline, dict):
             parts.append(ImageRef(inline))
         else:
-            raise ApiError(400, "invalid_field", f"{where}.parts[{index}] must hold 'text' or 'inline_data'.",
+            raise ApiError(ErrorCode.INVALID_FIELD, f"{where}.parts[{index}] must hold 'text' or 'inline_data'.",
                            {"field": f"{where}.parts[{index}]"})
     return Turn(role, parts, where=where)
 
@@ -144,7 +144,7 @@ def _turn(content: Any, where: str, role: str | None = None) -> Turn:
 def _inline_image(inline: dict[str, Any], where: str) -> bytes:
     mime = _field(inline, "mime_type", "mimeType")
     if mime not in ACCEPTED_FORMATS.values():
-        raise ApiError(400, "unsupported_image_format",
+        raise ApiError(ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
                        f"inline_data mime_type {mime!r} is not accepted; send image/jpeg, image/png or image/webp.",
                        {"field": where, "accepted": sorted(ACCEPTED_FORMATS)})
     return decode_image_field(inline.get("data"), field=f"{where}.inline_data.data")

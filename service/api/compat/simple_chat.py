@@ -21,7 +21,7 @@ from service.api.errors import as_api_error
 from service.api.openapi import operation
 from service.core import jobs
 from service.core.config import Settings
-from service.core.errors import ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.images import ACCEPTED_FORMATS, ImageData, decode_image_field
 from service.core.models import utcnow
 from service.core.requests import job_model
@@ -54,7 +54,7 @@ class _DataUrl(ImageData):
         return _image(value)
 
     def missing(self, name: str) -> ApiError:
-        return ApiError(400, "missing_field", f"'{name}' is required: a data:image/...;base64,... URL.",
+        return ApiError(ErrorCode.MISSING_FIELD, f"'{name}' is required: a data:image/...;base64,... URL.",
                         {"field": name})
 
 
@@ -78,13 +78,13 @@ def chat() -> ResponseReturnValue:
     settings = get_settings()
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "Send a JSON object: {image, prompt, max_tokens, temperature}.")
+        raise ApiError(ErrorCode.INVALID_JSON, "Send a JSON object: {image, prompt, max_tokens, temperature}.")
     chat = parse(chat_model(settings), body)
     fields = parse(job_model(settings), chat.model_dump(exclude={"image"}))
     job_request = jobs.job_request(settings, fields, chat.image)
     info = job_request.image
     if max(info.width, info.height) > MAX_SIDE:
-        raise ApiError(400, "image_side_too_long",
+        raise ApiError(ErrorCode.IMAGE_SIDE_TOO_LONG,
                        f"The image is {info.width}x{info.height}; neither side may exceed {MAX_SIDE} pixels.",
                        {"width": info.width, "height": info.height, "limit": MAX_SIDE})
     return jsonify(SimpleChatAnswer.of(sync_chat.answer(job_request, chat.image)).dump())
@@ -93,14 +93,14 @@ def chat() -> ResponseReturnValue:
 def _image(value: Any) -> bytes:
     """The image from a data URL with its header; 4001 without one, 4002 when it names a format not accepted."""
     if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, "missing_field", "'image' is required: a data:image/...;base64,... URL.",
+        raise ApiError(ErrorCode.MISSING_FIELD, "'image' is required: a data:image/...;base64,... URL.",
                        {"field": "image"})
     header = _DATA_URL_HEADER.match(value.strip())
     if header is None:
-        raise ApiError(400, "missing_data_url_header",
+        raise ApiError(ErrorCode.MISSING_DATA_URL_HEADER,
                        "'image' must start with a data URL header such as data:image/png;base64,", {"field": "image"})
     if header.group("mime").lower() not in (*ACCEPTED_FORMATS.values(), "image/jpg"):
-        raise ApiError(400, "unsupported_image_format",
+        raise ApiError(ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
                        f"{header.group('mime')} is not accepted; send JPEG, PNG or WebP.",
                        {"format": header.group("mime"), "accepted": sorted(ACCEPTED_FORMATS)})
     return decode_image_field(value)

@@ -35,17 +35,17 @@ def admit(model: str) -> None:
     states = [info.get("models", {}).get(model) or {} for info in presence.live_workers(get_redis()).values()]
     if not any(state.get("status") == "live" for state in states):
         if any(state.get("status") == "loading" for state in states):
-            raise ApiError(503, "model_loading", f"The model {model!r} is still loading; retry shortly.",
+            raise ApiError(ErrorCode.MODEL_LOADING, f"The model {model!r} is still loading; retry shortly.",
                            {"model": model}, headers=_RETRY)
         reasons = [state["reason"] for state in states if state.get("status") == "unavailable" and "reason" in state]
         if reasons:
-            raise ApiError(503, "model_unavailable", f"No worker could load the model {model!r}: {reasons[0]}",
+            raise ApiError(ErrorCode.MODEL_UNAVAILABLE, f"No worker could load the model {model!r}: {reasons[0]}",
                            {"model": model, "reason": reasons[0]}, headers=_RETRY)
-        raise ApiError(503, "no_worker", f"No worker serving the model {model!r} is running.",
+        raise ApiError(ErrorCode.NO_WORKER, f"No worker serving the model {model!r} is running.",
                        {"model": model}, headers=_RETRY)
     depth = broker.queue_depth(model, Priority.INTERACTIVE.value)
     if depth >= settings.sync_max_queue_depth:
-        raise ApiError(503, "overloaded",
+        raise ApiError(ErrorCode.OVERLOADED,
                        f"{depth} requests already wait for {model!r} (the limit is {settings.sync_max_queue_depth}); "
                        f"retry shortly.", {"model": model, "queued": depth}, headers=_RETRY)
 
@@ -116,16 +116,16 @@ def succeeded(job_id: str) -> Job:
     if job.status == JobStatus.SUCCEEDED.value:
         return job
     if job.status == JobStatus.CANCELLED.value:
-        raise ApiError(409, "cancelled", f"The job {job.id} was cancelled before it finished.", {"job_id": job.id})
+        raise ApiError(ErrorCode.CANCELLED, f"The job {job.id} was cancelled before it finished.", {"job_id": job.id})
     code = ErrorCode.of(job.error_code)
-    raise ApiError(code.status, code, job.error_message or "The job failed.", {"job_id": job.id},
+    raise ApiError(code, job.error_message or "The job failed.", {"job_id": job.id},
                    headers=_RETRY if code.status == 503 else None)
 
 
 def timed_out(job_id: str, timeout_s: float) -> ApiError:
     """Cancel a job its caller stopped waiting for; the error to answer with."""
     abandon(job_id)
-    return ApiError(504, "sync_timeout", f"No answer within {timeout_s:g}s; the job {job_id} was cancelled.",
+    return ApiError(ErrorCode.SYNC_TIMEOUT, f"No answer within {timeout_s:g}s; the job {job_id} was cancelled.",
                     {"job_id": job_id, "timeout_s": timeout_s})
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from service.core import batches
 from service.core.config import load_settings
-from service.core.errors import ERROR_CODES, ApiError
+from service.core.errors import ApiError, ErrorCode
 from service.core.models import (
     ApiKey,
     Batch,
@@ -195,8 +195,7 @@ def test_a_delivery_shows_its_next_attempt_only_while_pending(settings, db):
     assert WebhookDeliveryOut.from_row(delivery, []).dump()["next_attempt_at"] is None
 
 
-@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+@pytest.mark.parametrize("code", list(ErrorCode))
 def test_every_error_body_is_the_documented_error(code):
-    status = ERROR_CODES[code][0]
-    assert_documented(ApiError(status, code, "Something.", {"field": "x"}).body(), "Error")
-    assert_documented(ApiError(status, code, "Something.").body(), "Error")
+    assert_documented(ApiError(code, "Something.", {"field": "x"}).body(), "Error")
+    assert_documented(ApiError(code, "Something.").body(), "Error")
