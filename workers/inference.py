@@ -61,7 +61,8 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
 def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     with runtime.tracking(job) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
-            return _finish(runtime, job, JobStatus.CANCELLED, error=(ErrorCode.CANCELLED, "Cancelled before it started."))
+            return _finish(runtime, job, JobStatus.CANCELLED,
+                           error=(ErrorCode.CANCELLED, "Cancelled before it started."))
         engine = runtime.engines.get(job.model)
         if engine is None:  # only consumed queues reach here, so this means a misrouted task
             return _finish(runtime, job, JobStatus.FAILED,
@@ -78,7 +79,8 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         except _OCRUnavailable as exc:
             return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.MODEL_UNAVAILABLE, str(exc)))
         except (EngineError, TimeoutError) as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}"))
+            return _finish(runtime, job, JobStatus.FAILED,
+                           error=(ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}"))
 
         try:
             handle = engine.submit(GenerationRequest(
