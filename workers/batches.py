@@ -45,10 +45,8 @@ def ingest(runtime: WorkerRuntime, batch_id: str) -> str | None:
     if started is None:
         return None
     queued, result = started
-    runtime.broker.enqueue(queued)
     log.info("batch %s: %d items ingested, %d queued, %d malformed lines",
              batch_id, len(result.rows), len(queued), result.error_count)
-    if not queued:
-        batches.maybe_finalize(runtime.db, runtime.blobs, batch_id)  # every item was refused at ingest
+    batches.send_started(runtime.db, runtime.blobs, runtime.broker, batch_id, queued)
     with runtime.db.session() as session:
         return session.get(Batch, batch_id).status

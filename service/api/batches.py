@@ -14,7 +14,6 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import Field
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from service.adapters.db import Database
 from service.api.auth import current_caller
@@ -27,14 +26,13 @@ from service.api.common import (
     page,
     read_query,
     request_fields,
-    tenant_scope,
 )
 from service.api.context import get_blobs, get_broker, get_db, get_session, get_settings
 from service.api.openapi import JSON, MULTIPART, operation, text_response
-from service.core import batches, jobs, logs
+from service.core import batches, jobs
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
-from service.core.models import Batch, File, Job, Priority, new_id
+from service.core.models import Batch, File, Job, Priority
 from service.core.requests import options_model, task_model
 from service.core.shapes import BatchOut, Timings, Usage
 from service.core.validation import Choice, RequestModel, Spec, Text, combine, parse, per_settings
@@ -94,19 +92,17 @@ class ResultsQuery(RequestModel):
     format: Annotated[str, Choice(choices=["jsonl", "csv"])] = "jsonl"
 
 
-def _options(settings: Settings, body: Any, key: str | None) -> dict[str, Any]:
-    """create_batch's arguments that both forms share."""
-    batch_id = new_id("batch")
-    logs.bind(batch_id=batch_id)  # the request's lines from here on are about this batch (reset when it ends)
-    return {"completion_window": body.completion_window or "24h", "priority": body.priority,
-            "metadata": body.metadata, "idempotency_key": key, "batch_id": batch_id,
-            **jobs.webhook(settings, body.webhook_url, body.webhook_secret)}
+def _batch_request(settings: Settings, body: Any, endpoint: str, **content: Any) -> batches.BatchRequest:
+    """The options both forms share, and the form's own content."""
+    return batches.BatchRequest(
+        endpoint=endpoint, completion_window=body.completion_window or "24h", priority=body.priority,
+        metadata=body.metadata, **jobs.webhook(settings, body.webhook_url, body.webhook_secret), **content)
 
 
 @bp.post("")
 @operation("Create a batch", body={JSON: openai_batch_model, MULTIPART: native_batch_model},
            headers=("Idempotency-Key",), tags=("batches",), responses={200: "Batch"},
-           errors=("quota_exceeded", "broker_unavailable", "invalid_header"),
+           errors=("quota_exceeded", "broker_unavailable", "invalid_header", "idempotency_key_reused"),
            links={"GetBatch": ("batches.get_batch", "batch_id"), "Results": ("batches.results", "batch_id"),
                   "CancelBatch": ("batches.cancel_batch", "batch_id")})
 def create_batch() -> ResponseReturnValue:
@@ -116,46 +112,30 @@ def create_batch() -> ResponseReturnValue:
     """
     settings = get_settings()
     request.max_content_length = settings.max_upload_bytes
-    key = idempotency_key()
-    session = get_session()
-    if key:
-        existing = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).first()
-        if existing is not None:
-            return jsonify(batches.render(session, existing).dump()), 200, {"Idempotent-Replayed": "true"}
     fields, _ = request_fields()
-    try:
-        if request.is_json:
-            batch = _create_openai(settings, parse(openai_batch_model(settings), fields), key)
-        else:
-            uploads = {name: request.files.getlist(name) for name in ("images", "archive")}
-            batch = _create_native(settings, parse(native_batch_model(settings), {**fields, **uploads}), key)
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
-        batch = session.scalars(select(Batch).where(Batch.idempotency_key == key, *tenant_scope(Batch))).one()
-    return jsonify(batches.render(session, batch).dump())
-
-
-def _create_openai(settings: Settings, body: Any, key: str | None) -> Batch:
+    if request.is_json:
+        batch_request = _openai_request(settings, parse(openai_batch_model(settings), fields))
+    else:
+        uploads = {name: request.files.getlist(name) for name in ("images", "archive")}
+        batch_request = _native_request(settings, parse(native_batch_model(settings), {**fields, **uploads}))
     session = get_session()
-    file = owned_or_none(session, File, body.input_file_id)
+    batch, replayed = batches.submit(session, get_db(), get_blobs(), get_broker(), settings, current_caller(),
+                                     batch_request, idempotency_key())
+    return jsonify(batches.render(session, batch).dump()), 200, {"Idempotent-Replayed": "true"} if replayed else {}
+
+
+def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
+    file = owned_or_none(get_session(), File, body.input_file_id)
     if file is None:
         raise ApiError(ErrorCode.INVALID_FIELD,
                        f"No file with id {body.input_file_id!r}; upload it with POST /v1/files.",
                        {"field": "input_file_id"})
-    caller = current_caller()
-    if caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
-        caller.admit_jobs(session, batches.count_requests(get_blobs(), file))
-    batch = batches.create_batch(
-        session, tenant=caller.tenant, endpoint=batches.CHAT_ENDPOINT, input_file_id=file.id,
-        **_options(settings, body, key))
-    session.commit()
-    get_broker().enqueue_ingest(batch.id)  # if the broker is down, the dispatcher pass sends it later
-    return batch
+    return _batch_request(settings, body, batches.CHAT_ENDPOINT, input_file_id=file.id)
 
 
-def _create_native(settings: Settings, body: Any, key: str | None) -> Batch:
+def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
     task = jobs.resolve_task(settings, body)
-    images = list(_uploaded_images(body.images, body.archive))
+    images = tuple(_uploaded_images(body.images, body.archive))
     if not images:
         raise ApiError(ErrorCode.MISSING_FIELD, "Send images as 'images' files or a zip as 'archive'.",
                        {"field": "images"})
@@ -164,22 +144,7 @@ def _create_native(settings: Settings, body: Any, key: str | None) -> Batch:
     if duplicates:
         raise ApiError(ErrorCode.DUPLICATE_CUSTOM_ID, "Image file names must be unique; they become custom_ids.",
                        {"duplicates": duplicates[:20]})
-    session = get_session()
-    caller = current_caller()
-    caller.admit_jobs(session, len(images))
-    batch = batches.create_batch(
-        session, tenant=caller.tenant, endpoint=batches.NATIVE_ENDPOINT, input_file_id=None,
-        **_options(settings, body, key))
-    session.flush()
-    ingest = batches.Ingest(rows=[batches.item_row(settings, get_blobs(), batch, name, data, task.job_fields())
-                                  for name, data in images])
-    queued = batches.start(session, batch, ingest)
-    session.commit()
-    get_broker().enqueue(queued)
-    if not queued:
-        batches.maybe_finalize(get_db(), get_blobs(), batch.id)
-    session.expire_all()
-    return session.get(Batch, batch.id)
+    return _batch_request(settings, body, batches.NATIVE_ENDPOINT, task_fields=task.job_fields(), images=images)
 
 
 def _uploaded_images(images: list[Any], archives: list[Any]) -> Iterator[tuple[str, bytes]]:

@@ -21,19 +21,22 @@ from datetime import timedelta
 from typing import Any, BinaryIO
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.adapters.blobs import BlobStore
 from service.adapters.db import Database
-from service.core import lifecycle, webhooks
+from service.core import lifecycle, logs, webhooks
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
 from service.core.images import inspect_image
 from service.core.jobs import generation_options
 from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
 from service.core.openai_format import parse_chat_request
+from service.core.ports import Sender
 from service.core.shapes import BatchOut, BatchRequestOutput, RequestCounts
 from service.core.structured import parse_response_format
+from service.core.tenancy import Caller
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +93,104 @@ def expires_at_for(window: str) -> Any:
     return utcnow() + (timedelta(hours=amount) if unit == "h" else timedelta(minutes=amount))
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """What a new batch asks for, whichever form it came in: OpenAI's (an uploaded JSONL file) or the native one
+    (images, each with its custom_id, and one task for them all)."""
+
+    endpoint: str
+    completion_window: str
+    priority: str
+    metadata: dict[str, Any] | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    input_file_id: str | None = None  # OpenAI's form
+    task_fields: dict[str, Any] | None = None  # the native form: the job columns of what to ask of every image
+    images: tuple[tuple[str, bytes], ...] = ()  # the native form: (custom_id, image bytes)
+
+    def fingerprint(self) -> str:
+        """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
+        content = {name: getattr(self, name) for name in (
+            "endpoint", "completion_window", "priority", "metadata", "webhook_url", "webhook_secret",
+            "input_file_id", "task_fields")}
+        content["images"] = [[custom_id, hashlib.sha256(data).hexdigest()] for custom_id, data in self.images]
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def submit(session: Session, db: Database, blobs: BlobStore, broker: Sender, settings: Settings, caller: Caller,
+           request: BatchRequest, idempotency_key: str | None) -> tuple[Batch, bool]:
+    """Create a batch for the caller's tenant and send it on; returns (batch, replayed), where replayed means the key
+    matched an earlier batch of that tenant with the same request (a different one is a 409).
+
+    The whole batch must fit the caller's quota (429 otherwise, nothing stored). An OpenAI batch is ingested by a
+    worker; a native one's items are created here, and the batch is in progress when this returns.
+    """
+    fingerprint = request.fingerprint()
+    if idempotency_key:
+        existing = _by_idempotency_key(session, caller.tenant, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, True
+    if request.input_file_id is None:
+        caller.admit_jobs(session, len(request.images))
+    elif caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
+        caller.admit_jobs(session, count_requests(blobs, session.get(File, request.input_file_id)))
+    batch_id = new_id("batch")
+    logs.bind(batch_id=batch_id)  # the request's lines from here on are about this batch (reset when it ends)
+    batch = create_batch(
+        session, tenant=caller.tenant, endpoint=request.endpoint, input_file_id=request.input_file_id,
+        completion_window=request.completion_window, priority=request.priority, metadata=request.metadata,
+        idempotency_key=idempotency_key, webhook_url=request.webhook_url, webhook_secret=request.webhook_secret,
+        batch_id=batch_id, request_sha256=fingerprint)
+    queued: list[Job] = []
+    if request.input_file_id is None:
+        session.flush()
+        queued = start(session, batch, Ingest(rows=[item_row(settings, blobs, batch, custom_id, data,
+                                                             request.task_fields or {})
+                                                    for custom_id, data in request.images]))
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        session.rollback()
+        if not idempotency_key:
+            raise
+        existing = _by_idempotency_key(session, caller.tenant, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return existing, True
+    if request.input_file_id is not None:
+        broker.enqueue_ingest(batch.id)  # if the broker is down, the dispatcher pass sends it later
+    else:
+        send_started(db, blobs, broker, batch.id, queued)
+    session.expire_all()
+    return session.get(Batch, batch.id), False
+
+
+def send_started(db: Database, blobs: BlobStore, broker: Sender, batch_id: str, queued: list[Job]) -> None:
+    """Once a batch's start has committed: send its queued items, or end it if every item was refused."""
+    broker.enqueue(queued)
+    if not queued:
+        maybe_finalize(db, blobs, batch_id)
+
+
+def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: str) -> Batch | None:
+    batch = session.scalars(select(Batch).where(Batch.tenant == tenant, Batch.idempotency_key == key)).first()
+    if batch is not None and batch.request_sha256 not in (None, fingerprint):
+        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                       "This Idempotency-Key was already used for a different request.", {"batch_id": batch.id})
+    return batch
+
+
 def create_batch(session: Session, *, tenant: str, endpoint: str, input_file_id: str | None, completion_window: str,
                  priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
                  webhook_url: str | None = None, webhook_secret: str | None = None,
-                 batch_id: str | None = None) -> Batch:
+                 batch_id: str | None = None, request_sha256: str | None = None) -> Batch:
     """Add a new batch of `tenant` in `validating` to the session; its items and files will belong to that tenant."""
     batch = Batch(id=batch_id or new_id("batch"), tenant=tenant, status=BatchStatus.VALIDATING.value,
                   endpoint=endpoint,
                   input_file_id=input_file_id, completion_window=completion_window, priority=priority,
                   metadata_=metadata, idempotency_key=idempotency_key, created_at=utcnow(),
                   expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
-                  webhook_secret=webhook_secret)
+                  webhook_secret=webhook_secret, request_sha256=request_sha256)
     session.add(batch)
     return batch
 

@@ -152,6 +152,7 @@ class Batch(TenantOwned, Base):
     output_file_id: Mapped[str | None] = mapped_column(String(40))
     error_file_id: Mapped[str | None] = mapped_column(String(40))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per tenant
+    request_sha256: Mapped[str | None] = mapped_column(String(64))  # what it asked for (None: created before 0010)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))  # gets the batch's ending event
     webhook_secret: Mapped[str | None] = mapped_column(String(255))
     # When the ingest task was last handed to the broker; None while no message is known to be there

@@ -5,6 +5,7 @@ import io
 import json
 import time
 import zipfile
+from typing import Any
 
 import openai
 import pytest
@@ -175,6 +176,25 @@ def test_idempotency_key_replays_the_batch(client, worker):
     first = client.post("/v1/batches", data=data(), headers={"Idempotency-Key": "batch-once"}).get_json()
     second = client.post("/v1/batches", data=data(), headers={"Idempotency-Key": "batch-once"})
     assert second.headers["Idempotent-Replayed"] == "true" and second.get_json()["id"] == first["id"]
+
+
+def test_an_idempotency_key_reused_for_another_batch_is_refused(client):
+    def create(prompt: str, image: bytes, key: str = "batch-fingerprint") -> Any:
+        return client.post("/v1/batches", headers={"Idempotency-Key": key},
+                           data={"prompt": prompt, "model": "tiny-idle", "images": [(io.BytesIO(image), "a.png")]})
+
+    first = create("What is this?", make_image())
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    for other in (create("Something else?", make_image()), create("What is this?", make_image(color=(1, 2, 3)))):
+        assert other.status_code == 409
+        assert other.get_json()["error"]["code"] == "idempotency_key_reused"
+        assert other.get_json()["error"]["details"] == {"batch_id": first.get_json()["id"]}
+    uploaded = client.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(b"{}"), "x.jsonl")}).get_json()
+    openai = {"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions"}
+    assert client.post("/v1/batches", json=openai, headers={"Idempotency-Key": "batch-fingerprint"}).status_code == 409
+    replay = create("What is this?", make_image())
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json()["id"] == first.get_json()["id"]
+    client.post(f"/v1/batches/{first.get_json()['id']}/cancel")
 
 
 def test_files_api_round_trip_and_errors(client):
