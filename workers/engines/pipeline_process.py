@@ -24,11 +24,9 @@ from typing import Any
 
 from service.core import logs
 from service.core.errors import ErrorCode
-from workers.engines.base import GenerationResult
+from workers.engines.base import ENGINE_FAILED, GenerationResult
 
 log = logging.getLogger(__name__)
-# What a client reads when the engine fails its request; the engine's own message (build paths, node names) is logged.
-ENGINE_FAILED = "The engine failed this request."
 _SMALLEST = 1e-6  # the least temperature or top_p sent to the engine (both are practically greedy there)
 
 
