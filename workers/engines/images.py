@@ -16,8 +16,8 @@ _HIGH_BIT_GREY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # multiple of 32 (patch 16 x merge 2): a strip thinner than 1/64 of its length (the tiny model's budget of 65,536
 # pixels; larger budgets allow more) rounds to a zero side, which OpenVINO fails on in a Reshape. Strips past
 # this ratio are padded with white; the margin keeps the rounding clear of zero.
+# (A small image, sides under 32, is safe: the processor scales it up to its min_pixels, rounding up.)
 MAX_ASPECT = 50
-MIN_SIDE = 32  # each side at least one merged patch, whatever the engine's rounding
 
 
 def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -28,7 +28,7 @@ def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
         scale = math.sqrt(max_pixels / pixels)
         size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
-    return _pad(image, (max(image.width, MIN_SIDE), max(image.height, MIN_SIDE)))
+    return image
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
