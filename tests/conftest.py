@@ -398,6 +398,16 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (96, 64), color: tuple[
     return buffer.getvalue()
 
 
+def jpeg_bomb(size: tuple[int, int] = (6000, 6000)) -> bytes:
+    """A few hundred bytes whose header claims `size`: the frame header, the scan's first bytes, the end marker."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (255, 255, 255)).save(buffer, "JPEG", quality=10)
+    data = buffer.getvalue()
+    scan = data.index(b"\xff\xda")
+    header_end = scan + 2 + int.from_bytes(data[scan + 2:scan + 4], "big")
+    return data[:header_end + 40] + b"\xff\xd9"
+
+
 def data_url(image: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(image).decode()}"
 

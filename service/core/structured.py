@@ -9,7 +9,9 @@ Other schemas go to the engine as `json_schema` and are checked after generation
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,6 +20,8 @@ import jsonschema
 
 from service.core.errors import ApiError, ErrorCode
 from service.core.validation import Spec
+
+log = logging.getLogger(__name__)
 
 # String characters: printable ASCII and Latin-1/Latin Extended-A (at most 2 UTF-8 bytes each), no quote,
 # backslash or control characters, so a string's length in the regex is its JSON length, and escapes never occur.
@@ -41,6 +45,38 @@ def check_schema(schema: Any) -> None:
     if not isinstance(schema, dict):
         raise TypeError("a JSON Schema must be an object")
     jsonschema.Draft202012Validator.check_schema(schema)
+    # A schema in the regex subset reaches the engine as our own regex (tested against the engine); any other
+    # goes as a JSON schema, whose grammar the engine builds inside a step every running request shares.
+    if compile_schema(schema) is None:
+        problem = _engine_refusal(_canonical(schema))
+        if problem is not None:
+            raise jsonschema.SchemaError(f"the engine cannot build a grammar for it: {problem}")
+
+
+def _canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+# xgrammar's messages start with a time and a build path: "[01:39:52] /project/cpp/x.cc:4950: Cannot find ..."
+_LIBRARY_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*(Check failed:\s*)?")
+
+
+@functools.lru_cache(maxsize=1024)
+def _engine_refusal(schema: str) -> str | None:
+    """Why the engine's grammar library (xgrammar, which OpenVINO GenAI links) refuses this JSON schema, or None.
+
+    The engine builds the grammar inside a step shared by every request in flight, so a schema it refuses must
+    be caught here, at submit. Cached: presets and repeated response formats compile once per process.
+    """
+    import xgrammar  # imported on first use: it loads torch, which an API process needs for nothing else
+
+    try:
+        xgrammar.Grammar.from_json_schema(schema, any_whitespace=True)
+    except Exception as exc:  # xgrammar raises RuntimeError or ValueError, with build paths in the text
+        log.info("the grammar library refused a schema: %s", exc)
+        message = _LIBRARY_PREFIX.sub("", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return (message or type(exc).__name__)[:300]
+    return None
 
 
 def validation_error(instance: Any, schema: dict[str, Any]) -> str | None:

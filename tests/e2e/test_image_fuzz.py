@@ -124,7 +124,7 @@ def test_exif_rotation_is_applied_before_the_model_sees_the_image():
 
 def test_a_long_thin_strip_is_padded_to_a_shape_the_model_takes():
     image = prepare_image(make_image("PNG", size=(4000, 2), color=(0, 0, 0)), max_pixels=1_000_000)
-    assert image.size == (4000, 40) and image.getpixel((2000, 20)) == (0, 0, 0) and image.getpixel((5, 0)) == (255,) * 3
+    assert image.size == (4000, 80) and image.getpixel((2000, 40)) == (0, 0, 0) and image.getpixel((5, 0)) == (255,) * 3
 
 
 def test_odd_colour_modes_reach_the_model_as_a_person_sees_them():

@@ -13,6 +13,10 @@ from PIL import Image
 
 from service.core.errors import ErrorCode
 
+# What a client reads when an engine fails its request; the engine's own message (build paths, node names) is
+# logged where it happened, never stored in the job.
+ENGINE_FAILED = "The engine failed this request."
+
 
 class EngineError(RuntimeError):
     """The engine failed a request (not the caller's fault); `code` is the job error code it becomes."""

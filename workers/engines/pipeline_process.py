@@ -24,7 +24,7 @@ from typing import Any
 
 from service.core import logs
 from service.core.errors import ErrorCode
-from workers.engines.base import GenerationResult
+from workers.engines.base import ENGINE_FAILED, GenerationResult
 
 log = logging.getLogger(__name__)
 _SMALLEST = 1e-6  # the least temperature or top_p sent to the engine (both are practically greedy there)
@@ -46,6 +46,7 @@ class PipelineConfig:
 @dataclass
 class _InFlight:
     handle: Any  # openvino_genai.GenerationHandle
+    request: tuple[Any, Any, dict[str, Any]] = ((), None, {})  # (prompt, image, generation): to add it again
     stream: bool = False
     peak_batch: int = 0
     cancel_requested: bool = False
@@ -134,14 +135,17 @@ class _Loop:
         config = _generation_config(generation)
         started = time.monotonic()
         try:
+            text = prompt
             if isinstance(prompt, list):
-                prompt = self._tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+                text = self._tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
                 config.apply_chat_template = False  # templated already, over the whole conversation
-            handle = self._pipe.add_request(request_id, prompt, [ov.Tensor(image)], config)
+            handle = self._pipe.add_request(request_id, text, [ov.Tensor(image)], config)
         except Exception as exc:
-            self._results.put(("error", request_id, (error_code(exc), f"the engine refused the request: {exc}")))
+            log.exception("the engine refused request %s", request_id)
+            self._fail(request_id, exc)
             return
-        self._inflight[request_id] = _InFlight(handle=handle, stream=bool(generation.get("stream")),
+        self._inflight[request_id] = _InFlight(handle=handle, request=(prompt, image, generation),
+                                               stream=bool(generation.get("stream")),
                                                encode_ms=1000 * (time.monotonic() - started))
         batch = len(self._inflight)
         for item in self._inflight.values():
@@ -159,18 +163,75 @@ class _Loop:
         item.cancel_requested = True
         item.handle.cancel()
 
+    def _fail(self, request_id: int, exc: BaseException) -> None:
+        """Fail one request with a stable code and a human message; the engine's own text stays in the log."""
+        code = error_code(exc)
+        message = str(exc) if isinstance(exc, _OutOfMemory) else ENGINE_FAILED
+        self._results.put(("error", request_id, (code, message)))
+
     def _step(self) -> None:
         try:
             self._pipe.step()
         except Exception as exc:
-            # A failed step leaves the pipeline unusable: fail what was in it and start a fresh one.
-            log.exception("engine step failed; rebuilding the pipeline")
-            for request_id in self._inflight:
-                self._results.put(("error", request_id, (error_code(exc), f"engine step failed: {exc}")))
-            self._inflight.clear()
-            self._pipe = self._create_pipeline()
+            log.exception("engine step failed with %d requests in flight; isolating the one that caused it",
+                          len(self._inflight))
+            self._isolate(exc)
             return
         self._collect()
+
+    def _isolate(self, exc: BaseException) -> None:
+        """After a failed step (which leaves the pipeline unusable), fail only the request that caused it.
+
+        A fresh pipeline takes the requests back one at a time, each stepped until its first token is out (a
+        grammar is built then, an image encoded before): the one whose step fails again is the culprit, and the
+        others go on. They start over; a streamed request that already sent text cannot, and fails instead.
+        """
+        suspects = list(self._inflight.items())
+        self._inflight.clear()
+        self._pipe = self._create_pipeline()
+        if len(suspects) == 1:
+            self._fail(suspects[0][0], exc)
+            return
+        for request_id, item in suspects:
+            if not self._can_restart(request_id, item, exc):
+                continue
+            if self._probe(request_id, item):
+                continue
+            # The culprit: it failed on its own. The pipeline is unusable again; the cleared ones get a fresh one.
+            self._fail(request_id, exc)
+            cleared = list(self._inflight.items())
+            self._inflight.clear()
+            self._pipe = self._create_pipeline()
+            for innocent_id, innocent in cleared:
+                if self._can_restart(innocent_id, innocent, exc):
+                    self._add(innocent_id, *innocent.request)
+
+    def _can_restart(self, request_id: int, item: _InFlight, exc: BaseException) -> bool:
+        """Whether a request can start over in a fresh pipeline; if not, it ends here."""
+        if item.cancel_requested:
+            self._results.put(("done", request_id, self._cancelled(item)))
+            return False
+        if item.stream and item.read_offset:
+            log.error("request %s had streamed text before the engine failed; it cannot start over", request_id)
+            self._fail(request_id, exc)
+            return False
+        return True
+
+    def _probe(self, request_id: int, item: _InFlight) -> bool:
+        """Add a request to the pipeline and step until it has a first token or ends; False if a step fails."""
+        self._add(request_id, *item.request)
+        while request_id in self._inflight:
+            fresh = self._inflight[request_id]
+            if fresh.first_token_at is not None:
+                return True
+            try:
+                self._pipe.step()
+            except Exception:
+                log.exception("request %s failed the engine step on its own: it is the one that failed it", request_id)
+                self._inflight.pop(request_id, None)
+                return False
+            self._collect()
+        return True  # ended (its result is sent), or refused at add (its error is sent)
 
     def _collect(self) -> None:
         """Send back the requests that ended in the last step (one status call per request per step)."""
@@ -191,7 +252,8 @@ class _Loop:
                     _read_tokens(item)
                 self._results.put(("done", request_id, self._result(item, status)))
             except Exception as exc:
-                self._results.put(("error", request_id, (error_code(exc), str(exc))))
+                log.exception("could not read request %s's result", request_id)
+                self._fail(request_id, exc)
 
     def _send_text(self, request_id: int, item: _InFlight) -> None:
         """Send a streamed request the text its latest tokens completed."""
@@ -219,6 +281,13 @@ class _Loop:
             return ""
         item.prefix_offset, item.read_offset = item.read_offset, len(ids)
         return after[len(before):]
+
+    def _cancelled(self, item: _InFlight) -> GenerationResult:
+        """A cancelled request whose pipeline is gone: the tokens read before, without the engine's figures."""
+        return GenerationResult(
+            text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
+            finish_reason="cancelled", prompt_tokens=None, completion_tokens=len(item.token_ids), ttft_ms=None,
+            inference_ms=0.0, batch_size=item.peak_batch, encode_ms=item.encode_ms, first_token_at=item.first_token_at)
 
     def _result(self, item: _InFlight, status: Any) -> GenerationResult:
         import openvino_genai as ov_genai

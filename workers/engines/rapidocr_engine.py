@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.config import Settings
-from workers.engines.base import Engine, EngineError, GenerationRequest, GenerationResult, RequestHandle
+from workers.engines.base import ENGINE_FAILED, Engine, EngineError, GenerationRequest, GenerationResult, RequestHandle
 from workers.modelstore.registry import LocalModel
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class RapidOCREngine(Engine):
                 continue
             try:
                 pending.handle.set_result(self._read(pending.request))
-            except Exception as exc:
+            except Exception:
                 log.exception("%s: OCR failed", self.name)
-                pending.handle.set_error(EngineError(f"OCR failed: {exc}"))
+                pending.handle.set_error(EngineError(ENGINE_FAILED))
 
     def _read(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()

@@ -89,3 +89,15 @@ def test_the_cache_is_bypassed_or_missed(client, settings, shade, change):
     _succeed(settings, first["id"], "7")
     job = client.post("/v1/jobs", json={**body, **change}).get_json()
     assert job["status"] == "queued" and job["cached"] is False
+
+
+POISONED = {"type": "object", "properties": {"a": {"$ref": "#/definitions/nope"}}, "required": ["a"]}
+
+
+def test_a_schema_the_engine_cannot_compile_is_refused_at_submit(client):
+    response_format = {"type": "json_schema", "json_schema": {"name": "poison", "schema": POISONED}}
+    response = client.post("/v1/jobs", json=_body(make_image(), prompt="x", response_format=response_format))
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_response_format"
+    assert "#/definitions/nope" in error["message"] and ".cc" not in error["message"]  # no library build paths

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from service.core.errors import ApiError
-from service.core.images import decode_image_field, inspect_image
-from tests.conftest import make_image
+from service.core.images import decode_checked, decode_image_field, inspect_image
+from tests.conftest import jpeg_bomb, make_image
 
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 1_000_000}
 
@@ -63,3 +63,12 @@ def test_malformed_base64_or_data_url_is_refused(value):
     with pytest.raises(ApiError) as caught:
         decode_image_field(value)
     assert caught.value.code in {"invalid_base64", "missing_field"}
+
+
+def test_a_jpeg_bomb_header_is_checked_at_a_draft_scale():
+    bomb = jpeg_bomb((6000, 6000))
+    info = inspect_image(bomb, max_bytes=10_000, max_pixels=40_000_000)  # accepted: the header is within limits
+    assert (info.width, info.height) == (6000, 6000)
+    with Image.open(io.BytesIO(bomb)) as image:
+        decode_checked(image)
+        assert image.size == (750, 750)  # what was decoded: 1/8 scale, not 36 M pixels

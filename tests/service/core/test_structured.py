@@ -63,3 +63,19 @@ def test_builtin_extraction_presets_compile_within_the_token_limit():
         grammar = compile_schema(presets[name].output_schema())
         assert grammar is not None and presets[name].max_tokens == grammar.max_tokens <= 4096
     assert set(BUILTIN_PRESETS) == {"ocr", "receipt", "invoice", "describe", "moderate"}
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"$ref": "#/definitions/nope"}}, "required": ["a"]},
+    {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+])
+def test_a_schema_the_engine_grammar_library_refuses_is_invalid(schema):
+    with pytest.raises(ApiError) as refused:
+        parse_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert (refused.value.status, refused.value.code) == (400, "invalid_response_format")
+    assert "grammar" in refused.value.message and "/cpp/" not in refused.value.message
+
+
+def test_references_that_resolve_compile_at_submit():
+    schema = {"type": "object", "$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}
+    assert parse_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == schema
