@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 RUN_JOB_TASK = "vlq.run_job"
 INGEST_TASK = "vlq.ingest_batch"
 CANCEL_CHANNEL = "vlq:cancel"
-# Batch ingest and finalize, and the periodic maintenance: every worker consumes it (before its model
+# Batch ingest and the periodic maintenance: every worker consumes it (before its model
 # queues), even one without a model.
 SERVICE_QUEUE = "vlq.service"
 DELIVER_WEBHOOK_TASK = "vlq.deliver_webhook"

@@ -22,17 +22,16 @@ from service.api.common import (
     get_or_404,
     idempotency_key,
     newest_first,
-    owned_or_none,
     page,
     read_query,
     request_fields,
 )
 from service.api.context import get_blobs, get_broker, get_db, get_session, get_settings
 from service.api.openapi import JSON, MULTIPART, operation, text_response
-from service.core import batches, jobs
+from service.core import batch_lifecycle, batches, jobs
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
-from service.core.models import Batch, File, Job, Priority
+from service.core.models import Batch, Job, Priority
 from service.core.requests import options_model, task_model
 from service.core.shapes import BatchOut, Timings, Usage
 from service.core.validation import Choice, RequestModel, Spec, Text, combine, parse, per_settings
@@ -121,16 +120,12 @@ def create_batch() -> ResponseReturnValue:
     session = get_session()
     batch, replayed = batches.submit(session, get_db(), get_blobs(), get_broker(), settings, current_caller(),
                                      batch_request, idempotency_key())
-    return jsonify(batches.render(session, batch).dump()), 200, {"Idempotent-Replayed": "true"} if replayed else {}
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    return jsonify(batch_lifecycle.render(session, batch).dump()), 200, headers
 
 
 def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
-    file = owned_or_none(get_session(), File, body.input_file_id)
-    if file is None:
-        raise ApiError(ErrorCode.INVALID_FIELD,
-                       f"No file with id {body.input_file_id!r}; upload it with POST /v1/files.",
-                       {"field": "input_file_id"})
-    return _batch_request(settings, body, batches.CHAT_ENDPOINT, input_file_id=file.id)
+    return _batch_request(settings, body, batches.CHAT_ENDPOINT, input_file_id=body.input_file_id)
 
 
 def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
@@ -172,7 +167,7 @@ def _uploaded_images(images: list[Any], archives: list[Any]) -> Iterator[tuple[s
 @operation("List batches, newest first", query=PageQuery, tags=("batches",), responses={200: "BatchList"})
 def list_batches() -> ResponseReturnValue:
     rows, limit = newest_first(Batch, query=read_query(PageQuery))
-    counts = batches.request_counts(get_session(), [row.id for row in rows])
+    counts = batch_lifecycle.request_counts(get_session(), [row.id for row in rows])
     return jsonify(page(rows, limit, lambda batch: BatchOut.from_row(batch, counts[batch.id])))
 
 
@@ -180,7 +175,7 @@ def list_batches() -> ResponseReturnValue:
 @operation("Get a batch", tags=("batches",), responses={200: "Batch"})
 def get_batch(batch_id: str) -> ResponseReturnValue:
     session = get_session()
-    return jsonify(batches.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.post("/<batch_id>/cancel")
@@ -188,12 +183,8 @@ def get_batch(batch_id: str) -> ResponseReturnValue:
 def cancel_batch(batch_id: str) -> ResponseReturnValue:
     """Queued items are cancelled at once; running ones finish; finished results stay readable."""
     session = get_session()
-    batch = get_or_404(session, Batch, batch_id, "batch")
-    batches.cancel(session, batch)
-    session.commit()
-    batches.maybe_finalize(get_db(), get_blobs(), batch_id)
-    session.expire_all()
-    return jsonify(batches.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    batches.cancel(get_db(), session, get_blobs(), get_or_404(session, Batch, batch_id, "batch"))
+    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.get("/<batch_id>/results")

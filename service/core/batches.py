@@ -1,12 +1,10 @@
-"""Batches: many jobs under one id, OpenAI-style. Ingest, counts, cancel and finalize live here.
+"""Batches: many jobs under one id, OpenAI-style. Submission, ingest, cancel and finalize live here; the states
+and their transitions are service.core.batch_lifecycle's.
 
-    validating ──> in_progress ──> finalizing ──> completed
-        │              │ └──────────────────────> expired
-        └─> failed     └──> cancelling ─────────> cancelled
-
-An OpenAI batch starts `validating` while a worker streams its input file into job rows; a native
-batch (images uploaded with one prompt) is ingested in the request and starts `in_progress`. When no
-item is queued or running, the batch is finalized: output and error files are written, then it ends.
+An OpenAI batch is submitted `validating`, and a worker's ingest task streams its input file into job rows; a native
+batch (images uploaded with one prompt) is ingested in the request that submits it. Either way the rows are
+inserted and the batch moved on in one transaction, and the queued items are sent once it commits. When no item
+is queued or running, the batch is finalized: output and error files are written, then it ends.
 """
 from __future__ import annotations
 
@@ -15,18 +13,19 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.adapters.blobs import BlobStore
 from service.adapters.db import Database
-from service.core import lifecycle, logs, webhooks
+from service.core import batch_lifecycle, lifecycle, logs
+from service.core.batch_lifecycle import claim_ending, transition
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
 from service.core.images import inspect_image
@@ -34,7 +33,7 @@ from service.core.jobs import generation_options
 from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
 from service.core.openai_format import parse_chat_request
 from service.core.ports import Sender
-from service.core.shapes import BatchOut, BatchRequestOutput, RequestCounts
+from service.core.shapes import BatchRequestOutput
 from service.core.structured import parse_response_format
 from service.core.tenancy import Caller
 
@@ -46,18 +45,6 @@ MAX_LISTED_ERRORS = 100
 WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
 
-_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
-    BatchStatus.VALIDATING: frozenset({BatchStatus.IN_PROGRESS, BatchStatus.FAILED, BatchStatus.CANCELLING}),
-    BatchStatus.IN_PROGRESS: frozenset({BatchStatus.FINALIZING, BatchStatus.CANCELLING, BatchStatus.EXPIRED}),
-    BatchStatus.FINALIZING: frozenset({BatchStatus.COMPLETED}),
-    BatchStatus.CANCELLING: frozenset({BatchStatus.CANCELLED}),
-}
-_ENDINGS = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED})
-_STAMPS = {
-    BatchStatus.IN_PROGRESS: "in_progress_at", BatchStatus.FINALIZING: "finalizing_at",
-    BatchStatus.COMPLETED: "completed_at", BatchStatus.FAILED: "failed_at", BatchStatus.EXPIRED: "expired_at",
-    BatchStatus.CANCELLING: "cancelling_at", BatchStatus.CANCELLED: "cancelled_at",
-}
 
 
 @dataclass
@@ -132,8 +119,10 @@ def submit(session: Session, db: Database, blobs: BlobStore, broker: Sender, set
             return existing, True
     if request.input_file_id is None:
         caller.admit_jobs(session, len(request.images))
-    elif caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
-        caller.admit_jobs(session, count_requests(blobs, session.get(File, request.input_file_id)))
+    else:
+        file = _input_file(session, caller.tenant, request.input_file_id)
+        if caller.max_queued_jobs:  # counting reads the whole file, so only when a quota needs the count now
+            caller.admit_jobs(session, count_requests(blobs, file))
     batch_id = new_id("batch")
     logs.bind(batch_id=batch_id)  # the request's lines from here on are about this batch (reset when it ends)
     batch = create_batch(
@@ -172,6 +161,15 @@ def send_started(db: Database, blobs: BlobStore, broker: Sender, batch_id: str, 
         maybe_finalize(db, blobs, batch_id)
 
 
+def _input_file(session: Session, tenant: str, file_id: str) -> File:
+    """The tenant's uploaded file; another tenant's is refused as if it did not exist."""
+    file = session.get(File, file_id)
+    if file is None or file.tenant != tenant:
+        raise ApiError(ErrorCode.INVALID_FIELD, f"No file with id {file_id!r}; upload it with POST /v1/files.",
+                       {"field": "input_file_id"})
+    return file
+
+
 def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: str) -> Batch | None:
     batch = session.scalars(select(Batch).where(Batch.tenant == tenant, Batch.idempotency_key == key)).first()
     if batch is not None and batch.request_sha256 not in (None, fingerprint):
@@ -185,14 +183,11 @@ def create_batch(session: Session, *, tenant: str, endpoint: str, input_file_id:
                  webhook_url: str | None = None, webhook_secret: str | None = None,
                  batch_id: str | None = None, request_sha256: str | None = None) -> Batch:
     """Add a new batch of `tenant` in `validating` to the session; its items and files will belong to that tenant."""
-    batch = Batch(id=batch_id or new_id("batch"), tenant=tenant, status=BatchStatus.VALIDATING.value,
-                  endpoint=endpoint,
-                  input_file_id=input_file_id, completion_window=completion_window, priority=priority,
-                  metadata_=metadata, idempotency_key=idempotency_key, created_at=utcnow(),
-                  expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
-                  webhook_secret=webhook_secret, request_sha256=request_sha256)
-    session.add(batch)
-    return batch
+    return batch_lifecycle.create(
+        session, id=batch_id or new_id("batch"), tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
+        completion_window=completion_window, priority=priority, metadata_=metadata, idempotency_key=idempotency_key,
+        request_sha256=request_sha256, expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
+        webhook_secret=webhook_secret)
 
 
 def item_row(settings: Settings, blobs: BlobStore, batch: Batch, custom_id: str, image: bytes,
@@ -213,9 +208,8 @@ def item_row(settings: Settings, blobs: BlobStore, batch: Batch, custom_id: str,
 
 
 def refused_row(row: dict[str, Any], error: ApiError) -> dict[str, Any]:
-    """A row for an item refused at ingest: it ends `failed` at once with the error it got."""
-    return {**row, "status": JobStatus.FAILED.value, "error_code": error.code, "error_message": error.message,
-            "request_sha256": ""}
+    """A row for an item refused at ingest: its error makes the state machine start it `failed`."""
+    return {**row, "error_code": error.code, "error_message": error.message, "request_sha256": ""}
 
 
 def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, blobs: BlobStore) -> Ingest:
@@ -282,33 +276,39 @@ def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
     # The transition first: if an ingest task was delivered twice, only one of them inserts the rows.
     if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         return []
-    lifecycle.create_jobs(session, ingest.rows)
-    return [Job(id=row["id"], model=row["model"], priority=row["priority"], attempts=0)
-            for row in ingest.rows if row["status"] == JobStatus.QUEUED.value]
+    queued = lifecycle.create_jobs(session, ingest.rows)
+    return [Job(id=row["id"], model=row["model"], priority=row["priority"], attempts=0) for row in queued]
+
+
+def ingest(db: Database, blobs: BlobStore, broker: Sender, settings: Settings, batch_id: str, *,
+           give_up: Callable[[], bool]) -> str | None:
+    """Validate a `validating` batch's input file line by line, insert its jobs in bulk and send them; returns the
+    batch's new status, or None if it was not `validating` (a redelivered task, or a batch cancelled first).
+
+    The ingest is one transaction, retried while the database is unavailable until `give_up()`.
+    """
+
+    def read_and_start(session: Session) -> tuple[list[Job], Ingest] | None:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.status != BatchStatus.VALIDATING.value:
+            return None
+        file = session.get(File, batch.input_file_id)
+        with blobs.open(file.sha256) as lines:
+            result = read_openai_lines(lines, batch, settings, blobs)
+        return start(session, batch, result), result
+
+    started = db.retrying(read_and_start, what=f"batch {batch_id}: ingest", give_up=give_up)
+    if started is None:
+        return None
+    queued, result = started
+    log.info("batch %s: %d items ingested, %d queued, %d malformed lines",
+             batch_id, len(result.rows), len(queued), result.error_count)
+    send_started(db, blobs, broker, batch_id, queued)
+    with db.session() as session:
+        return session.scalar(select(Batch.status).where(Batch.id == batch_id))
 
 
 # -- reading -----------------------------------------------------------------------------------
-
-def request_counts(session: Session, batch_ids: list[str]) -> dict[str, RequestCounts]:
-    """OpenAI's request_counts per batch (failed counts refused and failed items; cancelled is extra)."""
-    counts = {batch_id: {"total": 0, "completed": 0, "failed": 0, "cancelled": 0} for batch_id in batch_ids}
-    rows = session.execute(
-        select(Job.batch_id, Job.status, func.count()).where(Job.batch_id.in_(batch_ids))
-        .group_by(Job.batch_id, Job.status)
-    )
-    for batch_id, status, count in rows:
-        entry = counts[batch_id]
-        entry["total"] += count
-        key = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}.get(status)
-        if key:
-            entry[key] += count
-    return {batch_id: RequestCounts(**entry) for batch_id, entry in counts.items()}
-
-
-def render(session: Session, batch: Batch) -> BatchOut:
-    """The batch as the API shows it, with its counts."""
-    return BatchOut.from_row(batch, request_counts(session, [batch.id])[batch.id])
-
 
 def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterator[BatchRequestOutput]:
     """The batch's output-file lines (succeeded items) or error-file lines (the rest that ended), by custom_id."""
@@ -321,13 +321,17 @@ def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterato
 
 # -- cancelling, finalizing ----------------------------------------------------------------------
 
-def cancel(session: Session, batch: Batch) -> None:
-    """Cancel the queued items now; running ones finish. The batch ends `cancelled` once none is running."""
+def cancel(db: Database, session: Session, blobs: BlobStore, batch: Batch) -> None:
+    """Cancel the queued items now; running ones finish. Commits; the batch ends `cancelled` once none is running
+    (at once if none is)."""
     if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         raise ApiError(ErrorCode.BATCH_NOT_CANCELLABLE, f"A batch that is {batch.status} cannot be cancelled.",
                        {"status": batch.status})
     transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING)
     lifecycle.cancel_queued_in_batch(session, batch.id)
+    session.commit()
+    maybe_finalize(db, blobs, batch.id)
+    session.expire_all()
 
 
 def pending(session: Session, batch_id: str) -> int:
@@ -341,7 +345,7 @@ def maybe_finalize(db: Database, blobs: BlobStore, batch_id: str) -> bool:
         batch = session.get(Batch, batch_id)
         if batch is None or pending(session, batch_id):
             return False
-        if not _claim_ending(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
+        if not claim_ending(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             return False
         if batch.status == BatchStatus.IN_PROGRESS.value:
             transition(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
@@ -362,7 +366,7 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
     expired = 0
     for batch_id in overdue:
         with db.session() as session:
-            if _claim_ending(session, batch_id, BatchStatus.IN_PROGRESS):
+            if claim_ending(session, batch_id, BatchStatus.IN_PROGRESS):
                 lifecycle.cancel_queued_in_batch(session, batch_id)
                 _end_with_files(session, blobs, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED)
                 expired += 1
@@ -399,30 +403,3 @@ def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: s
                 created_at=utcnow())
     session.add(file)
     return file
-
-
-def _claim_ending(session: Session, batch_id: str, *states: BatchStatus) -> bool:
-    """Take the right to end a batch in one of `states`, so concurrent callers write its files once.
-
-    Not a state change: `finalizing_at` doubles as the claim (the transition to finalizing stamps it again).
-    """
-    return session.execute(update(Batch).where(
-        Batch.id == batch_id, Batch.finalizing_at.is_(None), Batch.status.in_([state.value for state in states]),
-    ).values(finalizing_at=utcnow())).rowcount == 1
-
-
-def transition(session: Session, batch_id: str, source: BatchStatus, target: BatchStatus, **values: Any) -> bool:
-    """The batch state machine: the one place a batch changes state, a conditional UPDATE stamped with the
-    target's time; an ending records its webhooks in the same transaction."""
-    if target not in _TRANSITIONS.get(source, ()):
-        raise ValueError(f"no batch transition {source.value} -> {target.value}")
-    result = session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == source.value).values(
-        status=target.value, **{_STAMPS[target]: utcnow()}, **values))
-    if result.rowcount != 1:
-        return False
-    log.info("batch %s: %s -> %s", batch_id, source.value, target.value)
-    if target in _ENDINGS:  # the outbox: the batch summary, in the same transaction as its ending
-        batch = session.get(Batch, batch_id, populate_existing=True)
-        webhooks.record_event(session, f"batch.{target.value}", batch_id, render(session, batch),
-                              tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)
-    return True

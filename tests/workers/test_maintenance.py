@@ -90,8 +90,8 @@ def test_a_stale_attempt_cannot_finish_a_job_that_was_handed_on(db, settings, un
 
 def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_path):
     from service.adapters.blobs import LocalBlobStore
-    from service.core import batches
-    from service.core.models import Batch
+    from service.core import batch_lifecycle, batches
+    from service.core.models import Batch, BatchStatus
     from workers.maintenance import sweep_batches
 
     blobs = LocalBlobStore(tmp_path / "blobs")
@@ -105,7 +105,7 @@ def test_an_overdue_batch_expires_with_what_finished_so_far(db, settings, tmp_pa
                   "max_tokens": 4, "temperature": 0.0, "ignore_eos": False, "request_sha256": "x"}
         lifecycle.create_jobs(session, [{"id": done, "custom_id": "a", **common},
                                         {"id": waiting, "custom_id": "b", **common}])
-        batches.transition(session, batch_id, batches.BatchStatus.VALIDATING, batches.BatchStatus.IN_PROGRESS)
+        batch_lifecycle.transition(session, batch_id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
     with db.session() as session:
         assert lifecycle.claim(session, done, "w1")
     with db.session() as session:

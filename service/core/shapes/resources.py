@@ -179,7 +179,7 @@ class BatchOut(Shape):
 
     @classmethod
     def from_row(cls, batch: models.Batch, counts: RequestCounts) -> BatchOut:
-        """The batch; its counts come from its jobs (service.core.batches.request_counts)."""
+        """The batch; its counts come from its jobs (service.core.batch_lifecycle.request_counts)."""
         return cls(
             id=batch.id, endpoint=batch.endpoint, errors=batch.errors, input_file_id=batch.input_file_id,
             completion_window=batch.completion_window, status=batch.status, output_file_id=batch.output_file_id,

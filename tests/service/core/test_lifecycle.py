@@ -64,8 +64,11 @@ def test_each_move_works_from_its_source_and_from_no_other_state(db, source, tar
             status = session.scalar(select(Job.status).where(Job.id == job_id))
             last = session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)
                                    .order_by(JobEvent.id.desc())).first()
+            stamped = [column for column in lifecycle.TRANSITIONS[source][target]
+                       if getattr(session.get(Job, job_id), column) is None]
         if state == source:
             assert moved and status == target.value and last == f"job.{target.value}", state
+            assert not stamped, f"{source} -> {target} left {stamped} unset"
         else:
             assert not moved and status == state.value and last == f"job.{state.value}", state
 
@@ -85,9 +88,8 @@ def test_a_worker_write_is_fenced_by_its_attempt(db) -> None:
 def test_an_undeclared_transition_is_a_programming_error(db) -> None:
     job_id = _job_in(db, JobStatus.SUCCEEDED)
     with db.session() as session, pytest.raises(ValueError, match="no transition succeeded -> queued"):
-        lifecycle._transition(session, [Job.id == job_id], JobStatus.SUCCEEDED, JobStatus.QUEUED, utcnow(),
-                              values={})
-    with db.session() as session, pytest.raises(ValueError, match="cannot start running"):
+        lifecycle._transition(session, [Job.id == job_id], JobStatus.SUCCEEDED, JobStatus.QUEUED, values={})
+    with db.session() as session, pytest.raises(ValueError, match="the state machine's to choose, not 'running'"):
         lifecycle.create_jobs(session, [{"id": new_id("job"), "status": JobStatus.RUNNING.value}])
 
 
@@ -110,3 +112,25 @@ def test_a_batch_cancel_moves_only_its_queued_items_each_with_an_event(db) -> No
     assert [statuses[job_id] for job_id in queued] == ["cancelled", "cancelled"]
     assert statuses[running] == "running" and statuses[other] == "queued"
     assert sorted(set(events) & {*queued, running, other}) == sorted(queued)
+
+
+def test_batch_items_start_queued_or_failed_as_the_state_machine_chooses(db) -> None:
+    batch_id = new_id("batch")
+    common = {"tenant": TENANT, "batch_id": batch_id, "model": "tiny-random", "prompt": "p", "priority": "bulk",
+              "max_tokens": 4, "temperature": 0.0, "ignore_eos": False, "request_sha256": "x"}
+    good, refused = new_id("job"), new_id("job")
+    with db.session() as session:
+        session.add(Batch(id=batch_id, tenant=TENANT, status="in_progress", endpoint="/v1/jobs", priority="bulk",
+                          completion_window="24h", created_at=utcnow(), expires_at=utcnow()))
+        session.flush()
+        queued = lifecycle.create_jobs(session, [
+            {"id": good, "custom_id": "a", **common},
+            {"id": refused, "custom_id": "b", **common, "error_code": "invalid_image", "error_message": "bad"},
+        ])
+    assert [row["id"] for row in queued] == [good]
+    with db.session() as session:
+        jobs = {job.id: job for job in session.scalars(select(Job).where(Job.batch_id == batch_id))}
+        events = dict(session.execute(select(JobEvent.job_id, JobEvent.type).where(JobEvent.job_id.in_(jobs))).all())
+    assert (jobs[good].status, jobs[good].finished_at, events[good]) == ("queued", None, "job.queued")
+    assert (jobs[refused].status, events[refused]) == ("failed", "job.failed")
+    assert jobs[refused].created_at is not None and jobs[refused].finished_at is not None

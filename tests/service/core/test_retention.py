@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import select, update
 
 from service.adapters.blobs import LocalBlobStore
-from service.core import batches, lifecycle
+from service.core import batch_lifecycle, batches, lifecycle
 from service.core.config import load_settings
-from service.core.models import Batch, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
+from service.core.models import BatchStatus, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
 from service.core.retention import BLOB_GRACE_S, purge_expired
 from service.core.shapes import JobOut
 from tests.conftest import TENANT, TINY
@@ -85,7 +85,7 @@ def test_retention_removes_what_expired_and_keeps_what_is_still_needed(db, blobs
         batch = batches.create_batch(session, tenant=TENANT, endpoint=batches.CHAT_ENDPOINT, input_file_id=read_file,
                                      completion_window="24h", priority="bulk", metadata=None, idempotency_key=None)
         session.flush()
-        session.execute(update(Batch).where(Batch.id == batch.id).values(status="in_progress"))
+        batch_lifecycle.transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
     orphan, young_orphan = _aged_blob(blobs, b"orphan"), blobs.put(b"uploaded a moment ago")
 
     counts = purge_expired(db, blobs, settings)

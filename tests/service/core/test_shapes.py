@@ -6,7 +6,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from service.core import batches
+from service.core import batch_lifecycle
 from service.core.config import load_settings
 from service.core.errors import ApiError, ErrorCode
 from service.core.models import (
@@ -136,14 +136,14 @@ def test_a_batch_its_file_and_its_output_lines_render_to_their_components(settin
                            _job(batch_id=batch.id, custom_id="b", status="failed", result_text=None,
                                 error_code="inference_error", error_message="it broke"))
     with db.session() as session:
-        shown = batches.render(session, session.get(Batch, batch.id)).dump()
+        shown = batch_lifecycle.render(session, session.get(Batch, batch.id)).dump()
     assert_documented(shown, "Batch")
     assert shown["request_counts"] == {"total": 2, "completed": 1, "failed": 1, "cancelled": 0}
     assert shown["created_at"] == int(now.timestamp()) and shown["completed_at"] is None and shown["webhook"] is None
     assert_documented(FileOut.from_row(file).dump(), "File")
     assert FileOut.from_row(file).dump()["created_at"] == int(now.timestamp())
     with db.session() as session:
-        counts = batches.request_counts(session, [batch.id])
+        counts = batch_lifecycle.request_counts(session, [batch.id])
     listed = Page[Any](data=[BatchOut.from_row(batch, counts[batch.id])], has_more=False, next_cursor=None,
                        first_id=batch.id, last_id=batch.id).dump()
     assert_documented(listed, "BatchList")
