@@ -158,6 +158,17 @@ def fresh_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         yield url
 
 
+@pytest.fixture(scope="module")
+def module_db(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """A database of the session's kind for one module alone: the session's beat and workers never touch its rows
+    (they would ingest, send or end a test's batches while the test looks at them)."""
+    kind = "sqlite" if database_url.startswith("sqlite") else "postgres"
+    with fresh_database(kind, tmp_path_factory) as url:
+        database = Database(url)
+        yield database
+        database.dispose()
+
+
 # -- configuration -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
