@@ -15,7 +15,7 @@ from sqlalchemy import select
 from service.adapters.blobs import LocalBlobStore
 from service.adapters.broker import Broker
 from service.adapters.db import Database
-from service.core import batches
+from service.core import batches, logs
 from service.core.config import Settings
 from service.core.errors import ApiError
 from service.core.jobs import resolve_task
@@ -70,7 +70,8 @@ def _native(settings: Settings, images: dict[str, bytes], **options: Any) -> bat
 
 def _submit(db: Database, blobs: LocalBlobStore, broker: Broker, settings: Settings, request: batches.BatchRequest,
             key: str | None = None, caller: Caller | None = None) -> tuple[str, bool]:
-    with db.sessions() as session:  # as the API's request session: submit commits it
+    # As in a request: the session is the request's (submit commits it), and the log ids it binds end with it.
+    with db.sessions() as session, logs.context():
         batch, replayed = batches.submit(session, db, blobs, broker, settings, caller or Caller(tenant=TENANT),
                                          request, key)
         return batch.id, replayed

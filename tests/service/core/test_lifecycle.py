@@ -15,6 +15,12 @@ from tests.conftest import TENANT
 ALL = list(JobStatus)
 
 
+@pytest.fixture
+def db(module_db):
+    """The module's own database: the running jobs these tests leave must not look orphaned to other tests."""
+    return module_db
+
+
 def _new_job(session: Session, **fields: Any) -> str:
     job_id = new_id("job")
     lifecycle.create_job(session, id=job_id, tenant=TENANT, model="tiny-random", prompt="p", priority="bulk",
