@@ -1,10 +1,11 @@
 """The batch state machine: every batch is created and changes state here, each transition stamped with its time.
 
     validating ──> in_progress ──> finalizing ──> completed
-        │  │           ├────────────────────────> expired
-        │  │           └──> cancelling ─────────> cancelled
-        │  └──────────────────────^
-        └──> failed
+        │  │  │        ├────────────────────────> expired
+        │  │  │        └──> cancelling ─────────> cancelled
+        │  │  └───────────────────^
+        │  └──> failed
+        └─────> expired   (its window passed before its input file was read)
 
 A batch starts `validating`. An OpenAI batch stays there while a worker streams its input file into job rows; a
 native batch (images uploaded with one prompt) is ingested in the request that creates it. Each transition is one
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 INITIAL = BatchStatus.VALIDATING
 TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
-    BatchStatus.VALIDATING: frozenset({BatchStatus.IN_PROGRESS, BatchStatus.FAILED, BatchStatus.CANCELLING}),
+    BatchStatus.VALIDATING: frozenset({BatchStatus.IN_PROGRESS, BatchStatus.FAILED, BatchStatus.CANCELLING,
+                                       BatchStatus.EXPIRED}),
     BatchStatus.IN_PROGRESS: frozenset({BatchStatus.FINALIZING, BatchStatus.CANCELLING, BatchStatus.EXPIRED}),
     BatchStatus.FINALIZING: frozenset({BatchStatus.COMPLETED}),
     BatchStatus.CANCELLING: frozenset({BatchStatus.CANCELLED}),

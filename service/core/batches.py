@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.adapters.blobs import BlobStore
-from service.adapters.db import Database
+from service.adapters.db import DATABASE_UNAVAILABLE, Database
 from service.core import batch_lifecycle, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
 from service.core.config import Settings
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 CHAT_ENDPOINT = "/v1/chat/completions"
 NATIVE_ENDPOINT = "/v1/jobs"
 MAX_LISTED_ERRORS = 100
+MAX_CUSTOM_ID_CHARS = 255  # the column's length, on every database
+MAX_JSON_DEPTH = 64
 WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
 
@@ -216,19 +218,30 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
     """Stream an OpenAI batch input file (JSONL of {custom_id, method, url, body}) into job rows."""
     ingest = Ingest()
     for number, raw in enumerate(lines, start=1):
+        if raw is None:
+            ingest.fail_line(number, "line_too_long", f"Line {number} is over {max_line_bytes(settings)} bytes.")
+            continue
         if not raw.strip():
             continue
         try:
             line = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             ingest.fail_line(number, "invalid_json_line", f"Line {number} is not valid JSON: {exc}.")
             continue
         if not isinstance(line, dict):
             ingest.fail_line(number, "invalid_request", f"Line {number} is not a JSON object.")
             continue
+        problem = unstorable(line)
+        if problem:
+            ingest.fail_line(number, "invalid_request", f"Line {number} {problem}.")
+            continue
         custom_id = line.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
             ingest.fail_line(number, "missing_custom_id", f"Line {number} has no custom_id string.")
+            continue
+        if len(custom_id) > MAX_CUSTOM_ID_CHARS:
+            ingest.fail_line(number, "invalid_custom_id",
+                             f"Line {number}'s custom_id is over {MAX_CUSTOM_ID_CHARS} characters.")
             continue
         if line.get("method", "POST") != "POST" or line.get("url") != batch.endpoint:
             ingest.fail_line(number, "invalid_url",
@@ -254,10 +267,50 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
     return ingest
 
 
+def max_line_bytes(settings: Settings) -> int:
+    """The longest input line ingest reads: one image as base64 (a data URL) and the rest of a chat request."""
+    return settings.max_image_bytes * 4 // 3 + 1024 * 1024
+
+
+def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The stream's lines, each read into memory only up to `limit` bytes: a longer one is skipped, as None."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # skip the rest of the long line, a bounded piece at a time
+            line = stream.readline(limit + 1)
+        yield None
+
+
+def unstorable(value: Any, depth: int = 0) -> str | None:
+    """Why a parsed JSON value cannot be stored alike on SQLite and Postgres (or is hostile), or None."""
+    if depth > MAX_JSON_DEPTH:
+        return f"nests deeper than {MAX_JSON_DEPTH} levels"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "has a NUL character in a string"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "has a lone surrogate escape in a string"
+        return None
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        problem = unstorable(key, depth + 1) if isinstance(key, str) else None
+        problem = problem or unstorable(child, depth + 1)
+        if problem:
+            return problem
+    return None
+
+
 def count_requests(blobs: BlobStore, file: File) -> int:
     """The requests in a batch input file: its non-blank lines, as ingest will read them."""
-    with blobs.open(file.sha256) as lines:
-        return sum(1 for line in lines if line.strip())
+    with blobs.open(file.sha256) as stream:
+        return sum(1 for line in bounded_lines(stream, 1 << 30) if line is None or line.strip())
 
 
 def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
@@ -293,8 +346,15 @@ def ingest(db: Database, blobs: BlobStore, broker: Sender, settings: Settings, b
         if batch is None or batch.status != BatchStatus.VALIDATING.value:
             return None
         file = session.get(File, batch.input_file_id)
-        with blobs.open(file.sha256) as lines:
-            result = read_openai_lines(lines, batch, settings, blobs)
+        try:
+            with blobs.open(file.sha256) as stream:
+                result = read_openai_lines(bounded_lines(stream, max_line_bytes(settings)), batch, settings, blobs)
+        except DATABASE_UNAVAILABLE:
+            raise
+        except Exception:  # a batch never stays validating: whatever breaks the read fails it, with a reason
+            log.exception("batch %s: its input file could not be read", batch_id)
+            result = Ingest()
+            result.fail_line(0, "unreadable_input_file", "The input file could not be read.")
         return start(session, batch, result), result
 
     started = db.retrying(read_and_start, what=f"batch {batch_id}: ingest", give_up=give_up)
@@ -360,15 +420,15 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
     """Batches past their completion_window: queued items are cancelled and the batch ends `expired`,
     with what finished so far in its files (items still running finish, but after the batch ended)."""
     with db.session() as session:
-        overdue = session.scalars(select(Batch.id).where(
-            Batch.status == BatchStatus.IN_PROGRESS.value, Batch.expires_at < utcnow(),
-            Batch.finalizing_at.is_(None))).all()
+        overdue = session.execute(select(Batch.id, Batch.status).where(
+            Batch.status.in_([BatchStatus.VALIDATING.value, BatchStatus.IN_PROGRESS.value]),
+            Batch.expires_at < utcnow(), Batch.finalizing_at.is_(None))).all()
     expired = 0
-    for batch_id in overdue:
+    for batch_id, status in overdue:  # a validating one has no items yet: it ends with no files
         with db.session() as session:
-            if claim_ending(session, batch_id, BatchStatus.IN_PROGRESS):
+            if claim_ending(session, batch_id, BatchStatus(status)):
                 lifecycle.cancel_queued_in_batch(session, batch_id)
-                _end_with_files(session, blobs, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED)
+                _end_with_files(session, blobs, batch_id, BatchStatus(status), BatchStatus.EXPIRED)
                 expired += 1
     return expired
 

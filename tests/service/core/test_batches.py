@@ -233,3 +233,30 @@ def test_cancel_ends_a_batch_with_nothing_running_at_once(module_db, blobs, brok
     with module_db.sessions() as session, pytest.raises(ApiError) as refused:
         batches.cancel(module_db, session, blobs, session.get(Batch, batch_id))
     assert refused.value.code == "batch_not_cancellable"
+
+
+def test_hostile_lines_are_line_errors_alike_on_every_database_and_the_batch_never_stays_validating(
+        module_db, blobs, broker, settings):
+    deep = b'{"custom_id": "deep", "method": "POST", "url": "/v1/chat/completions", "body": ' + b"[" * 100_000 \
+        + b"]" * 100_000 + b"}"
+    huge = b'{"custom_id": "huge", "pad": "' + b"x" * (batches.max_line_bytes(settings) + 10) + b'"}'
+    file_id = _input_file(module_db, blobs, [
+        _line("fine"), deep, b'{"custom_id": "s\\ud800x", "method": "POST", "url": "/v1/chat/completions"}',
+        {**_line("nul"), "custom_id": "a\u0000b"}, _line("n" * 256), _line("text", **{"user": "x\u0000y"}), huge,
+        _line("after"),
+    ])
+    batch_id, _ = _submit(module_db, blobs, broker, settings, _openai(file_id))
+    assert _ingest(module_db, blobs, broker, settings, batch_id) == "failed"
+    assert [(error["line"], error["code"]) for error in _batch(module_db, batch_id).errors["data"]] == [
+        (2, "invalid_json_line"), (3, "invalid_request"), (4, "invalid_request"), (5, "invalid_custom_id"),
+        (6, "invalid_request"), (7, "line_too_long")]
+
+
+def test_a_batch_whose_window_passes_while_validating_expires(module_db, blobs, broker, settings):
+    batch_id, _ = _submit(module_db, blobs, broker, settings, _openai(_input_file(module_db, blobs, [_line("a")])))
+    with module_db.session() as session:
+        session.get(Batch, batch_id).expires_at = batches.utcnow() - batches.timedelta(seconds=1)
+    assert batches.expire_overdue(module_db, blobs) == 1
+    batch = _batch(module_db, batch_id)
+    assert batch.status == "expired" and batch.expired_at is not None and batch.output_file_id is None
+    assert _ingest(module_db, blobs, broker, settings, batch_id) is None  # its ingest task, if it comes, does nothing
