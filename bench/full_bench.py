@@ -154,7 +154,7 @@ def measure_service(cache: Path, images: int, requests: int, tokens: int, batch:
         http.headers["Authorization"] = f"Bearer {api_key}"
         broker = redis.Redis.from_url(BENCH_REDIS_URL)
         broker.flushdb()
-        service = start_service(settings_file, MODEL, workers=1)
+        service = start_service(settings_file, MODEL, 1, api_key)
         processes = service.processes
         worker_rss = PeakRss(psutil.Process(processes[1].pid))
         try:

@@ -162,7 +162,7 @@ class Service:
     worker_ready_s: float  # from starting the worker processes (API already up) until each reported the model live
 
 
-def start_service(settings_file: Path, model: str, workers: int) -> Service:
+def start_service(settings_file: Path, model: str, workers: int, api_key: str) -> Service:
     """Start the API, wait until it answers, then start the workers and wait until each serves `model`."""
     env = {**os.environ, "VLQ_CONFIG": str(settings_file), "PYTHONUNBUFFERED": "1"}
     logs = open(settings_file.parent / "service.log", "wb")
@@ -172,19 +172,21 @@ def start_service(settings_file: Path, model: str, workers: int) -> Service:
                                 stdout=logs, stderr=subprocess.STDOUT)
 
     processes = [start(["api", "--workers", "2"])]
-    _wait(lambda body: True, settings_file)
+    _wait(lambda body: True, settings_file, api_key)
     started = time.monotonic()
     processes += [start(["worker", "--loglevel", "WARNING"]) for _ in range(workers)]
     _wait(lambda body: sum(w["models"].get(model, {}).get("status") == "live" for w in body["workers"]) >= workers,
-          settings_file)
+          settings_file, api_key)
     return Service(processes, time.monotonic() - started)
 
 
-def _wait(ready: Callable[[dict[str, Any]], bool], settings_file: Path) -> None:
+def _wait(ready: Callable[[dict[str, Any]], bool], settings_file: Path, api_key: str) -> None:
+    """Poll /readyz until `ready(body)`; with the key, since only callers with one see the workers."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            if ready(requests.get(f"{BASE}/readyz", timeout=2).json()):
+            body = requests.get(f"{BASE}/readyz", headers={"Authorization": f"Bearer {api_key}"}, timeout=2).json()
+            if ready(body):
                 return
         except requests.RequestException:
             pass
@@ -247,7 +249,7 @@ def main() -> None:
               f"cores={os.cpu_count()}")
         engine_rate = bench_engine(settings, args.model, images, args.tokens)
         print(f"raw engine    {engine_rate:8.2f} images/s  {engine_rate * args.tokens:8.1f} tokens/s")
-        service = start_service(settings_file, args.model, args.workers)
+        service = start_service(settings_file, args.model, args.workers, api_key)
         processes = service.processes
         print(f"worker ready  {service.worker_ready_s:8.1f} s from process start (API already up)")
         try:

@@ -13,6 +13,7 @@ from service.api import (
     docs,
     errors,
     files,
+    headers,
     health,
     jobs,
     keys,
@@ -32,6 +33,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     context.init_app(app, config)
     errors.init_app(app)
+    headers.init_app(app)
     request_log.init_app(app)  # before auth, so a refused request's lines carry its ids too
     auth.init_app(app)
     app.url_map.converters["id"] = IdConverter

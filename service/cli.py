@@ -156,13 +156,14 @@ def db_upgrade() -> None:
 
 @cli.group()
 def keys() -> None:
-    """API keys, straight in the database (the admin API, /v1/keys, does the same over HTTP)."""
+    """API keys of every tenant, straight in the database: the operator's tool (an admin key manages only its own
+    tenant's keys over HTTP, /v1/keys)."""
 
 
 @keys.command("create")
 @click.option("--name", required=True, help="What the key is for, e.g. the client that will use it.")
 @click.option("--tenant", default=DEFAULT_TENANT, show_default=True, help="Whose jobs, batches and files it reaches.")
-@click.option("--admin", is_flag=True, help="May manage keys (/v1/keys).")
+@click.option("--admin", is_flag=True, help="May manage its own tenant's keys over HTTP (/v1/keys).")
 @click.option("--rate-limit", type=float, help="Requests per second (default: rate_limit_rps; 0 is unlimited).")
 @click.option("--max-queued", type=int, help="Queued + running jobs of its tenant (default: max_queued_jobs).")
 def keys_create(name: str, tenant: str, admin: bool, rate_limit: float | None, max_queued: int | None) -> None:

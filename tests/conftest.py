@@ -194,6 +194,8 @@ def config_file(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "webhook_timeout_s": 1,
         "egress_allow_cidrs": ["127.0.0.0/8"],
         "sync_timeout_s": 60,
+        # Tests send many keyless and wrong-key requests from one address; test_auth.py turns the limit on.
+        "auth_failure_rate_per_s": 0,
         # The tiny model's bound is 128x128 pixels: 16 image tokens of 32x32. This preset lowers it to 64x64.
         "presets": {"thumbnail": {"prompt": "What is in this picture?", "max_pixels": 64 * 64}},
         "models": {

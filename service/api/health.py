@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from service.adapters import presence
-from service.api.auth import public
+from service.api.auth import authenticated, key_optional, public
 from service.api.context import get_db, get_redis
 from service.api.openapi import operation, ref
 from service.core.shapes import HealthOut, OpenAIHealthOut, ReadinessOut
@@ -27,12 +27,19 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 @public
-@operation("Readiness: database, Redis and a live model", tags=("health",),
+@key_optional
+@operation("Readiness: database, Redis and a live model; the checks, models and workers only with a valid key",
+           tags=("health",),
            responses={200: "Readiness", 503: {"description": "Not ready; `missing` says what.",
                                               "content": {"application/json": {"schema": ref("Readiness")}}}})
 def readyz() -> ResponseReturnValue:
-    """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing."""
+    """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing.
+
+    Worker host names, PIDs and model states are for callers with a key: anyone else gets the status and `missing`.
+    """
     body = readiness()
+    if not authenticated():
+        body = body.summary()
     return jsonify(body.dump()), 200 if not body.missing else 503
 
 

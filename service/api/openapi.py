@@ -96,7 +96,9 @@ def document(app: Flask) -> dict[str, Any]:
         spec: Operation | None = getattr(view, "__openapi__", None)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             public = getattr(view, "vlq_public", False)  # set by service.api.auth.public
-            paths.setdefault(openapi_path(rule), {})[method.lower()] = _operation(rule, spec, settings, public)
+            optional = getattr(view, "vlq_key_optional", False)  # and by service.api.auth.key_optional
+            paths.setdefault(openapi_path(rule), {})[method.lower()] = _operation(rule, spec, settings, public,
+                                                                                  optional)
     schemas = {**components(), **_error_schemas()}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -118,13 +120,14 @@ def _model(shape: Shape, settings: Settings) -> type[RequestModel]:
     return shape if isinstance(shape, type) else shape(settings)
 
 
-def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: bool) -> dict[str, Any]:
+def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: bool,
+               key_optional: bool = False) -> dict[str, Any]:
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in _PATH_PARAM.findall(rule.rule)]
     if spec is None:  # still listed, so the route is known; test_openapi.py fails until it is documented
         return {"operationId": rule.endpoint, "parameters": params,
                 "responses": {"default": {"description": "Undocumented."}}}
-    codes = list(spec.errors) + list(_ALWAYS) + ([] if public else list(_AUTH))
+    codes = list(spec.errors) + list(_ALWAYS) + ([] if public and not key_optional else list(_AUTH))
     if params:
         codes.append("not_found")
     result: dict[str, Any] = {"operationId": rule.endpoint, "summary": spec.summary}
@@ -156,6 +159,8 @@ def _operation(rule: Rule, spec: Operation | None, settings: Settings, public: b
     security = () if public else spec.security
     if security is not None:
         result["security"] = [{name: []} for name in security]
+    if key_optional:  # no key, or one (which is then checked)
+        result["security"] = [{}, *({name: []} for name in _SECURITY_SCHEMES)]
     result.update(spec.extra)
     return result
 

@@ -120,6 +120,10 @@ class Settings:
     disable_auth: bool = False
     rate_limit_rps: float = 20.0  # per key, for keys without their own; 0 is unlimited
     max_queued_jobs: int = 100_000  # queued + running jobs per tenant, for keys without their own; 0 is unlimited
+    # Failed authentications (no, unknown or revoked key) per client address: a steady rate after a burst; 0 is
+    # unlimited. Over it, the address gets 429 before any key is looked up.
+    auth_failure_rate_per_s: float = 5.0
+    auth_failure_burst: int = 20
 
     # Flower, Celery's monitor: where `vlq run` and `vlq flower` bind it, and the URL the web UI links to.
     flower_host: str = "127.0.0.1"
@@ -280,6 +284,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("webhook_secret must be a Standard Webhooks secret, whsec_<base64>")
     if settings.rate_limit_rps < 0 or settings.max_queued_jobs < 0:
         raise ConfigError("rate_limit_rps and max_queued_jobs must not be negative (0 means unlimited)")
+    if settings.auth_failure_rate_per_s < 0 or settings.auth_failure_burst < 1:
+        raise ConfigError("auth_failure_rate_per_s must not be negative (0 means unlimited) and auth_failure_burst "
+                          "must be at least 1")
     if settings.sync_timeout_s <= 0 or settings.image_url_timeout_s <= 0:
         raise ConfigError("sync_timeout_s and image_url_timeout_s must be positive")
     if settings.image_url_max_concurrent < 1 or settings.webhook_concurrency < 1:

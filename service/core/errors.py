@@ -65,8 +65,9 @@ class ErrorCode(StrEnum):
     IMAGE_SIDE_TOO_LONG = ("image_side_too_long", 400,
                            "/api/v1/chat: an image side is over the family's documented limit.")
     INVALID_REQUEST = "invalid_request", 400, "A chat request that is not in OpenAI's shape (e.g. no user image)."
-    UNAUTHORIZED = "unauthorized", 401, "No API key, or a wrong or revoked one (`WWW-Authenticate: Bearer`)."
-    FORBIDDEN = "forbidden", 403, "Managing keys without an admin key."
+    UNAUTHORIZED = ("unauthorized", 401,
+                    "No API key, or a wrong or revoked one: one answer for all (`WWW-Authenticate: Bearer`).")
+    FORBIDDEN = "forbidden", 403, "Managing keys without an admin key, or another tenant's keys with one."
     NOT_FOUND = "not_found", 404, "No such resource in the caller's tenant, or no such route."
     METHOD_NOT_ALLOWED = ("method_not_allowed", 405,
                           "The route does not take this method (`Allow` lists those it takes).")
@@ -82,7 +83,8 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large", 413, "The image is over `max_image_bytes`."
     REQUEST_TOO_LARGE = "request_too_large", 413, "The whole body is over the limit."
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Neither JSON nor multipart/form."
-    RATE_LIMITED = "rate_limited", 429, "The key's `rate_limit_rps` is spent; retry after `Retry-After` seconds."
+    RATE_LIMITED = ("rate_limited", 429, "The key's `rate_limit_rps`, or its address's allowance of failed "
+                    "authentications, is spent; retry after `Retry-After` seconds.")
     QUOTA_EXCEEDED = "quota_exceeded", 429, "The tenant's queued + running jobs would pass the key's `max_queued_jobs`."
     INTERNAL_ERROR = "internal_error", 500, "A bug; it is logged."
     BROKER_UNAVAILABLE = "broker_unavailable", 503, "Redis is down: nothing was accepted; retry after `Retry-After`."

@@ -32,8 +32,9 @@ class KeySpec(RequestModel):
     name: Annotated[str, Text(max_chars=100)] = Field(
         description="What the key is for, e.g. the client that will use it.")
     tenant: Annotated[str, Text(max_chars=64, pattern=TENANT_REGEX)] = Field(
-        DEFAULT_TENANT, description=f"Whose jobs, batches and files it reaches (default: {DEFAULT_TENANT}).")
-    admin: Annotated[bool, Bool()] = Field(False, description="May manage keys (/v1/keys).")
+        DEFAULT_TENANT, description="Whose jobs, batches and files it reaches. Over HTTP it can only be the admin "
+        f"key's own tenant (the default there); `vlq keys create` takes any (default: {DEFAULT_TENANT}).")
+    admin: Annotated[bool, Bool()] = Field(False, description="May manage its own tenant's keys (/v1/keys).")
     rate_limit_rps: Annotated[float | None, OptionalNumber(low=0.0, high=1e6)] = Field(
         None, description="Requests per second; 0 is unlimited.")
     max_queued_jobs: Annotated[int | None, OptionalNumber(low=0, high=10**9, integer=True)] = Field(

@@ -69,14 +69,16 @@ class TenantOwned:
     tenant: Mapped[str] = mapped_column(String(64))
 
 
-class ApiKey(Base):
-    """An API key: only the SHA-256 of the secret is stored (see service/keys.py for why that hash)."""
+class ApiKey(TenantOwned, Base):
+    """An API key: only the SHA-256 of the secret is stored (see service/core/keys.py for why that hash).
+
+    Tenant-owned like jobs: an admin key finds and lists only its own tenant's keys.
+    """
 
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
-    tenant: Mapped[str] = mapped_column(String(64))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256 of the whole secret
     prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to tell keys apart in lists
     admin: Mapped[bool] = mapped_column(Boolean, default=False)

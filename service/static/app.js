@@ -209,9 +209,11 @@ function onPresetChange() {
 }
 
 async function refreshStatus() {
+  // Workers and live models are shown to callers with a key; without one (or with a wrong one) only the status.
   let body;
   try {
-    const response = await fetch("/readyz");
+    let response = await fetch("/readyz", { headers: authHeaders() });
+    if (response.status === 401 || response.status === 429) response = await fetch("/readyz");
     body = await response.json();
   } catch {
     setStatus("down", "Server unreachable");
@@ -219,11 +221,12 @@ async function refreshStatus() {
   }
   const workers = body.workers?.length || 0;
   if (body.status === "ready") {
-    setStatus("ready", `Ready: ${workers} worker${workers === 1 ? "" : "s"}`);
+    setStatus("ready", body.workers ? `Ready: ${workers} worker${workers === 1 ? "" : "s"}` : "Ready");
   } else {
     setStatus("not_ready", `Not ready: no ${body.missing?.join(", ") || "worker"}`);
   }
-  const live = new Set(body.models || []);
+  if (!body.models) return;
+  const live = new Set(body.models);
   for (const option of el.model.options) {
     option.textContent = live.has(option.value) ? option.value : `${option.value} (no worker)`;
   }
@@ -713,6 +716,7 @@ function setupApiKey() {
     if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
     loadPresets();
     loadRecentBatches();
+    refreshStatus();
   });
 }
 

@@ -54,12 +54,18 @@ def page(browser: Any, live_server: str, worker: Any, api_key: str) -> Iterator[
                                   color_scheme="light")
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server)
     tab = context.new_page()
+    blocked: list[str] = []  # what the page's Content-Security-Policy refused: nothing the page does may be
+    tab.on("console", lambda message: blocked.append(message.text)
+           if "Content Security Policy" in message.text else None)
     tab.goto(live_server)
     tab.wait_for_selector("body[data-ready='true']")
+    expect(tab.locator("#service-status .label")).to_have_text("Ready")  # no key yet: no worker count
     tab.fill("#api-key", api_key)  # the server runs with auth on: the user pastes a key once
     tab.press("#api-key", "Tab")
+    expect(tab.locator("#service-status .label")).to_have_text(re.compile(r"Ready: \d+ workers?"))
     yield tab
     context.close()
+    assert blocked == []
 
 
 @pytest.fixture(scope="session")

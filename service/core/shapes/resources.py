@@ -359,13 +359,20 @@ class HealthOut(Shape):
 
 
 class ReadinessOut(Shape):
-    """Ready when the database and Redis answer and a live worker has a model loaded; `missing` says what is not."""
+    """Ready when the database and Redis answer and a live worker has a model loaded; `missing` says what is not.
+
+    `checks`, `models` and `workers` (host names, PIDs, model states) are shown only to callers with a valid key.
+    """
 
     status: Literal["ready", "not_ready"]
     missing: list[str]
-    checks: dict[str, str]
-    models: list[str]
-    workers: list[dict[str, Any]]
+    checks: dict[str, str] | MISSING = MISSING
+    models: list[str] | MISSING = MISSING
+    workers: list[dict[str, Any]] | MISSING = MISSING
+
+    def summary(self) -> ReadinessOut:
+        """The same answer without the detail, for callers without a key."""
+        return ReadinessOut(status=self.status, missing=self.missing)
 
 
 def _round(value: float | None) -> float | None:

@@ -1,8 +1,11 @@
-"""Readiness says exactly what is missing (a submit with the broker down: tests/service/adapters/test_broker.py)."""
+"""Readiness says exactly what is missing (a submit with the broker down: tests/service/adapters/test_broker.py),
+and tells the workers' names, PIDs and model states only to callers with a key."""
 import dataclasses
+import socket
 import time
 
 from service.app import create_app
+from tests.conftest import TINY, keyed
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -12,12 +15,30 @@ def test_healthz_answers_without_any_backend(settings):
     assert app.test_client().get("/healthz").get_json() == {"status": "ok"}
 
 
-def test_readyz_reports_redis_missing(settings):
-    response = create_app(dataclasses.replace(settings, redis_url=DEAD_REDIS)).test_client().get("/readyz")
+def test_readyz_reports_redis_missing(settings, api_key):
+    app = create_app(dataclasses.replace(settings, redis_url=DEAD_REDIS))
+    response = keyed(app.test_client(), api_key).get("/readyz")
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "not_ready" and body["missing"] == ["redis"]
     assert body["checks"]["database"] == "ok"
+    anonymous = app.test_client().get("/readyz")
+    assert anonymous.status_code == 503 and anonymous.get_json() == {"status": "not_ready", "missing": ["redis"]}
+
+
+def test_readyz_shows_workers_and_pids_only_to_callers_with_a_key(app, client, worker):
+    keyed_body = client.get("/readyz").get_json()
+    assert keyed_body["status"] == "ready" and TINY in keyed_body["models"]
+    mine = next(w for w in keyed_body["workers"] if w["pid"] == worker.process.pid)
+    assert mine["host"] == socket.gethostname()
+
+    anonymous = app.test_client().get("/readyz")
+    assert anonymous.status_code == 200 and anonymous.get_json() == {"status": "ready", "missing": []}
+    text = anonymous.get_data(as_text=True)
+    assert str(worker.process.pid) not in text and socket.gethostname() not in text
+    # A key sent to /readyz is checked as anywhere: a wrong one is the usual 401, not a quiet anonymous answer.
+    wrong = app.test_client().get("/readyz", headers={"Authorization": "Bearer vlq_sk_" + "E" * 43})
+    assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "unauthorized"
 
 
 def test_a_worker_without_its_model_stays_up_and_says_why(client, start_worker):

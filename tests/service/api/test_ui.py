@@ -37,3 +37,24 @@ def test_flower_url_and_the_image_limit_follow_the_settings(settings):
     assert '"maxImageBytes": 4096' in page
     moved = dataclasses.replace(settings, flower_host="0.0.0.0", flower_port=5599)
     assert moved.flower_link == "http://0.0.0.0:5599"
+
+
+def test_html_gets_a_content_security_policy_and_no_framing_and_every_response_nosniff(client):
+    page = client.get("/")
+    policy = dict(part.strip().split(" ", 1) for part in page.headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'"  # no inline script or style
+    assert page.headers["X-Frame-Options"] == "DENY"
+    for response in (page, client.get("/v1/jobs"), client.get("/static/app.js"), client.get("/nope"),
+                     client.application.test_client().get("/v1/jobs")):  # a 401 too
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.request.path
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    json_answer = client.get("/v1/jobs")
+    assert json_answer.mimetype == "application/json" and "X-Frame-Options" not in json_answer.headers
+
+
+def test_the_page_has_no_inline_script_or_style_that_its_policy_would_block(client):
+    page = client.get("/").get_data(as_text=True)
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, flags=re.S)
+    assert all('src="' in attrs or 'type="application/json"' in attrs for attrs, _ in scripts)  # data is no script
+    assert not re.search(r"<style|\sstyle=|\son[a-z]+=", page)
