@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import lzma
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -130,11 +132,12 @@ def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
 
 def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
     task = jobs.resolve_task(settings, body)
-    images = tuple(_uploaded_images(body.images, body.archive))
+    images = tuple(batches.store_image(settings, get_blobs(), name, data)
+                   for name, data in _uploaded_images(settings, body.images, body.archive))
     if not images:
         raise ApiError(ErrorCode.MISSING_FIELD, "Send images as 'images' files or a zip as 'archive'.",
                        {"field": "images"})
-    names = [name for name, _ in images]
+    names = [image.custom_id for image in images]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ApiError(ErrorCode.DUPLICATE_CUSTOM_ID, "Image file names must be unique; they become custom_ids.",
@@ -142,25 +145,54 @@ def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
     return _batch_request(settings, body, batches.NATIVE_ENDPOINT, task_fields=task.job_fields(), images=images)
 
 
-def _uploaded_images(images: list[Any], archives: list[Any]) -> Iterator[tuple[str, bytes]]:
-    """(custom_id, bytes) for each uploaded image and each image inside an uploaded zip."""
+def _uploaded_images(settings: Settings, images: list[Any], archives: list[Any]) -> Iterator[tuple[str, bytes]]:
+    """(custom_id, bytes) for each uploaded image and each image inside an uploaded zip, one at a time.
+
+    A zip is bounded before it is read, from its directory (`max_archive_entries` images, `max_archive_bytes` once
+    inflated), and while it is read: no entry is inflated past `max_image_bytes` + 1, nor the whole past the cap.
+    """
     for upload in images:
         yield upload.filename or "image", upload.read()
+    entries, inflated = 0, 0
     for upload in archives:
         try:
             archive = zipfile.ZipFile(upload.stream)
-        except zipfile.BadZipFile:
-            raise ApiError(ErrorCode.INVALID_ARCHIVE, "'archive' is not a readable zip file.") from None
-        limit = get_settings().max_image_bytes
-        for entry in archive.infolist():
-            path = PurePosixPath(entry.filename)
-            if entry.is_dir() or path.name.startswith(".") or "__MACOSX" in path.parts:
-                continue
-            if path.suffix.lower() not in _IMAGE_SUFFIXES:
-                continue
-            # Read at most one byte past the limit: a zip bomb never inflates into memory.
-            with archive.open(entry) as member:
-                yield entry.filename, member.read(limit + 1)
+            members = [entry for entry in archive.infolist() if _is_image_entry(entry)]
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ApiError(ErrorCode.INVALID_ARCHIVE, f"'archive' is not a readable zip file: {exc}.") from None
+        entries += len(members)
+        if entries > settings.max_archive_entries:
+            raise _archive_too_large("max_archive_entries", settings.max_archive_entries, "images")
+        if inflated + sum(entry.file_size for entry in members) > settings.max_archive_bytes:
+            raise _archive_too_large("max_archive_bytes", settings.max_archive_bytes, "bytes once inflated")
+        for entry in members:
+            data = _read_entry(archive, entry, settings.max_image_bytes + 1)
+            inflated += len(data)
+            if inflated > settings.max_archive_bytes:  # a directory that understated its sizes
+                raise _archive_too_large("max_archive_bytes", settings.max_archive_bytes, "bytes once inflated")
+            yield entry.filename, data
+
+
+def _is_image_entry(entry: zipfile.ZipInfo) -> bool:
+    path = PurePosixPath(entry.filename)
+    return (not entry.is_dir() and not path.name.startswith(".") and "__MACOSX" not in path.parts
+            and path.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def _read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, limit: int) -> bytes:
+    """At most `limit` bytes of one entry; a corrupt, encrypted or oddly compressed one is the client's error."""
+    try:
+        with archive.open(entry) as member:
+            return member.read(limit)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error,
+            lzma.LZMAError) as exc:
+        raise ApiError(ErrorCode.INVALID_ARCHIVE, f"'archive' entry {entry.filename!r} cannot be read: {exc}.",
+                       {"entry": entry.filename}) from None
+
+
+def _archive_too_large(setting: str, limit: int, unit: str) -> ApiError:
+    return ApiError(ErrorCode.ARCHIVE_TOO_LARGE,
+                    f"The zips hold more than {limit} {unit} ({setting}); split the batch.", {setting: limit})
 
 
 @bp.get("")

@@ -28,7 +28,7 @@ from service.core import batch_lifecycle, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
-from service.core.images import inspect_image
+from service.core.images import ImageInfo, inspect_image
 from service.core.jobs import generation_options
 from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
 from service.core.openai_format import parse_chat_request
@@ -95,14 +95,14 @@ class BatchRequest:
     webhook_secret: str | None = None
     input_file_id: str | None = None  # OpenAI's form
     task_fields: dict[str, Any] | None = None  # the native form: the job columns of what to ask of every image
-    images: tuple[tuple[str, bytes], ...] = ()  # the native form: (custom_id, image bytes)
+    images: tuple[StoredImage, ...] = ()  # the native form: each image, checked and stored as it was read
 
     def fingerprint(self) -> str:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
         content = {name: getattr(self, name) for name in (
             "endpoint", "completion_window", "priority", "metadata", "webhook_url", "webhook_secret",
             "input_file_id", "task_fields")}
-        content["images"] = [[custom_id, hashlib.sha256(data).hexdigest()] for custom_id, data in self.images]
+        content["images"] = [[image.custom_id, image.sha256] for image in self.images]
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -135,9 +135,8 @@ def submit(session: Session, db: Database, blobs: BlobStore, broker: Sender, set
     queued: list[Job] = []
     if request.input_file_id is None:
         session.flush()
-        queued = start(session, batch, Ingest(rows=[item_row(settings, blobs, batch, custom_id, data,
-                                                             request.task_fields or {})
-                                                    for custom_id, data in request.images]))
+        queued = start(session, batch, Ingest(rows=[item_row(batch, image, request.task_fields or {})
+                                                    for image in request.images]))
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
@@ -192,20 +191,40 @@ def create_batch(session: Session, *, tenant: str, endpoint: str, input_file_id:
         webhook_secret=webhook_secret)
 
 
-def item_row(settings: Settings, blobs: BlobStore, batch: Batch, custom_id: str, image: bytes,
-             task_fields: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StoredImage:
+    """A batch item's image, checked and stored as soon as it is read, so a batch never holds its images in memory."""
+
+    custom_id: str
+    sha256: str  # of the bytes sent
+    info: ImageInfo | None = None
+    error: ApiError | None = None  # why it was refused (then nothing was stored)
+
+
+def store_image(settings: Settings, blobs: BlobStore, custom_id: str, data: bytes) -> StoredImage:
+    """Check one item's image and store it; a bad one is kept as its error, to become a failed item."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        info = inspect_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    except ApiError as error:
+        return StoredImage(custom_id, sha256, error=error)
+    blobs.put(data)
+    return StoredImage(custom_id, sha256, info=info)
+
+
+def item_row(batch: Batch, image: StoredImage, task_fields: dict[str, Any]) -> dict[str, Any]:
     """One batch item as a job row; a bad image makes a row that is already failed, never a failed batch.
 
     `task_fields` are the job columns of what to ask and how (prompt, model, options, preset, schema).
     """
-    row: dict[str, Any] = {"id": new_id("job"), "tenant": batch.tenant, "batch_id": batch.id, "custom_id": custom_id,
-                           "priority": batch.priority, **task_fields}
-    try:
-        info = inspect_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    except ApiError as error:
-        return refused_row(row, error)
-    row.update(image_sha256=blobs.put(image), image_format=info.format, image_width=info.width,
-               image_height=info.height, request_sha256=hashlib.sha256(f"{batch.id}:{custom_id}".encode()).hexdigest())
+    row: dict[str, Any] = {"id": new_id("job"), "tenant": batch.tenant, "batch_id": batch.id,
+                           "custom_id": image.custom_id, "priority": batch.priority, **task_fields}
+    if image.info is None:
+        assert image.error is not None
+        return refused_row(row, image.error)
+    row.update(image_sha256=image.sha256, image_format=image.info.format, image_width=image.info.width,
+               image_height=image.info.height,
+               request_sha256=hashlib.sha256(f"{batch.id}:{image.custom_id}".encode()).hexdigest())
     return row
 
 
@@ -261,7 +280,7 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
             ingest.rows.append(refused_row(placeholder, error))
             continue
         conversation = request.conversation
-        ingest.rows.append(item_row(settings, blobs, batch, custom_id, conversation.image,
+        ingest.rows.append(item_row(batch, store_image(settings, blobs, custom_id, conversation.image),
                                     {"prompt": conversation.prompt, "messages": conversation.messages,
                                      "response_schema": schema, **options.job_fields()}))
     return ingest

@@ -83,6 +83,10 @@ class Settings:
     default_max_tokens: int = 512
     max_metadata_bytes: int = 16 * 1024
     max_upload_bytes: int = 2 * 1024**3  # a batch input file, or a native batch's images
+    # A native batch's zips: images in all of them, and their bytes once inflated (checked from each zip's
+    # directory before reading, then while reading). `vlq submit` sends a folder as one zip.
+    max_archive_entries: int = 100_000
+    max_archive_bytes: int = 4 * 1024**3
 
     # Reliability.
     job_timeout_s: int = 600

@@ -52,7 +52,8 @@ class ErrorCode(StrEnum):
     WEBHOOK_URL_FORBIDDEN = ("webhook_url_forbidden", 400,
                              "A webhook URL that resolves to a private, loopback or reserved address.")
     DUPLICATE_CUSTOM_ID = "duplicate_custom_id", 400, "Two images of a native batch share a file name."
-    INVALID_ARCHIVE = "invalid_archive", 400, "`archive` is not a readable zip."
+    INVALID_ARCHIVE = ("invalid_archive", 400,
+                       "`archive` is not a readable zip (corrupt, encrypted, or an unsupported compression).")
     UNSUPPORTED_IMAGE_URL = ("unsupported_image_url", 400,
                              "An `image_url` that is neither a `data:` URL nor, where `image_url_fetch` is on, an "
                              "`http(s)` URL.")
@@ -82,6 +83,8 @@ class ErrorCode(StrEnum):
                                   "The tenant already has `max_webhook_endpoints_per_tenant` endpoints; delete one.")
     IMAGE_TOO_LARGE = "image_too_large", 413, "The image is over `max_image_bytes`."
     REQUEST_TOO_LARGE = "request_too_large", 413, "The whole body is over the limit."
+    ARCHIVE_TOO_LARGE = ("archive_too_large", 413,
+                         "The zips hold more images than `max_archive_entries`, or more than `max_archive_bytes`.")
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Neither JSON nor multipart/form."
     RATE_LIMITED = ("rate_limited", 429, "The key's `rate_limit_rps`, or its address's allowance of failed "
                     "authentications, is spent; retry after `Retry-After` seconds.")

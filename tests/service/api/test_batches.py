@@ -1,6 +1,7 @@
 """Batches end to end: the openai SDK against a live server and worker, the native upload, cancel, bad input."""
 import base64
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -10,7 +11,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import TINY, make_image, wait_for_status
+from service.app import create_app
+from tests.conftest import TINY, keyed, make_image, wait_for_status
 
 
 def _line(custom_id, image=None, prompt="What is the total?", url="/v1/chat/completions", **body):
@@ -153,6 +155,86 @@ BAD_BATCHES = {
     "bad window": (lambda: {"data": {"prompt": "x", "completion_window": "forever", "images": [_png()]}},
                    "invalid_field"),
 }
+
+
+def _zip(**entries: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in entries.items():
+            zipped.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _broken(archive: bytes, edit) -> bytes:
+    """The zip with its first entry's local header or data edited in place."""
+    data = bytearray(archive)
+    edit(data)
+    return bytes(data)
+
+
+def _corrupt_data(data: bytearray) -> None:
+    data[40:48] = b"\xff" * 8  # inside the deflated bytes of the first entry
+
+
+def _method(data: bytearray, method: int) -> None:
+    for offset in (8, data.rfind(b"PK\x01\x02") + 10):  # the local and the central header
+        data[offset:offset + 2] = method.to_bytes(2, "little")
+
+
+def _encrypted(data: bytearray) -> None:
+    for offset in (6, data.rfind(b"PK\x01\x02") + 8):
+        data[offset] |= 1
+
+
+def _bad_crc(data: bytearray) -> None:
+    for offset in (14, data.rfind(b"PK\x01\x02") + 16):
+        data[offset:offset + 4] = b"\0\0\0\0"
+
+
+BROKEN_ZIPS = {
+    "corrupt data": lambda zipped: _broken(zipped, _corrupt_data),
+    "unknown compression": lambda zipped: _broken(zipped, lambda data: _method(data, 99)),
+    "encrypted": lambda zipped: _broken(zipped, _encrypted),
+    "bad crc": lambda zipped: _broken(zipped, _bad_crc),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_ZIPS, ids=list(BROKEN_ZIPS))
+def test_a_broken_zip_is_the_clients_error(client, case):
+    archive = BROKEN_ZIPS[case](_zip(**{"a.png": make_image(size=(200, 200))}))
+    response = client.post("/v1/batches", data={"prompt": "x", "model": "tiny-idle",
+                                                "archive": (io.BytesIO(archive), "a.zip")})
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"]["code"] == "invalid_archive"
+
+
+def test_a_zip_bomb_is_refused_from_its_directory_and_nothing_is_stored(settings, api_key):
+    bounded = dataclasses.replace(settings, max_archive_entries=5, max_archive_bytes=10 * 1024 * 1024)
+    client = keyed(create_app(bounded).test_client(), api_key)
+    bomb = _zip(**{f"{n}.png": bytes(3 * 1024 * 1024) for n in range(4)})  # 12 MiB of zeros in a few KiB
+    many = _zip(**{f"{n}.png": make_image() for n in range(6)})
+    for archive, limit in ((bomb, "max_archive_bytes"), (many, "max_archive_entries")):
+        before = client.get("/v1/batches?limit=1").get_json()["data"]
+        response = client.post("/v1/batches", data={"prompt": "x", "model": "tiny-idle",
+                                                    "archive": (io.BytesIO(archive), "bomb.zip")})
+        assert response.status_code == 413
+        error = response.get_json()["error"]
+        assert error["code"] == "archive_too_large" and limit in error["message"]
+        assert client.get("/v1/batches?limit=1").get_json()["data"] == before
+
+
+def test_a_zip_whose_directory_understates_its_sizes_is_cut_off_while_reading(settings, api_key):
+    bounded = dataclasses.replace(settings, max_archive_bytes=6 * 1024 * 1024)
+    client = keyed(create_app(bounded).test_client(), api_key)
+    archive = bytearray(_zip(**{"a.png": bytes(4 * 1024 * 1024), "b.png": bytes(4 * 1024 * 1024)}))
+    central = archive.find(b"PK\x01\x02")
+    while central != -1:  # claim 1 KiB each in the central directory, which the cap is first checked against
+        archive[central + 24:central + 28] = (1024).to_bytes(4, "little")
+        central = archive.find(b"PK\x01\x02", central + 4)
+    response = client.post("/v1/batches", data={"prompt": "x", "model": "tiny-idle",
+                                                "archive": (io.BytesIO(bytes(archive)), "liar.zip")})
+    assert response.status_code in (400, 413)  # zipfile notices the lie itself, or the running total does
+    assert response.get_json()["error"]["code"] in ("invalid_archive", "archive_too_large")
 
 
 @pytest.mark.parametrize("case", BAD_BATCHES, ids=list(BAD_BATCHES))
