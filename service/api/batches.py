@@ -1,8 +1,6 @@
 """Batches: OpenAI's Batch API (a JSONL input file of chat requests), plus a native form (images + one prompt)."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import zipfile
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import batches, jobs
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
+from service.core.exports import content_disposition, csv_lines
 from service.core.models import Batch, File, Job, Priority
 from service.core.requests import options_model, task_model
 from service.core.shapes import BatchOut, Timings, Usage
@@ -206,8 +205,9 @@ def results(batch_id: str) -> ResponseReturnValue:
     fmt = read_query(ResultsQuery).format
     items = _stream_items(get_db(), batch_id)
     if fmt == "csv":
-        return Response(_csv(items), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{batch_id}.csv"'})
+        # `json` is not a column: it is in `text` already. Cells are neutralised for spreadsheets (exports).
+        return Response(csv_lines(_CSV_COLUMNS, items), mimetype="text/csv",
+                        headers={"Content-Disposition": content_disposition(f"{batch_id}.csv")})
     return Response((json.dumps(item) + "\n" for item in items), mimetype="application/jsonl")
 
 
@@ -227,16 +227,3 @@ def _result_row(job: Job) -> dict[str, Any]:
         "total_tokens": usage and usage.total_tokens, **Timings.of(job).dump(),
         "error_code": job.error_code, "error_message": job.error_message, "job_id": job.id,
     }
-
-
-def _csv(items: Iterator[dict[str, Any]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore")  # `json` is in `text` already
-    writer.writeheader()
-    for item in items:
-        writer.writerow(item)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
-
