@@ -1,12 +1,11 @@
 """Batches: OpenAI's Batch API (a JSONL input file of chat requests), plus a native form (images + one prompt)."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import lzma
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -33,6 +32,7 @@ from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import batch_lifecycle, batches, jobs
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
+from service.core.exports import content_disposition, csv_lines
 from service.core.models import Batch, Job, Priority
 from service.core.requests import options_model, task_model
 from service.core.shapes import BatchOut, Timings, Usage
@@ -137,8 +137,7 @@ def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
     if not images:
         raise ApiError(ErrorCode.MISSING_FIELD, "Send images as 'images' files or a zip as 'archive'.",
                        {"field": "images"})
-    names = [image.custom_id for image in images]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(image.custom_id for image in images).items() if count > 1)
     if duplicates:
         raise ApiError(ErrorCode.DUPLICATE_CUSTOM_ID, "Image file names must be unique; they become custom_ids.",
                        {"duplicates": duplicates[:20]})
@@ -166,6 +165,9 @@ def _uploaded_images(settings: Settings, images: list[Any], archives: list[Any])
         if inflated + sum(entry.file_size for entry in members) > settings.max_archive_bytes:
             raise _archive_too_large("max_archive_bytes", settings.max_archive_bytes, "bytes once inflated")
         for entry in members:
+            if len(entry.filename) > batches.MAX_CUSTOM_ID_CHARS or any(ord(c) < 32 for c in entry.filename):
+                raise ApiError(ErrorCode.INVALID_ARCHIVE, "A path in 'archive' is over 255 characters or has control "
+                               "characters; paths become custom_ids.", {"entry": entry.filename[:300]})
             data = _read_entry(archive, entry, settings.max_image_bytes + 1)
             inflated += len(data)
             if inflated > settings.max_archive_bytes:  # a directory that understated its sizes
@@ -229,8 +231,9 @@ def results(batch_id: str) -> ResponseReturnValue:
     fmt = read_query(ResultsQuery).format
     items = _stream_items(get_db(), batch_id)
     if fmt == "csv":
-        return Response(_csv(items), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{batch_id}.csv"'})
+        # `json` is not a column: it is in `text` already. Cells are neutralised for spreadsheets (exports).
+        return Response(csv_lines(_CSV_COLUMNS, items), mimetype="text/csv",
+                        headers={"Content-Disposition": content_disposition(f"{batch_id}.csv")})
     return Response((json.dumps(item) + "\n" for item in items), mimetype="application/jsonl")
 
 
@@ -250,16 +253,3 @@ def _result_row(job: Job) -> dict[str, Any]:
         "total_tokens": usage and usage.total_tokens, **Timings.of(job).dump(),
         "error_code": job.error_code, "error_message": job.error_message, "job_id": job.id,
     }
-
-
-def _csv(items: Iterator[dict[str, Any]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore")  # `json` is in `text` already
-    writer.writeheader()
-    for item in items:
-        writer.writerow(item)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
-

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from werkzeug.routing import BaseConverter
 
 from service.api.auth import current_tenant
-from service.api.context import get_session
+from service.api.context import get_session, get_settings
+from service.core import json_input
 from service.core.errors import ApiError, ErrorCode
 from service.core.models import TenantOwned
 from service.core.shapes import Page, Shape
@@ -34,13 +35,33 @@ class NameConverter(BaseConverter):
     regex = r"[^/:]+"
 
 
+def json_body(message: str = "The body is not a JSON object.") -> dict[str, Any]:
+    """The request's JSON object, read and checked here for every JSON endpoint (json_input: depth, surrogates,
+    non-finite numbers): not JSON, not an object, or nested too deep is 400 invalid_json with `message` (or why);
+    an unstorable value inside is 400 invalid_field naming where it is."""
+    limit = get_settings().max_json_depth
+    try:
+        body = json_input.loads(request.get_data(cache=True), limit) if request.is_json else None
+    except json_input.TooDeep as exc:
+        raise ApiError(ErrorCode.INVALID_JSON, f"The body {exc}.", {"max_depth": limit}) from None
+    except ValueError:  # UnicodeDecodeError, the parser's own errors and NaN/Infinity are all ValueErrors
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(ErrorCode.INVALID_JSON, message)
+    found = json_input.fault(body, limit)
+    if found is None:
+        return body
+    if found.too_deep:
+        raise ApiError(ErrorCode.INVALID_JSON, f"The body {found.problem}.", {"max_depth": limit})
+    if not found.path:  # a top-level key
+        raise ApiError(ErrorCode.INVALID_JSON, f"The body {found.problem}.")
+    raise ApiError(ErrorCode.INVALID_FIELD, f"'{found.path}' {found.problem}.", {"field": found.path})
+
+
 def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
-    """(fields, files) from a JSON body or a multipart/urlencoded form; anything else is a 415."""
+    """(fields, files) from a JSON body (json_body) or a multipart/urlencoded form; anything else is a 415."""
     if request.is_json:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(ErrorCode.INVALID_JSON, "The body is not a JSON object.")
-        return body, {}
+        return json_body(), {}
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return request.form.to_dict(), request.files.to_dict()
     raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,

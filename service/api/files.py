@@ -15,6 +15,7 @@ from service.api.context import get_blobs, get_session, get_settings
 from service.api.openapi import MULTIPART, operation, text_response
 from service.core.batches import store_file
 from service.core.errors import ApiError, ErrorCode
+from service.core.exports import content_disposition
 from service.core.models import Batch, File
 from service.core.shapes import FileDeleted, FileOut
 from service.core.validation import Choice, Number, RequestModel, Upload, parse
@@ -79,7 +80,7 @@ def content(file_id: str) -> ResponseReturnValue:
     mimetype = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
     return Response(_chunks(stream), mimetype=mimetype,
                     headers={"Content-Length": str(file.bytes),
-                             "Content-Disposition": f'attachment; filename="{file.filename}"'})
+                             "Content-Disposition": content_disposition(file.filename)})
 
 
 @bp.delete("/<file_id>")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from service.adapters.blobs import BlobStore
 from service.adapters.db import DATABASE_UNAVAILABLE, Database
-from service.core import batch_lifecycle, lifecycle, logs
+from service.core import batch_lifecycle, json_input, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
@@ -43,7 +43,7 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 NATIVE_ENDPOINT = "/v1/jobs"
 MAX_LISTED_ERRORS = 100
 MAX_CUSTOM_ID_CHARS = 255  # the column's length, on every database
-MAX_JSON_DEPTH = 64
+_NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)  # JSON text can carry a NUL only as this escape
 WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
 
@@ -243,15 +243,16 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
         if not raw.strip():
             continue
         try:
-            line = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            line = json_input.loads(raw, settings.max_json_depth)
+        except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or nested past max_json_depth
             ingest.fail_line(number, "invalid_json_line", f"Line {number} is not valid JSON: {exc}.")
             continue
         if not isinstance(line, dict):
             ingest.fail_line(number, "invalid_request", f"Line {number} is not a JSON object.")
             continue
-        problem = unstorable(line)
-        if problem:
+        fault = json_input.fault(line, settings.max_json_depth)
+        if fault is not None or _NUL_ESCAPE.search(raw):  # what the databases would store differently, or refuse
+            problem = f"at {fault.path or 'the top'} {fault.problem}" if fault else "has a NUL character"
             ingest.fail_line(number, "invalid_request", f"Line {number} {problem}.")
             continue
         custom_id = line.get("custom_id")
@@ -303,27 +304,6 @@ def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
         while line and not line.endswith(b"\n"):  # skip the rest of the long line, a bounded piece at a time
             line = stream.readline(limit + 1)
         yield None
-
-
-def unstorable(value: Any, depth: int = 0) -> str | None:
-    """Why a parsed JSON value cannot be stored alike on SQLite and Postgres (or is hostile), or None."""
-    if depth > MAX_JSON_DEPTH:
-        return f"nests deeper than {MAX_JSON_DEPTH} levels"
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "has a NUL character in a string"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "has a lone surrogate escape in a string"
-        return None
-    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, child in children:
-        problem = unstorable(key, depth + 1) if isinstance(key, str) else None
-        problem = problem or unstorable(child, depth + 1)
-        if problem:
-            return problem
-    return None
 
 
 def count_requests(blobs: BlobStore, file: File) -> int:

@@ -82,6 +82,7 @@ class Settings:
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
     max_metadata_bytes: int = 16 * 1024
+    max_json_depth: int = 64  # objects and arrays nested in a JSON body (or a form field's JSON text); deeper is a 400
     max_upload_bytes: int = 2 * 1024**3  # a batch input file, or a native batch's images
     # A native batch's zips: images in all of them, and their bytes once inflated (checked from each zip's
     # directory before reading, then while reading). `vlq submit` sends a folder as one zip.
@@ -299,6 +300,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("max_webhook_endpoints_per_tenant must not be negative (0 means unlimited)")
     if settings.flower_basic_auth and any(":" not in pair for pair in settings.flower_basic_auth.split(",")):
         raise ConfigError('flower_basic_auth must be "user:password" (comma-separated for several users)')
+    if not 2 <= settings.max_json_depth <= 200:  # deeper than ~200 and jsonschema's recursion could fail first
+        raise ConfigError("max_json_depth must be between 2 and 200")
     if settings.sync_max_queue_depth < 0:
         raise ConfigError("sync_max_queue_depth must not be negative")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:

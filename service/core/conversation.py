@@ -49,6 +49,9 @@ def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_cha
     if turns[-1].role != "user":
         raise ApiError(ErrorCode.INVALID_FIELD,
                        "The conversation must end with a user turn.", {"field": turns[-1].where})
+    for turn in turns:  # Postgres text cannot hold NUL (SQLite can): refused here so both databases agree
+        if any(isinstance(part, str) and "\x00" in part for part in turn.parts):
+            raise ApiError(ErrorCode.INVALID_FIELD, "Text must not contain NUL characters.", {"field": turn.where})
     user_texts = [_text(turn) for turn in turns if turn.role == "user"]
     if not any(text.strip() for text in user_texts):
         raise ApiError(ErrorCode.MISSING_FIELD, "The conversation holds no text prompt.", {"field": "prompt"})

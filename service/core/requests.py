@@ -61,7 +61,7 @@ def task_model(settings: Settings) -> type[RequestModel]:
             return apply_preset(settings.presets, values)[0]
 
     class Output(RequestModel):
-        response_format: Annotated[dict[str, Any] | None, ResponseFormat()] = Field(
+        response_format: Annotated[dict[str, Any] | None, ResponseFormat(max_depth=settings.max_json_depth)] = Field(
             None, description="Constrain the output to JSON, in OpenAI's shape.")
         ground_with_ocr: Annotated[bool, Bool()] = Field(
             False, description="OCR the image first and add its text to the prompt.")
@@ -83,7 +83,8 @@ def _options(settings: Settings, default: Priority) -> type[RequestModel]:
     class Options(RequestModel):
         priority: Annotated[str, Choice(choices=[p.value for p in Priority])] = Field(
             default.value, description="Interactive queues are always read before bulk ones.")
-        metadata: Annotated[dict[str, Any] | None, JsonObject(max_bytes=settings.max_metadata_bytes)] = Field(
+        metadata: Annotated[dict[str, Any] | None, JsonObject(max_bytes=settings.max_metadata_bytes,
+                                                              max_depth=settings.max_json_depth)] = Field(
             None, description="Returned untouched.")
         webhook_url: Annotated[str | None, WebhookUrl(allow_cidrs=settings.egress_allow_cidrs)] = Field(
             None, description="Receives the ending event, signed (Standard Webhooks).")

@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 import jsonschema
 
+from service.core import json_input
 from service.core.errors import ApiError, ErrorCode
-from service.core.validation import Spec
+from service.core.validation import Spec, read_json
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ _BYTES_PER_CHAR = 2
 _NUMBER_DIGITS = 9  # integer digits of a number, so a number is never unbounded
 _DEFAULT_MAX_LENGTH = 256
 _DEFAULT_MAX_ITEMS = 32
+# An array's regex holds its item's twice, so nesting doubles it at every level: past this size a schema is left
+# to the engine's json_schema grammar instead (a 60-level array schema would otherwise need 2^60 characters).
+_MAX_REGEX_CHARS = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,19 +89,16 @@ def validation_error(instance: Any, schema: dict[str, Any]) -> str | None:
     return None if error is None else error.message
 
 
-def parse_response_format(value: Any) -> dict[str, Any] | None:
+def parse_response_format(value: Any, max_depth: int = json_input.MAX_DEPTH) -> dict[str, Any] | None:
     """The JSON schema an OpenAI-shaped `response_format` asks for; None for `{"type": "text"}` or absent.
 
     `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}` or `{"type": "json_object"}`.
-    A JSON string (as multipart forms send it) is accepted too.
+    A JSON string (as multipart forms send it) is accepted too. Checked as a JSON body is (depth first: jsonschema
+    recurses per level, and a schema ~120 levels deep would exhaust Python's stack inside it).
     """
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise _invalid("is not valid JSON") from None
+    value = read_json(value, "response_format", max_depth, _invalid)
     if not isinstance(value, dict):
         raise _invalid("must be an object")
     kind = value.get("type")
@@ -139,15 +140,21 @@ def _compile(schema: dict[str, Any]) -> tuple[str, int]:
         values = schema["enum"] if "enum" in schema else [schema["const"]]
         return _alternatives([_literal(value) for value in values])
     if "anyOf" in schema:
-        return _alternatives([_compile(branch) for branch in schema["anyOf"]])
+        return _bounded(_alternatives([_compile(branch) for branch in schema["anyOf"]]))
     kind = schema.get("type")
     if isinstance(kind, list):
-        return _alternatives([_compile({**schema, "type": one}) for one in kind])
+        return _bounded(_alternatives([_compile({**schema, "type": one}) for one in kind]))
     compilers = {"object": _object, "array": _array, "string": _string, "number": _number,
                  "integer": _number, "boolean": lambda _: ("(true|false)", 5), "null": lambda _: ("null", 4)}
     if kind not in compilers:
         raise _Unsupported
-    return compilers[kind](schema)
+    return _bounded(compilers[kind](schema))
+
+
+def _bounded(compiled: tuple[str, int]) -> tuple[str, int]:
+    if len(compiled[0]) > _MAX_REGEX_CHARS:
+        raise _Unsupported
+    return compiled
 
 
 def _object(schema: dict[str, Any]) -> tuple[str, int]:
@@ -213,11 +220,12 @@ def _invalid(problem: str) -> ApiError:
 class ResponseFormat(Spec):
     """The `response_format` field: read as the JSON schema it asks for (None for plain text)."""
 
+    max_depth: int = json_input.MAX_DEPTH
     codes: ClassVar[tuple[str, ...]] = ("invalid_response_format",)
     blank: ClassVar[bool] = True
 
     def read(self, value: Any, name: str) -> dict[str, Any] | None:
-        return parse_response_format(value)
+        return parse_response_format(value, self.max_depth)
 
     def schema(self, required: bool) -> dict[str, Any]:
         return {"oneOf": [

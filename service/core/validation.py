@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, ValidationErro
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
-from service.core import egress
+from service.core import egress, json_input
 from service.core.errors import ApiError, ErrorCode
 from service.core.webhook_signing import secret_key
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound="RequestModel")
 T = TypeVar("T")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +183,23 @@ def per_settings(build: Callable[[Settings], T]) -> Callable[[Settings], T]:
     return get
 
 
+def read_json(value: Any, name: str, max_depth: int, error: Callable[[str], ApiError] | None = None) -> Any:
+    """A field's value: JSON text (a form's) parsed, then checked as a JSON body is (depth, unpaired surrogates,
+    non-finite numbers); `error(problem)` builds the ApiError (default: invalid_field naming the field)."""
+    error = error or functools.partial(invalid, name)
+    if isinstance(value, str):
+        try:
+            value = json_input.loads(value, max_depth)
+        except json_input.TooDeep as exc:
+            raise error(str(exc)) from None
+        except ValueError:
+            raise error("is not valid JSON") from None
+    found = json_input.fault(value, max_depth)
+    if found is not None:
+        raise error(f"{found.problem} (at {found.path})" if found.path else found.problem)
+    return value
+
+
 # -- the field types -----------------------------------------------------------------------------
 
 def invalid(name: str, problem: str, **details: Any) -> ApiError:
@@ -233,7 +251,7 @@ class Number(Spec):
             raise invalid(name, f"must be a number between {self.low} and {self.high}")
         try:
             number = kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's 1e400 is inf, which int() refuses
             raise invalid(name, f"must be a number between {self.low} and {self.high}") from None
         if self.integer and isinstance(value, float) and not value.is_integer():
             raise invalid(name, "must be a whole number")
@@ -318,16 +336,13 @@ class Choice(Spec):
 
 @dataclass(frozen=True, kw_only=True)
 class JsonObject(Spec):
-    """A JSON object; multipart forms carry it as JSON text."""
+    """A JSON object; multipart forms carry it as JSON text. Checked as a JSON body is (json_input)."""
 
     max_bytes: int
+    max_depth: int = json_input.MAX_DEPTH
 
     def read(self, value: Any, name: str) -> dict[str, Any]:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise invalid(name, "is not valid JSON") from None
+        value = read_json(value, name, self.max_depth)
         if not isinstance(value, dict):
             raise invalid(name, "must be a JSON object")
         if len(json.dumps(value)) > self.max_bytes:
@@ -387,12 +402,20 @@ class WebhookSecret(Spec):
 class Upload(Spec):
     """An uploaded file (multipart), kept as the framework's file object for the view to stream."""
 
-    codes: ClassVar[tuple[str, ...]] = ("missing_field",)
+    codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_field")
     missing_message: str = "'{name}' is required."
+    max_name_chars: int = 255  # the file name is stored (File.filename is 255 characters)
 
     def read(self, value: Any, name: str) -> Any:
         if not hasattr(value, "read"):  # a form's text under the file's name is no file
             raise self.missing(name)
+        filename = getattr(value, "filename", None) or ""
+        if len(filename) > self.max_name_chars:
+            raise invalid(name, f"has a file name of {len(filename)} characters; the limit is {self.max_name_chars}")
+        # Control characters (NUL, CR, LF, ...) are refused, not cleaned: Postgres cannot store NUL, and a name
+        # is shown back (downloads' Content-Disposition, listings) exactly as it was given.
+        if _CONTROL.search(filename) or json_input.has_surrogate(filename):
+            raise invalid(name, "has a file name with control characters")
         return value
 
     def missing(self, name: str) -> ApiError:

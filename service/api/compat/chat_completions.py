@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import Field
 
 from service.adapters import presence
-from service.api.common import request_values
+from service.api.common import json_body, request_values
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
 from service.api.context import get_redis, get_settings
@@ -83,10 +83,11 @@ def chat_model(settings: Settings) -> type[RequestModel]:
         messages: Annotated[list[Any], _Messages()] = Field(description="One image in all, as an image_url data: URL.")
         max_completion_tokens: Annotated[int, Number(low=1, high=settings.max_tokens_limit, integer=True)] = Field(
             settings.default_max_tokens, description="The same as max_tokens (OpenAI's newer name).")
-        response_format: Annotated[dict[str, Any] | None, ResponseFormat()] = Field(
+        response_format: Annotated[dict[str, Any] | None, ResponseFormat(max_depth=settings.max_json_depth)] = Field(
             None, description="Constrain the output to JSON, in OpenAI's shape.")
         stream: Annotated[bool, Bool()] = Field(False, description=_STREAM_DESCRIPTION)
-        stream_options: Annotated[dict[str, Any] | None, JsonObject(max_bytes=1024)] = Field(
+        stream_options: Annotated[dict[str, Any] | None,
+                                  JsonObject(max_bytes=1024, max_depth=settings.max_json_depth)] = Field(
             None, description="{include_usage: true} adds a usage chunk.")
     return combine("ChatCompletion", Chat, generation_model(settings))
 
@@ -112,9 +113,7 @@ def create_chat_completion() -> ResponseReturnValue:
     """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
     settings = get_settings()
     if request.is_json:
-        raw = request.get_json(silent=True)
-        if not isinstance(raw, dict):
-            raise ApiError(ErrorCode.INVALID_JSON, "The body is not a JSON object.")
+        raw = json_body()
         if raw.get("n") not in (None, 1):
             raise ApiError(ErrorCode.INVALID_FIELD, "Only n=1 is supported.", {"field": "n"})
         body = parse(chat_model(settings), raw)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from pydantic import AliasChoices, Field
 
+from service.api.common import json_body
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
 from service.api.context import get_settings
@@ -101,9 +102,7 @@ def generate_content(model: str) -> ResponseReturnValue:
     if model not in settings.registry:
         raise ApiError(ErrorCode.NOT_FOUND, f"models/{model} is not found; available: {', '.join(settings.registry)}.",
                        {"model": model})
-    body = request.get_json(silent=True) if request.is_json else None
-    if not isinstance(body, dict):
-        raise ApiError(ErrorCode.INVALID_JSON, "The body must be a JSON object with 'contents'.")
+    body = json_body("The body must be a JSON object with 'contents'.")
     content = parse(Content, body)
     turns = [content.system_instruction, *content.contents] if content.system_instruction else content.contents
     conversation = build(turns, _inline_image, max_chars=settings.max_prompt_chars)

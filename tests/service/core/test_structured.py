@@ -79,3 +79,25 @@ def test_a_schema_the_engine_grammar_library_refuses_is_invalid(schema):
 def test_references_that_resolve_compile_at_submit():
     schema = {"type": "object", "$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}
     assert parse_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == schema
+
+
+def test_nested_arrays_are_left_to_the_engine_grammar_before_their_regex_doubles_out_of_memory():
+    """An array's regex holds its item's twice: 60 nested levels would need 2^60 characters, so past a bound the
+    schema is compiled by the engine's grammar library instead, and within max_json_depth that is accepted."""
+    schema: dict = {"type": "string", "maxLength": 4}
+    for _ in range(60):
+        schema = {"type": "array", "items": schema}
+    assert compile_schema(schema) is None
+    assert parse_response_format({"type": "json_schema", "json_schema": {"name": "deep", "schema": schema}}) == schema
+    shallow = {"type": "array", "items": {"type": "array", "items": {"type": "string", "maxLength": 4}}}
+    assert compile_schema(shallow) is not None
+
+
+@pytest.mark.parametrize("depth", [65, 300, 5000])
+def test_a_response_format_nested_past_the_json_depth_limit_is_refused_before_jsonschema(depth):
+    text = '{"type": "json_schema", "json_schema": {"name": "x", "schema": ' + '{"items":' * depth + "{}"
+    text += "}" * depth + "}}"
+    with pytest.raises(ApiError) as caught:
+        parse_response_format(text)
+    assert caught.value.body()["error"]["code"] == "invalid_response_format"
+    assert "nests deeper than 64 levels" in caught.value.message
