@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast screenshots bench bench-full bench-tune eval chaos tiny migrate worker api beat flower lock clean
+.PHONY: run test fuzz test-fast screenshots bench bench-full bench-tune eval chaos tiny migrate worker api beat flower lock clean
 
 run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + beat + Flower (:5555)
 	$(BIN)/vlq run
@@ -29,6 +29,9 @@ bench-tune: $(STAMP)  ## engine settings in paired rounds against int8 batch 8 (
 
 eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts and invoices -> docs/BENCHMARKS.md
 	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md
+
+fuzz: $(STAMP) tiny  ## hostile inputs against a live API and worker: status, peak RSS and time per case
+	$(BIN)/python -m bench.fuzz
 
 chaos: $(STAMP)  ## fault injection at full size: 1,000 jobs, worker SIGKILLs, a Redis restart, a Postgres cut
 	$(BIN)/python -m tests.e2e.chaos.harness --jobs 1000
