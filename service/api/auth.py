@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from flask import Flask, current_app, g, request
 
+from service.adapters.db import DATABASE_UNAVAILABLE
 from service.api import openapi
 from service.api.context import get_db, get_rate_limiter, get_session, get_settings
 from service.core import keys
@@ -99,7 +100,12 @@ def _resolve_caller() -> None:
     secret = _presented_secret()
     if getattr(view, "vlq_public", False) and (secret is None or not getattr(view, "vlq_key_optional", False)):
         return
-    caller = _authenticate(settings, secret)
+    try:
+        caller = _authenticate(settings, secret)
+    except DATABASE_UNAVAILABLE:
+        if getattr(view, "vlq_key_optional", False):
+            return  # readiness must answer while the database is down: as to a caller without a key
+        raise
     wait_s = get_rate_limiter().check(caller.key_id or "", caller.rate_limit_rps)
     if wait_s > 0:
         raise _rate_limited(wait_s, f"Too many requests for this API key (its limit is {caller.rate_limit_rps:g} "
