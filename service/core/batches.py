@@ -207,7 +207,8 @@ def store_image(settings: Settings, blobs: BlobStore, custom_id: str, data: byte
     try:
         info = inspect_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     except ApiError as error:
-        return StoredImage(custom_id, sha256, error=error)
+        # Without its traceback: its frames hold the image's bytes, and a batch keeps every item's error.
+        return StoredImage(custom_id, sha256, error=error.with_traceback(None))
     blobs.put(data)
     return StoredImage(custom_id, sha256, info=info)
 
