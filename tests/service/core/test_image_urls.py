@@ -134,6 +134,7 @@ def test_a_slow_drip_image_url_is_abandoned_at_the_limit(settings, drip_server, 
     assert error["code"] == "image_url_unreachable" and "no complete answer within 2s" in error["message"]
 
 
+@pytest.mark.worker  # starts a service process (the gunicorn API), as the worker-process tests do
 def test_slow_image_urls_cannot_take_every_api_thread(config_file, drip_server, api_key, tmp_path):
     """The real server (`vlq api`: gunicorn, one process of 4 threads) with 6 slow-drip fetches asked at once: 2 are
     fetched (and abandoned at the limit), the rest are refused at once, and /healthz answers meanwhile."""
