@@ -6,6 +6,7 @@ one frees its slot at once. A reader thread resolves each request's handle from 
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import logging
@@ -13,6 +14,8 @@ import multiprocessing
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,28 @@ log = logging.getLogger(__name__)
 
 # Compiling a 2B model the first time takes minutes on a small machine; a cached compile takes seconds.
 _LOAD_TIMEOUT_S = 1800
+
+
+@contextmanager
+def _compiling(cache_dir: Path) -> Iterator[None]:
+    """One engine on this host compiles into a cache folder at a time, the next one then reads the warm cache.
+
+    OpenVINO's cache writes race: two workers starting together on a cold cache failed one of them ("cannot set
+    permissions: No such file"). The wait is bounded; past it the engine compiles anyway, as before.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "w") as handle:
+        deadline = time.monotonic() + _LOAD_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("%s: another engine has compiled for too long; compiling anyway", cache_dir)
+                    break
+                time.sleep(0.2)
+        yield  # the lock ends with the file
 
 
 class OpenVINOVLMEngine(Engine):
@@ -65,8 +90,9 @@ class OpenVINOVLMEngine(Engine):
         self._process = self._context.Process(
             target=pipeline_process.serve, args=(config, self._requests, self._results),
             name=f"vlq-engine-{self.name}", daemon=True)
-        self._process.start()
-        message = self._wait_until_loaded()
+        with _compiling(self._cache_dir()):
+            self._process.start()
+            message = self._wait_until_loaded()
         if message[0] != "ready":
             self._process.join(timeout=10)
             raise EngineError(f"{self.name} failed to load: {message[1]}")
@@ -84,10 +110,12 @@ class OpenVINOVLMEngine(Engine):
         self._process.kill()
         raise EngineError(f"{self.name} did not load within {_LOAD_TIMEOUT_S}s")
 
+    def _cache_dir(self) -> Path:
+        return Path(self._settings.model_cache) / ".compiled" / self._model.spec.export_dir_name
+
     def _properties(self) -> dict[str, Any]:
         # OpenVINO caches compiled blobs here, so a restarted worker skips most of compilation.
-        cache_dir = Path(self._settings.model_cache) / ".compiled" / self._model.spec.export_dir_name
-        properties: dict[str, Any] = {"CACHE_DIR": str(cache_dir)}
+        properties: dict[str, Any] = {"CACHE_DIR": str(self._cache_dir())}
         if self._settings.inference_threads:
             properties["INFERENCE_NUM_THREADS"] = self._settings.inference_threads
         return properties | dict(self._settings.openvino_properties)
