@@ -166,8 +166,8 @@ def test_a_client_that_disconnects_mid_stream_gets_its_job_cancelled(http, live_
 def test_a_client_that_leaves_while_its_stream_waits_in_the_queue_gets_its_job_cancelled(
         http, busy_worker, live_server, client):
     # Enough long jobs ahead that this one cannot start before the stream's next keep-alive (2 s) finds the client
-    # gone: each takes a second or more even on a fast machine.
-    _keep_busy(client, busy_worker, queued=4)
+    # gone: each takes a second or more even on a fast machine, and eight leave room for a machine that is faster still.
+    _keep_busy(client, busy_worker, queued=8)
     body = {"model": BUSY, "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_url(make_image())}}, {"type": "text", "text": "Hi"}]}]}
     with http.post(f"{live_server}/v1/chat/completions", json=body, stream=True, timeout=60) as response:
