@@ -262,3 +262,17 @@ def test_a_batch_whose_window_passes_while_validating_expires(module_db, blobs, 
     batch = _batch(module_db, batch_id)
     assert batch.status == "expired" and batch.expired_at is not None and batch.output_file_id is None
     assert _ingest(module_db, blobs, broker, settings, batch_id) is None  # its ingest task, if it comes, does nothing
+
+
+def test_counting_requests_counts_a_long_line_without_holding_it(module_db, blobs):
+    long_line = b'{"custom_id": "big", "pad": "' + b"x" * 300_000 + b'"}'
+    file_id = _input_file(module_db, blobs, [long_line, b"  ", _line("a")])
+    with module_db.session() as session:
+        assert batches.count_requests(blobs, session.get(File, file_id)) == 2
+    with blobs.open(_sha(module_db, file_id)) as stream:
+        assert [line is None for line in batches.bounded_lines(stream, 1024)] == [True, False, False]
+
+
+def _sha(db: Database, file_id: str) -> str:
+    with db.session() as session:
+        return session.get(File, file_id).sha256
