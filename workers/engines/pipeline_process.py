@@ -51,6 +51,7 @@ class _InFlight:
     peak_batch: int = 0
     cancel_requested: bool = False
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # one per token id, when the request asked for them
     finish_reason: Any = None
     encode_ms: float = 0.0  # time inside add_request: tokenizing, and encoding the image
     first_token_at: float | None = None  # time.monotonic(), a clock every process on the machine shares
@@ -300,8 +301,11 @@ class _Loop:
             raise _OutOfMemory(f"the engine dropped the request ({status.name}): out of KV-cache memory; "
                                f"raise kv_cache_gb or lower max_tokens")
         metrics = item.handle.get_perf_metrics()
+        traced = bool(item.request[2].get("logprobs")) and len(item.logprobs) == len(item.token_ids)
         return GenerationResult(
             text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
+            token_ends=self._token_ends(item.token_ids) if traced else None,
+            token_logprobs=[float(v) for v in item.logprobs] if traced else None,
             finish_reason=reason,
             prompt_tokens=int(metrics.get_num_input_tokens()),
             completion_tokens=int(metrics.get_num_generated_tokens()),
@@ -311,6 +315,20 @@ class _Loop:
             encode_ms=item.encode_ms,
             first_token_at=item.first_token_at,
         )
+
+
+    def _token_ends(self, ids: list[int]) -> list[int]:
+        """Where each token's text ends in the decoded output: the length of every prefix's decoding.
+
+        Quadratic in the output's length, and only for requests that asked for logprobs (extractions, a few hundred
+        tokens: milliseconds). A prefix ending inside a UTF-8 character decodes with U+FFFD, not counted.
+        """
+        ends, last = [], 0
+        for index in range(1, len(ids) + 1):
+            text = self._tokenizer.decode(ids[:index], skip_special_tokens=True)
+            last = max(last, len(text.rstrip("\ufffd")))
+            ends.append(last)
+        return ends
 
 
 def error_code(exc: BaseException) -> ErrorCode:
@@ -329,6 +347,7 @@ def _read_tokens(item: _InFlight) -> None:
     while item.handle.can_read():
         for output in item.handle.read().values():
             item.token_ids.extend(output.generated_ids)
+            item.logprobs.extend(output.generated_log_probs)
             item.finish_reason = output.finish_reason
 
 
@@ -338,6 +357,8 @@ def _generation_config(generation: dict[str, Any]) -> Any:
     config = ov_genai.GenerationConfig()
     config.max_new_tokens = generation["max_tokens"]
     config.ignore_eos = generation["ignore_eos"]
+    if generation.get("logprobs"):
+        config.logprobs = 1  # the chosen token's log-probability (GenAI returns at most the top one)
     if generation["temperature"] > 0:
         # The engine holds both as float32, and refuses 0: a positive value below float32's range would become 0.
         config.do_sample = True
