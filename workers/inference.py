@@ -15,7 +15,7 @@ from service.adapters import metrics, token_stream
 from service.adapters.blobs import BlobNotFound
 from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
 from service.adapters.db import DATABASE_UNAVAILABLE
-from service.core import batches, lifecycle, logs, structured
+from service.core import batches, grounding, lifecycle, logs, structured
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
 from workers.engines.base import EngineError, GenerationRequest, GenerationResult
@@ -74,8 +74,12 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}"))
+        extraction = _extracts(runtime, job)
+        pages: list[grounding.Page] | None = None
         try:
-            prompt = _grounded_prompt(runtime, job, blob) if job.ground_with_ocr else job.prompt
+            if job.ground_with_ocr:
+                pages = read_pages(runtime, _document_pages(runtime, job, blob))
+            prompt = job.prompt if pages is None else _grounded_prompt(runtime, job, pages)
         except _OCRUnavailable as exc:
             return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.MODEL_UNAVAILABLE, str(exc)))
         except (EngineError, TimeoutError) as exc:
@@ -86,7 +90,7 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
             handle = engine.submit(GenerationRequest(
                 prompt=prompt, image=image, max_tokens=job.max_tokens, temperature=job.temperature,
                 top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-                messages=job.messages, stream=job.stream,
+                messages=job.messages, stream=job.stream, logprobs=extraction,
             ))
         except EngineError as exc:
             return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
@@ -114,7 +118,8 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         parsed, problem = _parse_output(result.text, job.response_schema)
         if problem is not None:
             return _finish(runtime, job, JobStatus.FAILED, result=result, error=(ErrorCode.INVALID_OUTPUT, problem))
-        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed)
+        fields = _ground(runtime, job, blob, parsed, result, pages) if extraction else None
+        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, grounded=fields)
     return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
 
 
@@ -147,16 +152,53 @@ def _publish_text(runtime: WorkerRuntime, job_id: str, pieces: Iterator[str]) ->
             publishing = False
 
 
-def _grounded_prompt(runtime: WorkerRuntime, job: Job, blob: bytes) -> str:
-    """The job's prompt followed by the text OCR reads from its full-resolution image."""
-    name = next((name for name, spec in runtime.settings.registry.items()
-                 if spec.engine == "rapidocr" and name in runtime.engines), None)
-    if name is None:
-        raise _OCRUnavailable(f"ground_with_ocr needs an OCR model, and this worker serving {job.model!r} has none.")
-    image = prepare_image(blob, runtime.settings.registry[name].max_pixels)
-    ocr = runtime.engines[name].submit(GenerationRequest(prompt="", image=image, max_tokens=1))
-    text = ocr.result(timeout=runtime.settings.job_timeout_s).text[: runtime.settings.max_prompt_chars]
+def _extracts(runtime: WorkerRuntime, job: Job) -> bool:
+    """Whether this worker grounds the job's fields: an extraction preset on a VLM, with an OCR engine at hand."""
+    preset = runtime.settings.presets.get(job.preset or "")
+    return (preset is not None and preset.extracts and job.response_schema is not None and job.messages is None
+            and runtime.ocr is not None and runtime.engines.get(job.model) is not runtime.ocr)
+
+
+def _document_pages(runtime: WorkerRuntime, job: Job, blob: bytes) -> list[tuple[int, bytes]]:
+    """The job's pages in order, as (1-based page number, stored image); a single image is a one-page document."""
+    return [(1, blob)]
+
+
+def read_pages(runtime: WorkerRuntime, pages: list[tuple[int, bytes]]) -> list[grounding.Page]:
+    """OCR each (page number, stored image) at full resolution (up to the OCR model's bound), words and all."""
+    if runtime.ocr is None:
+        raise _OCRUnavailable("ground_with_ocr needs an OCR model, and this worker has none.")
+    bound = runtime.settings.registry[runtime.ocr.name].max_pixels
+    read = []
+    for number, page in pages:
+        image = prepare_image(page, bound)
+        handle = runtime.ocr.submit(GenerationRequest(prompt="", image=image, max_tokens=1, word_boxes=True))
+        lines = handle.result(timeout=runtime.settings.job_timeout_s).lines or []
+        read.append(grounding.page_from_ocr(number, image.width, image.height, lines))
+    return read
+
+
+def _grounded_prompt(runtime: WorkerRuntime, job: Job, pages: list[grounding.Page]) -> str:
+    """The job's prompt followed by the text OCR read from its pages."""
+    text = pages[0].text if len(pages) == 1 else "\n".join(f"--- page {p.number} ---\n{p.text}" for p in pages)
+    text = text[: runtime.settings.max_prompt_chars]
     return f"{job.prompt}\n\nText read from the image by OCR (it may contain mistakes):\n{text}"
+
+
+def _ground(runtime: WorkerRuntime, job: Job, blob: bytes, parsed: Any, result: GenerationResult,
+            pages: list[grounding.Page] | None) -> dict[str, Any]:
+    """The extraction's grounded fields. OCR that fails grounds nothing: every value is then flagged for review."""
+    if pages is None:
+        try:
+            pages = read_pages(runtime, _document_pages(runtime, job, blob))
+        except (_OCRUnavailable, EngineError, TimeoutError, OSError, ValueError) as exc:
+            log.warning("job %s: OCR for grounding failed (%s); its fields stay ungrounded", job.id, exc)
+            pages = []
+    trace = None
+    if result.token_ends is not None and result.token_logprobs is not None:
+        trace = grounding.TokenTrace(ends=result.token_ends, logprobs=result.token_logprobs)
+    return grounding.ground(parsed, job.response_schema, pages, text=result.text, trace=trace,
+                            review_confidence=runtime.settings.review_confidence)
 
 
 def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
@@ -173,13 +215,14 @@ def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
-            parsed: Any = None, error: tuple[ErrorCode, str] | None = None) -> str | None:
+            parsed: Any = None, grounded: dict[str, Any] | None = None,
+            error: tuple[ErrorCode, str] | None = None) -> str | None:
     values: dict[str, Any] = {}
     if result is not None:
         values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,
                       finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
                       completion_tokens=result.completion_tokens, ttft_ms=result.ttft_ms,
-                      inference_ms=result.inference_ms, batch_size=result.batch_size)
+                      inference_ms=result.inference_ms, batch_size=result.batch_size, grounding=grounded)
     if error is not None:
         values.update(error_code=error[0], error_message=error[1])
     # The result waits out a database blip for as long as this worker lives: giving up would leave the job

@@ -56,6 +56,10 @@ class Page:
     number: int
     lines: tuple[tuple[Word, ...], ...]
 
+    @property
+    def text(self) -> str:
+        return "\n".join(" ".join(word.text for word in line) for line in self.lines)
+
 
 @dataclass(frozen=True)
 class TokenTrace:

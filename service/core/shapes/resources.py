@@ -53,12 +53,32 @@ class OcrLine(Shape):
     confidence: float
 
 
+class GroundedField(Shape):
+    """One extracted value: where it is on the document and how sure VLQ is of it (service.core.grounding)."""
+
+    value: Any
+    confidence: float | None = Field(description="0-1: the value's token probability and its OCR agreement")
+    page: int | None = Field(description="1-based page the value was found on; null when not grounded")
+    bbox: list[float] | None = Field(description="[x0, y0, x1, y1] on its page, normalized 0-1 (origin top left)")
+    grounded: bool = Field(description="false: no OCR text on any page matches the value")
+
+
+class ReviewReason(Shape):
+    field: str
+    reason: Literal["ungrounded", "low_confidence"]
+    confidence: float | None
+
+
 class JobResult(Shape):
-    # The output: `json` only for a schema-constrained job, `lines` only for OCR.
+    # The output: `json` only for a schema-constrained job, `lines` only for OCR; an extraction preset's job also
+    # has `fields` (keyed by path: `total`, `line_items[0].amount`), `review` and `review_reasons`.
 
     text: str
     json_: Any | MISSING = Field(MISSING, alias="json")
     lines: list[OcrLine] | MISSING = MISSING
+    fields: dict[str, GroundedField] | MISSING = MISSING
+    review: bool | MISSING = Field(MISSING, description="a required field is ungrounded or below review_confidence")
+    review_reasons: list[ReviewReason] | MISSING = MISSING
 
     @classmethod
     def of(cls, job: models.Job) -> JobResult | None:
@@ -69,6 +89,10 @@ class JobResult(Shape):
             result.json_ = job.result_json
         if job.result_lines is not None:
             result.lines = [OcrLine.model_validate(line) for line in job.result_lines]
+        if job.grounding is not None:
+            result.fields = {path: GroundedField.model_validate(f) for path, f in job.grounding["fields"].items()}
+            result.review = job.grounding["review"]
+            result.review_reasons = [ReviewReason.model_validate(r) for r in job.grounding["review_reasons"]]
         return result
 
 
