@@ -24,6 +24,7 @@ holds a value that is ungrounded or whose confidence is below the threshold (`re
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -137,8 +138,10 @@ _MONTHS = {name: index for index, names in enumerate((
     ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"), ("oct", "october"), ("nov", "november"),
     ("dec", "december")), 1) for name in names}
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_NON_DIGITS = re.compile(r"\D")
 
 
+@functools.lru_cache(maxsize=65536)  # every OCR span is compared with every value: parse each span once
 def parse_amount(text: str) -> float | None:
     """The number an amount as printed stands for (`$1,234.50`, `1.234,50 EUR`, `1 234,5`, `(12.00)`), or None."""
     text = text.strip().strip(":;")
@@ -160,10 +163,11 @@ def parse_amount(text: str) -> float | None:
     return -number if negative else number
 
 
-def parse_date(text: str) -> set[date]:
+@functools.lru_cache(maxsize=65536)
+def parse_date(text: str) -> frozenset[date]:
     """Every date a printed date can mean (`03/05/2024` is both 3 May and 5 March); empty if it is not one."""
     text = text.strip().strip(".,:;").lower()
-    found: set[date] = set()
+    found: frozenset[date] = frozenset()
     numbers = re.fullmatch(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})", text)
     if numbers:
         a, b, c = (int(part) for part in numbers.groups())
@@ -182,13 +186,14 @@ def parse_date(text: str) -> set[date]:
     return found
 
 
-def _dates(parts: tuple[int, int, int]) -> set[date]:
+def _dates(parts: tuple[int, int, int]) -> frozenset[date]:
     try:
-        return {date(*parts)}
+        return frozenset({date(*parts)})
     except ValueError:
-        return set()
+        return frozenset()
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_text(text: str) -> str:
     """Case-, accent-width- and punctuation-insensitive form of a text value, spaces collapsed."""
     text = unicodedata.normalize("NFKC", text).casefold()
@@ -216,7 +221,9 @@ def similarity(value: Any, printed: str) -> float:
         return 0.0
     if a == b:
         return 1.0
-    if re.sub(r"\D", "", a) != re.sub(r"\D", "", b):
+    if 2 * min(len(a), len(b)) < MIN_TEXT_SIMILARITY * (len(a) + len(b)):
+        return 0.0  # the lengths alone put the ratio below the bar
+    if _NON_DIGITS.sub("", a) != _NON_DIGITS.sub("", b):
         return 0.0  # a misread letter is tolerated; other digits are another number, date or reference
     ratio = SequenceMatcher(None, a, b, autojunk=False).ratio()
     return ratio if ratio >= MIN_TEXT_SIMILARITY else 0.0

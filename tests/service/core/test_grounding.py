@@ -65,7 +65,7 @@ def test_what_is_not_an_amount_parses_as_none(printed):
     ("2024-02-30", set()), ("hello", set()), ("12.40", set()),
 ])
 def test_dates_parse_to_every_date_they_can_mean(printed, dates):
-    assert parse_date(printed) == dates
+    assert parse_date(printed) == frozenset(dates)
 
 
 @pytest.mark.parametrize(("value", "printed", "matches"), [
@@ -169,3 +169,12 @@ def test_iou():
     assert iou((0, 0, 1, 1), (0, 0, 1, 1)) == 1.0
     assert iou((0, 0, 1, 1), (0.5, 0, 1.5, 1)) == pytest.approx(1 / 3)
     assert iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+def test_a_label_glued_to_its_value_by_ocr_still_leaves_the_value_its_own_box():
+    line = {"text": "Date:05/03/2024", "box": [[0, 0], [150, 0], [150, 10], [0, 10]], "confidence": 0.98}
+    page = page_from_ocr(1, 300, 100, [line])
+    assert [w.text for w in page.lines[0]] == ["Date:", "05/03/2024"]
+    [match] = find("2024-03-05", [page])
+    assert match.box == pytest.approx((0.5 * 5 / 15, 0.0, 0.5, 0.1))  # its share of the line: 10 of 15 characters
+    assert [w.text for w in page_from_ocr(1, 9, 9, [{**line, "text": "12:30 Tax:"}]).lines[0]] == ["12:30", "Tax:"]
