@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +318,60 @@ def test_a_batch_can_be_cancelled_from_its_view_and_reopened_by_its_link(page, l
     page.reload()
     expect(page.locator("#batch-status")).to_have_text("cancelled")
     expect(page.locator("#results-body tr")).to_have_count(3)
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+def test_an_extraction_draws_each_grounded_field_over_the_image_and_hover_highlights_it(page, screenshot_dir):
+    from bench.documents import make_invoice
+
+    doc = make_invoice(random.Random(9), n_pages=1, items_per_page=2)
+    buffer = io.BytesIO()
+    doc.pages[0].save(buffer, format="PNG")
+    # The tiny model's values are noise: the job's own response_format (added to the form the page sends) leaves it
+    # one answer, the invoice's true total and number and an invented reference, so what is on the page is known.
+    forced = {"type": "object", "additionalProperties": False, "required": ["invoice_number", "total", "reference"],
+              "properties": {"invoice_number": {"enum": [doc.values["invoice_number"]]},
+                             "total": {"enum": [doc.values["total"]]}, "reference": {"enum": ["NOWHERE-123"]}}}
+    part = json.dumps({"type": "json_schema", "json_schema": {"name": "forced", "schema": forced}})
+
+    def add_response_format(route: Any) -> None:
+        boundary = route.request.headers["content-type"].split("boundary=")[1].encode()
+        body = route.request.post_data_buffer
+        closing = b"--" + boundary + b"--"
+        extra = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="response_format"\r\n\r\n'
+                 + part.encode() + b"\r\n")
+        route.continue_(post_data=body.replace(closing, extra + closing))
+
+    page.route("**/v1/jobs", lambda route: add_response_format(route) if route.request.method == "POST"
+               else route.continue_())
+    page.set_input_files("#file-input", [upload("invoice.png", buffer.getvalue())])
+    page.select_option("#preset", "invoice")
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as posted:
+        page.click("#submit")
+    assert posted.value.status == 202
+    extraction = page.locator(".message.answered .extraction")
+    expect(extraction).to_be_visible(timeout=180_000)
+
+    expect(extraction.locator("table.fields tbody tr")).to_have_count(3)
+    expect(extraction.locator(".field-box")).to_have_count(2)  # the invented reference has no box
+    expect(extraction.locator("tr.ungrounded")).to_have_attribute("data-field", "reference")
+    expect(extraction.locator(".review.needed")).to_contain_text("reference (ungrounded)")
+    image = extraction.locator(".page img")
+    expect(image).to_have_js_property("complete", True)
+    shown = image.bounding_box()
+    box = extraction.locator('.field-box[data-field="total"]')
+    drawn = box.bounding_box()
+    left, top, right, bottom = doc.placed["total"].box
+    # The box sits where the total was printed, on the image as shown (a few pixels of OCR padding allowed).
+    assert abs(drawn["x"] - (shown["x"] + left * shown["width"])) < 0.02 * shown["width"] + 4
+    assert abs(drawn["y"] - (shown["y"] + top * shown["height"])) < 0.02 * shown["height"] + 4
+
+    row = extraction.locator('tr[data-field="total"]')
+    row.hover()
+    expect(box).to_have_class(re.compile(r"\bactive\b"))
+    expect(row).to_have_class(re.compile(r"\bactive\b"))
+    extraction.locator('.field-box[data-field="invoice_number"]').hover()
+    expect(box).not_to_have_class(re.compile(r"\bactive\b"))
+    expect(extraction.locator('tr[data-field="invoice_number"]')).to_have_class(re.compile(r"\bactive\b"))
+    snapshot(page, screenshot_dir / "extraction.png")
