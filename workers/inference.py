@@ -155,7 +155,8 @@ def _publish_text(runtime: WorkerRuntime, job_id: str, pieces: Iterator[str]) ->
 def _extracts(runtime: WorkerRuntime, job: Job) -> bool:
     """Whether this worker grounds the job's fields: an extraction preset on a VLM, with an OCR engine at hand."""
     preset = runtime.settings.presets.get(job.preset or "")
-    return (preset is not None and preset.extracts and job.response_schema is not None and job.messages is None
+    return (runtime.settings.ground_fields and preset is not None and preset.extracts
+            and job.response_schema is not None and job.messages is None
             and runtime.ocr is not None and runtime.engines.get(job.model) is not runtime.ocr)
 
 
