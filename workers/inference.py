@@ -108,6 +108,8 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
             if tracker.requeued:
                 return None
             return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
+        if extraction and pages is None and result.finish_reason != "cancelled" and not tracker.requeued:
+            pages = _pages_for_grounding(runtime, job, blob)  # still tracked: a drain waits for the OCR too
 
     if tracker.requeued:  # a stop handed the job back and cancelled this generation; another attempt runs it
         return None
@@ -118,7 +120,7 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         parsed, problem = _parse_output(result.text, job.response_schema)
         if problem is not None:
             return _finish(runtime, job, JobStatus.FAILED, result=result, error=(ErrorCode.INVALID_OUTPUT, problem))
-        fields = _ground(runtime, job, blob, parsed, result, pages) if extraction else None
+        fields = _ground(runtime, job, parsed, result, pages or []) if extraction else None
         return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, grounded=fields)
     return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
 
@@ -186,15 +188,18 @@ def _grounded_prompt(runtime: WorkerRuntime, job: Job, pages: list[grounding.Pag
     return f"{job.prompt}\n\nText read from the image by OCR (it may contain mistakes):\n{text}"
 
 
-def _ground(runtime: WorkerRuntime, job: Job, blob: bytes, parsed: Any, result: GenerationResult,
-            pages: list[grounding.Page] | None) -> dict[str, Any]:
-    """The extraction's grounded fields. OCR that fails grounds nothing: every value is then flagged for review."""
-    if pages is None:
-        try:
-            pages = read_pages(runtime, _document_pages(runtime, job, blob))
-        except (_OCRUnavailable, EngineError, TimeoutError, OSError, ValueError) as exc:
-            log.warning("job %s: OCR for grounding failed (%s); its fields stay ungrounded", job.id, exc)
-            pages = []
+def _pages_for_grounding(runtime: WorkerRuntime, job: Job, blob: bytes) -> list[grounding.Page]:
+    """The job's pages read by OCR; none if OCR fails, which leaves every value ungrounded (and flagged)."""
+    try:
+        return read_pages(runtime, _document_pages(runtime, job, blob))
+    except (_OCRUnavailable, EngineError, TimeoutError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        log.warning("job %s: OCR for grounding failed (%s); its fields stay ungrounded", job.id, exc)
+        return []
+
+
+def _ground(runtime: WorkerRuntime, job: Job, parsed: Any, result: GenerationResult,
+            pages: list[grounding.Page]) -> dict[str, Any]:
+    """The extraction's grounded fields on its pages, with the tokens' logprobs where the engine gave them."""
     trace = None
     if result.token_ends is not None and result.token_logprobs is not None:
         trace = grounding.TokenTrace(ends=result.token_ends, logprobs=result.token_logprobs)
