@@ -28,6 +28,7 @@ from workers.engines.base import ENGINE_FAILED, GenerationResult
 
 log = logging.getLogger(__name__)
 _SMALLEST = 1e-6  # the least temperature or top_p sent to the engine (both are practically greedy there)
+_TOKEN_WINDOW = 4  # tokens of context decoded before each token to tell its length (a UTF-8 character spans <= 4)
 
 
 @dataclass(frozen=True)
@@ -301,11 +302,13 @@ class _Loop:
             raise _OutOfMemory(f"the engine dropped the request ({status.name}): out of KV-cache memory; "
                                f"raise kv_cache_gb or lower max_tokens")
         metrics = item.handle.get_perf_metrics()
+        text = self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else ""
         traced = bool(item.request[2].get("logprobs")) and len(item.logprobs) == len(item.token_ids)
+        ends = self._token_ends(item.token_ids, text) if traced else None
         return GenerationResult(
-            text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
-            token_ends=self._token_ends(item.token_ids) if traced else None,
-            token_logprobs=[float(v) for v in item.logprobs] if traced else None,
+            text=text,
+            token_ends=ends,
+            token_logprobs=[float(v) for v in item.logprobs] if ends is not None else None,
             finish_reason=reason,
             prompt_tokens=int(metrics.get_num_input_tokens()),
             completion_tokens=int(metrics.get_num_generated_tokens()),
@@ -317,18 +320,23 @@ class _Loop:
         )
 
 
-    def _token_ends(self, ids: list[int]) -> list[int]:
-        """Where each token's text ends in the decoded output: the length of every prefix's decoding.
+    def _token_ends(self, ids: list[int], text: str) -> list[int] | None:
+        """Where each token's text ends in the decoded output, or None if that cannot be told exactly.
 
-        Quadratic in the output's length, and only for requests that asked for logprobs (extractions, a few hundred
-        tokens: milliseconds). A prefix ending inside a UTF-8 character decodes with U+FFFD, not counted.
+        Each token's length is what it adds to a window of the few tokens before it (decoded in one batched call:
+        ~6 ms for 470 tokens, against ~500 ms decoding every prefix); a window starting inside a UTF-8 character
+        decodes that part the same with and without the token, so it cancels out.
         """
-        ends, last = [], 0
-        for index in range(1, len(ids) + 1):
-            text = self._tokenizer.decode(ids[:index], skip_special_tokens=True)
-            last = max(last, len(text.rstrip("\ufffd")))
-            ends.append(last)
-        return ends
+        windows: list[list[int]] = []
+        for index in range(len(ids)):
+            start = max(0, index - _TOKEN_WINDOW)
+            windows += [ids[start:index + 1], ids[start:index]]
+        texts = self._tokenizer.decode(windows, skip_special_tokens=True) if windows else []
+        ends, total = [], 0
+        for index in range(len(ids)):
+            total += len(texts[2 * index]) - len(texts[2 * index + 1])
+            ends.append(total)
+        return ends if total == len(text) else None
 
 
 def error_code(exc: BaseException) -> ErrorCode:
