@@ -13,7 +13,8 @@ Confidence (0-1) combines two independent signals:
 
     model = exp(mean log-probability of the output tokens that spell the value)   (the geometric-mean token
             probability: how sure the model was, from the engine's own logprobs)
-    ocr   = match similarity x OCR word confidence, 0 when the value is not on any page
+    ocr   = match similarity x OCR word confidence, 0 when the value is not on any page; for a line-item cell,
+            less 2 x its distance from its row's line (in page heights), and 1 on another page than its row
     confidence = (model + ocr) / 2, or ocr alone when the engine gave no logprobs
 
 so an ungrounded value never scores above 0.5, and a grounded one the model was sure of scores near 1.
@@ -91,6 +92,7 @@ class Leaf:
     span: tuple[int, int] | None = None  # the value's characters in the output text
     candidates: list[Match] = field(default_factory=list)
     chosen: Match | None = None
+    agreement: float = 0.0  # the chosen match's score, less its distance from its row for a line-item cell
 
 
 def page_from_ocr(number: int, width: int, height: int, lines: Sequence[Mapping[str, Any]]) -> Page:
@@ -372,7 +374,7 @@ def _confidence(leaf: Leaf, model: float | None) -> float | None:
     """The formula in the module's docstring; None for a null value when the engine gave no logprobs."""
     if leaf.value is None:
         return None if model is None else round(model, 3)
-    ocr = leaf.chosen.score if leaf.chosen else 0.0
+    ocr = leaf.agreement if leaf.chosen else 0.0
     return round(ocr if model is None else (model + ocr) / 2, 3)
 
 
@@ -386,6 +388,7 @@ def _choose(found: list[Leaf]) -> None:
         if row is None:
             for leaf in cells:
                 leaf.chosen = max(leaf.candidates, key=_first_best)
+                leaf.agreement = leaf.chosen.score
         else:
             _choose_row(cells)
 
@@ -406,9 +409,12 @@ def _choose_row(cells: list[Leaf]) -> None:
         return place.score + sum(max(m.score - _row_cost(m, place) for m in leaf.candidates) for leaf in others)
 
     place = max(anchor.candidates, key=fit)
-    anchor.chosen = place
+    anchor.chosen, anchor.agreement = place, place.score
     for leaf in others:
-        leaf.chosen = max(leaf.candidates, key=lambda m: m.score - _row_cost(m, place))
+        best = max(leaf.candidates, key=lambda m: m.score - _row_cost(m, place))
+        # A cell printed nowhere near its row (a quantity "1" found only in a footer) is not grounded by it.
+        agreement = best.score - _row_cost(best, place)
+        leaf.chosen, leaf.agreement = (best, agreement) if agreement > 0 else (None, 0.0)
 
 
 def _row_cost(match: Match, anchor: Match) -> float:

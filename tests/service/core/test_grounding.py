@@ -178,3 +178,15 @@ def test_a_label_glued_to_its_value_by_ocr_still_leaves_the_value_its_own_box():
     [match] = find("2024-03-05", [page])
     assert match.box == pytest.approx((0.5 * 5 / 15, 0.0, 0.5, 0.1))  # its share of the line: 10 of 15 characters
     assert [w.text for w in page_from_ocr(1, 9, 9, [{**line, "text": "12:30 Tax:"}]).lines[0]] == ["12:30", "Tax:"]
+
+
+def test_a_line_item_cell_far_from_its_row_loses_agreement_and_on_another_page_is_ungrounded():
+    page_1 = Page(1, (_line(0.30, "Hammer", "7", "x", "19.99"), _line(0.50, "Note:", "bring", "2", "copies")))
+    page_2 = Page(2, (_line(0.90, "Page", "3"),))
+    parsed = {"line_items": [{"description": "Hammer", "quantity": 2, "amount": 19.99},
+                             {"description": "Hammer", "quantity": 3, "amount": 19.99}]}
+    fields = ground(parsed, SCHEMA, [page_1, page_2])["fields"]
+    near = fields["line_items[0].quantity"]  # "2" is printed 0.2 page heights below the row: 0.99 - 2 x 0.2
+    assert near["grounded"] and near["bbox"][1] == pytest.approx(0.50) and near["confidence"] == 0.59
+    assert fields["line_items[1].quantity"]["grounded"] is False  # "3" is only on page 2, the row on page 1
+    assert fields["line_items[1].amount"]["grounded"] and fields["line_items[1].amount"]["confidence"] == 0.99
