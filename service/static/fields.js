@@ -42,9 +42,12 @@ export function renderFields(result, pageUrl) {
   for (const page of pages.length ? pages : [1]) {
     const figure = Object.assign(document.createElement("figure"), { className: "page" });
     figure.dataset.page = String(page);
+    // The frame is exactly the image's size, so boxes placed in percent of it land where their values are.
+    const frame = Object.assign(document.createElement("div"), { className: "frame" });
     const image = Object.assign(document.createElement("img"), { alt: `Page ${page}` });
     pageUrl(page).then((url) => { image.src = url; }).catch(() => { image.alt = `Page ${page} (image not available)`; });
-    figure.append(image);
+    frame.append(image);
+    figure.append(frame);
     for (const [path, field] of fields) {
       if (field.page !== page || !field.bbox) continue;
       const [x0, y0, x1, y1] = field.bbox;
@@ -53,7 +56,7 @@ export function renderFields(result, pageUrl) {
       Object.assign(box.style, { left: percent(x0), top: percent(y0), width: percent(x1 - x0), height: percent(y1 - y0) });
       hoverable(box, path);
       boxes.set(path, box);
-      figure.append(box);
+      frame.append(box);
     }
     if (pages.length > 1) figure.append(Object.assign(document.createElement("figcaption"), { textContent: `Page ${page}` }));
     figures.append(figure);
