@@ -183,7 +183,7 @@ def read_pages(runtime: WorkerRuntime, pages: list[tuple[int, bytes]]) -> list[g
 
 def _grounded_prompt(runtime: WorkerRuntime, job: Job, pages: list[grounding.Page]) -> str:
     """The job's prompt followed by the text OCR read from its pages."""
-    text = pages[0].text if len(pages) == 1 else "\n".join(f"--- page {p.number} ---\n{p.text}" for p in pages)
+    text = "\n\n".join(f"Page {p.number}:\n{p.text}" if len(pages) > 1 else p.text for p in pages)
     text = text[: runtime.settings.max_prompt_chars]
     return f"{job.prompt}\n\nText read from the image by OCR (it may contain mistakes):\n{text}"
 
