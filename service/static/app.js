@@ -375,11 +375,13 @@ async function startExtraction(staged, options) {
 }
 
 async function pageImage(job, page, localUrl) {
-  // Page 1 of a single image is the image this browser sent; other pages come from the job's stored pages.
-  if (page === 1 && localUrl) return localUrl;
-  const query = page === 1 ? "" : `?page=${page}`;
-  const response = await send(`/v1/jobs/${encodeURIComponent(job.id)}/image${query}`);
-  return URL.createObjectURL(await response.blob());
+  // A single image is the one this browser sent; a document's pages are the job's rendered pages.
+  const id = encodeURIComponent(job.id);
+  if (!job.pages?.length) {
+    if (localUrl) return localUrl;
+    return URL.createObjectURL(await (await send(`/v1/jobs/${id}/image`)).blob());
+  }
+  return URL.createObjectURL(await (await send(`/v1/jobs/${id}/pages/${page}/image`)).blob());
 }
 
 async function askFollowUp(event) {
