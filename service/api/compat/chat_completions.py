@@ -15,11 +15,10 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from flask.typing import ResponseReturnValue
 from pydantic import Field
 
-from service.adapters import presence
 from service.api.common import json_body, request_values
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
-from service.api.context import get_redis, get_settings
+from service.api.context import get_settings
 from service.api.errors import as_api_error
 from service.api.openapi import JSON, MULTIPART, operation
 from service.core import jobs
@@ -174,7 +173,7 @@ def _event(data: Shape | dict[str, Any]) -> str:
            error_schema="OpenAIError")
 def list_models() -> ResponseReturnValue:
     """The registry in OpenAI's list shape (the SDK's models.list()), with whether a worker serves each now."""
-    statuses = _model_statuses()
+    statuses = sync_chat.model_statuses()
     return jsonify(ObjectList[ModelOut](data=[_model(name, statuses) for name in get_settings().registry]).dump())
 
 
@@ -183,23 +182,11 @@ def list_models() -> ResponseReturnValue:
 def get_model(model: str) -> ResponseReturnValue:
     if model not in get_settings().registry:  # error_body answers it as OpenAI's 404 model_not_found
         raise ApiError(ErrorCode.UNKNOWN_MODEL, f"The model {model!r} does not exist.", {"model": model})
-    return jsonify(_model(model, _model_statuses()).dump())
+    return jsonify(_model(model, sync_chat.model_statuses()).dump())
 
 
 def _model(name: str, statuses: dict[str, str]) -> ModelOut:
     return ModelOut(id=name, status=statuses.get(name, "absent"))
-
-
-def _model_statuses() -> dict[str, str]:
-    """live if any live worker serves the model, else loading, else unavailable (a worker could not load it)."""
-    rank = {"live": 3, "loading": 2, "unavailable": 1}
-    best: dict[str, str] = {}
-    for info in presence.live_workers(get_redis()).values():
-        for name, state in info.get("models", {}).items():
-            status = state.get("status", "unavailable")
-            if rank.get(status, 0) > rank.get(best.get(name, ""), 0):
-                best[name] = status
-    return best
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -136,3 +136,15 @@ def abandon(job_id: str) -> None:
             jobs.cancel(session, get_broker(), job_id)
     except Exception:
         log.exception("job %s: could not cancel it after its caller left", job_id)
+
+
+def model_statuses() -> dict[str, str]:
+    """live if any live worker serves the model, else loading, else unavailable (a worker could not load it)."""
+    rank = {"live": 3, "loading": 2, "unavailable": 1}
+    best: dict[str, str] = {}
+    for info in presence.live_workers(get_redis()).values():
+        for name, state in info.get("models", {}).items():
+            status = state.get("status", "unavailable")
+            if rank.get(status, 0) > rank.get(best.get(name, ""), 0):
+                best[name] = status
+    return best
