@@ -54,6 +54,7 @@ _STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSI
 _METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 # A model's method (`models/x:generateContent`) is Google's own URL form; OpenAI's paths have no colon.
 _GOOGLE_PATH = re.compile(r"^/v1beta(/|$)|^/v1/models/[^/]*:")
+_GOOGLE_CLIENT = "x-goog-api-client"  # the header Google's SDKs name themselves in
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,7 +171,7 @@ def count_tokens(model: str) -> ResponseReturnValue:
 
 
 @bp.get("/v1beta/models")
-@operation("Models, in Google's shape (also GET /v1/models for a caller that sends x-goog-api-key)",
+@operation("Models, in Google's shape (also GET /v1/models, for Google's SDKs: x-goog-api-client)",
            tags=("compatible",), error_schema="GoogleError", responses={200: "GoogleModelList"})
 def list_models() -> ResponseReturnValue:
     """The registry as Google's SDK lists it; `description` says whether a worker serves each model now."""
@@ -188,10 +189,11 @@ def get_model(model: str) -> ResponseReturnValue:
 
 @bp.before_app_request
 def _google_model_list() -> ResponseReturnValue | None:
-    """Google's SDK lists and gets models at /v1/models by default, which is OpenAI's path: a caller that sends
-    its key the Google way (`x-goog-api-key`) is answered in Google's shape there. Runs after authentication."""
+    """Google's SDKs list and get models at /v1/models by default, which is OpenAI's path: a caller that names
+    itself one of them (`x-goog-api-client`, which they all send) is answered in Google's shape there. Runs after
+    authentication."""
     endpoint = request.url_rule.endpoint if request.url_rule is not None else None
-    if request.method != "GET" or "x-goog-api-key" not in request.headers or endpoint not in (
+    if request.method != "GET" or _GOOGLE_CLIENT not in request.headers or endpoint not in (
             "chat_completions.list_models", "chat_completions.get_model"):
         return None
     try:
@@ -305,7 +307,7 @@ def _inline_image(inline: dict[str, Any], where: str) -> bytes:
 def is_google_request(req: Request) -> bool:
     """Whether Google's clients call this path: /v1beta, a model's method, or the model list asked the Google way."""
     return bool(_GOOGLE_PATH.match(req.path)) or (
-        "x-goog-api-key" in req.headers and re.match(r"^/v1/models(/|$)", req.path) is not None)
+        _GOOGLE_CLIENT in req.headers and re.match(r"^/v1/models(/|$)", req.path) is not None)
 
 
 def _error_body(error: ApiError) -> tuple[dict[str, Any], int]:

@@ -86,4 +86,5 @@ def test_url_safe_base64_decodes_padded_or_not():
 def test_mixed_alphabets_and_impossible_lengths_are_invalid_base64(value):
     with pytest.raises(ApiError) as caught:
         decode_image_field(value, field="x.data")
-    assert (caught.value.status, caught.value.code, caught.value.details) == (400, "invalid_base64", {"field": "x.data"})
+    error = caught.value
+    assert (error.status, error.code, error.details) == (400, "invalid_base64", {"field": "x.data"})

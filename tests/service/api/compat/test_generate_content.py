@@ -144,13 +144,14 @@ def test_a_refused_key_is_googles_unauthenticated(app):
     assert response.status_code == 401 and response.get_json()["error"]["status"] == "UNAUTHENTICATED"
 
 
-def test_the_model_list_is_googles_for_a_google_caller_and_openais_otherwise(client, api_key, settings):
+def test_the_model_list_is_googles_for_googles_sdks_and_openais_otherwise(client, settings):
+    sdk = {"x-goog-api-client": "google-genai-sdk/3.6.1 gl-python/3.11.7"}
     google = client.get("/v1beta/models").get_json()
     assert [model["name"] for model in google["models"]] == [f"models/{name}" for name in settings.registry]
-    assert client.get("/v1/models", headers={"x-goog-api-key": api_key}).get_json() == google
+    assert client.get("/v1/models", headers=sdk).get_json() == google
     assert client.get("/v1/models").get_json()["object"] == "list"  # OpenAI's, for everyone else
-    one = client.get(f"/v1/models/{TINY}", headers={"x-goog-api-key": api_key}).get_json()
+    one = client.get(f"/v1/models/{TINY}", headers=sdk).get_json()
     assert one["name"] == f"models/{TINY}" and "countTokens" in one["supportedGenerationMethods"]
-    missing = client.get("/v1/models/no-such-model", headers={"x-goog-api-key": api_key})
+    missing = client.get("/v1/models/no-such-model", headers=sdk)
     assert (missing.status_code, missing.get_json()["error"]["status"]) == (404, "NOT_FOUND")
     assert client.get("/v1/models/no-such-model").get_json()["error"]["code"] == "model_not_found"
