@@ -73,9 +73,12 @@ class _Contents(Spec):
         return ApiError(ErrorCode.MISSING_FIELD, f"'{name}' must be a non-empty list.", {"field": name})
 
     def schema(self, required: bool) -> dict[str, Any]:
-        part = {"type": "object", "properties": {"text": {"type": "string"}, "inline_data": {
-            "type": "object", "required": ["data"],
-            "properties": {"mime_type": {"type": "string"}, "data": {"type": "string"}}}}}
+        inline = {"type": "object", "required": ["data"],
+                  "properties": {"mime_type": {"type": "string"}, "data": {"type": "string"}}}
+        part = {"oneOf": [{"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}},
+                           "not": {"required": ["inline_data"]}},
+                          {"type": "object", "required": ["inline_data"], "properties": {"inline_data": inline},
+                           "not": {"required": ["text"]}}]}
         content = {"type": "object", "required": ["parts"], "properties": {
             "role": {"enum": ["user", "model"]}, "parts": {"type": "array", "items": part}}}
         return {"type": "array", "minItems": 1, "items": content}
@@ -284,13 +287,14 @@ def _turn(content: Any, where: str, role: str | None = None) -> Turn:
         raise ApiError(ErrorCode.INVALID_FIELD, f"{where}.role must be 'user' or 'model'.", {"field": f"{where}.role"})
     parts: list[str | ImageRef] = []
     for index, part in enumerate(content["parts"]):
-        inline = field(part, "inline_data") if isinstance(part, dict) else None
-        if isinstance(part, dict) and isinstance(part.get("text"), str):
-            parts.append(part["text"])
-        elif isinstance(inline, dict):
+        text, inline = (part.get("text"), field(part, "inline_data")) if isinstance(part, dict) else (None, None)
+        if isinstance(text, str) and inline is None:
+            parts.append(text)
+        elif isinstance(inline, dict) and text is None:
             parts.append(ImageRef(inline))
-        else:
-            raise ApiError(ErrorCode.INVALID_FIELD, f"{where}.parts[{index}] must hold 'text' or 'inline_data'.",
+        else:  # a Part is one thing: Google refuses a part with both, as this does
+            raise ApiError(ErrorCode.INVALID_FIELD,
+                           f"{where}.parts[{index}] must hold either 'text' (a string) or 'inline_data' (an object).",
                            {"field": f"{where}.parts[{index}]"})
     return Turn(role, parts, where=where)
 

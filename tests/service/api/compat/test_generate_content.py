@@ -61,6 +61,7 @@ def test_camel_case_a_system_instruction_and_model_turns_make_one_conversation(g
         (TINY, {"contents": _contents(mime="application/pdf")}, 400, "INVALID_ARGUMENT"),
         (TINY, {"contents": _contents(text="")}, 400, "INVALID_ARGUMENT"),
         (TINY, {"contents": [{"role": "user", "parts": [{"text": "no image"}]}]}, 400, "INVALID_ARGUMENT"),
+        (TINY, {"contents": [{"parts": [{"text": "both", "inline_data": {"data": 5}}]}]}, 400, "INVALID_ARGUMENT"),
         (TINY, {"contents": _contents(), "generation_config": {"max_output_tokens": 0}}, 400, "INVALID_ARGUMENT"),
     ],
 )
