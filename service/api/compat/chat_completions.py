@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -139,24 +140,18 @@ def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
     A failure after the stream began arrives as an `{"error": ...}` event (the SDK raises it). If the client
     goes away, the job is cancelled (found out at the next write: a piece of text, or a keep-alive every 2 s).
     """
-    ended = False
-    try:
+    with closing(sync_chat.streamed(job)) as pieces:  # closed, so cancelled, when the client goes away
         yield _event(ChatCompletionChunk.of(job, {"role": "assistant", "content": ""}, with_usage=include_usage))
-        for piece in sync_chat.pieces(job):
+        for piece in pieces:
+            if isinstance(piece, ApiError):
+                yield _event(error_body(piece)[0])
+                return
             if isinstance(piece, Job):
                 final = piece
             elif piece:
                 yield _event(ChatCompletionChunk.of(job, {"content": piece}, with_usage=include_usage))
             else:  # an SSE comment: clients ignore it, and writing it tells whether the client is still there
                 yield ": keep-alive\n\n"
-        ended = True
-    except Exception as exc:
-        ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out
-        yield _event(error_body(as_api_error(exc))[0])
-        return
-    finally:
-        if not ended:  # the client disconnected mid-stream
-            sync_chat.abandon(job.id)
     yield _event(ChatCompletionChunk.of(final, {}, finish=finish_reason(final), with_usage=include_usage))
     if include_usage:
         yield _event(ChatCompletionChunk.usage_of(final))

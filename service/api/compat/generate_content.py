@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -234,43 +235,39 @@ def _job_request(model: str, *, stream: bool = False) -> tuple[jobs.JobRequest, 
     return job_request, conversation.image
 
 
-def _chunks(job: Job) -> Iterator[Shape | dict[str, Any] | None]:
+def _chunks(job: Job) -> Generator[Shape | dict[str, Any] | None, None, None]:
     """The answer as GenerateContentResponse chunks; None while nothing happens (a keep-alive); a failure after
-    the stream began as the error body, last. A client that goes away gets its job cancelled."""
-    ended = False
-    try:
-        for piece in sync_chat.pieces(job):
+    the stream began as the error body, last."""
+    with closing(sync_chat.streamed(job)) as pieces:  # closed, so cancelled, when the client goes away
+        for piece in pieces:
+            if isinstance(piece, ApiError):
+                yield _error_body(piece)[0]
+                return
             if isinstance(piece, Job):
                 final = piece
             else:
                 yield GenerateContentResponse.chunk(job, piece, last=False) if piece else None
-        ended = True
-    except Exception as exc:
-        ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out
-        yield _error_body(as_api_error(exc))[0]
-        return
-    finally:
-        if not ended:  # the client disconnected mid-stream
-            sync_chat.abandon(job.id)
     yield GenerateContentResponse.chunk(final, "", last=True)
 
 
-def _sse(chunks: Iterator[Shape | dict[str, Any] | None]) -> Iterator[str]:
+def _sse(chunks: Generator[Shape | dict[str, Any] | None, None, None]) -> Iterator[str]:
     # The keep-alive is a blank line: the SDK skips it, but would read an SSE comment line as a chunk of JSON.
-    for chunk in chunks:
-        yield "\n" if chunk is None else f"data: {_json(chunk)}\n\n"
+    with closing(chunks):  # closed with the response, so a client that goes away gets its job cancelled
+        for chunk in chunks:
+            yield "\n" if chunk is None else f"data: {_json(chunk)}\n\n"
 
 
-def _json_array(chunks: Iterator[Shape | dict[str, Any] | None]) -> Iterator[str]:
+def _json_array(chunks: Generator[Shape | dict[str, Any] | None, None, None]) -> Iterator[str]:
     first = True
-    yield "["
-    for chunk in chunks:
-        if chunk is None:
-            yield " "  # whitespace between JSON values, written to find out whether the client is still there
-        else:
-            yield ("" if first else ",\n") + _json(chunk)
-            first = False
-    yield "]"
+    with closing(chunks):
+        yield "["
+        for chunk in chunks:
+            if chunk is None:
+                yield " "  # whitespace between JSON values, written to find out whether the client is still there
+            else:
+                yield ("" if first else ",\n") + _json(chunk)
+                first = False
+        yield "]"
 
 
 def _json(data: Shape | dict[str, Any]) -> str:

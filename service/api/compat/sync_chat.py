@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from service.adapters import presence, token_stream
 from service.api.auth import current_caller
 from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_redis, get_session, get_settings
+from service.api.errors import as_api_error
 from service.core import jobs
 from service.core.errors import ApiError, ErrorCode
 from service.core.models import Job, JobStatus, Priority
@@ -106,6 +107,21 @@ def pieces(job: Job) -> Iterator[str | Job]:
     if len(text) > len(streamed) and text.startswith(streamed):
         yield text[len(streamed):]
     yield final
+
+
+def streamed(job: Job) -> Iterator[str | Job | ApiError]:
+    """`pieces`, for a response that streams them: a failure comes as the last item, an ApiError, and a client that
+    goes away (found out at the next write: a piece of text, or a keep-alive) gets its job cancelled."""
+    ended = False
+    try:
+        yield from pieces(job)
+        ended = True
+    except Exception as exc:
+        ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out
+        yield as_api_error(exc)
+    finally:
+        if not ended:  # the client disconnected mid-stream
+            abandon(job.id)
 
 
 def succeeded(job_id: str) -> Job:
