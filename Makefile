@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz test-fast screenshots bench bench-full bench-tune eval chaos tiny migrate worker api beat flower lock clean
+.PHONY: run test fuzz test-fast screenshots bench bench-full bench-peer bench-tune eval chaos tiny migrate worker api beat flower lock clean
 
 run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + beat + Flower (:5555)
 	$(BIN)/vlq run
@@ -23,6 +23,9 @@ bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
 
 bench-full: $(STAMP)  ## the 2B architecture: PyTorch fp32/bf16 vs OpenVINO int8/int4 x batch vs service (~25 min here)
 	$(BIN)/python -m bench.full_bench --tune no-dynamic-quantization,f32-compute,kv-f16,prefix-caching,batched-tokens-1024,threads-1,no-pinning,max-pixels-100k,int4-g64,int4-g32 --write docs/BENCHMARKS.md
+
+bench-peer: $(STAMP)  ## llama.cpp (built here from PyPI's llama-cpp-python sdist) vs VLQ's engine and service, same 2B checkpoint
+	$(BIN)/python -m bench.peer_bench --write docs/BENCHMARKS.md
 
 bench-tune: $(STAMP)  ## engine settings in paired rounds against int8 batch 8 (drift-proof ratios, ~10 min here)
 	$(BIN)/python -m bench.tuning --variants dq-group-128,dq-group-256,kv-f16,no-pinning --rounds 3 --write docs/BENCHMARKS.md
