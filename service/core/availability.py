@@ -91,7 +91,8 @@ def notice(settings: Settings, model: str, workers: Mapping[str, Mapping[str, An
     reasons = [state["reason"] for state in states if state.get("status") == "unavailable" and state.get("reason")]
     if reasons:
         return Notice(ErrorCode.MODEL_UNAVAILABLE,
-                      f"No live worker can serve the model {model!r}: {reasons[0]}. Then restart the worker.", model)
+                      f"No live worker can serve the model {model!r}: {reasons[0]}. A worker looks for its models "
+                      f"when it starts: restart it once that is done.", model)
     how = fix(settings.model(model), model)
     return Notice(ErrorCode.NO_WORKER,
                   f"No live worker serves the model {model!r}: start one that does (`vlq worker`; if it sets "
