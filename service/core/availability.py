@@ -106,7 +106,10 @@ def warnings(settings: Settings, models: Iterable[str], workers: Mapping[str, Ma
 
 
 def with_timeout(settings: Settings, item: Notice, priority: str) -> Notice:
-    """A queued job's warning: the notice, and how long the job waits for a worker before it fails."""
+    """A queued job's warning: the notice, and how long the job waits for a worker before it fails (a model being
+    loaded is served: its clock does not run)."""
+    if item.code == ErrorCode.MODEL_LOADING:
+        return item
     wait = settings.queue_timeout(priority)
     ending = (f"The job waits for a worker up to {wait:g}s (queue_timeout_s.{priority}), then fails as "
               f"model_unavailable." if wait else "The job waits until a worker serves the model (queue_timeout_s "

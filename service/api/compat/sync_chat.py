@@ -118,8 +118,8 @@ def succeeded(job_id: str) -> Job:
     if job.status == JobStatus.CANCELLED.value:
         raise ApiError(ErrorCode.CANCELLED, f"The job {job.id} was cancelled before it finished.", {"job_id": job.id})
     code = ErrorCode.of(job.error_code)
-    raise ApiError(code, job.error_message or "The job failed.", {"job_id": job.id},
-                   headers=_RETRY if code.status == 503 else None)
+    headers = _NO_RETRY if code == ErrorCode.MODEL_UNAVAILABLE else _RETRY if code.status == 503 else None
+    raise ApiError(code, job.error_message or "The job failed.", {"job_id": job.id}, headers=headers)
 
 
 def timed_out(job_id: str, timeout_s: float) -> ApiError:
