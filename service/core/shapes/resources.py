@@ -86,9 +86,9 @@ class JobError(Shape):
 
 class ModelWarning(Shape):
     """Why a waiting job (or a batch's waiting items) may not start: no live worker serves its model
-    (service.core.availability). `code` is `no_worker`, `model_loading` or `model_unavailable`."""
+    (service.core.availability), and what fixes it."""
 
-    code: str
+    code: Literal["no_worker", "model_loading", "model_unavailable"]
     message: str
     model: str
 
