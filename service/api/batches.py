@@ -34,7 +34,7 @@ from service.core import batch_lifecycle, batches, jobs
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
 from service.core.exports import content_disposition, csv_lines
-from service.core.models import Batch, BatchStatus, Job, Priority
+from service.core.models import Batch, Job, Priority
 from service.core.requests import options_model, task_model
 from service.core.shapes import Timings, Usage
 from service.core.validation import Choice, RequestModel, Spec, Text, combine, parse, per_settings
@@ -206,8 +206,8 @@ def list_batches() -> ResponseReturnValue:
     rows, limit = newest_first(Batch, query=read_query(PageQuery))
     session = get_session()
     counts = batch_lifecycle.request_counts(session, [row.id for row in rows])
-    active = {BatchStatus.VALIDATING.value, BatchStatus.IN_PROGRESS.value}
-    workers = model_warnings.live_workers() if any(row.status in active for row in rows) else None
+    waiting = any(row.status in model_warnings.WAITING_BATCH for row in rows)
+    workers = model_warnings.live_workers() if waiting else None
     return jsonify(page(rows, limit, lambda batch: model_warnings.batch_out(session, batch, workers,
                                                                              counts=counts[batch.id])))
 
@@ -217,7 +217,8 @@ def list_batches() -> ResponseReturnValue:
 def get_batch(batch_id: str) -> ResponseReturnValue:
     session = get_session()
     batch = get_or_404(session, Batch, batch_id, "batch")
-    out = model_warnings.batch_out(session, batch, model_warnings.live_workers())
+    waiting = batch.status in model_warnings.WAITING_BATCH
+    out = model_warnings.batch_out(session, batch, model_warnings.live_workers() if waiting else None)
     return jsonify(out.dump()), 200, model_warnings.headers(out.warnings)
 
 

@@ -19,6 +19,7 @@ from service.core.shapes import BatchOut, JobOut, ModelWarning, RequestCounts
 log = logging.getLogger(__name__)
 
 HEADER = "VLQ-Warning"
+WAITING_BATCH = frozenset({BatchStatus.VALIDATING.value, BatchStatus.IN_PROGRESS.value})  # may have items waiting
 Workers = dict[str, dict[str, Any]] | None
 
 
@@ -53,7 +54,7 @@ def batch_out(session: Session, batch: Batch, workers: Workers, models: Iterable
     """The batch with its counts (counted here unless given), and its warnings while it has items waiting (or, just
     created, will have: the native form's `models`)."""
     out = BatchOut.from_row(batch, counts) if counts is not None else batch_lifecycle.render(session, batch)
-    if BatchStatus(batch.status) in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+    if batch.status in WAITING_BATCH:
         waiting = session.scalars(select(Job.model).where(
             Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value).distinct()).all()
         out.warnings = for_models([*models, *sorted(waiting)], batch.priority, workers)
