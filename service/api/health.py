@@ -9,9 +9,10 @@ from flask.typing import ResponseReturnValue
 
 from service.adapters import presence
 from service.api.auth import authenticated, key_optional, public
-from service.api.context import get_db, get_redis
+from service.api.context import get_db, get_redis, get_settings
 from service.api.openapi import operation, ref
-from service.core.shapes import HealthOut, OpenAIHealthOut, ReadinessOut
+from service.core import availability
+from service.core.shapes import HealthOut, ModelWarning, OpenAIHealthOut, ReadinessOut
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def healthz() -> ResponseReturnValue:
                                               "content": {"application/json": {"schema": ref("Readiness")}}}})
 def readyz() -> ResponseReturnValue:
     """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing.
+
+    `unserved` names each configured model no live worker has live, why, and the command that fixes it.
 
     Worker host names, PIDs and model states are for callers with a key: anyone else gets the status and `missing`.
     """
@@ -76,7 +79,12 @@ def readiness() -> ReadinessOut:
         missing.append("redis")
 
     models = presence.live_models(workers)
-    if "redis" not in missing and not models:
-        missing.append("worker" if not workers else "model")
+    unserved = []
+    if "redis" not in missing:
+        settings = get_settings()
+        unserved = [ModelWarning(**notice.warning()) for notice in availability.warnings(settings, settings.registry,
+                                                                                         workers)]
+        if not models:
+            missing.append("worker" if not workers else "model")
     return ReadinessOut(status="ready" if not missing else "not_ready", missing=missing, checks=checks, models=models,
-                        workers=[{"name": name, **info} for name, info in sorted(workers.items())])
+                        unserved=unserved, workers=[{"name": name, **info} for name, info in sorted(workers.items())])

@@ -52,6 +52,11 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# How long a queued job waits while no live worker serves its model, per priority, before it fails as
+# model_unavailable (service.core.availability); 0 waits for ever. Bulk work tolerates a slower cold start.
+DEFAULT_QUEUE_TIMEOUT_S: dict[str, float] = {"interactive": 300.0, "bulk": 3600.0}
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///data/vlq.db"
@@ -98,6 +103,8 @@ class Settings:
     dispatch_grace_s: float = 10.0  # a queued job not handed to the broker this long after it was stored is sent
     shutdown_grace_s: float = 60.0  # a warm stop lets running jobs finish this long, then requeues the rest
     cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
+    # Per priority (a number sets both): the longest a queued job waits while no live worker serves its model.
+    queue_timeout_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_QUEUE_TIMEOUT_S))
 
     # Synchronous endpoints (chat completions, /api/v1/chat, generateContent): bounded waits, bounded queues.
     sync_timeout_s: float = 120.0  # a request still unanswered after this is cancelled and answered 504
@@ -165,6 +172,10 @@ class Settings:
     def model(self, name: str) -> ModelSpec | None:
         return self.registry.get(name)
 
+    def queue_timeout(self, priority: str) -> float:
+        """Seconds a queued job of this priority waits while no live worker serves its model; 0 is for ever."""
+        return float(self.queue_timeout_s.get(priority, DEFAULT_QUEUE_TIMEOUT_S.get(priority, 0.0)))
+
 
 def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from defaults, config.yaml (or $VLQ_CONFIG), VLQ_* variables and `overrides`."""
@@ -207,7 +218,9 @@ def _build(values: dict[str, Any]) -> Settings:
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     kwargs = {name: _coerce(name, hints[name], value) for name, value in values.items()
-              if name not in ("registry", "presets")}
+              if name not in ("registry", "presets", "queue_timeout_s")}
+    if "queue_timeout_s" in values:
+        kwargs["queue_timeout_s"] = _queue_timeouts(values["queue_timeout_s"])
     kwargs["registry"] = _build_registry(values.get("registry", {}))
     try:
         kwargs["presets"] = build_presets(values.get("presets"), kwargs["registry"],
@@ -240,6 +253,26 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     except (TypeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"setting {name!r}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
     return value
+
+
+def _queue_timeouts(value: Any) -> dict[str, float]:
+    """`queue_timeout_s`: a mapping of priorities to seconds (the others keep their defaults), or one number for all;
+    from the environment as YAML, e.g. '{bulk: 7200}' or '60'."""
+    value = yaml.safe_load(value) if isinstance(value, str) else value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = dict.fromkeys(DEFAULT_QUEUE_TIMEOUT_S, value)
+    if not isinstance(value, Mapping):
+        raise ConfigError("queue_timeout_s must map priorities (interactive, bulk) to seconds, or be one number")
+    unknown = set(value) - set(DEFAULT_QUEUE_TIMEOUT_S)
+    if unknown:
+        raise ConfigError(f"queue_timeout_s: unknown priority(ies) {', '.join(sorted(map(str, unknown)))}")
+    try:
+        timeouts = {**DEFAULT_QUEUE_TIMEOUT_S, **{key: float(seconds) for key, seconds in value.items()}}
+    except (TypeError, ValueError):
+        raise ConfigError(f"queue_timeout_s: cannot read {value!r} as seconds") from None
+    if any(not 0 <= seconds < float("inf") for seconds in timeouts.values()):
+        raise ConfigError("queue_timeout_s must not be negative (0 waits for ever)")
+    return timeouts
 
 
 def _boolean(value: Any) -> bool:
