@@ -26,7 +26,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
-from service.adapters import presence
+from service.adapters import presence, s3
 from service.adapters.db import Database
 from service.adapters.migrate import upgrade
 from service.app import create_app
@@ -167,6 +167,65 @@ def module_db(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         database = Database(url)
         yield database
         database.dispose()
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+
+@dataclass
+class S3Server:
+    """moto's S3 server on a loopback port: the real S3 HTTP protocol, which clients reach as they would AWS."""
+
+    server: Any
+    port: int
+    env: dict[str, str]  # the standard AWS variables that point a client (or a worker process) at it
+
+    @property
+    def endpoint(self) -> str:
+        return self.env["AWS_ENDPOINT_URL"]
+
+    def client(self) -> Any:
+        return s3.client()
+
+    def bucket(self) -> str:
+        """A new empty bucket, so tests do not see each other's objects."""
+        name = f"vlq-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        """Take the server down (its objects stay: moto keeps them in this process) until `start`."""
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server = _moto_server(self.port)
+
+
+def _moto_server(port: int) -> Any:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One S3 server for the session. Its AWS_* variables are set in this process (the API under test reads them
+    as any AWS client does) and so reach the worker processes tests start."""
+    server = _moto_server(0)
+    port = server.get_host_and_port()[1]
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "vlq-test",
+           "AWS_SECRET_ACCESS_KEY": "vlq-test", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    handle = S3Server(server=server, port=port, env=env)
+    yield handle
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    handle.server.stop()
 
 
 # -- configuration -----------------------------------------------------------------------------

@@ -102,6 +102,10 @@ class WorkerRuntime:
         deadline = None if seconds is None else time.monotonic() + seconds
         return lambda: self._halting.is_set() or (deadline is not None and time.monotonic() > deadline)
 
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if a stop's grace runs out meanwhile."""
+        self._halting.wait(seconds)
+
     def running_count(self) -> int:
         with self._lock:
             return len(self._active)
