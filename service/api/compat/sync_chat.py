@@ -34,7 +34,7 @@ def admit(model: str) -> None:
     broker = get_broker()
     states = [info.get("models", {}).get(model) or {} for info in presence.live_workers(get_redis()).values()]
     if not any(state.get("status") == "live" for state in states):
-        if any(state.get("status") == "loading" for state in states):
+        if any(state.get("status") in ("loading", "pulling") for state in states):  # pulling: then loading
             raise ApiError(ErrorCode.MODEL_LOADING, f"The model {model!r} is still loading; retry shortly.",
                            {"model": model}, headers=_RETRY)
         reasons = [state["reason"] for state in states if state.get("status") == "unavailable" and "reason" in state]
