@@ -61,6 +61,7 @@ MODULE_MARKS = {
     "e2e/test_schemathesis.py": ["schemathesis"],
     "e2e/test_faults.py": ["worker", "postgres"],  # its own stack (tests/e2e/faults.py): Postgres, workers, beat
     "e2e/test_run_command.py": ["worker"],  # `vlq run` starts a worker, beat and Flower
+    "e2e/test_multi_host.py": ["worker", "postgres"],  # hosts sharing only Redis, Postgres and S3
     "e2e/chaos/test_chaos.py": ["postgres"],  # the harness's stack (tests/e2e/faults.py) runs on Postgres
 }
 _running: pytest.Item | None = None
@@ -318,13 +319,15 @@ def settings(config_file: Path) -> Settings:
 class WorkerProcess:
     """A real `vlq worker` subprocess (or another `vlq` service command, such as `beat`)."""
 
-    def __init__(self, config_file: Path, log_path: Path, command: str = "worker", **env: str) -> None:
+    def __init__(self, config_file: Path, log_path: Path, command: str = "worker", *, cwd: Path = ROOT,
+                 **env: str) -> None:
         _require_marker("worker", f"starts `vlq {command}`")
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        # PYTHONPATH: this checkout's code, whatever the working directory (a host of its own, say).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", command], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "VLQ_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1", **env},
+            [sys.executable, "-m", "service.cli", command], cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "VLQ_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **env},
         )
         self.name: str | None = None
 
