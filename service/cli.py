@@ -154,6 +154,25 @@ def db_upgrade() -> None:
 
 # -- API keys -------------------------------------------------------------------------------
 
+@cli.command("create-bucket")
+def create_bucket() -> None:
+    """Create the bucket `blob_url` names if it is missing (a self-hosted S3's first start), then check it."""
+    from service.adapters import s3
+    from service.adapters.blobs import BlobStoreUnavailable
+    from service.adapters.s3_blobs import S3BlobStore
+
+    settings = _server_settings()
+    if not settings.blob_url:
+        raise click.ClickException("blob_url is not set: blobs are in the local blob_dir, there is no bucket")
+    store = S3BlobStore(s3.S3Location.parse(settings.blob_url), s3.client(settings.s3_addressing_style))
+    try:
+        created = store.create_bucket()
+        store.check()
+    except BlobStoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{store.describe()}: {'created' if created else 'already there'}")
+
+
 @cli.group()
 def keys() -> None:
     """API keys of every tenant, straight in the database: the operator's tool (an admin key manages only its own

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from service.adapters import s3
-from service.adapters.blobs import BlobNotFound, BlobStore, is_digest
+from service.adapters.blobs import BlobNotFound, BlobStore, BlobStoreUnavailable, is_digest
 from service.adapters.s3 import S3Location
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,17 @@ class S3BlobStore(BlobStore):
     def check(self) -> None:
         with s3.errors(f"bucket {self.location.bucket!r} ({self.client.meta.endpoint_url})"):
             self.client.head_bucket(Bucket=self.location.bucket)
+
+    def create_bucket(self) -> bool:
+        """Create the bucket unless it exists (a self-hosted S3's first start); True if it was created."""
+        try:
+            self.check()
+            return False
+        except BlobStoreUnavailable:
+            pass
+        with s3.errors(f"creating bucket {self.location.bucket!r}"):
+            self.client.create_bucket(Bucket=self.location.bucket)
+        return True
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
