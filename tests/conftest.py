@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -198,12 +199,13 @@ class S3Server:
         self.server.stop()
 
     def start(self) -> None:
-        self.server = _moto_server(self.port)
+        self.server = moto_server(self.port)
 
 
-def _moto_server(port: int) -> Any:
+def moto_server(port: int) -> Any:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # it would log every S3 request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server
@@ -213,7 +215,7 @@ def _moto_server(port: int) -> Any:
 def s3_server() -> Iterator[S3Server]:
     """One S3 server for the session. Its AWS_* variables are set in this process (the API under test reads them
     as any AWS client does) and so reach the worker processes tests start."""
-    server = _moto_server(0)
+    server = moto_server(0)
     port = server.get_host_and_port()[1]
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "vlq-test",
            "AWS_SECRET_ACCESS_KEY": "vlq-test", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}

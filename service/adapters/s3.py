@@ -45,7 +45,7 @@ class S3Location:
 def client(addressing_style: str = "path") -> Any:
     """An S3 client with short connect timeouts, so an unreachable store fails a request in seconds, not minutes."""
     config = Config(connect_timeout=3, read_timeout=30, retries={"mode": "standard", "max_attempts": 3},
-                    s3={"addressing_style": addressing_style})
+                    s3={"addressing_style": addressing_style}, signature_version="s3v4")  # v4: presigned URLs too
     return boto3.session.Session().client("s3", config=config)
 
 
