@@ -27,8 +27,9 @@ from service.core.models import Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
-# A worker has the model live, or is loading it (it will be live soon): either way, the model is served.
-SERVED = frozenset({"live", "loading"})
+# A worker has the model live, or is pulling it from the blob store or loading it (it will be live soon): either
+# way, the model is served.
+SERVED = frozenset({"live", "loading", "pulling"})
 _FAIL_CHUNK = 1000  # jobs one pass fails at most; the next pass takes the rest
 
 
@@ -86,7 +87,7 @@ def notice(settings: Settings, model: str, workers: Mapping[str, Mapping[str, An
     states = model_states(workers).get(model, [])
     if any(state.get("status") == "live" for state in states):
         return None
-    if any(state.get("status") == "loading" for state in states):
+    if any(state.get("status") in ("loading", "pulling") for state in states):
         return Notice(ErrorCode.MODEL_LOADING, f"The model {model!r} is still loading; it answers once loaded.", model)
     reasons = [state["reason"] for state in states if state.get("status") == "unavailable" and state.get("reason")]
     if reasons:

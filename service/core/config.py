@@ -62,6 +62,11 @@ class Settings:
     database_url: str = "sqlite:///data/vlq.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     blob_dir: str = "data/blobs"
+    # Empty: blobs (and pushed models) live in blob_dir on this host. "s3://bucket/prefix": on S3-compatible storage,
+    # reached with the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    blob_url: str = ""
+    s3_addressing_style: str = "path"  # path | virtual | auto; path suits S3-compatible servers (and AWS)
+    blob_presign_s: float = 0.0  # >0 and on S3: file downloads redirect to a presigned URL valid this long
     model_cache: str = "data/models"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -307,6 +312,10 @@ def _build_registry(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
 
 
 def _validate(settings: Settings) -> None:
+    if settings.blob_url and not (settings.blob_url.startswith("s3://") and settings.blob_url[5:].split("/")[0]):
+        raise ConfigError("blob_url must be empty (the local blob_dir) or s3://bucket[/prefix]")
+    if settings.s3_addressing_style not in ("path", "virtual", "auto"):
+        raise ConfigError("s3_addressing_style must be one of path, virtual, auto")
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if settings.batch_size < 1:
@@ -340,7 +349,7 @@ def _validate(settings: Settings) -> None:
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")
     for name in ("retention_images_s", "retention_results_s", "retention_files_s", "dispatch_grace_s",
-                 "shutdown_grace_s"):
+                 "shutdown_grace_s", "blob_presign_s"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     for name in ("sweep_interval_s", "retention_interval_s"):
