@@ -116,7 +116,8 @@ def complete_from_cache(session: Session, job_id: str, source: Job) -> bool:
         session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.SUCCEEDED,
         values={"cached_from": source.cached_from or source.id,
                 "result_text": source.result_text, "result_json": source.result_json,
-                "result_lines": source.result_lines, "prompt_tokens": 0 if source.prompt_tokens is not None else None,
+                "result_lines": source.result_lines, "finish_reason": source.finish_reason,
+                "prompt_tokens": 0 if source.prompt_tokens is not None else None,
                 "completion_tokens": 0 if source.completion_tokens is not None else None, "inference_ms": 0.0},
     ))
 

@@ -344,6 +344,9 @@ def _generation_config(generation: dict[str, Any]) -> Any:
         config.temperature = max(generation["temperature"], _SMALLEST)
         if generation.get("top_p") is not None:
             config.top_p = max(generation["top_p"], _SMALLEST)
+        # Each request seeds its own generator (0 when unset: every call would draw the same text).
+        if generation.get("seed") is not None:
+            config.rng_seed = generation["seed"]
     if generation.get("regex") is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(regex=generation["regex"])
     elif generation.get("json_schema") is not None:
