@@ -29,7 +29,6 @@ from service.core.validation import (
     spec_of,
 )
 
-
 MAX_SEED = 2**32 - 1  # the engine's generator (a Mersenne Twister) takes 32-bit seeds
 
 
