@@ -8,6 +8,7 @@ RUN grep -vE '^(torch|nncf|optimum|optimum-intel|scikit-learn|scipy|playwright|p
  && pip install --no-cache-dir --no-deps -r requirements.serve
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e .
-# The copied config.yaml disables auth for `make run`; the image serves networks, so it turns auth back on.
-ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models VLQ_DISABLE_AUTH=false
+# The copied config.yaml disables auth and lets webhooks reach loopback for `make run`; the image serves networks,
+# so it turns both back.
+ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models VLQ_DISABLE_AUTH=false VLQ_WEBHOOK_ALLOW_LOOPBACK=false
 CMD ["vlq", "api"]

@@ -90,7 +90,7 @@ def _options(settings: Settings, default: Priority) -> type[RequestModel]:
         metadata: Annotated[dict[str, Any] | None, JsonObject(max_bytes=settings.max_metadata_bytes,
                                                               max_depth=settings.max_json_depth)] = Field(
             None, description="Returned untouched.")
-        webhook_url: Annotated[str | None, WebhookUrl(allow_cidrs=settings.egress_allow_cidrs)] = Field(
+        webhook_url: Annotated[str | None, WebhookUrl(allow_cidrs=settings.webhook_allow_cidrs)] = Field(
             None, description="Receives the ending event, signed (Standard Webhooks).")
         webhook_secret: Annotated[str | None, WebhookSecret()] = Field(
             None, description="Signs those deliveries (default: the server's).")
