@@ -62,7 +62,8 @@ class Settings:
     model_cache: str = "data/models"
     host: str = "127.0.0.1"
     port: int = 8080
-    log_format: str = "json"  # json: one object a line, with job_id; text: human-readable, for development
+    # auto: text on a terminal, JSON lines otherwise; json: one object a line, with job_id; text: human-readable
+    log_format: str = "auto"
 
     # Engine: sequences run together, which is also how many jobs a worker takes at once.
     batch_size: int = 8

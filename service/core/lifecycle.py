@@ -51,6 +51,7 @@ def create_job(session: Session, **fields: Any) -> Job:
     """Add a new queued job (and its first event) to the session."""
     job = Job(status=JobStatus.QUEUED.value, attempts=0, **_stamps(INITIAL[JobStatus.QUEUED], utcnow()), **fields)
     session.add(job)
+    log.info("job %s: queued (%s)", job.id, job.model)
     session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
     return job
 

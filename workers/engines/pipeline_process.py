@@ -40,7 +40,7 @@ class PipelineConfig:
     kv_cache_gb: int
     properties: dict[str, Any]
     scheduler: dict[str, Any] = field(default_factory=dict)  # SchedulerConfig fields set on top of ours
-    log_format: str = "json"  # a spawned child starts with no logging set up; it logs like its worker
+    log_format: str = "auto"  # a spawned child starts with no logging set up; it logs like its worker
 
 
 @dataclass
