@@ -9,6 +9,7 @@ RUN grep -vE '^(torch|nncf|optimum|optimum-intel|scikit-learn|scipy|playwright|p
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e .
 # The copied config.yaml disables auth and lets webhooks reach loopback for `make run`; the image serves networks,
-# so it turns both back.
-ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models VLQ_DISABLE_AUTH=false VLQ_WEBHOOK_ALLOW_LOOPBACK=false
+# so it turns both back, and logs JSON lines even when run with a terminal (`docker run -t`).
+ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models VLQ_DISABLE_AUTH=false VLQ_WEBHOOK_ALLOW_LOOPBACK=false \
+    VLQ_LOG_FORMAT=json
 CMD ["vlq", "api"]
