@@ -125,7 +125,7 @@ def health() -> ResponseReturnValue:
             states.setdefault(name, set()).add(state.get("status"))
     live = sorted(name for name, seen in states.items() if "live" in seen)
     model = default if default in live or not live else live[0]
-    loading = any("loading" in seen for seen in states.values())
+    loading = any(seen & {"loading", "pulling"} for seen in states.values())
     status = "ok" if not readiness.missing else "loading" if loading else "unavailable"
     body = SimpleChatHealth(status=status, model=model, multimodal=True, cpu_optimized=True, timestamp=utcnow())
     return jsonify(body.dump()), 200 if status == "ok" else 503
