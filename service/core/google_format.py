@@ -32,12 +32,9 @@ def field(mapping: dict[str, Any], snake: str) -> Any:
 
 
 def generation_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """generationConfig's options under the job's field names (validated by service.core.jobs).
-
-    `seed` is not handed on: VLQ's engine has no per-request seed yet (temperature 0 is greedy).
-    """
+    """generationConfig's options under the job's field names (validated by service.core.jobs)."""
     return {"temperature": config.get("temperature"), "max_tokens": field(config, "max_output_tokens"),
-            "top_p": field(config, "top_p"), "response_format": response_format(config)}
+            "top_p": field(config, "top_p"), "seed": config.get("seed"), "response_format": response_format(config)}
 
 
 def response_format(config: dict[str, Any]) -> dict[str, Any] | None:

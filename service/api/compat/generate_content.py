@@ -118,7 +118,7 @@ class Content(RequestModel):
         description="{parts: [{text}]}: the system turn.")
     generation_config: Annotated[dict[str, Any], _Object()] = Field(
         default_factory=dict, validation_alias=AliasChoices("generation_config", "generationConfig"),
-        description="temperature, top_p, max_output_tokens, response_mime_type with response_schema or "
+        description="temperature, top_p, max_output_tokens, seed, response_mime_type with response_schema or "
                     "response_json_schema (or their camelCase names).")
 
 

@@ -49,7 +49,7 @@ def test_response_format_follows_the_mime_type():
 
 def test_generation_fields_use_the_job_names():
     fields = generation_fields({"temperature": 0.5, "topP": 0.9, "maxOutputTokens": 7, "seed": 3})
-    assert fields == {"temperature": 0.5, "top_p": 0.9, "max_tokens": 7, "response_format": None}
+    assert fields == {"temperature": 0.5, "top_p": 0.9, "max_tokens": 7, "seed": 3, "response_format": None}
 
 
 @pytest.mark.parametrize(
