@@ -38,7 +38,9 @@ class ErrorCode(StrEnum):
     MISSING_FIELD = "missing_field", 400, "A required field is absent or empty (`details.field` names it)."
     INVALID_FIELD = "invalid_field", 400, "A field is out of range or of the wrong type (`details.field` names it)."
     INVALID_JSON = "invalid_json", 400, "The body is not a JSON object, or nests deeper than max_json_depth."
-    INVALID_BASE64 = "invalid_base64", 400, "`image` is not valid base64, or a data URL without `;base64`."
+    INVALID_BASE64 = ("invalid_base64", 400,
+                      "`image` is not valid base64 (standard or URL-safe, padded or not), or a data URL without "
+                      "`;base64`.")
     INVALID_IMAGE = "invalid_image", 400, "Empty, truncated or undecodable image bytes."
     UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format", 400, "Not JPEG, PNG or WebP."
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels", 400, "Over `max_image_pixels`, decompression bombs included."

@@ -18,6 +18,7 @@ ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/web
 # An 8x8 grey PNG: the document's example image, so API fuzzers also send requests that reach a worker.
 EXAMPLE_DATA_URL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGNsaGhgwAaYsIoOWgkA"
                     "MBcBkGHHl6YAAAAASUVORK5CYII=")
+_URL_SAFE = str.maketrans("-_", "+/")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 
 
@@ -29,7 +30,11 @@ class ImageInfo:
 
 
 def decode_image_field(value: object, field: str = "image") -> bytes:
-    """Bytes from a data URL (`data:image/png;base64,...`) or from raw base64."""
+    """Bytes from a data URL (`data:image/png;base64,...`) or from raw base64.
+
+    Standard and URL-safe alphabets are both accepted, padded or not: Google's SDKs send `inline_data.data`
+    URL-safe (`_9j_4AAQ...`), as Google's own API accepts. The one place VLQ decodes base64 images.
+    """
     if not isinstance(value, str) or not value.strip():
         raise ApiError(ErrorCode.MISSING_FIELD, f"'{field}' is required: a data URL or base64-encoded image bytes.",
                        {"field": field})
@@ -42,10 +47,19 @@ def decode_image_field(value: object, field: str = "image") -> bytes:
         payload = payload[match.end():]
     payload = re.sub(r"\s+", "", payload)
     payload += "=" * (-len(payload) % 4)  # tolerate stripped padding
+    if "-" in payload or "_" in payload:
+        if "+" in payload or "/" in payload:  # one alphabet or the other, never both
+            raise _invalid_base64(field)
+        payload = payload.translate(_URL_SAFE)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(ErrorCode.INVALID_BASE64, f"'{field}' is not valid base64.", {"field": field}) from None
+        raise _invalid_base64(field) from None
+
+
+def _invalid_base64(field: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_BASE64,
+                    f"'{field}' is not valid base64 (standard or URL-safe, padded or not).", {"field": field})
 
 
 def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:

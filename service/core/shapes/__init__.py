@@ -16,8 +16,11 @@ from service.core.shapes.compat import (
     ChatCompletionChunk,
     ChatCompletionOut,
     ChatUsage,
+    CountTokensResponse,
     GenerateContentResponse,
     GoogleErrorOut,
+    GoogleModel,
+    GoogleModelList,
     ModelList,
     ModelOut,
     OpenAIErrorOut,
@@ -58,6 +61,7 @@ COMPONENTS: dict[str, type[BaseModel]] = {
     "BatchRequestOutput": BatchRequestOutput, "Model": ModelOut, "ModelList": ModelList,
     "OpenAIHealth": OpenAIHealthOut, "SimpleChatAnswer": SimpleChatAnswer, "SimpleChatHealth": SimpleChatHealth,
     "GoogleError": GoogleErrorOut, "GenerateContentResponse": GenerateContentResponse,
+    "CountTokensResponse": CountTokensResponse, "GoogleModel": GoogleModel, "GoogleModelList": GoogleModelList,
 }
 
 
@@ -69,9 +73,10 @@ def components() -> dict[str, Any]:
 
 __all__ = [
     "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "ChatCompletionChunk", "ChatCompletionOut",
-    "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut", "GenerateContentResponse",
-    "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut",
-    "OpenAIHealthOut", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "Shape", "SimpleChatAnswer",
-    "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut",
-    "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso", "json_schemas", "unix",
+    "ChatUsage", "CountTokensResponse", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut",
+    "GenerateContentResponse", "GoogleErrorOut", "GoogleModel", "GoogleModelList", "HealthOut", "JobOut",
+    "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut", "OpenAIHealthOut", "Page", "PresetOut",
+    "ReadinessOut", "RequestCounts", "Shape", "SimpleChatAnswer", "SimpleChatHealth", "Timestamp", "Timings",
+    "UnixSeconds", "Usage", "WebhookDeliveryOut", "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent",
+    "components", "iso", "json_schemas", "unix",
 ]
