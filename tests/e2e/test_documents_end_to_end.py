@@ -1,0 +1,80 @@
+"""Documents through real workers: PDF, TIFF and HEIC read by the tiny model (whole, and page by page) and by
+rapidocr, whose text shows each page was read from the right page."""
+import io
+
+import pytest
+from PIL import Image
+
+from tests.conftest import make_image, wait_for_status
+from tests.inputs import make_heic, make_pdf, make_tiff
+
+DOCS = "tiny-docs"  # an alias of the tiny model that only this module's worker serves
+TEXTS = ["INVOICE 4711", "TOTAL 93.50", "SIGNED BY ANNA"]
+
+
+@pytest.fixture(scope="module")
+def docs_worker(start_worker):
+    process = start_worker(f"rapidocr,{DOCS}")
+    process.wait_live("rapidocr")
+    process.wait_live(DOCS)
+    yield process
+    process.stop()
+
+
+def _run(client, *files, **fields):
+    data = {"image": [(io.BytesIO(content), "upload") for content in files], **fields}
+    response = client.post("/v1/jobs", data=data)
+    assert response.status_code == 202, response.get_json()
+    job = wait_for_status(client, response.get_json()["id"], {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
+def _words(text):
+    return text.upper().replace(" ", "")
+
+
+def test_a_pdf_in_one_request_renders_and_stores_every_page(client, docs_worker):
+    job = _run(client, make_pdf(TEXTS), model=DOCS, prompt="What is the total?", max_tokens="8")
+    assert job["page_mode"] == "document" and job["usage"]["prompt_tokens"] > 0 and job["result"]["text"]
+    for page in job["pages"]:
+        assert page["image"] is not None and page["result"] is None and page["status"] is None
+        rendered = client.get(f"/v1/jobs/{job['id']}/pages/{page['page']}/image")
+        assert rendered.mimetype == "image/png"
+        assert Image.open(io.BytesIO(rendered.data)).size == (page["width"], page["height"])
+    # Three pages cost the model more than one: each page is in the prompt.
+    single = _run(client, make_pdf(TEXTS[:1]), model=DOCS, prompt="What is the total?", max_tokens="8")
+    assert job["usage"]["prompt_tokens"] > single["usage"]["prompt_tokens"]
+
+
+def test_per_page_mode_answers_each_page_and_sums_them(client, docs_worker):
+    job = _run(client, make_pdf(TEXTS), model=DOCS, prompt="Read it.", max_tokens="6", pages="3,1",
+               page_mode="per_page")
+    pages = job["pages"]
+    assert [page["page"] for page in pages] == [3, 1]
+    assert all(page["status"] == "succeeded" and page["usage"]["completion_tokens"] > 0 for page in pages)
+    assert all(page["timings"]["inference_ms"] > 0 for page in pages)
+    assert job["usage"]["completion_tokens"] == sum(page["usage"]["completion_tokens"] for page in pages)
+    assert job["result"]["text"] == "\n\n".join(page["result"]["text"] for page in pages)
+
+
+def test_several_images_in_one_request(client, docs_worker):
+    job = _run(client, make_image(color=(0, 0, 255)), make_image("JPEG", color=(0, 255, 0)), model=DOCS,
+               prompt="Compare them.", max_tokens="4")
+    assert [page["source_format"] for page in job["pages"]] == ["PNG", "JPEG"] and job["result"]["text"]
+
+
+def test_ocr_reads_each_pdf_page_on_its_own(client, docs_worker):
+    job = _run(client, make_pdf(TEXTS), model="rapidocr")
+    assert job["page_mode"] == "per_page"  # an OCR engine reads one page at a time
+    for page, text in zip(job["pages"], TEXTS, strict=True):
+        assert _words(text) in _words(page["result"]["text"])
+        assert all(_words(other) not in _words(page["result"]["text"]) for other in TEXTS if other != text)
+    assert {line["page"] for line in job["result"]["lines"]} == {1, 2, 3}
+
+
+def test_ocr_reads_tiff_frames_and_heic(client, docs_worker):
+    tiff = _run(client, make_tiff(["FRAME ONE", "FRAME TWO"]), model="rapidocr")
+    assert [_words(page["result"]["text"]) for page in tiff["pages"]] == ["FRAMEONE", "FRAMETWO"]
+    heic = _run(client, make_heic("HEIC 42"), model="rapidocr")
+    assert _words(heic["result"]["text"]) == "HEIC42"
