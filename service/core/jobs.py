@@ -152,43 +152,61 @@ def job_request(settings: Settings, fields: Any, inputs: bytes | list[bytes], *,
                 messages: list[dict[str, Any]] | None = None, stream: bool = False) -> JobRequest:
     """A job's fields (a `job_model`) and image or documents (and conversation) as a JobRequest."""
     task = resolve_task(settings, fields, messages)
-    inputs = [inputs] if isinstance(inputs, bytes) else inputs
-    sources = [documents.inspect_source(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                                        dpi=settings.pdf_dpi, max_pages=settings.max_pages) for data in inputs]
-    digests = [hashlib.sha256(data).hexdigest() for data in inputs]
-    document = _pages(settings, task, sources, digests)
-    first = document.pages[0] if document is not None else None
-    width, height = (first.width, first.height) if first is not None else sources[0].sizes[0]
+    found = read_inputs(settings, inputs, model=task.options.model, pages=task.pages, page_mode=task.page_mode,
+                        messages=messages)
     return JobRequest(
         task=task,
         priority=fields.priority,
         metadata=fields.metadata,
-        image_sha256=digests[0],
-        image=ImageInfo(format=sources[0].format, width=width, height=height),
-        document=document,
+        image_sha256=found.digests[0],
+        image=found.image,
+        document=found.document,
         no_cache=fields.no_cache,
         stream=stream,
         **webhook(settings, fields.webhook_url, fields.webhook_secret),
     )
 
 
-def _pages(settings: Settings, task: Task, sources: list[Source], digests: list[str]) -> Pages | None:
+@dataclass(frozen=True)
+class Inputs:
+    """A request's inputs, checked: their digests, the first one's type and first page's size, and their pages
+    (None: one plain image, read whole)."""
+
+    digests: tuple[str, ...]
+    image: ImageInfo
+    document: Pages | None
+
+
+def read_inputs(settings: Settings, inputs: bytes | list[bytes], *, model: str, pages: str | None = None,
+                page_mode: str = "document", messages: list[dict[str, Any]] | None = None) -> Inputs:
+    """Check a job's (or batch item's) images and documents and plan its pages; ApiError on the first problem."""
+    inputs = [inputs] if isinstance(inputs, bytes) else inputs
+    sources = [documents.inspect_source(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                        dpi=settings.pdf_dpi, max_pages=settings.max_pages) for data in inputs]
+    digests = tuple(hashlib.sha256(data).hexdigest() for data in inputs)
+    document = _pages(settings, model, sources, digests, pages, page_mode, messages)
+    width, height = (document.pages[0].width, document.pages[0].height) if document else sources[0].sizes[0]
+    return Inputs(digests=digests, image=ImageInfo(format=sources[0].format, width=width, height=height),
+                  document=document)
+
+
+def _pages(settings: Settings, model: str, sources: list[Source], digests: tuple[str, ...], spec: str | None,
+           page_mode: str, messages: list[dict[str, Any]] | None) -> Pages | None:
     """The inputs as pages, unless the job is one plain image read whole as always (then None)."""
     plain = len(sources) == 1 and not sources[0].is_document
-    if plain and task.pages is None and task.page_mode == "document":
+    if plain and spec is None and page_mode == "document":
         return None
-    pages = documents.select_pages(sources, task.pages, max_pixels=settings.max_image_pixels,
-                                   max_pages=settings.max_pages)
+    pages = documents.select_pages(sources, spec, max_pixels=settings.max_image_pixels, max_pages=settings.max_pages)
     # An OCR engine reads one image at a time: its pages are always read on their own.
-    mode = "per_page" if settings.registry[task.options.model].engine == "rapidocr" else task.page_mode
+    mode = "per_page" if settings.registry[model].engine == "rapidocr" else page_mode
     if mode == "document" and len(pages) > settings.max_pages_per_request:
         raise ApiError(ErrorCode.TOO_MANY_PAGES,
                        f"{len(pages)} pages are more than the model sees at once (max_pages_per_request "
                        f"{settings.max_pages_per_request}); choose fewer with 'pages', or page_mode \"per_page\".",
                        {"pages": len(pages), "limit": settings.max_pages_per_request, "field": "page_mode"})
-    if task.messages is not None and len(pages) != sum(_image_marks(task.messages)):
-        raise ApiError(ErrorCode.INVALID_FIELD, "A conversation reads images, one per image part; send documents "
-                       "to /v1/jobs.", {"field": "messages"})
+    if messages is not None and len(pages) != len(_image_marks(messages)):
+        raise ApiError(ErrorCode.INVALID_FIELD, "A conversation reads one page per image part; send documents as "
+                       "a single user turn, or to /v1/jobs.", {"field": "messages"})
     return Pages(sources=tuple(zip(digests, (source.format for source in sources), strict=True)),
                  pages=tuple(pages), mode=mode)
 
@@ -251,7 +269,7 @@ def submit(
         page_mode=request.document.mode if request.document is not None else None,
     )
     if request.document is not None:
-        session.add_all(page_rows(job_id, request.document))
+        session.add_all(JobPage(**row) for row in page_rows(job_id, request.document))
     cached = cache_key is not None and not request.no_cache and _answer_from_cache(session, job, cache_key)
     try:
         session.commit()
@@ -272,14 +290,14 @@ def submit(
     return job, False
 
 
-def page_rows(job_id: str, document: Pages) -> list[JobPage]:
+def page_rows(job_id: str, document: Pages) -> list[dict[str, Any]]:
     """A job's JobPage rows: an image's page is the image itself; a document's is rendered when first needed."""
     rows = []
     for position, page in enumerate(document.pages):
         digest, kind = document.sources[page.source]
-        rows.append(JobPage(job_id=job_id, position=position, number=page.number, source_sha256=digest,
-                            source_format=kind, source_index=page.index, width=page.width, height=page.height,
-                            blob_sha256=None if kind in documents.DOCUMENT_FORMATS else digest))
+        rows.append({"job_id": job_id, "position": position, "number": page.number, "source_sha256": digest,
+                     "source_format": kind, "source_index": page.index, "width": page.width, "height": page.height,
+                     "blob_sha256": None if kind in documents.DOCUMENT_FORMATS else digest})
     return rows
 
 

@@ -22,8 +22,9 @@ from service.api.errors import as_api_error
 from service.api.openapi import operation
 from service.core import jobs
 from service.core.conversation import ImageRef, Turn, build
+from service.core.documents import MEDIA_TYPES
 from service.core.errors import ApiError, ErrorCode
-from service.core.images import ACCEPTED_FORMATS, decode_image_field
+from service.core.images import decode_image_field
 from service.core.requests import job_model
 from service.core.shapes import GenerateContentResponse, GoogleErrorOut
 from service.core.validation import RequestModel, Spec, parse
@@ -110,9 +111,9 @@ def generate_content(model: str) -> ResponseReturnValue:
     fields = {"prompt": conversation.prompt, "model": model, "temperature": config.get("temperature"),
               "max_tokens": _field(config, "max_output_tokens", "maxOutputTokens"),
               "top_p": _field(config, "top_p", "topP")}
-    job_request = jobs.job_request(settings, parse(job_model(settings), fields), conversation.image,
+    job_request = jobs.job_request(settings, parse(job_model(settings), fields), conversation.images,
                                    messages=conversation.messages)
-    return jsonify(GenerateContentResponse.of(sync_chat.answer(job_request, conversation.image)).dump())
+    return jsonify(GenerateContentResponse.of(sync_chat.answer(job_request, conversation.images)).dump())
 
 
 def _field(mapping: dict[str, Any], snake: str, camel: str) -> Any:
@@ -142,11 +143,14 @@ def _turn(content: Any, where: str, role: str | None = None) -> Turn:
 
 def _inline_image(inline: dict[str, Any], where: str) -> bytes:
     mime = _field(inline, "mime_type", "mimeType")
-    if mime not in ACCEPTED_FORMATS.values():
+    if mime not in _INLINE_TYPES:  # what it is, the bytes tell; a type that is none of these is refused first
         raise ApiError(ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
-                       f"inline_data mime_type {mime!r} is not accepted; send image/jpeg, image/png or image/webp.",
-                       {"field": where, "accepted": sorted(ACCEPTED_FORMATS)})
+                       f"inline_data mime_type {mime!r} is not accepted; send one of {', '.join(_INLINE_TYPES)}.",
+                       {"field": where, "accepted": sorted(MEDIA_TYPES)})
     return decode_image_field(inline.get("data"), field=f"{where}.inline_data.data")
+
+
+_INLINE_TYPES = (*MEDIA_TYPES.values(), "image/heic")
 
 
 @bp.errorhandler(Exception)
