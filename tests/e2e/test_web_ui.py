@@ -206,7 +206,7 @@ def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, 
                                          upload("huge.png", too_big)])
     errors = page.locator("#file-errors li")
     expect(errors).to_have_count(2)
-    expect(errors.nth(0)).to_have_text("notes.txt: not a JPEG, PNG or WebP image.")
+    expect(errors.nth(0)).to_have_text("notes.txt: not a JPEG, PNG, WebP, PDF, TIFF or HEIC file.")
     expect(errors.nth(1)).to_contain_text("huge.png is 10.0 MB; the limit is 10.0 MB per image.")
     expect(page.locator("#staged li")).to_have_count(0)
     expect(page.locator("#submit")).to_be_disabled()
