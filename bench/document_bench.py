@@ -5,15 +5,14 @@
 A scanned-invoice-like PDF (one greyscale image per Letter page, with text) is generated, then read the way a job
 reads it: the submit-time check (page sizes from the page tree, nothing rendered), then every page in turn as a
 per_page job does (PDFium renders it from the stored file at the DPI, it is stored as PNG, and scaled to the
-model's pixel budget). The reading runs in a child process of its own, so its peak resident memory (ru_maxrss)
-is the reading's and not the generator's; holding every rendered page at once would take pages x width x height
-x 3 bytes, which the table shows beside it.
+model's pixel budget). The reading runs in a child process of its own, so its peak resident memory (VmHWM,
+which a new program starts afresh, unlike ru_maxrss) is the reading's and not the generator's; holding every
+rendered page at once would take pages x width x height x 3 bytes, which the table shows beside it.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ def read(path: Path, dpi: int, max_pixels: int, model_pixels: int) -> dict[str, 
     from service.core import documents
     from workers.engines.images import prepare_image
 
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_mb = _peak_mb()
     data = path.read_bytes()
     started = time.perf_counter()
     source = documents.inspect_source(data, max_bytes=len(data) + 1, max_pixels=max_pixels, dpi=dpi,
@@ -80,8 +79,15 @@ def read(path: Path, dpi: int, max_pixels: int, model_pixels: int) -> dict[str, 
             "page_median_ms": statistics.median(r + p + s for r, p, s in zip(render_ms, png_ms, scale_ms,
                                                                               strict=True)),
             "total_s": (sum(render_ms) + sum(png_ms) + sum(scale_ms)) / 1000, "png_mb_per_page": png_bytes / 1e6 / len(
-                source.sizes), "baseline_mb": baseline_kb / 1024,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                source.sizes), "baseline_mb": baseline_mb, "peak_mb": _peak_mb()}
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory so far (Linux: VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _p95(values: list[float]) -> float:
