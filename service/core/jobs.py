@@ -75,6 +75,8 @@ class JobRequest:
                              (fields["task"]["options"], "top_p"), (fields, "document"), (fields["task"], "pages")):
             if holder[name] is None:
                 del holder[name]
+        if fields["task"]["page_mode"] == "document":  # the default, as every request before it had
+            del fields["task"]["page_mode"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def cache_key(self) -> str | None:

@@ -60,6 +60,14 @@ def test_per_page_mode_answers_each_page_and_sums_them(client, docs_worker):
     assert job["result"]["text"] == "\n\n".join(page["result"]["text"] for page in pages)
 
 
+def test_grounding_with_ocr_reads_every_page_into_the_prompt(client, docs_worker):
+    fields = {"model": DOCS, "prompt": "What is the total?", "max_tokens": "2"}
+    grounded = _run(client, make_pdf(TEXTS), ground_with_ocr="true", **fields)
+    plain = _run(client, make_pdf(TEXTS), **fields)
+    # Three pages of OCR text ("Page N:" and its words) went into the prompt.
+    assert grounded["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 15
+
+
 def test_several_images_in_one_request(client, docs_worker):
     job = _run(client, make_image(color=(0, 0, 255)), make_image("JPEG", color=(0, 255, 0)), model=DOCS,
                prompt="Compare them.", max_tokens="4")
