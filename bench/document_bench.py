@@ -47,7 +47,7 @@ def make_pdf(path: Path, pages: int) -> None:
 def read(path: Path, dpi: int, max_pixels: int, model_pixels: int) -> dict[str, float]:
     """Check, then render, store (as PNG bytes) and scale every page one at a time; timings and peak memory."""
     from service.core import documents
-    from workers.engines.images import prepare_image
+    from workers.engines.images import fit, reduce_to
 
     baseline_mb = _peak_mb()
     data = path.read_bytes()
@@ -65,7 +65,7 @@ def read(path: Path, dpi: int, max_pixels: int, model_pixels: int) -> dict[str, 
             rendered = time.perf_counter()
             stored = documents.png_bytes(image)
             encoded = time.perf_counter()
-            prepare_image(stored, model_pixels)
+            fit(reduce_to(image, model_pixels), model_pixels)  # the rendering itself, as the worker scales it
             scaled = time.perf_counter()
             render_ms.append(1000 * (rendered - started))
             png_ms.append(1000 * (encoded - rendered))

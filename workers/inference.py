@@ -101,17 +101,20 @@ def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine,
                tracker: JobTracker) -> GenerationResult | _Ending:
     """One request: the job's image, or (document mode) all its pages, sharing the model's pixel budget."""
     rows = pages.load(runtime, job) if job.page_mode is not None else []
+    bound = _pixel_bound(runtime, job) // max(1, len(rows))
     try:
-        blobs = [pages.image_bytes(runtime, row) for row in rows] or [runtime.blobs.get(job.image_sha256)]
-        bound = _pixel_bound(runtime, job) // len(blobs)
-        images = [prepare_image(blob, bound) for blob in blobs]
+        if rows:
+            prepared = [pages.prepared(runtime, row, bound) for row in rows]
+        else:
+            blob = runtime.blobs.get(job.image_sha256)
+            prepared = [(blob, prepare_image(blob, bound))]
     except _UNREADABLE as exc:
         return _Ending(JobStatus.FAILED, ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}")
     numbers = [row.number for row in rows] or [1]
-    prompt = _prompt(runtime, job, list(zip(numbers, blobs, strict=True)))
+    prompt = _prompt(runtime, job, [(number, blob) for number, (blob, _) in zip(numbers, prepared, strict=True)])
     if isinstance(prompt, _Ending):
         return prompt
-    return _generate(runtime, job, engine, tracker, prompt, images)
+    return _generate(runtime, job, engine, tracker, prompt, [image for _, image in prepared])
 
 
 def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker) -> str | None:
@@ -125,8 +128,7 @@ def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: Job
             done.append((row.number, pages.as_result(row)))
             continue
         try:
-            data = pages.image_bytes(runtime, row)
-            image = prepare_image(data, _pixel_bound(runtime, job))
+            data, image = pages.prepared(runtime, row, _pixel_bound(runtime, job))
         except _UNREADABLE as exc:
             return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done) if done else None,
                            error=(ErrorCode.IMAGE_UNREADABLE, f"Page {row.number} could not be read: {exc}"))

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.core import documents
 from service.core.models import Job, JobPage
 from workers.engines.base import GenerationResult
+from workers.engines.images import fit, prepare_image, reduce_to
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,17 @@ def load(runtime: WorkerRuntime, job: Job) -> list[JobPage]:
     return runtime.db.retrying(read, what=f"job {job.id}: pages", give_up=runtime.give_up_after(None))
 
 
-def image_bytes(runtime: WorkerRuntime, page: JobPage) -> bytes:
-    """The page as image bytes: an image input's own, or the document's page rendered now (and stored, and
-    recorded on the page) unless an earlier attempt did it already. Raises BlobNotFound, or OSError/ValueError
-    (and pdfium's errors, as ValueError) for a page that cannot be read."""
+def prepared(runtime: WorkerRuntime, page: JobPage, max_pixels: int) -> tuple[bytes, Image.Image]:
+    """The page's stored image bytes, and the page as the engine takes it (within `max_pixels`).
+
+    A document's page is rendered now (stored, and recorded on the page) unless an earlier attempt did it
+    already; the rendering itself is scaled (first by an integer factor, as a decoded image is), not decoded
+    again from its PNG. Raises BlobNotFound, or
+    OSError/ValueError for a page that cannot be read.
+    """
     if page.blob_sha256 is not None:
-        return runtime.blobs.get(page.blob_sha256)
+        data = runtime.blobs.get(page.blob_sha256)
+        return data, prepare_image(data, max_pixels)
     with runtime.blobs.open(page.source_sha256) as source:
         try:
             image = documents.render_page(source, page.source_format, page.source_index, runtime.settings.pdf_dpi)
@@ -44,7 +51,7 @@ def image_bytes(runtime: WorkerRuntime, page: JobPage) -> bytes:
     data = documents.png_bytes(image)
     digest = runtime.blobs.put(data)
     record(runtime, page, blob_sha256=digest, width=image.width, height=image.height)
-    return data
+    return data, fit(reduce_to(image, max_pixels), max_pixels)
 
 
 def record(runtime: WorkerRuntime, page: JobPage, **values: Any) -> None:
