@@ -41,7 +41,7 @@ class ErrorCode(StrEnum):
     INVALID_BASE64 = "invalid_base64", 400, "`image` is not valid base64, or a data URL without `;base64`."
     INVALID_IMAGE = "invalid_image", 400, "Empty, truncated or undecodable image bytes."
     UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format", 400, "Not JPEG, PNG, WebP, PDF, TIFF or HEIC/HEIF."
-    INVALID_DOCUMENT = "invalid_document", 400, "A PDF or TIFF that is corrupt or truncated."
+    INVALID_DOCUMENT = "invalid_document", 400, "A PDF, TIFF or HEIC that is corrupt or truncated."
     PDF_ENCRYPTED = "pdf_encrypted", 400, "A PDF that needs a password to open (or an unsupported security handler)."
     DOCUMENT_EMPTY = "document_empty", 400, "A PDF with no pages."
     TOO_MANY_PAGES = ("too_many_pages", 400, "The inputs have more pages than `max_pages`, or a `document`-mode job "

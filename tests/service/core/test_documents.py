@@ -40,7 +40,7 @@ def test_a_tiff_has_a_page_per_frame_and_heic_one():
 
 @pytest.mark.parametrize(("make", "code"), [
     (encrypted_pdf, "pdf_encrypted"), (empty_pdf, "document_empty"), (corrupt_pdf, "invalid_document"),
-    (corrupt_tiff, "invalid_document"),
+    (corrupt_tiff, "invalid_document"), (lambda: make_heic()[:1500], "invalid_document"),
 ])
 def test_bad_documents_are_refused_with_their_own_code(make, code):
     with pytest.raises(ApiError) as caught:
