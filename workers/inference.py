@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +14,13 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from service.adapters import metrics, token_stream
-from service.adapters.blobs import BlobNotFound
+from service.adapters.blobs import BlobNotFound, BlobStoreUnavailable
 from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import batches, lifecycle, logs, structured
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
+from service.core.requests import MAX_SEED
 from workers import pages
 from workers.engines.base import Engine, EngineError, GenerationRequest, GenerationResult
 from workers.engines.images import prepare_image
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # How long a claim waits for an unavailable database before the message goes back to the queue.
 _CLAIM_RETRY_S = 30.0
+# An attempt that found the blob store down pauses this long times its attempt number before handing the job back,
+# so max_attempts spread over a store's restart rather than being spent in a second.
+_STORAGE_RETRY_S = 5.0
 
 
 @shared_task(name=RUN_JOB_TASK)
@@ -86,19 +91,27 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         if engine is None:  # only consumed queues reach here, so this means a misrouted task
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.MODEL_UNAVAILABLE, f"This worker does not serve {job.model!r}."))
+        seed = _seed(job)
         try:
             if job.page_mode == "per_page":
-                return _run_per_page(runtime, job, engine, tracker)
-            outcome = _run_whole(runtime, job, engine, tracker)
+                return _run_per_page(runtime, job, engine, tracker, seed)
+            outcome = _run_whole(runtime, job, engine, tracker, seed)
         except _Requeued:
             return None
+        except BlobStoreUnavailable as exc:
+            return _retry_for_storage(runtime, job, exc)
     if isinstance(outcome, _Ending):
-        return _finish(runtime, job, outcome.status, result=outcome.result, error=(outcome.code, outcome.message))
-    return _succeed(runtime, job, outcome)
+        return _finish(runtime, job, outcome.status, result=outcome.result, seed=seed,
+                       error=(outcome.code, outcome.message))
+    parsed, problem = _checked(outcome, job.response_schema)
+    if problem is not None:
+        return _finish(runtime, job, JobStatus.FAILED, result=outcome, seed=seed,
+                       error=(ErrorCode.INVALID_OUTPUT, problem))
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=outcome, parsed=parsed, seed=seed)
 
 
-def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine,
-               tracker: JobTracker) -> GenerationResult | _Ending:
+def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
+               seed: int | None) -> GenerationResult | _Ending:
     """One request: the job's image, or (document mode) all its pages, sharing the model's pixel budget."""
     rows = pages.load(runtime, job) if job.page_mode is not None else []
     bound = _pixel_bound(runtime, job) // max(1, len(rows))
@@ -114,10 +127,11 @@ def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine,
     prompt = _prompt(runtime, job, [(number, blob) for number, (blob, _) in zip(numbers, prepared, strict=True)])
     if isinstance(prompt, _Ending):
         return prompt
-    return _generate(runtime, job, engine, tracker, prompt, [image for _, image in prepared])
+    return _generate(runtime, job, engine, tracker, prompt, [image for _, image in prepared], seed)
 
 
-def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker) -> str | None:
+def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
+                  seed: int | None) -> str | None:
     """One request a page, in order, each page's outcome recorded as it ends; the job's answer joins them.
 
     A page that fails ends the job failed (the pages before keep their results); a cancel ends it cancelled.
@@ -130,22 +144,23 @@ def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: Job
         try:
             data, image = pages.prepared(runtime, row, _pixel_bound(runtime, job))
         except _UNREADABLE as exc:
-            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done) if done else None,
+            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done) if done else None, seed=seed,
                            error=(ErrorCode.IMAGE_UNREADABLE, f"Page {row.number} could not be read: {exc}"))
         prompt = _prompt(runtime, job, [(row.number, data)])
-        outcome = prompt if isinstance(prompt, _Ending) else _generate(runtime, job, engine, tracker, prompt, [image])
+        outcome = prompt if isinstance(prompt, _Ending) else _generate(runtime, job, engine, tracker, prompt, [image],
+                                                                       seed)
         if isinstance(outcome, _Ending):
             if outcome.result is not None:
                 done.append((row.number, outcome.result))
-            return _finish(runtime, job, outcome.status, result=pages.combined(done) if done else None,
+            return _finish(runtime, job, outcome.status, result=pages.combined(done) if done else None, seed=seed,
                            error=(outcome.code, f"Page {row.number}: {outcome.message}"))
-        parsed, problem = _parse_output(outcome.text, job.response_schema) if job.response_schema else (None, None)
+        parsed, problem = _checked(outcome, job.response_schema)
         pages.record_result(runtime, row, outcome, parsed, (ErrorCode.INVALID_OUTPUT, problem) if problem else None)
         done.append((row.number, outcome))
         if problem is not None:
-            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done),
+            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done), seed=seed,
                            error=(ErrorCode.INVALID_OUTPUT, f"Page {row.number}: {problem}"))
-    return _finish(runtime, job, JobStatus.SUCCEEDED, result=pages.combined(done))
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=pages.combined(done), seed=seed)
 
 
 def _pixel_bound(runtime: WorkerRuntime, job: Job) -> int:
@@ -166,7 +181,7 @@ def _prompt(runtime: WorkerRuntime, job: Job, blobs: list[tuple[int, bytes]]) ->
 
 
 def _generate(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker, prompt: str,
-              images: list[Image.Image]) -> GenerationResult | _Ending:
+              images: list[Image.Image], seed: int | None) -> GenerationResult | _Ending:
     """Run one request to its end: the result, or how it ended otherwise. Raises _Requeued after a stop."""
     if tracker.cancelled:
         return _Ending(JobStatus.CANCELLED, ErrorCode.CANCELLED, "Cancelled while running.")
@@ -174,7 +189,7 @@ def _generate(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTrac
         handle = engine.submit(GenerationRequest(
             prompt=prompt, image=images[0], more_images=tuple(images[1:]), max_tokens=job.max_tokens,
             temperature=job.temperature, top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-            messages=job.messages, stream=job.stream,
+            messages=job.messages, stream=job.stream, seed=seed,
         ))
     except EngineError as exc:
         return _Ending(JobStatus.FAILED, exc.code, str(exc))
@@ -198,14 +213,23 @@ def _generate(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTrac
     return result
 
 
-def _succeed(runtime: WorkerRuntime, job: Job, result: GenerationResult) -> str | None:
-    """A whole request's result: succeeded, unless a schema-constrained output does not parse or validate."""
-    if job.response_schema is not None:
-        parsed, problem = _parse_output(result.text, job.response_schema)
-        if problem is not None:
-            return _finish(runtime, job, JobStatus.FAILED, result=result, error=(ErrorCode.INVALID_OUTPUT, problem))
-        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed)
-    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
+def _checked(result: GenerationResult, schema: dict[str, Any] | None) -> tuple[Any, str | None]:
+    """(parsed JSON, None) for a schema-constrained output that validates, (None, why) for one that does not;
+    (None, None) without a schema, or when max_tokens cut it off: the caller's limit, not a fault. It succeeds
+    then with finish_reason "length", the partial text and no `json` (as OpenAI answers 200 with "length")."""
+    if schema is None:
+        return None, None
+    parsed, problem = _parse_output(result.text, schema)
+    if problem is not None and result.finish_reason == "length":
+        return None, None
+    return parsed, problem
+
+
+def _seed(job: Job) -> int | None:
+    """The caller's seed, or a fresh one for a sampled job (recorded with its result, to reproduce it); greedy: None."""
+    if job.seed is not None or job.temperature <= 0:
+        return job.seed
+    return secrets.randbelow(MAX_SEED + 1)
 
 
 def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
@@ -217,6 +241,21 @@ def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
     if (job is not None and job.status == JobStatus.RUNNING.value and job.worker == runtime.name
             and not runtime.is_running(job_id)):
         return job
+    return None
+
+
+def _retry_for_storage(runtime: WorkerRuntime, job: Job, exc: BlobStoreUnavailable) -> str | None:
+    """The store is down, which is no fault of the job: hand it back for another attempt, or fail it with
+    storage_unavailable once `max_attempts` are spent."""
+    if job.attempts >= runtime.settings.max_attempts:
+        return _finish(runtime, job, JobStatus.FAILED, error=(
+            ErrorCode.STORAGE_UNAVAILABLE, f"The blob store stayed unavailable through {job.attempts} attempts: {exc}"))
+    log.warning("job %s: blob store unavailable on attempt %s (%s); handing it back", job.id, job.attempts, exc)
+    runtime.pause(_STORAGE_RETRY_S * job.attempts)
+    with runtime.db.session() as session:
+        requeued = lifecycle.requeue(session, job)  # False if a stop already handed it back meanwhile
+    if requeued:
+        runtime.broker.enqueue([job])
     return None
 
 
@@ -267,8 +306,8 @@ def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
-            parsed: Any = None, error: tuple[ErrorCode, str] | None = None) -> str | None:
-    values: dict[str, Any] = {}
+            parsed: Any = None, error: tuple[ErrorCode, str] | None = None, seed: int | None = None) -> str | None:
+    values: dict[str, Any] = {} if seed is None else {"seed": seed}
     if result is not None:
         values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,
                       finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
@@ -297,8 +336,8 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
     if job.batch_id is not None:
         try:
             batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
-        except DATABASE_UNAVAILABLE:  # the periodic batch pass finalizes it
-            log.warning("batch %s: not finalized now, the database is unavailable", job.batch_id)
+        except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable) as exc:  # the periodic batch pass finalizes it
+            log.warning("batch %s: not finalized now (%s)", job.batch_id, exc)
     return status.value
 
 

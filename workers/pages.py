@@ -43,7 +43,9 @@ def prepared(runtime: WorkerRuntime, page: JobPage, max_pixels: int) -> tuple[by
     if page.blob_sha256 is not None:
         data = runtime.blobs.get(page.blob_sha256)
         return data, prepare_image(data, max_pixels)
-    with runtime.blobs.open(page.source_sha256) as source:
+    with runtime.blobs.open(page.source_sha256) as stream:
+        # A local file is read as the page needs it; a stream that cannot seek (an object store's) is read whole.
+        source = stream if stream.seekable() else stream.read()
         try:
             image = documents.render_page(source, page.source_format, page.source_index, runtime.settings.pdf_dpi)
         except documents.RenderError as exc:

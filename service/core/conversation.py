@@ -34,6 +34,7 @@ class Conversation:
     images: list[bytes]  # at least one, in the order the turns hold them
     prompt: str  # the last user turn's text: what the job shows
     messages: list[dict[str, Any]] | None  # None for a single user turn, which runs as a plain prompt
+    image_field: str = "messages"  # the turn that held the (first) image, in the family's terms (error details)
 
 
 def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int) -> Conversation:
@@ -66,6 +67,7 @@ def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_cha
         images=[load_image(image.source, turn.where) for turn, image in images],
         prompt=_text(turns[0]) if single else user_texts[-1],
         messages=None if single else [_message(turn) for turn in turns],
+        image_field=images[0][0].where,
     )
 
 

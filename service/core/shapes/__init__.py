@@ -34,6 +34,7 @@ from service.core.shapes.resources import (
     FileOut,
     HealthOut,
     JobOut,
+    ModelWarning,
     PresetOut,
     ReadinessOut,
     RequestCounts,
@@ -69,7 +70,7 @@ def components() -> dict[str, Any]:
 __all__ = [
     "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "ChatCompletionChunk", "ChatCompletionOut",
     "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut", "GenerateContentResponse",
-    "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelOut", "ObjectList", "OpenAIErrorOut",
+    "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut",
     "OpenAIHealthOut", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "Shape", "SimpleChatAnswer",
     "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut",
     "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso", "json_schemas", "unix",

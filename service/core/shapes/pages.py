@@ -20,6 +20,7 @@ class _Outcome(Protocol):
     result_text: str | None
     result_json: Any
     result_lines: list[dict[str, Any]] | None
+    finish_reason: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
 
@@ -34,7 +35,10 @@ class OcrLine(Shape):
 class JobResult(Shape):
     # The output: `json` only for a schema-constrained job, `lines` only for OCR.
 
+    # `finish_reason` "length": max_tokens cut the text off (a schema-constrained job then has `json: null`).
+
     text: str
+    finish_reason: str | None
     json_: Any | MISSING = Field(MISSING, alias="json")
     lines: list[OcrLine] | MISSING = MISSING
 
@@ -43,7 +47,7 @@ class JobResult(Shape):
         """The result of a job or a page; `schema` is the job's response_schema."""
         if row.result_text is None:
             return None
-        result = cls(text=row.result_text)
+        result = cls(text=row.result_text, finish_reason=row.finish_reason)
         if schema is not None:
             result.json_ = row.result_json
         if row.result_lines is not None:

@@ -42,6 +42,15 @@ class JobError(Shape):
     message: str | None
 
 
+class ModelWarning(Shape):
+    """Why a waiting job (or a batch's waiting items) may not start: no live worker serves its model
+    (service.core.availability), and what fixes it."""
+
+    code: Literal["no_worker", "model_loading", "model_unavailable"]
+    message: str
+    model: str
+
+
 class WebhookRef(Shape):
     # A job's or batch's own webhook (never its secret).
 
@@ -60,6 +69,7 @@ class JobOut(Shape):
     max_tokens: int
     temperature: float
     top_p: float | None
+    seed: int | None
     messages: list[dict[str, Any]] | None
     image: JobImage | None
     created_at: Timestamp
@@ -84,6 +94,8 @@ class JobOut(Shape):
     page_mode: Literal["document", "per_page"] | None = Field(
         description="A job on a document or several images: how its pages were read; null for one plain image")
     pages: list[JobPageOut] | None = Field(description="Its pages in order (null for one plain image)")
+    # While the job is queued and no live worker serves its model (set by the API; empty in webhook payloads).
+    warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
     def from_row(cls, job: models.Job) -> JobOut:
@@ -91,7 +103,8 @@ class JobOut(Shape):
             sha256=job.image_sha256, format=job.image_format, width=job.image_width, height=job.image_height)
         return cls(
             id=job.id, status=job.status, model=job.model, prompt=job.prompt, priority=job.priority,
-            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, messages=job.messages,
+            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, seed=job.seed,
+            messages=job.messages,
             image=image, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
             preset=job.preset, result=JobResult.of(job, job.response_schema), cached=job.cached_from is not None,
             cache_of=job.cached_from,
@@ -140,6 +153,8 @@ class BatchOut(Shape):
     metadata: dict[str, Any] | None
     priority: Priority
     webhook: WebhookRef | None
+    # While items wait for a model no live worker serves (set by the API), one per such model.
+    warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
     def from_row(cls, batch: models.Batch, counts: RequestCounts) -> BatchOut:
@@ -332,6 +347,9 @@ class ReadinessOut(Shape):
     missing: list[str]
     checks: dict[str, str] | MISSING = MISSING
     models: list[str] | MISSING = MISSING
+    # Each configured model that no live worker has live: why (no_worker, model_loading, model_unavailable) and
+    # what fixes it.
+    unserved: list[ModelWarning] | MISSING = MISSING
     workers: list[dict[str, Any]] | MISSING = MISSING
 
     def summary(self) -> ReadinessOut:

@@ -120,7 +120,7 @@ def test_more_pages_than_max_pages(app, settings, api_key):
     small = create_app(settings.__class__(**{**settings.__dict__, "max_pages": 2}))
     response = keyed(small.test_client(), api_key).post("/v1/jobs", data=_form((make_pdf(["A", "B", "C"]), "a.pdf")))
     assert response.status_code == 400
-    assert response.get_json()["error"]["details"] == {"pages": 3, "limit": 2}
+    assert response.get_json()["error"]["details"] == {"field": "image", "pages": 3, "limit": 2}
     response = keyed(small.test_client(), api_key).post(
         "/v1/jobs", data=_form((make_image(), "a.png"), (make_image(), "b.png"), (make_image(), "c.png")))
     assert response.get_json()["error"]["code"] == "too_many_pages"

@@ -1,7 +1,7 @@
 """job_pages and jobs.page_mode: jobs on documents (PDF, TIFF, HEIC) and on several images, page by page
 
-Revision ID: 0011_job_pages
-Revises: 0010
+Revision ID: 0012_job_pages
+Revises: 0011_seed
 Create Date: 2026-11-29 04:40:00.000000
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0011_job_pages'
-down_revision: str | None = '0010'
+revision: str = '0012_job_pages'
+down_revision: str | None = '0011_seed'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
