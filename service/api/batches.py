@@ -41,7 +41,8 @@ from service.core.validation import Choice, RequestModel, Spec, Text, combine, p
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Which zip entries are items (not folders' notes, say); what each one is, its bytes tell.
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".pdf", ".tif", ".tiff", ".heic", ".heif"}
 _CSV_COLUMNS = ["custom_id", "status", "text", "prompt_tokens", "completion_tokens", "total_tokens",
                 "queue_ms", "ttft_ms", "inference_ms", "total_ms", "error_code", "error_message", "job_id"]
 
@@ -142,7 +143,8 @@ def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
 
 def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
     task = jobs.resolve_task(settings, body)
-    images = tuple(batches.store_image(settings, get_blobs(), name, data)
+    images = tuple(batches.store_image(settings, get_blobs(), name, data, model=task.options.model, pages=task.pages,
+                                       page_mode=task.page_mode)
                    for name, data in _uploaded_images(settings, body.images, body.archive))
     if not images:
         raise ApiError(ErrorCode.MISSING_FIELD, "Send images as 'images' files or a zip as 'archive'.",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,9 +28,9 @@ from service.core import batch_lifecycle, json_input, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
-from service.core.images import ImageInfo, inspect_image
-from service.core.jobs import generation_options
-from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
+from service.core.images import ImageInfo
+from service.core.jobs import Pages, generation_options, page_rows, read_inputs
+from service.core.models import Batch, BatchStatus, File, Job, JobPage, JobStatus, new_id, utcnow
 from service.core.openai_format import parse_chat_request
 from service.core.ports import Sender
 from service.core.shapes import BatchRequestOutput
@@ -54,6 +54,7 @@ class Ingest:
     """Job rows built from a batch's items, and the errors that fail the whole batch."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    pages: list[dict[str, Any]] = field(default_factory=list)  # JobPage rows of the items on documents
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
     _custom_ids: set[str] = field(default_factory=set)
@@ -62,6 +63,13 @@ class Ingest:
         self.error_count += 1
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"code": code, "message": message, "param": None, "line": line})
+
+    def add_item(self, batch: Batch, image: StoredImage, task_fields: dict[str, Any]) -> None:
+        """One item's job row, and its page rows if it reads a document or several images."""
+        row = item_row(batch, image, task_fields)
+        self.rows.append(row)
+        if image.document is not None and "error_code" not in row:
+            self.pages.extend(page_rows(row["id"], image.document))
 
     def claim_custom_id(self, custom_id: str, line: int) -> bool:
         if custom_id in self._custom_ids:
@@ -135,8 +143,10 @@ def submit(session: Session, db: Database, blobs: BlobStore, broker: Sender, set
     queued: list[Job] = []
     if request.input_file_id is None:
         session.flush()
-        queued = start(session, batch, Ingest(rows=[item_row(batch, image, request.task_fields or {})
-                                                    for image in request.images]))
+        items = Ingest()
+        for image in request.images:
+            items.add_item(batch, image, request.task_fields or {})
+        queued = start(session, batch, items)
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
@@ -196,21 +206,26 @@ class StoredImage:
     """A batch item's image, checked and stored as soon as it is read, so a batch never holds its images in memory."""
 
     custom_id: str
-    sha256: str  # of the bytes sent
+    sha256: str  # of the bytes sent (the first input's, for several)
     info: ImageInfo | None = None
     error: ApiError | None = None  # why it was refused (then nothing was stored)
+    document: Pages | None = None  # a document or several images: its pages
 
 
-def store_image(settings: Settings, blobs: BlobStore, custom_id: str, data: bytes) -> StoredImage:
-    """Check one item's image and store it; a bad one is kept as its error, to become a failed item."""
-    sha256 = hashlib.sha256(data).hexdigest()
+def store_image(settings: Settings, blobs: BlobStore, custom_id: str, inputs: bytes | list[bytes], *, model: str,
+                pages: str | None = None, page_mode: str = "document",
+                messages: list[dict[str, Any]] | None = None) -> StoredImage:
+    """Check one item's image (or documents, or images) and store it; a bad one is kept as its error, to become a
+    failed item."""
+    inputs = [inputs] if isinstance(inputs, bytes) else inputs
     try:
-        info = inspect_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        found = read_inputs(settings, inputs, model=model, pages=pages, page_mode=page_mode, messages=messages)
     except ApiError as error:
         # Without its traceback: its frames hold the image's bytes, and a batch keeps every item's error.
-        return StoredImage(custom_id, sha256, error=error.with_traceback(None))
-    blobs.put(data)
-    return StoredImage(custom_id, sha256, info=info)
+        return StoredImage(custom_id, hashlib.sha256(inputs[0]).hexdigest(), error=error.with_traceback(None))
+    for data in inputs:
+        blobs.put(data)
+    return StoredImage(custom_id, found.digests[0], info=found.image, document=found.document)
 
 
 def item_row(batch: Batch, image: StoredImage, task_fields: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +239,7 @@ def item_row(batch: Batch, image: StoredImage, task_fields: dict[str, Any]) -> d
         assert image.error is not None
         return refused_row(row, image.error)
     row.update(image_sha256=image.sha256, image_format=image.info.format, image_width=image.info.width,
-               image_height=image.info.height,
+               image_height=image.info.height, page_mode=image.document.mode if image.document else None,
                request_sha256=hashlib.sha256(f"{batch.id}:{image.custom_id}".encode()).hexdigest())
     return row
 
@@ -282,9 +297,10 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
             ingest.rows.append(refused_row(placeholder, error))
             continue
         conversation = request.conversation
-        ingest.rows.append(item_row(batch, store_image(settings, blobs, custom_id, conversation.image),
-                                    {"prompt": conversation.prompt, "messages": conversation.messages,
-                                     "response_schema": schema, **options.job_fields()}))
+        stored = store_image(settings, blobs, custom_id, conversation.images, model=options.model,
+                             messages=conversation.messages)
+        ingest.add_item(batch, stored, {"prompt": conversation.prompt, "messages": conversation.messages,
+                                        "response_schema": schema, **options.job_fields()})
     return ingest
 
 
@@ -331,6 +347,8 @@ def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
     if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         return []
     queued = lifecycle.create_jobs(session, ingest.rows)
+    if ingest.pages:
+        session.execute(insert(JobPage), ingest.pages)
     return [Job(id=row["id"], model=row["model"], priority=row["priority"], attempts=0) for row in queued]
 
 

@@ -18,14 +18,14 @@ from service.core.errors import ApiError, ErrorCode
 from service.core.images import inspect_image
 
 
-def count(settings: Settings, model: str, texts: list[str], image: bytes | None) -> int:
-    """The tokens `texts` and `image` take for `model`."""
+def count(settings: Settings, model: str, texts: list[str], images: list[bytes]) -> int:
+    """The tokens `texts` and `images` take for `model` (each image scaled into the model's budget on its own)."""
     folder = Path(settings.model_cache) / settings.registry[model].export_dir_name
     if settings.registry[model].engine != "openvino-vlm":
         raise ApiError(ErrorCode.INVALID_FIELD, f"{model!r} is an OCR engine: it reads no tokens.", {"model": model})
     tokenizer, processor = _load(str(folder))
     total = sum(len(tokenizer.encode(text, add_special_tokens=False).ids) for text in texts)
-    if image is not None:
+    for image in images:
         info = inspect_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         total += image_tokens(info.width, info.height, settings.registry[model].max_pixels, processor)
     return total

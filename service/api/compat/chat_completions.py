@@ -110,7 +110,7 @@ def chat_upload_model(settings: Settings) -> type[RequestModel]:
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
                                         "text/event-stream": {"schema": _SSE_EVENT}}}})
 def create_chat_completion() -> ResponseReturnValue:
-    """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
+    """OpenAI's JSON chat request (multi-turn, one or more images), or a multipart form with `image` and `prompt`."""
     settings = get_settings()
     if request.is_json:
         raw = json_body()
@@ -118,7 +118,7 @@ def create_chat_completion() -> ResponseReturnValue:
             raise ApiError(ErrorCode.INVALID_FIELD, "Only n=1 is supported.", {"field": "n"})
         body = parse(chat_model(settings), raw)
         chat = parse_chat_request(raw, settings)
-        fields, image, messages = chat.job_fields(), chat.conversation.image, chat.conversation.messages
+        fields, image, messages = chat.job_fields(), chat.conversation.images, chat.conversation.messages
         image_field = chat.conversation.image_field
     else:
         body = parse(chat_upload_model(settings), request_values())

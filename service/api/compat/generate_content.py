@@ -31,9 +31,10 @@ from service.api.openapi import operation
 from service.core import jobs, token_count
 from service.core.config import Settings
 from service.core.conversation import Conversation, ImageRef, Turn, build
+from service.core.documents import MEDIA_TYPES
 from service.core.errors import ApiError, ErrorCode
 from service.core.google_format import field, generation_fields
-from service.core.images import ACCEPTED_FORMATS, decode_image_field
+from service.core.images import decode_image_field
 from service.core.models import Job
 from service.core.requests import job_model
 from service.core.shapes import (
@@ -136,8 +137,8 @@ class _CountBody(RequestModel):
 @operation("Google-compatible generateContent (waits for the answer)", tags=("compatible",), body=Content,
            errors=SYNC_ERRORS, error_schema="GoogleError", responses={200: "GenerateContentResponse"})
 def generate_content(model: str) -> ResponseReturnValue:
-    job_request, image = _job_request(model)
-    return jsonify(GenerateContentResponse.of(sync_chat.answer(job_request, image)).dump())
+    job_request, images = _job_request(model)
+    return jsonify(GenerateContentResponse.of(sync_chat.answer(job_request, images)).dump())
 
 
 @bp.post("/v1/models/<model>:streamGenerateContent")
@@ -151,8 +152,8 @@ def generate_content(model: str) -> ResponseReturnValue:
                                             "$ref": "#/components/schemas/GenerateContentResponse"}}}}}})
 def stream_generate_content(model: str) -> ResponseReturnValue:
     sse = read_query(_StreamQuery).alt == "sse"
-    job_request, image = _job_request(model, stream=True)
-    chunks = _chunks(sync_chat.submit(job_request, image))
+    job_request, images = _job_request(model, stream=True)
+    chunks = _chunks(sync_chat.submit(job_request, images))
     framed = _sse(chunks) if sse else _json_array(chunks)
     return Response(stream_with_context(framed), mimetype="text/event-stream" if sse else "application/json",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -163,15 +164,13 @@ def stream_generate_content(model: str) -> ResponseReturnValue:
 @operation("Google-compatible countTokens", tags=("compatible",), body=_CountBody,
            errors=("model_unavailable",), error_schema="GoogleError", responses={200: "CountTokensResponse"})
 def count_tokens(model: str) -> ResponseReturnValue:
-    """The tokens of the contents' text and image, counted with the model's tokenizer (no job runs)."""
+    """The tokens of the contents' text and images, counted with the model's tokenizer (no job runs)."""
     settings = _known(model)
     body = parse(_CountBody, json_body("The body must be a JSON object with 'contents'."))
     texts = [part for turn in body.contents for part in turn.parts if isinstance(part, str)]
     images = [(part, turn.where) for turn in body.contents for part in turn.parts if isinstance(part, ImageRef)]
-    if len(images) > 1:
-        raise ApiError(ErrorCode.INVALID_FIELD, "At most one image in all.", {"field": "contents"})
-    image = _inline_image(images[0][0].source, images[0][1]) if images else None
-    return jsonify(CountTokensResponse(totalTokens=token_count.count(settings, model, texts, image)).dump())
+    data = [_inline_image(image.source, where) for image, where in images]
+    return jsonify(CountTokensResponse(totalTokens=token_count.count(settings, model, texts, data)).dump())
 
 
 @bp.get("/v1beta/models")
@@ -223,16 +222,16 @@ def _known(model: str) -> Settings:
     return settings
 
 
-def _job_request(model: str, *, stream: bool = False) -> tuple[jobs.JobRequest, bytes]:
-    """The request body read as a job request for `model`, and its image."""
+def _job_request(model: str, *, stream: bool = False) -> tuple[jobs.JobRequest, list[bytes]]:
+    """The request body read as a job request for `model`, and its images (in order: the job's pages)."""
     settings = _known(model)
     content = parse(Content, json_body("The body must be a JSON object with 'contents'."))
     turns = [content.system_instruction, *content.contents] if content.system_instruction else content.contents
     conversation: Conversation = build(turns, _inline_image, max_chars=settings.max_prompt_chars)
     fields = {"prompt": conversation.prompt, "model": model, **generation_fields(content.generation_config)}
-    job_request = jobs.job_request(settings, parse(job_model(settings), fields), conversation.image,
+    job_request = jobs.job_request(settings, parse(job_model(settings), fields), conversation.images,
                                    messages=conversation.messages, stream=stream)
-    return job_request, conversation.image
+    return job_request, conversation.images
 
 
 def _chunks(job: Job) -> Generator[Shape | dict[str, Any] | None, None, None]:
@@ -298,11 +297,14 @@ def _turn(content: Any, where: str, role: str | None = None) -> Turn:
 
 def _inline_image(inline: dict[str, Any], where: str) -> bytes:
     mime = field(inline, "mime_type")
-    if mime not in ACCEPTED_FORMATS.values():
+    if mime not in _INLINE_TYPES:  # what it is, the bytes tell; a type that is none of these is refused first
         raise ApiError(ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
-                       f"inline_data mime_type {mime!r} is not accepted; send image/jpeg, image/png or image/webp.",
-                       {"field": where, "accepted": sorted(ACCEPTED_FORMATS)})
+                       f"inline_data mime_type {mime!r} is not accepted; send one of {', '.join(_INLINE_TYPES)}.",
+                       {"field": where, "accepted": sorted(MEDIA_TYPES)})
     return decode_image_field(inline.get("data"), field=f"{where}.inline_data.data")
+
+
+_INLINE_TYPES = (*MEDIA_TYPES.values(), "image/heic")
 
 
 def is_google_request(req: Request) -> bool:

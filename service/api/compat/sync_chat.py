@@ -51,16 +51,16 @@ def admit(model: str) -> None:
                        f"retry shortly.", {"model": model, "queued": depth}, headers=_RETRY)
 
 
-def submit(request: jobs.JobRequest, image_bytes: bytes) -> Job:
+def submit(request: jobs.JobRequest, inputs: bytes | list[bytes]) -> Job:
     """Admit the request, then create and enqueue its job (it may come back already answered from the cache)."""
     admit(request.task.options.model)
-    job, _ = jobs.submit(get_session(), get_blobs(), get_broker(), request, image_bytes, None, current_caller())
+    job, _ = jobs.submit(get_session(), get_blobs(), get_broker(), request, inputs, None, current_caller())
     return job
 
 
-def answer(request: jobs.JobRequest, image_bytes: bytes) -> Job:
+def answer(request: jobs.JobRequest, inputs: bytes | list[bytes]) -> Job:
     """Submit and wait for the job's ending; returns the succeeded job, or raises its error as an ApiError."""
-    job = submit(request, image_bytes)
+    job = submit(request, inputs)
     timeout_s = get_settings().sync_timeout_s
     if not get_job_endings().wait(job.id, lambda: jobs.ended(get_db(), job.id), timeout_s):
         raise timed_out(job.id, timeout_s)

@@ -67,7 +67,7 @@ def test_camel_case_a_system_instruction_and_model_turns_make_one_conversation(g
         ("no-such-model", {"contents": _contents()}, 404, "NOT_FOUND"),
         (TINY, {}, 400, "INVALID_ARGUMENT"),
         (TINY, {"contents": _contents(image=make_image()[:40])}, 400, "INVALID_ARGUMENT"),
-        (TINY, {"contents": _contents(mime="application/pdf")}, 400, "INVALID_ARGUMENT"),
+        (TINY, {"contents": _contents(mime="image/gif")}, 400, "INVALID_ARGUMENT"),
         (TINY, {"contents": _contents(text="")}, 400, "INVALID_ARGUMENT"),
         (TINY, {"contents": [{"role": "user", "parts": [{"text": "no image"}]}]}, 400, "INVALID_ARGUMENT"),
         (TINY, {"contents": [{"parts": [{"text": "both", "inline_data": {"data": 5}}]}]}, 400, "INVALID_ARGUMENT"),
