@@ -35,7 +35,7 @@ from service.core.errors import ApiError, ErrorCode
 from service.core.exports import content_disposition, csv_lines
 from service.core.models import Batch, Job, Priority
 from service.core.requests import options_model, task_model
-from service.core.shapes import BatchOut, Timings, Usage
+from service.core.shapes import Timings, Usage
 from service.core.validation import Choice, RequestModel, Spec, Text, combine, parse, per_settings
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -123,7 +123,7 @@ def create_batch() -> ResponseReturnValue:
     batch, replayed = batches.submit(session, get_db(), get_blobs(), get_broker(), settings, current_caller(),
                                      batch_request, idempotency_key())
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    return jsonify(batch_lifecycle.render(session, batch).dump()), 200, headers
+    return jsonify(batch_lifecycle.render(batch).dump()), 200, headers
 
 
 def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
@@ -201,15 +201,14 @@ def _archive_too_large(setting: str, limit: int, unit: str) -> ApiError:
 @operation("List batches, newest first", query=PageQuery, tags=("batches",), responses={200: "BatchList"})
 def list_batches() -> ResponseReturnValue:
     rows, limit = newest_first(Batch, query=read_query(PageQuery))
-    counts = batch_lifecycle.request_counts(get_session(), [row.id for row in rows])
-    return jsonify(page(rows, limit, lambda batch: BatchOut.from_row(batch, counts[batch.id])))
+    return jsonify(page(rows, limit, batch_lifecycle.render))
 
 
 @bp.get("/<batch_id>")
 @operation("Get a batch", tags=("batches",), responses={200: "Batch"})
 def get_batch(batch_id: str) -> ResponseReturnValue:
     session = get_session()
-    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    return jsonify(batch_lifecycle.render(get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.post("/<batch_id>/cancel")
@@ -218,7 +217,7 @@ def cancel_batch(batch_id: str) -> ResponseReturnValue:
     """Queued items are cancelled at once; running ones finish; finished results stay readable."""
     session = get_session()
     batches.cancel(get_db(), session, get_blobs(), get_or_404(session, Batch, batch_id, "batch"))
-    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    return jsonify(batch_lifecycle.render(get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.get("/<batch_id>/results")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,6 +62,11 @@ class Ingest:
         self.error_count += 1
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"code": code, "message": message, "param": None, "line": line})
+
+    def model(self) -> str | None:
+        """The model the items ask for: None if they ask for several, or every item was refused."""
+        models = {row["model"] for row in self.rows if not row.get("error_code")}
+        return models.pop() if len(models) == 1 else None
 
     def claim_custom_id(self, custom_id: str, line: int) -> bool:
         if custom_id in self._custom_ids:
@@ -328,7 +333,7 @@ def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
             {"code": "empty_batch", "message": "The batch has no requests.", "param": None, "line": None}]})
         return []
     # The transition first: if an ingest task was delivered twice, only one of them inserts the rows.
-    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, model=ingest.model()):
         return []
     queued = lifecycle.create_jobs(session, ingest.rows)
     return [Job(id=row["id"], model=row["model"], priority=row["priority"], attempts=0) for row in queued]
@@ -388,23 +393,27 @@ def cancel(db: Database, session: Session, blobs: BlobStore, batch: Batch) -> No
     if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         raise ApiError(ErrorCode.BATCH_NOT_CANCELLABLE, f"A batch that is {batch.status} cannot be cancelled.",
                        {"status": batch.status})
-    transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING)
+    # Its items first, then the batch: every transaction locks job rows before their batch's row (an item's
+    # ending adds to the batch's counts), so a cancel and an item's ending never wait on each other in a cycle.
     lifecycle.cancel_queued_in_batch(session, batch.id)
+    if not transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING):
+        session.rollback()  # it moved on meanwhile (a concurrent cancel, or its ingest); it is shown as it is
+        return
     session.commit()
     maybe_finalize(db, blobs, batch.id)
     session.expire_all()
 
 
-def pending(session: Session, batch_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(
-        Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))) or 0
+def pending(batch: Batch) -> int:
+    """Its items not ended yet, from the counts the job state machine keeps on the row."""
+    return batch.request_total - batch.request_completed - batch.request_failed - batch.request_cancelled
 
 
 def maybe_finalize(db: Database, blobs: BlobStore, batch_id: str) -> bool:
     """If no item is pending, write the output and error files and end the batch. Safe to call from anywhere."""
     with db.session() as session:
         batch = session.get(Batch, batch_id)
-        if batch is None or pending(session, batch_id):
+        if batch is None or pending(batch):
             return False
         if not claim_ending(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             return False
@@ -427,10 +436,12 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
     expired = 0
     for batch_id, status in overdue:  # a validating one has no items yet: it ends with no files
         with db.session() as session:
-            if claim_ending(session, batch_id, BatchStatus(status)):
-                lifecycle.cancel_queued_in_batch(session, batch_id)
-                _end_with_files(session, blobs, batch_id, BatchStatus(status), BatchStatus.EXPIRED)
-                expired += 1
+            lifecycle.cancel_queued_in_batch(session, batch_id)  # the items before the batch's row, as in cancel()
+            if not claim_ending(session, batch_id, BatchStatus(status)):
+                session.rollback()  # someone else ends it
+                continue
+            _end_with_files(session, blobs, batch_id, BatchStatus(status), BatchStatus.EXPIRED)
+            expired += 1
     return expired
 
 

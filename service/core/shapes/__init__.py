@@ -28,6 +28,7 @@ from service.core.shapes.compat import (
 from service.core.shapes.resources import (
     ApiKeyOut,
     BatchOut,
+    BatchUsage,
     ErrorOut,
     EventType,
     FileDeleted,
@@ -67,10 +68,10 @@ def components() -> dict[str, Any]:
 
 
 __all__ = [
-    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "ChatCompletionChunk", "ChatCompletionOut",
-    "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut", "GenerateContentResponse",
-    "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelOut", "ObjectList", "OpenAIErrorOut",
-    "OpenAIHealthOut", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "Shape", "SimpleChatAnswer",
-    "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut",
+    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "BatchUsage", "ChatCompletionChunk",
+    "ChatCompletionOut", "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut",
+    "GenerateContentResponse", "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelOut", "ObjectList",
+    "OpenAIErrorOut", "OpenAIHealthOut", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "Shape",
+    "SimpleChatAnswer", "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut",
     "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso", "json_schemas", "unix",
 ]
