@@ -9,10 +9,10 @@ is queued or running, the batch is finalized: output and error files are written
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,6 +46,7 @@ MAX_CUSTOM_ID_CHARS = 255  # the column's length, on every database
 _NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)  # JSON text can carry a NUL only as this escape
 WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
+_SPOOL_BYTES = 8 * 1024 * 1024
 
 
 
@@ -457,14 +458,15 @@ def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: B
 
 
 def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, *, succeeded: bool) -> File | None:
-    buffer = io.BytesIO()
-    for line in result_lines(session, batch_id, succeeded=succeeded):
-        buffer.write(json.dumps(line.dump(), separators=(",", ":")).encode() + b"\n")
-    if not buffer.tell():
-        return None
-    kind = "output" if succeeded else "errors"
-    buffer.seek(0)
-    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}", tenant)
+    # Spooled: a large batch's file goes to disk past a few MB instead of being held whole in memory.
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffer:
+        for line in result_lines(session, batch_id, succeeded=succeeded):
+            buffer.write(json.dumps(line.dump(), separators=(",", ":")).encode() + b"\n")
+        if not buffer.tell():
+            return None
+        kind = "output" if succeeded else "errors"
+        buffer.seek(0)
+        return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}", tenant)
 
 
 def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str,

@@ -37,7 +37,7 @@ class GenerationOptions:
     top_p: float | None = None  # None: the engine's default
 
     def job_fields(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # its fields are plain values: no need for asdict's deep copy (once per batch item)
 
 
 @dataclass(frozen=True)

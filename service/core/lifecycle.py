@@ -194,16 +194,20 @@ def _transition(
     ).all()
     if not moved:
         return []
-    events = [JobEvent(job_id=row.id, type=f"job.{target.value}", attempt=row.attempts, worker=row.worker,
-                       created_at=now) for row in moved]
-    session.add_all(events)
+    events = [{"job_id": row.id, "type": f"job.{target.value}", "attempt": row.attempts, "worker": row.worker,
+               "created_at": now} for row in moved]
     if target.terminal:
         _count_endings(session, target, moved)
-    if target.terminal and len(moved) == 1:
-        webhooks.record_job_event(session, events[0].job_id, events[0])  # the outbox: in the same transaction
-        job_endings.mark_ended(session, events[0].job_id)  # wakes synchronous requests waiting on it, once committed
-    elif target.terminal:  # a batch's items at once: they have no webhook_url and no synchronous waiter
-        webhooks.record_job_events(session, moved[0].tenant, [row.id for row in moved], events[0].type)
+    if len(moved) == 1:
+        event = JobEvent(**events[0])
+        session.add(event)
+        if target.terminal:
+            webhooks.record_job_event(session, event.job_id, event)  # the outbox: in the same transaction
+            job_endings.mark_ended(session, event.job_id)  # wakes synchronous requests waiting on it, once committed
+    else:  # a batch's items at once (one bulk insert): they have no webhook_url and no synchronous waiter
+        session.execute(insert(JobEvent), events)
+        if target.terminal:
+            webhooks.record_job_events(session, moved[0].tenant, [row.id for row in moved], events[0]["type"])
     for row in moved:
         log.info("job %s: %s -> %s (attempt %s)", row.id, source.value, target.value, row.attempts)
     return [row.id for row in moved]
