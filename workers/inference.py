@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,12 +13,13 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from service.adapters import metrics, token_stream
-from service.adapters.blobs import BlobNotFound
+from service.adapters.blobs import BlobNotFound, BlobStoreUnavailable
 from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import batches, lifecycle, logs, structured
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
+from service.core.requests import MAX_SEED
 from workers.engines.base import EngineError, GenerationRequest, GenerationResult
 from workers.engines.images import prepare_image
 from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # How long a claim waits for an unavailable database before the message goes back to the queue.
 _CLAIM_RETRY_S = 30.0
+# An attempt that found the blob store down pauses this long times its attempt number before handing the job back,
+# so max_attempts spread over a store's restart rather than being spent in a second.
+_STORAGE_RETRY_S = 5.0
 
 
 @shared_task(name=RUN_JOB_TASK)
@@ -71,6 +76,8 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
             blob = runtime.blobs.get(job.image_sha256)
             bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
             image = prepare_image(blob, min(bound, job.max_pixels or bound))
+        except BlobStoreUnavailable as exc:
+            return _retry_for_storage(runtime, job, exc)
         except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}"))
@@ -82,11 +89,12 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}"))
 
+        seed = _seed(job)
         try:
             handle = engine.submit(GenerationRequest(
                 prompt=prompt, image=image, max_tokens=job.max_tokens, temperature=job.temperature,
                 top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-                messages=job.messages, stream=job.stream,
+                messages=job.messages, stream=job.stream, seed=seed,
             ))
         except EngineError as exc:
             return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
@@ -108,14 +116,24 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     if tracker.requeued:  # a stop handed the job back and cancelled this generation; another attempt runs it
         return None
     if result.finish_reason == "cancelled":
-        return _finish(runtime, job, JobStatus.CANCELLED, result=result,
+        return _finish(runtime, job, JobStatus.CANCELLED, result=result, seed=seed,
                        error=(ErrorCode.CANCELLED, "Cancelled while running."))
     if job.response_schema is not None:
         parsed, problem = _parse_output(result.text, job.response_schema)
-        if problem is not None:
-            return _finish(runtime, job, JobStatus.FAILED, result=result, error=(ErrorCode.INVALID_OUTPUT, problem))
-        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed)
-    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
+        if problem is not None and result.finish_reason != "length":
+            return _finish(runtime, job, JobStatus.FAILED, result=result, seed=seed,
+                           error=(ErrorCode.INVALID_OUTPUT, problem))
+        # Cut off by max_tokens: the caller's limit, not a fault. It succeeds with finish_reason "length", the
+        # partial text and no `json` (as OpenAI answers 200 with finish_reason "length").
+        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, seed=seed)
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, seed=seed)
+
+
+def _seed(job: Job) -> int | None:
+    """The caller's seed, or a fresh one for a sampled job (recorded with its result, to reproduce it); greedy: None."""
+    if job.seed is not None or job.temperature <= 0:
+        return job.seed
+    return secrets.randbelow(MAX_SEED + 1)
 
 
 def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
@@ -127,6 +145,21 @@ def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
     if (job is not None and job.status == JobStatus.RUNNING.value and job.worker == runtime.name
             and not runtime.is_running(job_id)):
         return job
+    return None
+
+
+def _retry_for_storage(runtime: WorkerRuntime, job: Job, exc: BlobStoreUnavailable) -> str | None:
+    """The store is down, which is no fault of the job: hand it back for another attempt, or fail it with
+    storage_unavailable once `max_attempts` are spent."""
+    if job.attempts >= runtime.settings.max_attempts:
+        return _finish(runtime, job, JobStatus.FAILED, error=(
+            ErrorCode.STORAGE_UNAVAILABLE, f"The blob store stayed unavailable through {job.attempts} attempts: {exc}"))
+    log.warning("job %s: blob store unavailable on attempt %s (%s); handing it back", job.id, job.attempts, exc)
+    runtime.pause(_STORAGE_RETRY_S * job.attempts)
+    with runtime.db.session() as session:
+        requeued = lifecycle.requeue(session, job)  # False if a stop already handed it back meanwhile
+    if requeued:
+        runtime.broker.enqueue([job])
     return None
 
 
@@ -173,8 +206,8 @@ def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
-            parsed: Any = None, error: tuple[ErrorCode, str] | None = None) -> str | None:
-    values: dict[str, Any] = {}
+            parsed: Any = None, error: tuple[ErrorCode, str] | None = None, seed: int | None = None) -> str | None:
+    values: dict[str, Any] = {} if seed is None else {"seed": seed}
     if result is not None:
         values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,
                       finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
@@ -203,8 +236,8 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
     if job.batch_id is not None:
         try:
             batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
-        except DATABASE_UNAVAILABLE:  # the periodic batch pass finalizes it
-            log.warning("batch %s: not finalized now, the database is unavailable", job.batch_id)
+        except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable) as exc:  # the periodic batch pass finalizes it
+            log.warning("batch %s: not finalized now (%s)", job.batch_id, exc)
     return status.value
 
 

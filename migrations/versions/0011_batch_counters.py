@@ -1,7 +1,7 @@
 """batches: the items' counts and token totals kept on the row, and the items' model
 
 Revision ID: 0011_batch_counters
-Revises: 0010
+Revises: 0011_seed
 Create Date: 2026-11-29 04:30:00.000000
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0011_batch_counters'
-down_revision: str | None = '0010'
+down_revision: str | None = '0011_seed'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

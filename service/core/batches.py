@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.adapters.blobs import BlobStore
+from service.adapters.blobs import BlobStore, BlobStoreUnavailable
 from service.adapters.db import DATABASE_UNAVAILABLE, Database
 from service.core import batch_lifecycle, json_input, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
@@ -356,7 +356,7 @@ def ingest(db: Database, blobs: BlobStore, broker: Sender, settings: Settings, b
         try:
             with blobs.open(file.sha256) as stream:
                 result = read_openai_lines(bounded_lines(stream, max_line_bytes(settings)), batch, settings, blobs)
-        except DATABASE_UNAVAILABLE:
+        except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable):  # not the file's fault: the caller tries again
             raise
         except Exception:  # a batch never stays validating: whatever breaks the read fails it, with a reason
             log.exception("batch %s: its input file could not be read", batch_id)
@@ -466,7 +466,8 @@ def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, 
             return None
         kind = "output" if succeeded else "errors"
         buffer.seek(0)
-        return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}", tenant)
+        # OpenAI's purpose for both files is batch_output (there is no batch_errors); the name tells them apart.
+        return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant)
 
 
 def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str,

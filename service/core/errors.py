@@ -92,28 +92,40 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error", 500, "A bug; it is logged."
     BROKER_UNAVAILABLE = "broker_unavailable", 503, "Redis is down: nothing was accepted; retry after `Retry-After`."
     DATABASE_UNAVAILABLE = "database_unavailable", 503, "The database is down; retry after `Retry-After`."
+    STORAGE_UNAVAILABLE = ("storage_unavailable", 503,
+                           "The blob store (S3) is unreachable or refuses the service: nothing was accepted; retry "
+                           "after `Retry-After`. As a job's code: it stayed so through `max_attempts` attempts.")
     IMAGE_URL_BUSY = ("image_url_busy", 503,
                       "This API process is already fetching `image_url_max_concurrent` image URLs; retry after "
                       "`Retry-After`, or send a data URL.")
-    NO_WORKER = "no_worker", 503, "Synchronous endpoints: no live worker serves the model."
+    NO_WORKER = ("no_worker", 503,
+                 "Synchronous endpoints: no live worker serves the model (one may be starting); retry after "
+                 "`Retry-After`.")
     MODEL_LOADING = "model_loading", 503, "Synchronous endpoints: the model is still loading; retry shortly."
-    MODEL_UNAVAILABLE = "model_unavailable", 503, "Synchronous endpoints: no worker could load the model."
+    MODEL_UNAVAILABLE = ("model_unavailable", 503,
+                         "Synchronous endpoints: every live worker failed to load the model or has no export of it "
+                         "(the message names the fix; no `Retry-After`). A job: no live worker served its model "
+                         "for `queue_timeout_s`.")
     OVERLOADED = ("overloaded", 503,
                   "Synchronous endpoints: too many requests are waiting already; retry after `Retry-After`.")
     SYNC_TIMEOUT = ("sync_timeout", 504,
                     "A synchronous request got no answer within `sync_timeout_s`; its job was cancelled.")
 
     # Job failure codes (`job`): how a failed job's `error.code` reads.
-    IMAGE_UNREADABLE = "image_unreadable", 500, "The stored image could not be read or decoded by the worker.", True
+    # A deterministic failure is never a 5xx (clients and SDKs retry those): 422 says a retry cannot fix it.
+    IMAGE_UNREADABLE = "image_unreadable", 422, "The stored image could not be read or decoded by the worker.", True
     INFERENCE_ERROR = "inference_error", 500, "The engine failed the request (the message says why).", True
     OUT_OF_MEMORY = "out_of_memory", 503, "The engine ran out of memory for the request.", True
-    INVALID_OUTPUT = "invalid_output", 500, "A schema-constrained output did not parse or validate.", True
+    INVALID_OUTPUT = ("invalid_output", 422,
+                      "A schema-constrained output ended (not cut off by max_tokens) but does not validate.", True)
     INFERENCE_TIMEOUT = "inference_timeout", 504, "Generation took longer than `job_timeout_s`.", True
     WORKER_LOST = "worker_lost", 503, "Its worker died on each of `max_attempts` attempts.", True
 
 
-# A job can also end with these API codes (a cancelled job, a model no worker could load).
-JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE} | {code for code in ErrorCode if code.job})
+# A job can also end with these API codes (a cancelled job; a model no live worker served for queue_timeout_s; a
+# blob store down throughout).
+JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.STORAGE_UNAVAILABLE}
+                      | {code for code in ErrorCode if code.job})
 
 
 class ApiError(Exception):

@@ -4,6 +4,7 @@
       │         │           │
       │         │           └──> queued   (requeued: its worker died, or stopped before it finished)
       │         ├──> cancelled
+      │         ├──> failed      (no live worker served its model for queue_timeout_s)
       │         └──> succeeded   (answered from the dedup cache, never run)
       └──> failed   (a batch item refused at ingest)
 
@@ -37,6 +38,7 @@ TRANSITIONS: dict[JobStatus, dict[JobStatus, tuple[str, ...]]] = {
     JobStatus.QUEUED: {
         JobStatus.RUNNING: ("started_at",),
         JobStatus.CANCELLED: ("finished_at", "cancel_requested_at"),
+        JobStatus.FAILED: ("finished_at",),
         JobStatus.SUCCEEDED: ("started_at", "finished_at"),
     },
     JobStatus.RUNNING: {
@@ -57,6 +59,7 @@ def create_job(session: Session, **fields: Any) -> Job:
     """Add a new queued job (and its first event) to the session."""
     job = Job(status=JobStatus.QUEUED.value, attempts=0, **_stamps(INITIAL[JobStatus.QUEUED], utcnow()), **fields)
     session.add(job)
+    log.info("job %s: queued (%s)", job.id, job.model)
     session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
     if job.batch_id is not None:
         batch_lifecycle.add_to_counts(session, job.batch_id, {"request_total": 1})
@@ -132,7 +135,8 @@ def complete_from_cache(session: Session, job_id: str, source: Job) -> bool:
         session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.SUCCEEDED,
         values={"cached_from": source.cached_from or source.id,
                 "result_text": source.result_text, "result_json": source.result_json,
-                "result_lines": source.result_lines, "prompt_tokens": 0 if source.prompt_tokens is not None else None,
+                "result_lines": source.result_lines, "finish_reason": source.finish_reason,
+                "prompt_tokens": 0 if source.prompt_tokens is not None else None,
                 "completion_tokens": 0 if source.completion_tokens is not None else None, "inference_ms": 0.0},
     ))
 
@@ -151,6 +155,13 @@ def cancel_queued(session: Session, job_id: str) -> bool:
         session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.CANCELLED,
         values={"error_code": ErrorCode.CANCELLED, "error_message": "Cancelled before it started."},
     ))
+
+
+def fail_queued(session: Session, job_ids: list[str], code: ErrorCode, message: str) -> list[str]:
+    """queued -> failed for these jobs (one job of its own, or items of one batch: see `_transition`), which never
+    ran; returns the ids that moved. Their task messages find them ended and do nothing."""
+    return _transition(session, [Job.id.in_(job_ids)], JobStatus.QUEUED, JobStatus.FAILED,
+                       values={"error_code": code, "error_message": message})
 
 
 def request_cancel(session: Session, job_id: str) -> bool:

@@ -19,7 +19,8 @@ const el = {
   replyForm: $("reply-form"), reply: $("reply"), replySend: $("reply-send"),
   batchEmpty: $("batch-empty"), batchBody: $("batch-body"), batchId: $("batch-id"), batchStatus: $("batch-status"),
   progress: $("batch-progress"), downloadCsv: $("download-csv"), downloadJsonl: $("download-jsonl"),
-  cancelBatch: $("cancel-batch"), batchError: $("batch-error"), resultsBody: $("results-body"),
+  cancelBatch: $("cancel-batch"), batchError: $("batch-error"), batchWarning: $("batch-warning"),
+  resultsBody: $("results-body"),
 };
 
 const state = {
@@ -28,11 +29,22 @@ const state = {
   busy: false,        // a request is in flight: every submit is blocked until it ends
   chat: null,         // {image: {url, dataUrl, name}, messages: [...the API conversation so far], options}
   batch: null,        // {id, timer, rows: Map(job_id -> <tr>), done}
+  modelChosen: false, // the user (or a preset) picked the model: status refreshes no longer change it
 };
 
 // -- API -----------------------------------------------------------------------------------------
 
-class ApiFailure extends Error {}
+class ApiFailure extends Error {
+  // retryable: asking again may work (the server was busy or unreachable, or failed); a bad request will not.
+  constructor(message, { retryable = false } = {}) {
+    super(message);
+    this.retryable = retryable;
+  }
+}
+
+function retryableStatus(status) {
+  return status >= 500 || status === 429 || status === 408;
+}
 
 // With auth on, the page acts with the API key typed into the header's field (kept in this browser only).
 const KEY_STORAGE = "vlq-api-key";
@@ -48,12 +60,13 @@ async function send(path, options = {}) {
     response = await fetch(path, { ...options, headers: { ...authHeaders(), ...options.headers } });
   } catch (error) {
     if (error.name === "AbortError") throw error;
-    throw new ApiFailure("The server could not be reached. Check that VLQ is running.");
+    throw new ApiFailure("The server could not be reached. Check that VLQ is running.", { retryable: true });
   }
   if (!response.ok) {
     // VLQ's errors and the OpenAI-shaped ones of /v1/chat/completions both carry error.message.
     const body = await response.json().catch(() => null);
-    throw new ApiFailure(body?.error?.message || `The server answered ${response.status} ${response.statusText}.`);
+    throw new ApiFailure(body?.error?.message || `The server answered ${response.status} ${response.statusText}.`,
+                         { retryable: retryableStatus(response.status) });
   }
   return response;
 }
@@ -68,7 +81,7 @@ async function* serverSentEvents(response) {
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) throw new ApiFailure("The answer was cut off: the connection closed early.");
+    if (done) throw new ApiFailure("The answer was cut off: the connection closed early.", { retryable: true });
     buffer += value;
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -202,7 +215,10 @@ function onPresetChange() {
   el.presetHint.hidden = !preset;
   if (!preset) return;
   el.prompt.value = preset.prompt;
-  if (preset.model) el.model.value = preset.model;
+  if (preset.model) {
+    el.model.value = preset.model;
+    state.modelChosen = true;
+  }
   const output = preset.labels.length ? `one of: ${preset.labels.join(", ")}`
     : preset.schema ? `JSON with ${Object.keys(preset.schema.properties || {}).join(", ")}` : "text";
   el.presetHint.textContent = `Model: ${preset.model || CONFIG.defaultModel}. Output: ${output}.`;
@@ -226,10 +242,25 @@ async function refreshStatus() {
     setStatus("not_ready", `Not ready: no ${body.missing?.join(", ") || "worker"}`);
   }
   if (!body.models) return;
-  const live = new Set(body.models);
+  markModels(new Set(body.models), new Map((body.unserved || []).map((item) => [item.model, item])));
+}
+
+// A model no live worker serves says why in its label (and what fixes it in its tooltip). Until the user picks a
+// model, a live one is selected: the default if it is live, else the first live vision-language model.
+const UNSERVED_LABELS = { no_worker: "no worker", model_loading: "loading", model_unavailable: "unavailable" };
+
+function markModels(live, unserved) {
   for (const option of el.model.options) {
-    option.textContent = live.has(option.value) ? option.value : `${option.value} (no worker)`;
+    const notice = live.has(option.value) ? null : unserved.get(option.value);
+    const label = live.has(option.value) ? "" : UNSERVED_LABELS[notice?.code] || "no worker";
+    option.textContent = label ? `${option.value} (${label})` : option.value;
+    option.title = notice?.message || "";
+    option.dataset.live = String(live.has(option.value));
   }
+  if (state.modelChosen || live.has(el.model.value)) return;
+  const candidates = [...el.model.options].filter((option) => live.has(option.value));
+  const pick = candidates.find((option) => !CONFIG.ocrModels.includes(option.value)) || candidates[0];
+  if (pick) el.model.value = pick.value;
 }
 
 function setStatus(kind, label) {
@@ -330,7 +361,7 @@ async function askFollowUp(event) {
 async function ask(userMessage, text, imageUrl) {
   setBusy(true);
   const chat = state.chat;
-  appendMessage("user", text, { imageUrl, alt: chat.image.name });
+  const question = appendMessage("user", text, { imageUrl, alt: chat.image.name });
   const reply = appendMessage("assistant thinking", "Thinking", {});
   const replyText = reply.querySelector(".message-text");
   replyText.classList.add("dots");
@@ -354,7 +385,9 @@ async function ask(userMessage, text, imageUrl) {
       signal: chat.abort.signal,
     });
     for await (const chunk of serverSentEvents(response)) {
-      if (chunk.error) throw new ApiFailure(chunk.error.message);
+      if (chunk.error) {
+        throw new ApiFailure(chunk.error.message, { retryable: chunk.error.type !== "invalid_request_error" });
+      }
       if (chunk.usage) usage = chunk.usage;
       const piece = chunk.choices?.[0]?.delta?.content;
       if (!piece) continue;
@@ -368,11 +401,19 @@ async function ask(userMessage, text, imageUrl) {
       scrollToEnd();
     }
     chat.messages = [...conversation, { role: "assistant", content: answer }];
+    el.replyForm.hidden = false; // hidden after a first question failed; answered now (a retry), it can follow up
     finishAnswer(reply, answer, usage, performance.now() - started);
   } catch (error) {
     if (error.name === "AbortError") return; // the conversation was closed meanwhile
     reply.remove();
-    appendMessage("assistant error", error.message, {});
+    const failed = appendMessage("assistant error", error.message, {});
+    // The conversation keeps its image and turns: a question that may work again can be asked again in place.
+    if (error.retryable) failed.querySelector(".message-meta").append(retryButton(() => {
+      if (state.busy || state.chat !== chat) return;
+      failed.remove();
+      question.remove();
+      ask(userMessage, text, imageUrl);
+    }));
     if (!chat.messages.length) el.replyForm.hidden = true; // nothing to follow up on yet
   } finally {
     if (state.chat === chat) {
@@ -440,6 +481,15 @@ function markBlank(container, text) {
   // A whitespace-only answer (the tiny test model's greedy output) would look like nothing at all; say so.
   container.classList.toggle("blank", !text.trim());
   container.dataset.blank = "(only whitespace)";
+}
+
+function retryButton(retry) {
+  const button = Object.assign(document.createElement("button"), {
+    type: "button", className: "copy-button retry-button", textContent: "Retry",
+    title: "Ask the same question again",
+  });
+  button.addEventListener("click", retry);
+  return button;
 }
 
 function copyButton(text) {
@@ -557,20 +607,27 @@ async function pollBatch(batchId) {
 async function renderBatch(batch) {
   const counts = batch.request_counts || { total: 0, completed: 0, failed: 0, cancelled: 0 };
   const done = counts.completed + counts.failed + (counts.cancelled || 0);
-  const percent = counts.total ? Math.round((100 * done) / counts.total) : 0;
+  const ran = counts.completed + counts.failed; // cancelled items never ran: they do not fill the bar
   const ended = BATCH_ENDINGS.has(batch.status);
+  // A completed batch is full and green; one that ended otherwise shows what ran, in its ending's colour.
+  const filled = batch.status === "completed" ? counts.total : ran;
+  const percent = counts.total ? Math.round((100 * filled) / counts.total) : (batch.status === "completed" ? 100 : 0);
   el.batchStatus.textContent = batch.status.replace("_", " ");
   el.batchStatus.dataset.status = batch.status;
   el.progress.setAttribute("aria-valuenow", String(percent));
-  el.progress.setAttribute("aria-valuetext", `${done} of ${counts.total} done`);
-  el.progress.dataset.state = ended ? "done" : "running";
-  el.progress.querySelector(".progress-bar").style.width = `${ended ? 100 : percent}%`;
+  el.progress.setAttribute("aria-valuetext", `${ran} of ${counts.total} ran, ${done} ended`);
+  el.progress.dataset.state = !ended ? "running" : batch.status === "completed" ? "done" : batch.status;
+  el.progress.querySelector(".progress-bar").style.width = `${percent}%`;
   $("count-done").textContent = done;
   $("count-total").textContent = counts.total;
   $("count-completed").textContent = counts.completed;
   $("count-failed").textContent = counts.failed;
   $("count-cancelled").textContent = counts.cancelled || 0;
   el.cancelBatch.disabled = ended || batch.status === "cancelling";
+  // Items waiting for a model no live worker serves: say so, with what fixes it (the API's own words).
+  const warnings = ended ? [] : batch.warnings || [];
+  el.batchWarning.hidden = !warnings.length;
+  el.batchWarning.textContent = warnings.map((warning) => warning.message).join(" ");
   if (batch.status === "failed" && batch.errors?.data?.length) {
     el.batchError.hidden = false;
     el.batchError.textContent = batch.errors.data.map((e) => e.message).join(" ");
@@ -625,9 +682,11 @@ function renderRow(row) {
   markBlank(answer, row.text == null ? "-" : answer.textContent);
   tr.querySelector(".tokens").textContent = row.completion_tokens != null
     ? `${row.prompt_tokens} in · ${row.completion_tokens} out` : "";
+  // Latency only for an item that ran (or was answered from the cache): one cancelled in the queue has none.
+  const ran = row.total_ms != null && row.queue_ms != null;
   const latency = tr.querySelector(".latency");
-  latency.textContent = row.total_ms != null ? formatMs(row.total_ms) : "";
-  latency.title = row.total_ms != null ? timingDetail(row) : "";
+  latency.textContent = ran ? formatMs(row.total_ms) : "";
+  latency.title = ran ? timingDetail(row) : "";
 }
 
 async function cancelBatch() {
@@ -727,6 +786,7 @@ function start() {
   el.downloadJsonl.addEventListener("click", downloadWithKey);
   el.form.addEventListener("submit", onSubmit);
   el.preset.addEventListener("change", onPresetChange);
+  el.model.addEventListener("change", () => { state.modelChosen = true; });
   el.replyForm.addEventListener("submit", askFollowUp);
   el.reply.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); el.replyForm.requestSubmit(); }

@@ -35,6 +35,7 @@ from service.core.shapes.resources import (
     FileOut,
     HealthOut,
     JobOut,
+    ModelWarning,
     PresetOut,
     ReadinessOut,
     RequestCounts,
@@ -70,8 +71,8 @@ def components() -> dict[str, Any]:
 __all__ = [
     "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "BatchUsage", "ChatCompletionChunk",
     "ChatCompletionOut", "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut",
-    "GenerateContentResponse", "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelOut", "ObjectList",
-    "OpenAIErrorOut", "OpenAIHealthOut", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "Shape",
+    "GenerateContentResponse", "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelWarning", "ModelOut",
+    "ObjectList", "OpenAIErrorOut", "OpenAIHealthOut", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "Shape",
     "SimpleChatAnswer", "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut",
     "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso", "json_schemas", "unix",
 ]

@@ -56,7 +56,10 @@ class OcrLine(Shape):
 class JobResult(Shape):
     # The output: `json` only for a schema-constrained job, `lines` only for OCR.
 
+    # `finish_reason` "length": max_tokens cut the text off (a schema-constrained job then has `json: null`).
+
     text: str
+    finish_reason: str | None
     json_: Any | MISSING = Field(MISSING, alias="json")
     lines: list[OcrLine] | MISSING = MISSING
 
@@ -64,7 +67,7 @@ class JobResult(Shape):
     def of(cls, job: models.Job) -> JobResult | None:
         if job.result_text is None:
             return None
-        result = cls(text=job.result_text)
+        result = cls(text=job.result_text, finish_reason=job.finish_reason)
         if job.response_schema is not None:
             result.json_ = job.result_json
         if job.result_lines is not None:
@@ -82,6 +85,15 @@ class JobImage(Shape):
 class JobError(Shape):
     code: str
     message: str | None
+
+
+class ModelWarning(Shape):
+    """Why a waiting job (or a batch's waiting items) may not start: no live worker serves its model
+    (service.core.availability), and what fixes it."""
+
+    code: Literal["no_worker", "model_loading", "model_unavailable"]
+    message: str
+    model: str
 
 
 class WebhookRef(Shape):
@@ -102,6 +114,7 @@ class JobOut(Shape):
     max_tokens: int
     temperature: float
     top_p: float | None
+    seed: int | None
     messages: list[dict[str, Any]] | None
     image: JobImage | None
     created_at: Timestamp
@@ -123,6 +136,8 @@ class JobOut(Shape):
     webhook: WebhookRef | None
     image_expired_at: Timestamp | None
     result_expired_at: Timestamp | None
+    # While the job is queued and no live worker serves its model (set by the API; empty in webhook payloads).
+    warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
     def from_row(cls, job: models.Job) -> JobOut:
@@ -130,7 +145,8 @@ class JobOut(Shape):
             sha256=job.image_sha256, format=job.image_format, width=job.image_width, height=job.image_height)
         return cls(
             id=job.id, status=job.status, model=job.model, prompt=job.prompt, priority=job.priority,
-            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, messages=job.messages,
+            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, seed=job.seed,
+            messages=job.messages,
             image=image, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
             preset=job.preset, result=JobResult.of(job), cached=job.cached_from is not None, cache_of=job.cached_from,
             usage=Usage.of(job), timings=Timings.of(job), batch_size=job.batch_size, worker=job.worker,
@@ -196,6 +212,8 @@ class BatchOut(Shape):
     metadata: dict[str, Any] | None
     priority: Priority
     webhook: WebhookRef | None
+    # While items wait for a model no live worker serves (set by the API), one per such model.
+    warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
     def from_row(cls, batch: models.Batch) -> BatchOut:
@@ -394,6 +412,9 @@ class ReadinessOut(Shape):
     missing: list[str]
     checks: dict[str, str] | MISSING = MISSING
     models: list[str] | MISSING = MISSING
+    # Each configured model that no live worker has live: why (no_worker, model_loading, model_unavailable) and
+    # what fixes it.
+    unserved: list[ModelWarning] | MISSING = MISSING
     workers: list[dict[str, Any]] | MISSING = MISSING
 
     def summary(self) -> ReadinessOut:
