@@ -216,11 +216,9 @@ def list_batches() -> ResponseReturnValue:
     keyed = [Batch.idempotency_key == query.idempotency_key] if query.idempotency_key is not None else []
     rows, limit = newest_first(Batch, *keyed, query=query)
     session = get_session()
-    counts = batch_lifecycle.request_counts(session, [row.id for row in rows])
     waiting = any(row.status in model_warnings.WAITING_BATCH for row in rows)
     workers = model_warnings.live_workers() if waiting else None
-    return jsonify(page(rows, limit, lambda batch: model_warnings.batch_out(session, batch, workers,
-                                                                             counts=counts[batch.id])))
+    return jsonify(page(rows, limit, lambda batch: model_warnings.batch_out(session, batch, workers)))
 
 
 @bp.get("/<batch_id>")
@@ -239,7 +237,7 @@ def cancel_batch(batch_id: str) -> ResponseReturnValue:
     """Queued items are cancelled at once; running ones finish; finished results stay readable."""
     session = get_session()
     batches.cancel(get_db(), session, get_blobs(), get_or_404(session, Batch, batch_id, "batch"))
-    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    return jsonify(batch_lifecycle.render(get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.get("/<batch_id>/results")

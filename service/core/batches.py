@@ -9,10 +9,10 @@ is queued or running, the batch is finalized: output and error files are written
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,6 +46,7 @@ MAX_CUSTOM_ID_CHARS = 255  # the column's length, on every database
 _NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)  # JSON text can carry a NUL only as this escape
 WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
+_SPOOL_BYTES = 8 * 1024 * 1024
 
 
 
@@ -70,6 +71,11 @@ class Ingest:
         self.rows.append(row)
         if image.document is not None and "error_code" not in row:
             self.pages.extend(page_rows(row["id"], image.document))
+
+    def model(self) -> str | None:
+        """The model the items ask for: None if they ask for several, or every item was refused."""
+        models = {row["model"] for row in self.rows if not row.get("error_code")}
+        return models.pop() if len(models) == 1 else None
 
     def claim_custom_id(self, custom_id: str, line: int) -> bool:
         if custom_id in self._custom_ids:
@@ -344,7 +350,7 @@ def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
             {"code": "empty_batch", "message": "The batch has no requests.", "param": None, "line": None}]})
         return []
     # The transition first: if an ingest task was delivered twice, only one of them inserts the rows.
-    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, model=ingest.model()):
         return []
     queued = lifecycle.create_jobs(session, ingest.rows)
     if ingest.pages:
@@ -406,23 +412,27 @@ def cancel(db: Database, session: Session, blobs: BlobStore, batch: Batch) -> No
     if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         raise ApiError(ErrorCode.BATCH_NOT_CANCELLABLE, f"A batch that is {batch.status} cannot be cancelled.",
                        {"status": batch.status})
-    transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING)
+    # Its items first, then the batch: every transaction locks job rows before their batch's row (an item's
+    # ending adds to the batch's counts), so a cancel and an item's ending never wait on each other in a cycle.
     lifecycle.cancel_queued_in_batch(session, batch.id)
+    if not transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING):
+        session.rollback()  # it moved on meanwhile (a concurrent cancel, or its ingest); it is shown as it is
+        return
     session.commit()
     maybe_finalize(db, blobs, batch.id)
     session.expire_all()
 
 
-def pending(session: Session, batch_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(
-        Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))) or 0
+def pending(batch: Batch) -> int:
+    """Its items not ended yet, from the counts the job state machine keeps on the row."""
+    return batch.request_total - batch.request_completed - batch.request_failed - batch.request_cancelled
 
 
 def maybe_finalize(db: Database, blobs: BlobStore, batch_id: str) -> bool:
     """If no item is pending, write the output and error files and end the batch. Safe to call from anywhere."""
     with db.session() as session:
         batch = session.get(Batch, batch_id)
-        if batch is None or pending(session, batch_id):
+        if batch is None or pending(batch):
             return False
         if not claim_ending(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             return False
@@ -445,10 +455,12 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
     expired = 0
     for batch_id, status in overdue:  # a validating one has no items yet: it ends with no files
         with db.session() as session:
-            if claim_ending(session, batch_id, BatchStatus(status)):
-                lifecycle.cancel_queued_in_batch(session, batch_id)
-                _end_with_files(session, blobs, batch_id, BatchStatus(status), BatchStatus.EXPIRED)
-                expired += 1
+            lifecycle.cancel_queued_in_batch(session, batch_id)  # the items before the batch's row, as in cancel()
+            if not claim_ending(session, batch_id, BatchStatus(status)):
+                session.rollback()  # someone else ends it
+                continue
+            _end_with_files(session, blobs, batch_id, BatchStatus(status), BatchStatus.EXPIRED)
+            expired += 1
     return expired
 
 
@@ -464,15 +476,16 @@ def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: B
 
 
 def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, *, succeeded: bool) -> File | None:
-    buffer = io.BytesIO()
-    for line in result_lines(session, batch_id, succeeded=succeeded):
-        buffer.write(json.dumps(line.dump(), separators=(",", ":")).encode() + b"\n")
-    if not buffer.tell():
-        return None
-    kind = "output" if succeeded else "errors"
-    buffer.seek(0)
-    # OpenAI's purpose for both files is batch_output (there is no batch_errors); the name tells them apart.
-    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant)
+    # Spooled: a large batch's file goes to disk past a few MB instead of being held whole in memory.
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffer:
+        for line in result_lines(session, batch_id, succeeded=succeeded):
+            buffer.write(json.dumps(line.dump(), separators=(",", ":")).encode() + b"\n")
+        if not buffer.tell():
+            return None
+        kind = "output" if succeeded else "errors"
+        buffer.seek(0)
+        # OpenAI's purpose for both files is batch_output (there is no batch_errors); the name tells them apart.
+        return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant)
 
 
 def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str,

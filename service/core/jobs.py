@@ -39,7 +39,7 @@ class GenerationOptions:
     seed: int | None = None  # sampling only; None: the worker draws a fresh one for each run
 
     def job_fields(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # its fields are plain values: no need for asdict's deep copy (once per batch item)
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,16 @@ class Batch(TenantOwned, Base):
     # When the ingest task was last handed to the broker; None while no message is known to be there
     # (never sent, or lost with the broker's data), so the dispatcher sends it (see workers.maintenance).
     enqueued_at: Mapped[datetime | None]
+    # The model its items ask for (None while none was read, or if they ask for several).
+    model: Mapped[str | None] = mapped_column(String(128))
+    # Its items' counts and token totals, kept by the job state machine in the same transaction as each
+    # transition (service.core.lifecycle), so reading a batch never counts its items.
+    request_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_completed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_cancelled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]

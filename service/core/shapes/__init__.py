@@ -31,6 +31,7 @@ from service.core.shapes.compat import (
 from service.core.shapes.resources import (
     ApiKeyOut,
     BatchOut,
+    BatchUsage,
     ErrorOut,
     EventType,
     FileDeleted,
@@ -72,7 +73,7 @@ def components() -> dict[str, Any]:
 
 
 __all__ = [
-    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "ChatCompletionChunk", "ChatCompletionOut",
+    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "BatchUsage", "ChatCompletionChunk", "ChatCompletionOut",
     "ChatUsage", "CountTokensResponse", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut",
     "GenerateContentResponse", "GoogleErrorOut", "GoogleModel", "GoogleModelList", "HealthOut", "JobOut",
     "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut", "OpenAIHealthOut", "Page", "PresetOut",

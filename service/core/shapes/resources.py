@@ -128,6 +128,24 @@ class RequestCounts(Shape):
     cancelled: int
 
 
+class InputTokensDetails(Shape):
+    cached_tokens: int  # VLQ keeps no prompt cache that skips tokens: always 0 (a dedup-cached item costs none)
+
+
+class OutputTokensDetails(Shape):
+    reasoning_tokens: int  # the models VLQ serves do not reason apart from their answer: always 0
+
+
+class BatchUsage(Shape):
+    """OpenAI's batch usage: the tokens of the batch's ended items so far."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
 class BatchOut(Shape):
     """A batch in OpenAI's shape, plus VLQ's priority and webhook."""
 
@@ -150,6 +168,8 @@ class BatchOut(Shape):
     cancelling_at: UnixSeconds
     cancelled_at: UnixSeconds
     request_counts: RequestCounts
+    usage: BatchUsage
+    model: str | None  # the model its items ask for; None before its file is read, or if they ask for several
     metadata: dict[str, Any] | None
     priority: Priority
     webhook: WebhookRef | None
@@ -157,14 +177,20 @@ class BatchOut(Shape):
     warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
-    def from_row(cls, batch: models.Batch, counts: RequestCounts) -> BatchOut:
-        """The batch; its counts come from its jobs (service.core.batch_lifecycle.request_counts)."""
+    def from_row(cls, batch: models.Batch) -> BatchOut:
+        """The batch; its counts and usage are the row's, kept by the job state machine (service.core.lifecycle)."""
+        counts = RequestCounts(total=batch.request_total, completed=batch.request_completed,
+                               failed=batch.request_failed, cancelled=batch.request_cancelled)
+        usage = BatchUsage(input_tokens=batch.input_tokens, output_tokens=batch.output_tokens,
+                           total_tokens=batch.input_tokens + batch.output_tokens,
+                           input_tokens_details=InputTokensDetails(cached_tokens=0),
+                           output_tokens_details=OutputTokensDetails(reasoning_tokens=0))
         return cls(
             id=batch.id, endpoint=batch.endpoint, errors=batch.errors, input_file_id=batch.input_file_id,
             completion_window=batch.completion_window, status=batch.status, output_file_id=batch.output_file_id,
             error_file_id=batch.error_file_id, **{stamp: getattr(batch, stamp) for stamp in _BATCH_STAMPS},
-            request_counts=counts, metadata=batch.metadata_, priority=batch.priority,
-            webhook=None if batch.webhook_url is None else WebhookRef(url=batch.webhook_url),
+            request_counts=counts, usage=usage, model=batch.model, metadata=batch.metadata_,
+            priority=batch.priority, webhook=None if batch.webhook_url is None else WebhookRef(url=batch.webhook_url),
         )
 
 
