@@ -16,7 +16,8 @@ import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Which files of a folder are sent; what each one is, the server tells from its bytes.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".pdf", ".tif", ".tiff", ".heic", ".heif"}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 console = Console(stderr=True)
 
@@ -64,42 +65,73 @@ class Server:
 @click.option("--max-tokens", type=int)
 @click.option("--temperature", type=float)
 @click.option("--priority", type=click.Choice(["bulk", "interactive"]), default="bulk", show_default=True)
+@click.option("--pages", help='Documents: the pages to read, e.g. "1-3,7" (all by default).')
+@click.option("--page-mode", type=click.Choice(["document", "per_page"]),
+              help="Documents: all pages in one request (the default), or each page on its own.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write results here when done (.csv or .jsonl); implies --wait.")
 @click.option("--wait/--no-wait", default=False, help="Follow progress until the batch ends.")
 @server_options
 def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: int | None,
-           temperature: float | None, priority: str, out: Path | None, wait: bool, url: str,
-           api_key: str | None) -> None:
-    """Submit a folder, files or globs of images as one batch. Re-running the same command resumes it."""
+           temperature: float | None, priority: str, pages: str | None, page_mode: str | None, out: Path | None,
+           wait: bool, url: str, api_key: str | None) -> None:
+    """Submit a folder, files or globs of images and documents (PDF, TIFF, HEIC) as one batch. Re-running the
+    same command resumes it."""
     images = collect_images(paths)
     if not images:
-        raise click.ClickException("no .jpg, .jpeg, .png or .webp files found")
+        raise click.ClickException("no .jpg, .jpeg, .png, .webp, .pdf, .tif, .tiff, .heic or .heif files found")
     fields = {key: str(value) for key, value in {"prompt": prompt, "model": model, "max_tokens": max_tokens,
-                                                  "temperature": temperature, "priority": priority}.items()
+                                                  "temperature": temperature, "priority": priority, "pages": pages,
+                                                  "page_mode": page_mode}.items()
               if value is not None}
     digests = {name: _sha256(path) for name, path in images.items()}
     # The same images and options give the same key, so a re-run finds its batch instead of resubmitting.
     key = "vlq-submit-" + hashlib.sha256(json.dumps([fields, sorted(digests.items())]).encode()).hexdigest()
     server = Server(url, api_key)
-    # One zip part, not one part per image (forms are capped at 1,000 parts), built on disk and streamed, so
-    # neither the folder's size nor its count of images is held in memory.
+    # A re-run finds its batch by the key before uploading anything.
+    found = server.call("GET", "/v1/batches", params={"idempotency_key": key, "limit": 1}).json()["data"]
+    resumed = bool(found)
+    batch = found[0] if found else upload(server, key, fields, images)
+    total = batch["request_counts"]["total"]
+    console.print(f"{'resumed' if resumed else 'created'} batch {batch['id']} ({total} items"
+                  f"{', nothing uploaded' if resumed else ''})")
+    for warning in batch.get("warnings", []):  # e.g. no live worker serves the model: say so before any waiting
+        console.print(f"warning: {warning['message']}", style="yellow", markup=False, soft_wrap=True)
+    click.echo(batch["id"])
+    if wait or out:
+        try:
+            batch = follow(server, batch["id"])
+        except KeyboardInterrupt:
+            raise _stopped_following(batch["id"]) from None
+        if out:
+            download(server, batch["id"], out)
+
+
+def upload(server: Server, key: str, fields: Mapping[str, str], images: Mapping[str, Path]) -> dict[str, Any]:
+    """Create the batch under `key`. One zip part, not one part per image (forms are capped at 1,000 parts),
+    built on disk and streamed, so neither the folder's size nor its count of images is held in memory."""
     with tempfile.TemporaryFile() as body:
         content_type = write_archive_form(body, fields, images)
         size = body.tell()
         body.seek(0)
-        console.print(f"uploading {len(images)} images ({size / 1e6:.1f} MB)…")
-        response = server.call("POST", "/v1/batches", data=body,
-                               headers={"Idempotency-Key": key, "Content-Type": content_type})
-    batch = response.json()
-    resumed = response.headers.get("Idempotent-Replayed") == "true"
-    total = batch["request_counts"]["total"]
-    console.print(f"{'resumed' if resumed else 'created'} batch {batch['id']} ({total} items)")
-    click.echo(batch["id"])
-    if wait or out:
-        batch = follow(server, batch["id"])
-        if out:
-            download(server, batch["id"], out)
+        console.print(f"uploading {len(images)} files ({size / 1e6:.1f} MB)…")
+        try:
+            response = server.call("POST", "/v1/batches", data=body,
+                                   headers={"Idempotency-Key": key, "Content-Type": content_type})
+        except KeyboardInterrupt:
+            console.print("\nupload interrupted; run the same command again to submit (or find) the batch")
+            raise click.exceptions.Exit(130) from None
+    return response.json()
+
+
+def _stopped_following(batch_id: str) -> click.exceptions.Exit:
+    """What Ctrl-C while following says: the batch goes on at the server, and how to come back to it."""
+    console.print(f"\nstopped following; batch {batch_id} goes on at the server.\n"
+                  f"  follow it again: run the same command (nothing is uploaded twice)\n"
+                  f"  check on it:     vlq status {batch_id}\n"
+                  f"  results so far:  vlq results {batch_id} --out results.csv\n"
+                  f"  stop it:         vlq cancel {batch_id}")
+    return click.exceptions.Exit(130)
 
 
 @click.command()
@@ -163,25 +195,37 @@ def write_archive_form(out: IO[bytes], fields: Mapping[str, str], images: Mappin
 
 
 def follow(server: Server, batch_id: str) -> dict[str, Any]:
-    """Poll the batch with a progress bar (counts, rate, ETA) until it ends."""
+    """Poll the batch with a progress bar (counts, rate, ETA) until it ends.
+
+    The rate and ETA count only what ended while this command watched: a resumed batch's earlier items did not
+    take this long.
+    """
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.1f}/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    started = time.monotonic()
+    batch = server.call("GET", f"/v1/batches/{batch_id}").json()
+    already, started = _ended(batch), time.monotonic()
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(batch_id, total=None, rate=0.0)
+        # Starting at `already` (not 0), so the bar's own speed for the ETA sees no jump of earlier items.
+        task = progress.add_task(batch_id, total=batch["request_counts"]["total"] or None, completed=already,
+                                 rate=0.0)
         while True:
-            batch = server.call("GET", f"/v1/batches/{batch_id}").json()
-            counts = batch["request_counts"]
-            done = counts["completed"] + counts["failed"] + counts.get("cancelled", 0)
-            progress.update(task, total=counts["total"] or None, completed=done,
+            done = _ended(batch)
+            progress.update(task, total=batch["request_counts"]["total"] or None, completed=done,
                             description=f"{batch_id} {batch['status']}",
-                            rate=done / max(time.monotonic() - started, 1e-6))
+                            rate=(done - already) / max(time.monotonic() - started, 1e-6))
             if batch["status"] in TERMINAL:
                 break
             time.sleep(0.5)
+            batch = server.call("GET", f"/v1/batches/{batch_id}").json()
+    counts = batch["request_counts"]
     console.print(f"{batch_id}: {batch['status']} — {counts['completed']} succeeded, {counts['failed']} failed, "
                   f"{counts.get('cancelled', 0)} cancelled")
     return batch
+
+
+def _ended(batch: Mapping[str, Any]) -> int:
+    counts = batch["request_counts"]
+    return int(counts["completed"] + counts["failed"] + counts.get("cancelled", 0))
 
 
 def download(server: Server, batch_id: str, out: Path) -> None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task, signals
@@ -12,21 +14,26 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from service.adapters import metrics, token_stream
-from service.adapters.blobs import BlobNotFound
+from service.adapters.blobs import BlobNotFound, BlobStoreUnavailable
 from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import batches, grounding, lifecycle, logs, structured
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
-from workers.engines.base import EngineError, GenerationRequest, GenerationResult
+from service.core.requests import MAX_SEED
+from workers import pages
+from workers.engines.base import Engine, EngineError, GenerationRequest, GenerationResult
 from workers.engines.images import prepare_image
-from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
+from workers.runtime import JobTracker, WorkerRuntime, current_runtime, set_current_runtime
 
 log = logging.getLogger(__name__)
 
 
 # How long a claim waits for an unavailable database before the message goes back to the queue.
 _CLAIM_RETRY_S = 30.0
+# An attempt that found the blob store down pauses this long times its attempt number before handing the job back,
+# so max_attempts spread over a store's restart rather than being spent in a second.
+_STORAGE_RETRY_S = 5.0
 
 
 @shared_task(name=RUN_JOB_TASK)
@@ -58,6 +65,23 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
 
 
 
+@dataclass(frozen=True)
+class _Ending:
+    """How a job ends before (or instead of) a result: its status and error, and what was generated, if anything."""
+
+    status: JobStatus
+    code: ErrorCode
+    message: str
+    result: GenerationResult | None = None
+
+
+class _Requeued(Exception):
+    """A stop handed the job back and cancelled its generation; another attempt runs it."""
+
+
+_UNREADABLE = (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
 def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     with runtime.tracking(job) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
@@ -67,62 +91,161 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         if engine is None:  # only consumed queues reach here, so this means a misrouted task
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.MODEL_UNAVAILABLE, f"This worker does not serve {job.model!r}."))
+        seed = _seed(job)
         try:
+            if job.page_mode == "per_page":
+                return _run_per_page(runtime, job, engine, tracker, seed)
+            outcome = _run_whole(runtime, job, engine, tracker, seed)
+        except _Requeued:
+            return None
+        except BlobStoreUnavailable as exc:
+            return _retry_for_storage(runtime, job, exc)
+    if isinstance(outcome, _Ending):
+        return _finish(runtime, job, outcome.status, result=outcome.result, seed=seed,
+                       error=(outcome.code, outcome.message))
+    result, read = outcome
+    parsed, problem = _checked(result, job.response_schema)
+    if problem is not None:
+        return _finish(runtime, job, JobStatus.FAILED, result=result, seed=seed,
+                       error=(ErrorCode.INVALID_OUTPUT, problem))
+    # No fields for output max_tokens cut off (no `json` either): there is no value to ground.
+    grounded = _ground(runtime, job, parsed, result, read) if read is not None and parsed is not None else None
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, seed=seed, grounded=grounded)
+
+
+def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
+               seed: int | None) -> tuple[GenerationResult, list[grounding.Page] | None] | _Ending:
+    """One request: the job's image, or (document mode) all its pages, sharing the model's pixel budget.
+    With the result, for an extraction, its pages as OCR read them (to ground its fields on)."""
+    rows = pages.load(runtime, job) if job.page_mode is not None else []
+    bound = _pixel_bound(runtime, job) // max(1, len(rows))
+    try:
+        if rows:
+            prepared = [pages.prepared(runtime, row, bound) for row in rows]
+        else:
             blob = runtime.blobs.get(job.image_sha256)
-            bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
-            image = prepare_image(blob, min(bound, job.max_pixels or bound))
-        except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            return _finish(runtime, job, JobStatus.FAILED,
-                           error=(ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}"))
-        extraction = _extracts(runtime, job)
-        pages: list[grounding.Page] | None = None
-        try:
-            if job.ground_with_ocr:
-                pages = read_pages(runtime, _document_pages(runtime, job, blob))
-            prompt = job.prompt if pages is None else _grounded_prompt(runtime, job, pages)
-        except _OCRUnavailable as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.MODEL_UNAVAILABLE, str(exc)))
-        except (EngineError, TimeoutError) as exc:
-            return _finish(runtime, job, JobStatus.FAILED,
-                           error=(ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}"))
+            prepared = [(blob, prepare_image(blob, bound))]
+    except _UNREADABLE as exc:
+        return _Ending(JobStatus.FAILED, ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}")
+    numbers = [row.number for row in rows] or [1]
+    blobs = [(number, blob) for number, (blob, _) in zip(numbers, prepared, strict=True)]
+    prompt = _prompt(runtime, job, blobs)
+    if isinstance(prompt, _Ending):
+        return prompt
+    text, read = prompt
+    result = _generate(runtime, job, engine, tracker, text, [image for _, image in prepared], seed)
+    if isinstance(result, _Ending):
+        return result
+    if not _extracts(runtime, job) or result.finish_reason == "length":
+        return result, None  # output cut off has no JSON to ground
+    if read is None:
+        read = _pages_for_grounding(runtime, job, blobs)  # still tracked: a drain waits for the OCR too
+    return result, read
 
-        try:
-            handle = engine.submit(GenerationRequest(
-                prompt=prompt, image=image, max_tokens=job.max_tokens, temperature=job.temperature,
-                top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-                messages=job.messages, stream=job.stream, logprobs=extraction,
-            ))
-        except EngineError as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
-        tracker.attach(handle)
-        try:
-            if job.stream:
-                _publish_text(runtime, job.id, handle.stream(timeout=runtime.settings.job_timeout_s))
-            result = handle.result(timeout=runtime.settings.job_timeout_s)
-        except TimeoutError:
-            handle.cancel()
-            limit = runtime.settings.job_timeout_s
-            return _finish(runtime, job, JobStatus.FAILED,
-                           error=(ErrorCode.INFERENCE_TIMEOUT, f"Generation took longer than {limit}s."))
-        except EngineError as exc:
-            if tracker.requeued:
-                return None
-            return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
-        if extraction and pages is None and result.finish_reason != "cancelled" and not tracker.requeued:
-            pages = _pages_for_grounding(runtime, job, blob)  # still tracked: a drain waits for the OCR too
 
-    if tracker.requeued:  # a stop handed the job back and cancelled this generation; another attempt runs it
-        return None
-    if result.finish_reason == "cancelled":
-        return _finish(runtime, job, JobStatus.CANCELLED, result=result,
-                       error=(ErrorCode.CANCELLED, "Cancelled while running."))
-    if job.response_schema is not None:
-        parsed, problem = _parse_output(result.text, job.response_schema)
+def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
+                  seed: int | None) -> str | None:
+    """One request a page, in order, each page's outcome recorded as it ends; the job's answer joins them.
+
+    A page that fails ends the job failed (the pages before keep their results); a cancel ends it cancelled.
+    """
+    done: list[tuple[int, GenerationResult]] = []
+    for row in pages.load(runtime, job):
+        if row.status == pages.DONE:  # an earlier attempt read it already
+            done.append((row.number, pages.as_result(row)))
+            continue
+        try:
+            data, image = pages.prepared(runtime, row, _pixel_bound(runtime, job))
+        except _UNREADABLE as exc:
+            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done) if done else None, seed=seed,
+                           error=(ErrorCode.IMAGE_UNREADABLE, f"Page {row.number} could not be read: {exc}"))
+        prompt = _prompt(runtime, job, [(row.number, data)])
+        outcome = prompt if isinstance(prompt, _Ending) else _generate(runtime, job, engine, tracker, prompt[0],
+                                                                       [image], seed)
+        if isinstance(outcome, _Ending):
+            if outcome.result is not None:
+                done.append((row.number, outcome.result))
+            return _finish(runtime, job, outcome.status, result=pages.combined(done) if done else None, seed=seed,
+                           error=(outcome.code, f"Page {row.number}: {outcome.message}"))
+        parsed, problem = _checked(outcome, job.response_schema)
+        pages.record_result(runtime, row, outcome, parsed, (ErrorCode.INVALID_OUTPUT, problem) if problem else None)
+        done.append((row.number, outcome))
         if problem is not None:
-            return _finish(runtime, job, JobStatus.FAILED, result=result, error=(ErrorCode.INVALID_OUTPUT, problem))
-        fields = _ground(runtime, job, parsed, result, pages or []) if extraction else None
-        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, grounded=fields)
-    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
+            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done), seed=seed,
+                           error=(ErrorCode.INVALID_OUTPUT, f"Page {row.number}: {problem}"))
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=pages.combined(done), seed=seed)
+
+
+def _pixel_bound(runtime: WorkerRuntime, job: Job) -> int:
+    bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
+    return min(bound, job.max_pixels or bound)
+
+
+def _prompt(runtime: WorkerRuntime, job: Job,
+            blobs: list[tuple[int, bytes]]) -> tuple[str, list[grounding.Page] | None] | _Ending:
+    """The job's prompt, with what OCR reads from each page when it asks for grounding (and the pages OCR read,
+    which ground an extraction's fields too)."""
+    if not job.ground_with_ocr:
+        return job.prompt, None
+    try:
+        read = read_pages(runtime, blobs)
+    except _OCRUnavailable as exc:
+        return _Ending(JobStatus.FAILED, ErrorCode.MODEL_UNAVAILABLE, str(exc))
+    except (EngineError, TimeoutError) as exc:
+        return _Ending(JobStatus.FAILED, ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}")
+    return _grounded_prompt(runtime, job, read), read
+
+
+def _generate(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker, prompt: str,
+              images: list[Image.Image], seed: int | None) -> GenerationResult | _Ending:
+    """Run one request to its end: the result, or how it ended otherwise. Raises _Requeued after a stop."""
+    if tracker.cancelled:
+        return _Ending(JobStatus.CANCELLED, ErrorCode.CANCELLED, "Cancelled while running.")
+    try:
+        handle = engine.submit(GenerationRequest(
+            prompt=prompt, image=images[0], more_images=tuple(images[1:]), max_tokens=job.max_tokens,
+            temperature=job.temperature, top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
+            messages=job.messages, stream=job.stream, seed=seed, logprobs=_extracts(runtime, job),
+        ))
+    except EngineError as exc:
+        return _Ending(JobStatus.FAILED, exc.code, str(exc))
+    tracker.attach(handle)
+    try:
+        if job.stream:
+            _publish_text(runtime, job.id, handle.stream(timeout=runtime.settings.job_timeout_s))
+        result = handle.result(timeout=runtime.settings.job_timeout_s)
+    except TimeoutError:
+        handle.cancel()
+        limit = runtime.settings.job_timeout_s
+        return _Ending(JobStatus.FAILED, ErrorCode.INFERENCE_TIMEOUT, f"Generation took longer than {limit}s.")
+    except EngineError as exc:
+        if tracker.requeued:
+            raise _Requeued from None
+        return _Ending(JobStatus.FAILED, exc.code, str(exc))
+    if tracker.requeued:
+        raise _Requeued
+    if result.finish_reason == "cancelled":
+        return _Ending(JobStatus.CANCELLED, ErrorCode.CANCELLED, "Cancelled while running.", result)
+    return result
+
+
+def _checked(result: GenerationResult, schema: dict[str, Any] | None) -> tuple[Any, str | None]:
+    """(parsed JSON, None) for a schema-constrained output that validates, (None, why) for one that does not;
+    (None, None) without a schema, or when max_tokens cut it off: the caller's limit, not a fault. It succeeds
+    then with finish_reason "length", the partial text and no `json` (as OpenAI answers 200 with "length")."""
+    if schema is None:
+        return None, None
+    parsed, problem = _parse_output(result.text, schema)
+    if problem is not None and result.finish_reason == "length":
+        return None, None
+    return parsed, problem
+
+
+def _seed(job: Job) -> int | None:
+    """The caller's seed, or a fresh one for a sampled job (recorded with its result, to reproduce it); greedy: None."""
+    if job.seed is not None or job.temperature <= 0:
+        return job.seed
+    return secrets.randbelow(MAX_SEED + 1)
 
 
 def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
@@ -134,6 +257,21 @@ def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
     if (job is not None and job.status == JobStatus.RUNNING.value and job.worker == runtime.name
             and not runtime.is_running(job_id)):
         return job
+    return None
+
+
+def _retry_for_storage(runtime: WorkerRuntime, job: Job, exc: BlobStoreUnavailable) -> str | None:
+    """The store is down, which is no fault of the job: hand it back for another attempt, or fail it with
+    storage_unavailable once `max_attempts` are spent."""
+    if job.attempts >= runtime.settings.max_attempts:
+        return _finish(runtime, job, JobStatus.FAILED, error=(
+            ErrorCode.STORAGE_UNAVAILABLE, f"The blob store stayed unavailable through {job.attempts} attempts: {exc}"))
+    log.warning("job %s: blob store unavailable on attempt %s (%s); handing it back", job.id, job.attempts, exc)
+    runtime.pause(_STORAGE_RETRY_S * job.attempts)
+    with runtime.db.session() as session:
+        requeued = lifecycle.requeue(session, job)  # False if a stop already handed it back meanwhile
+    if requeued:
+        runtime.broker.enqueue([job])
     return None
 
 
@@ -155,16 +293,16 @@ def _publish_text(runtime: WorkerRuntime, job_id: str, pieces: Iterator[str]) ->
 
 
 def _extracts(runtime: WorkerRuntime, job: Job) -> bool:
-    """Whether this worker grounds the job's fields: an extraction preset on a VLM, with an OCR engine at hand."""
+    """Whether this worker grounds the job's fields: an extraction preset on a VLM, with an OCR engine at hand.
+
+    Not in per_page mode: there each page has its own answer, and the job's `fields` describe one answer (a
+    document-mode job's, grounded on all its pages); a per_page extraction gets its pages' results, without fields.
+    """
     preset = runtime.settings.presets.get(job.preset or "")
     return (runtime.settings.ground_fields and preset is not None and preset.extracts
             and job.response_schema is not None and job.messages is None
+            and job.page_mode != "per_page"
             and runtime.ocr is not None and runtime.engines.get(job.model) is not runtime.ocr)
-
-
-def _document_pages(runtime: WorkerRuntime, job: Job, blob: bytes) -> list[tuple[int, bytes]]:
-    """The job's pages in order, as (1-based page number, stored image); a single image is a one-page document."""
-    return [(1, blob)]
 
 
 def read_pages(runtime: WorkerRuntime, pages: list[tuple[int, bytes]]) -> list[grounding.Page]:
@@ -188,10 +326,10 @@ def _grounded_prompt(runtime: WorkerRuntime, job: Job, pages: list[grounding.Pag
     return f"{job.prompt}\n\nText read from the image by OCR (it may contain mistakes):\n{text}"
 
 
-def _pages_for_grounding(runtime: WorkerRuntime, job: Job, blob: bytes) -> list[grounding.Page]:
+def _pages_for_grounding(runtime: WorkerRuntime, job: Job, blobs: list[tuple[int, bytes]]) -> list[grounding.Page]:
     """The job's pages read by OCR; none if OCR fails, which leaves every value ungrounded (and flagged)."""
     try:
-        return read_pages(runtime, _document_pages(runtime, job, blob))
+        return read_pages(runtime, blobs)
     except (_OCRUnavailable, EngineError, TimeoutError, OSError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("job %s: OCR for grounding failed (%s); its fields stay ungrounded", job.id, exc)
         return []
@@ -222,8 +360,8 @@ def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
 
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
             parsed: Any = None, grounded: dict[str, Any] | None = None,
-            error: tuple[ErrorCode, str] | None = None) -> str | None:
-    values: dict[str, Any] = {}
+            error: tuple[ErrorCode, str] | None = None, seed: int | None = None) -> str | None:
+    values: dict[str, Any] = {} if seed is None else {"seed": seed}
     if result is not None:
         values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,
                       finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
@@ -252,8 +390,8 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
     if job.batch_id is not None:
         try:
             batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
-        except DATABASE_UNAVAILABLE:  # the periodic batch pass finalizes it
-            log.warning("batch %s: not finalized now, the database is unavailable", job.batch_id)
+        except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable) as exc:  # the periodic batch pass finalizes it
+            log.warning("batch %s: not finalized now (%s)", job.batch_id, exc)
     return status.value
 
 

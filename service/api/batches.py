@@ -17,6 +17,7 @@ from pydantic import Field
 from sqlalchemy import select
 
 from service.adapters.db import Database
+from service.api import model_warnings
 from service.api.auth import current_caller
 from service.api.common import (
     PageQuery,
@@ -35,12 +36,13 @@ from service.core.errors import ApiError, ErrorCode
 from service.core.exports import content_disposition, csv_lines, field_cells, field_columns
 from service.core.models import Batch, Job, Priority
 from service.core.requests import options_model, task_model
-from service.core.shapes import BatchOut, Timings, Usage
+from service.core.shapes import Timings, Usage
 from service.core.validation import Choice, RequestModel, Spec, Text, combine, parse, per_settings
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Which zip entries are items (not folders' notes, say); what each one is, its bytes tell.
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".pdf", ".tif", ".tiff", ".heic", ".heif"}
 _CSV_COLUMNS = ["custom_id", "status", "text", "prompt_tokens", "completion_tokens", "total_tokens",
                 "queue_ms", "ttft_ms", "inference_ms", "total_ms", "error_code", "error_message", "job_id"]
 
@@ -87,6 +89,13 @@ def native_batch_model(settings: Settings) -> type[RequestModel]:
     return combine("NativeBatch", Uploads, task_model(settings), batch_options_model(settings))
 
 
+class BatchListQuery(PageQuery):
+    """GET /v1/batches: a page, or the batch created with one Idempotency-Key (how `vlq submit` resumes)."""
+
+    idempotency_key: Annotated[str | None, Text(max_chars=255)] = Field(
+        None, description="Only the batch created with this Idempotency-Key (none if there is none).")
+
+
 class ResultsQuery(RequestModel):
     """GET /v1/batches/{id}/results: JSONL, or CSV."""
 
@@ -122,8 +131,10 @@ def create_batch() -> ResponseReturnValue:
     session = get_session()
     batch, replayed = batches.submit(session, get_db(), get_blobs(), get_broker(), settings, current_caller(),
                                      batch_request, idempotency_key())
-    headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    return jsonify(batch_lifecycle.render(session, batch).dump()), 200, headers
+    models = [batch_request.task_fields["model"]] if batch_request.task_fields else []
+    out = model_warnings.batch_out(session, batch, model_warnings.live_workers(), models)
+    headers = [("Idempotent-Replayed", "true")] if replayed else []
+    return jsonify(out.dump()), 200, [*headers, *model_warnings.headers(out.warnings)]
 
 
 def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
@@ -132,7 +143,8 @@ def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
 
 def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
     task = jobs.resolve_task(settings, body)
-    images = tuple(batches.store_image(settings, get_blobs(), name, data)
+    images = tuple(batches.store_image(settings, get_blobs(), name, data, model=task.options.model, pages=task.pages,
+                                       page_mode=task.page_mode)
                    for name, data in _uploaded_images(settings, body.images, body.archive))
     if not images:
         raise ApiError(ErrorCode.MISSING_FIELD, "Send images as 'images' files or a zip as 'archive'.",
@@ -198,18 +210,25 @@ def _archive_too_large(setting: str, limit: int, unit: str) -> ApiError:
 
 
 @bp.get("")
-@operation("List batches, newest first", query=PageQuery, tags=("batches",), responses={200: "BatchList"})
+@operation("List batches, newest first", query=BatchListQuery, tags=("batches",), responses={200: "BatchList"})
 def list_batches() -> ResponseReturnValue:
-    rows, limit = newest_first(Batch, query=read_query(PageQuery))
-    counts = batch_lifecycle.request_counts(get_session(), [row.id for row in rows])
-    return jsonify(page(rows, limit, lambda batch: BatchOut.from_row(batch, counts[batch.id])))
+    query = read_query(BatchListQuery)
+    keyed = [Batch.idempotency_key == query.idempotency_key] if query.idempotency_key is not None else []
+    rows, limit = newest_first(Batch, *keyed, query=query)
+    session = get_session()
+    waiting = any(row.status in model_warnings.WAITING_BATCH for row in rows)
+    workers = model_warnings.live_workers() if waiting else None
+    return jsonify(page(rows, limit, lambda batch: model_warnings.batch_out(session, batch, workers)))
 
 
 @bp.get("/<batch_id>")
 @operation("Get a batch", tags=("batches",), responses={200: "Batch"})
 def get_batch(batch_id: str) -> ResponseReturnValue:
     session = get_session()
-    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    batch = get_or_404(session, Batch, batch_id, "batch")
+    waiting = batch.status in model_warnings.WAITING_BATCH
+    out = model_warnings.batch_out(session, batch, model_warnings.live_workers() if waiting else None)
+    return jsonify(out.dump()), 200, model_warnings.headers(out.warnings)
 
 
 @bp.post("/<batch_id>/cancel")
@@ -218,7 +237,7 @@ def cancel_batch(batch_id: str) -> ResponseReturnValue:
     """Queued items are cancelled at once; running ones finish; finished results stay readable."""
     session = get_session()
     batches.cancel(get_db(), session, get_blobs(), get_or_404(session, Batch, batch_id, "batch"))
-    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    return jsonify(batch_lifecycle.render(get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.get("/<batch_id>/results")

@@ -22,8 +22,11 @@ def index() -> ResponseReturnValue:
     models = sorted(settings.registry, key=lambda name: (name != settings.default_model, name))
     config = {
         "defaultModel": settings.default_model,
+        # Not picked by default when a vision-language model is live: they read text and take no prompt.
+        "ocrModels": sorted(name for name, spec in settings.registry.items() if spec.engine == "rapidocr"),
         "maxImageBytes": min(UI_MAX_IMAGE_BYTES, settings.max_image_bytes),
         "maxTokensLimit": settings.max_tokens_limit,
+        "maxPagesPerRequest": settings.max_pages_per_request,
     }
     return render_template("index.html", models=models, config=config, flower_url=settings.flower_link,
                            auth_required=not settings.disable_auth)

@@ -26,6 +26,8 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message says which key and why."""
 
 
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One registry entry: where a model comes from and how it is exported and run."""
@@ -52,15 +54,26 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# How long a queued job waits while no live worker serves its model, per priority, before it fails as
+# model_unavailable (service.core.availability); 0 waits for ever. Bulk work tolerates a slower cold start.
+DEFAULT_QUEUE_TIMEOUT_S: dict[str, float] = {"interactive": 300.0, "bulk": 3600.0}
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///data/vlq.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     blob_dir: str = "data/blobs"
+    # Empty: blobs (and pushed models) live in blob_dir on this host. "s3://bucket/prefix": on S3-compatible storage,
+    # reached with the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    blob_url: str = ""
+    s3_addressing_style: str = "path"  # path | virtual | auto; path suits S3-compatible servers (and AWS)
+    blob_presign_s: float = 0.0  # >0 and on S3: file downloads redirect to a presigned URL valid this long
     model_cache: str = "data/models"
     host: str = "127.0.0.1"
     port: int = 8080
-    log_format: str = "json"  # json: one object a line, with job_id; text: human-readable, for development
+    # auto: text on a terminal, JSON lines otherwise; json: one object a line, with job_id; text: human-readable
+    log_format: str = "auto"
 
     # Engine: sequences run together, which is also how many jobs a worker takes at once.
     batch_size: int = 8
@@ -79,6 +92,10 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_prompt_chars: int = 16_000
+    # Documents (PDF, TIFF, HEIC) and several images in one job: every page counts against max_image_pixels.
+    pdf_dpi: int = 150  # PDF pages render at this resolution (a page too large for max_image_pixels is refused)
+    max_pages: int = 500  # pages a job's inputs may have in all
+    max_pages_per_request: int = 8  # pages the model sees at once in `document` mode (sharing its pixel budget)
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
     max_metadata_bytes: int = 16 * 1024
@@ -103,6 +120,8 @@ class Settings:
     dispatch_grace_s: float = 10.0  # a queued job not handed to the broker this long after it was stored is sent
     shutdown_grace_s: float = 60.0  # a warm stop lets running jobs finish this long, then requeues the rest
     cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
+    # Per priority (a number sets both): the longest a queued job waits while no live worker serves its model.
+    queue_timeout_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_QUEUE_TIMEOUT_S))
 
     # Synchronous endpoints (chat completions, /api/v1/chat, generateContent): bounded waits, bounded queues.
     sync_timeout_s: float = 120.0  # a request still unanswered after this is cancelled and answered 504
@@ -124,6 +143,9 @@ class Settings:
     webhook_queue: str = "vlq.webhooks"  # the Celery queue deliveries go through; every worker consumes it
     webhook_secret: str = ""  # used for a job's webhook_url when the job brings no webhook_secret
     egress_allow_cidrs: tuple[str, ...] = ()  # private ranges outbound requests may reach anyway
+    # LOCAL USE ONLY: webhooks may reach this machine (127.0.0.0/8, ::1), so a receiver can be tried with `make run`.
+    # The shipped config.yaml turns it on; the Docker image and docker-compose turn it off.
+    webhook_allow_loopback: bool = False
     max_webhook_endpoints_per_tenant: int = 20  # registered endpoints (not deleted) a tenant may have; 0: unlimited
 
     # Access. Every request needs an API key unless auth is disabled, which only local use should do.
@@ -152,6 +174,11 @@ class Settings:
         return self.job_timeout_s * 2 + 60
 
     @property
+    def webhook_allow_cidrs(self) -> tuple[str, ...]:
+        """The private networks webhooks may reach: egress_allow_cidrs, and loopback where allowed for development."""
+        return self.egress_allow_cidrs + (_LOOPBACK if self.webhook_allow_loopback else ())
+
+    @property
     def webhook_lease_s(self) -> float:
         """How long a worker holds a delivery: an attempt ends within webhook_timeout_s (the socket is shut down
         then), so twice that plus a margin for recording it. The lease is renewed when the attempt starts."""
@@ -169,6 +196,10 @@ class Settings:
 
     def model(self, name: str) -> ModelSpec | None:
         return self.registry.get(name)
+
+    def queue_timeout(self, priority: str) -> float:
+        """Seconds a queued job of this priority waits while no live worker serves its model; 0 is for ever."""
+        return float(self.queue_timeout_s.get(priority, DEFAULT_QUEUE_TIMEOUT_S.get(priority, 0.0)))
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
@@ -212,7 +243,9 @@ def _build(values: dict[str, Any]) -> Settings:
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     kwargs = {name: _coerce(name, hints[name], value) for name, value in values.items()
-              if name not in ("registry", "presets")}
+              if name not in ("registry", "presets", "queue_timeout_s")}
+    if "queue_timeout_s" in values:
+        kwargs["queue_timeout_s"] = _queue_timeouts(values["queue_timeout_s"])
     kwargs["registry"] = _build_registry(values.get("registry", {}))
     try:
         kwargs["presets"] = build_presets(values.get("presets"), kwargs["registry"],
@@ -247,6 +280,26 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
+def _queue_timeouts(value: Any) -> dict[str, float]:
+    """`queue_timeout_s`: a mapping of priorities to seconds (the others keep their defaults), or one number for all;
+    from the environment as YAML, e.g. '{bulk: 7200}' or '60'."""
+    value = yaml.safe_load(value) if isinstance(value, str) else value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = dict.fromkeys(DEFAULT_QUEUE_TIMEOUT_S, value)
+    if not isinstance(value, Mapping):
+        raise ConfigError("queue_timeout_s must map priorities (interactive, bulk) to seconds, or be one number")
+    unknown = set(value) - set(DEFAULT_QUEUE_TIMEOUT_S)
+    if unknown:
+        raise ConfigError(f"queue_timeout_s: unknown priority(ies) {', '.join(sorted(map(str, unknown)))}")
+    try:
+        timeouts = {**DEFAULT_QUEUE_TIMEOUT_S, **{key: float(seconds) for key, seconds in value.items()}}
+    except (TypeError, ValueError):
+        raise ConfigError(f"queue_timeout_s: cannot read {value!r} as seconds") from None
+    if any(not 0 <= seconds < float("inf") for seconds in timeouts.values()):
+        raise ConfigError("queue_timeout_s must not be negative (0 waits for ever)")
+    return timeouts
+
+
 def _boolean(value: Any) -> bool:
     # Strict, so a typo in a flag such as disable_auth is an error rather than a silent guess.
     if isinstance(value, bool):
@@ -279,6 +332,10 @@ def _build_registry(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
 
 
 def _validate(settings: Settings) -> None:
+    if settings.blob_url and not (settings.blob_url.startswith("s3://") and settings.blob_url[5:].split("/")[0]):
+        raise ConfigError("blob_url must be empty (the local blob_dir) or s3://bucket[/prefix]")
+    if settings.s3_addressing_style not in ("path", "virtual", "auto"):
+        raise ConfigError("s3_addressing_style must be one of path, virtual, auto")
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if settings.batch_size < 1:
@@ -314,7 +371,7 @@ def _validate(settings: Settings) -> None:
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")
     for name in ("retention_images_s", "retention_results_s", "retention_files_s", "dispatch_grace_s",
-                 "shutdown_grace_s"):
+                 "shutdown_grace_s", "blob_presign_s"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     for name in ("sweep_interval_s", "retention_interval_s"):

@@ -38,9 +38,19 @@ class ErrorCode(StrEnum):
     MISSING_FIELD = "missing_field", 400, "A required field is absent or empty (`details.field` names it)."
     INVALID_FIELD = "invalid_field", 400, "A field is out of range or of the wrong type (`details.field` names it)."
     INVALID_JSON = "invalid_json", 400, "The body is not a JSON object, or nests deeper than max_json_depth."
-    INVALID_BASE64 = "invalid_base64", 400, "`image` is not valid base64, or a data URL without `;base64`."
+    INVALID_BASE64 = ("invalid_base64", 400,
+                      "`image` is not valid base64 (standard or URL-safe, padded or not), or a data URL without "
+                      "`;base64`.")
     INVALID_IMAGE = "invalid_image", 400, "Empty, truncated or undecodable image bytes."
-    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format", 400, "Not JPEG, PNG or WebP."
+    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format", 400, "Not JPEG, PNG, WebP, PDF, TIFF or HEIC/HEIF."
+    INVALID_DOCUMENT = "invalid_document", 400, "A PDF, TIFF or HEIC that is corrupt or truncated."
+    PDF_ENCRYPTED = "pdf_encrypted", 400, "A PDF that needs a password to open (or an unsupported security handler)."
+    DOCUMENT_EMPTY = "document_empty", 400, "A PDF with no pages."
+    TOO_MANY_PAGES = ("too_many_pages", 400, "The inputs have more pages than `max_pages`, or a `document`-mode job "
+                      "more than `max_pages_per_request`.")
+    PAGE_TOO_LARGE = ("page_too_large", 400,
+                      "A page whose size at `pdf_dpi` would pass `max_image_pixels` (checked before rendering).")
+    PAGE_OUT_OF_RANGE = "page_out_of_range", 400, "`pages` names a page past the end of the inputs."
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels", 400, "Over `max_image_pixels`, decompression bombs included."
     UNKNOWN_MODEL = "unknown_model", 400, "`model` is not in the registry (`details.available` lists them)."
     UNKNOWN_PRESET = "unknown_preset", 400, "`preset` is not configured (`details.available` lists them)."
@@ -92,28 +102,40 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error", 500, "A bug; it is logged."
     BROKER_UNAVAILABLE = "broker_unavailable", 503, "Redis is down: nothing was accepted; retry after `Retry-After`."
     DATABASE_UNAVAILABLE = "database_unavailable", 503, "The database is down; retry after `Retry-After`."
+    STORAGE_UNAVAILABLE = ("storage_unavailable", 503,
+                           "The blob store (S3) is unreachable or refuses the service: nothing was accepted; retry "
+                           "after `Retry-After`. As a job's code: it stayed so through `max_attempts` attempts.")
     IMAGE_URL_BUSY = ("image_url_busy", 503,
                       "This API process is already fetching `image_url_max_concurrent` image URLs; retry after "
                       "`Retry-After`, or send a data URL.")
-    NO_WORKER = "no_worker", 503, "Synchronous endpoints: no live worker serves the model."
+    NO_WORKER = ("no_worker", 503,
+                 "Synchronous endpoints: no live worker serves the model (one may be starting); retry after "
+                 "`Retry-After`.")
     MODEL_LOADING = "model_loading", 503, "Synchronous endpoints: the model is still loading; retry shortly."
-    MODEL_UNAVAILABLE = "model_unavailable", 503, "Synchronous endpoints: no worker could load the model."
+    MODEL_UNAVAILABLE = ("model_unavailable", 503,
+                         "Synchronous endpoints: every live worker failed to load the model or has no export of it "
+                         "(the message names the fix; no `Retry-After`). A job: no live worker served its model "
+                         "for `queue_timeout_s`.")
     OVERLOADED = ("overloaded", 503,
                   "Synchronous endpoints: too many requests are waiting already; retry after `Retry-After`.")
     SYNC_TIMEOUT = ("sync_timeout", 504,
                     "A synchronous request got no answer within `sync_timeout_s`; its job was cancelled.")
 
     # Job failure codes (`job`): how a failed job's `error.code` reads.
-    IMAGE_UNREADABLE = "image_unreadable", 500, "The stored image could not be read or decoded by the worker.", True
+    # A deterministic failure is never a 5xx (clients and SDKs retry those): 422 says a retry cannot fix it.
+    IMAGE_UNREADABLE = "image_unreadable", 422, "The stored image could not be read or decoded by the worker.", True
     INFERENCE_ERROR = "inference_error", 500, "The engine failed the request (the message says why).", True
     OUT_OF_MEMORY = "out_of_memory", 503, "The engine ran out of memory for the request.", True
-    INVALID_OUTPUT = "invalid_output", 500, "A schema-constrained output did not parse or validate.", True
+    INVALID_OUTPUT = ("invalid_output", 422,
+                      "A schema-constrained output ended (not cut off by max_tokens) but does not validate.", True)
     INFERENCE_TIMEOUT = "inference_timeout", 504, "Generation took longer than `job_timeout_s`.", True
     WORKER_LOST = "worker_lost", 503, "Its worker died on each of `max_attempts` attempts.", True
 
 
-# A job can also end with these API codes (a cancelled job, a model no worker could load).
-JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE} | {code for code in ErrorCode if code.job})
+# A job can also end with these API codes (a cancelled job; a model no live worker served for queue_timeout_s; a
+# blob store down throughout).
+JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.STORAGE_UNAVAILABLE}
+                      | {code for code in ErrorCode if code.job})
 
 
 class ApiError(Exception):

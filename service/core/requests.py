@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from service.core.config import Settings
+from service.core.documents import PAGE_MODES
 from service.core.images import ImageData
 from service.core.models import Priority
 from service.core.presets import apply_preset
@@ -29,10 +30,12 @@ from service.core.validation import (
     spec_of,
 )
 
+MAX_SEED = 2**32 - 1  # the engine's generator (a Mersenne Twister) takes 32-bit seeds
+
 
 @per_settings
 def generation_model(settings: Settings) -> type[RequestModel]:
-    """How to generate: model, max_tokens, temperature, top_p and ignore_eos."""
+    """How to generate: model, max_tokens, temperature, top_p, ignore_eos and seed."""
     class Generation(RequestModel):
         model: Annotated[str, Choice(choices=sorted(settings.registry), code="unknown_model")] = settings.default_model
         max_tokens: Annotated[int, Number(low=1, high=settings.max_tokens_limit, integer=True)] = \
@@ -42,6 +45,8 @@ def generation_model(settings: Settings) -> type[RequestModel]:
             None, description="Nucleus sampling; absent leaves the engine's default.")
         ignore_eos: Annotated[bool, Bool()] = Field(
             False, description="Generate exactly max_tokens (benchmarks, load tests).")
+        seed: Annotated[int | None, OptionalNumber(low=0, high=MAX_SEED, integer=True)] = Field(
+            None, description="Makes a sampled (temperature > 0) answer reproducible; absent: a fresh seed each time.")
     return Generation
 
 
@@ -60,13 +65,22 @@ def task_model(settings: Settings) -> type[RequestModel]:
                 spec_of(cls.model_fields["preset"]).read(values["preset"], "preset")
             return apply_preset(settings.presets, values)[0]
 
+    class Pages(RequestModel):
+        pages: Annotated[str | None, Text(max_chars=1000)] = Field(
+            None, description='Pages to read, e.g. "1-3,7", numbered from 1 across the inputs; absent reads all.')
+        page_mode: Annotated[str, Choice(choices=list(PAGE_MODES))] = Field(
+            "document", description="document: the model sees the pages together (up to max_pages_per_request); "
+                                    "per_page: one request a page, each with its own result.")
+        extra_codes = ("invalid_document", "pdf_encrypted", "document_empty", "too_many_pages", "page_too_large",
+                       "page_out_of_range")
+
     class Output(RequestModel):
         response_format: Annotated[dict[str, Any] | None, ResponseFormat(max_depth=settings.max_json_depth)] = Field(
             None, description="Constrain the output to JSON, in OpenAI's shape.")
         ground_with_ocr: Annotated[bool, Bool()] = Field(
             False, description="OCR the image first and add its text to the prompt.")
 
-    return combine("Task", Preset, generation_model(settings), Output)
+    return combine("Task", Preset, generation_model(settings), Output, Pages)
 
 
 @per_settings
@@ -86,7 +100,7 @@ def _options(settings: Settings, default: Priority) -> type[RequestModel]:
         metadata: Annotated[dict[str, Any] | None, JsonObject(max_bytes=settings.max_metadata_bytes,
                                                               max_depth=settings.max_json_depth)] = Field(
             None, description="Returned untouched.")
-        webhook_url: Annotated[str | None, WebhookUrl(allow_cidrs=settings.egress_allow_cidrs)] = Field(
+        webhook_url: Annotated[str | None, WebhookUrl(allow_cidrs=settings.webhook_allow_cidrs)] = Field(
             None, description="Receives the ending event, signed (Standard Webhooks).")
         webhook_secret: Annotated[str | None, WebhookSecret()] = Field(
             None, description="Signs those deliveries (default: the server's).")
@@ -105,8 +119,8 @@ def job_model(settings: Settings) -> type[RequestModel]:
 
 @per_settings
 def job_submit_model(settings: Settings) -> type[RequestModel]:
-    """POST /v1/jobs: the image (a file, or a data URL in JSON) and the job's fields."""
+    """POST /v1/jobs: the image or document (a file, or a data URL in JSON), or several, and the job's fields."""
     class Image(RequestModel):
-        image: Annotated[bytes, ImageData()]
+        image: Annotated[list[bytes], ImageData(several=True)]
         extra_codes = ("invalid_header", "idempotency_key_reused", "quota_exceeded", "broker_unavailable")
     return combine("JobSubmit", Image, job_model(settings))

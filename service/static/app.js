@@ -1,12 +1,23 @@
 // VLQ web UI: one image starts a conversation (POST /v1/chat/completions, the whole conversation on every
-// turn), or with an extraction preset a job (POST /v1/jobs) whose grounded fields are drawn over the image;
-// several run as a native batch (POST /v1/batches), polled until it ends. Only the public API is used.
+// turn), with an extraction preset a job (POST /v1/jobs) whose grounded fields are drawn over the image, one
+// document (PDF, TIFF, HEIC) is a job shown page by page (its fields, with an extraction preset, drawn over its
+// pages); several files run as a native batch (POST /v1/batches), polled until it ends. Only the public API is used.
 
 import { renderFields } from "./fields.js";
 
 const CONFIG = JSON.parse(document.getElementById("vlq-config").textContent);
-const ACCEPTED_TYPES = { "image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP" };
-const EXTENSION_TYPES = { jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp" };
+const ACCEPTED_TYPES = {
+  "image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP",
+  "application/pdf": "PDF", "image/tiff": "TIFF", "image/heic": "HEIC", "image/heif": "HEIF",
+};
+const EXTENSION_TYPES = {
+  jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp",
+  pdf: "application/pdf", tif: "image/tiff", tiff: "image/tiff", heic: "image/heic", heif: "image/heif",
+};
+// Read page by page on the server; a browser cannot show them in <img> (their pages come back as PNG).
+const DOCUMENT_TYPES = new Set(["application/pdf", "image/tiff", "image/heic", "image/heif"]);
+// What an <img> shows: a job's own image of another type is shown through its first page instead.
+const SHOWN_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
 const BATCH_ENDINGS = new Set(["completed", "failed", "cancelled", "expired"]);
 const JOB_ENDINGS = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 1000;
@@ -16,14 +27,16 @@ const el = {
   form: $("compose-form"), dropzone: $("dropzone"), fileInput: $("file-input"), fileErrors: $("file-errors"),
   stagedBlock: $("staged-block"), staged: $("staged"), stagedCount: $("staged-count"), clearStaged: $("clear-staged"),
   preset: $("preset"), presetHint: $("preset-hint"), prompt: $("prompt"), model: $("model"), maxTokens: $("max-tokens"),
-  temperature: $("temperature"),
+  temperature: $("temperature"), documentOptions: $("document-options"), pages: $("pages"), pageMode: $("page-mode"),
+  pagesHint: $("pages-hint"),
   composeError: $("compose-error"), submit: $("submit"), recent: $("recent-batches"), status: $("service-status"),
   tabChat: $("tab-chat"), tabBatch: $("tab-batch"), chatView: $("chat-view"), batchView: $("batch-view"),
   chatEmpty: $("chat-empty"), chatHead: $("chat-head"), chatTitle: $("chat-title"), newChat: $("new-chat"), messages: $("messages"),
   replyForm: $("reply-form"), reply: $("reply"), replySend: $("reply-send"),
   batchEmpty: $("batch-empty"), batchBody: $("batch-body"), batchId: $("batch-id"), batchStatus: $("batch-status"),
   progress: $("batch-progress"), downloadCsv: $("download-csv"), downloadJsonl: $("download-jsonl"),
-  cancelBatch: $("cancel-batch"), batchError: $("batch-error"), resultsBody: $("results-body"),
+  cancelBatch: $("cancel-batch"), batchError: $("batch-error"), batchWarning: $("batch-warning"),
+  resultsBody: $("results-body"),
 };
 
 const state = {
@@ -32,11 +45,22 @@ const state = {
   busy: false,        // a request is in flight: every submit is blocked until it ends
   chat: null,         // {image: {url, dataUrl, name}, messages: [...the API conversation so far], options}
   batch: null,        // {id, timer, rows: Map(job_id -> <tr>), done}
+  modelChosen: false, // the user (or a preset) picked the model: status refreshes no longer change it
 };
 
 // -- API -----------------------------------------------------------------------------------------
 
-class ApiFailure extends Error {}
+class ApiFailure extends Error {
+  // retryable: asking again may work (the server was busy or unreachable, or failed); a bad request will not.
+  constructor(message, { retryable = false } = {}) {
+    super(message);
+    this.retryable = retryable;
+  }
+}
+
+function retryableStatus(status) {
+  return status >= 500 || status === 429 || status === 408;
+}
 
 // With auth on, the page acts with the API key typed into the header's field (kept in this browser only).
 const KEY_STORAGE = "vlq-api-key";
@@ -52,12 +76,13 @@ async function send(path, options = {}) {
     response = await fetch(path, { ...options, headers: { ...authHeaders(), ...options.headers } });
   } catch (error) {
     if (error.name === "AbortError") throw error;
-    throw new ApiFailure("The server could not be reached. Check that VLQ is running.");
+    throw new ApiFailure("The server could not be reached. Check that VLQ is running.", { retryable: true });
   }
   if (!response.ok) {
     // VLQ's errors and the OpenAI-shaped ones of /v1/chat/completions both carry error.message.
     const body = await response.json().catch(() => null);
-    throw new ApiFailure(body?.error?.message || `The server answered ${response.status} ${response.statusText}.`);
+    throw new ApiFailure(body?.error?.message || `The server answered ${response.status} ${response.statusText}.`,
+                         { retryable: retryableStatus(response.status) });
   }
   return response;
 }
@@ -72,7 +97,7 @@ async function* serverSentEvents(response) {
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) throw new ApiFailure("The answer was cut off: the connection closed early.");
+    if (done) throw new ApiFailure("The answer was cut off: the connection closed early.", { retryable: true });
     buffer += value;
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -98,7 +123,7 @@ function formatBytes(bytes) {
 }
 
 function checkFile(file) {
-  if (!ACCEPTED_TYPES[fileType(file)]) return `${file.name}: not a JPEG, PNG or WebP image.`;
+  if (!ACCEPTED_TYPES[fileType(file)]) return `${file.name}: not a JPEG, PNG, WebP, PDF, TIFF or HEIC file.`;
   if (file.size > CONFIG.maxImageBytes) {
     return `${file.name} is ${formatBytes(file.size)}; the limit is ${formatBytes(CONFIG.maxImageBytes)} per image.`;
   }
@@ -136,7 +161,9 @@ function clearStaged({ keepUrls = false } = {}) {
 function renderStaged() {
   el.staged.replaceChildren(...state.staged.map(({ file, url }, index) => {
     const item = document.createElement("li");
-    const image = Object.assign(document.createElement("img"), { src: url, alt: "" });
+    const image = isDocument(file)
+      ? Object.assign(document.createElement("div"), { className: "doc", textContent: ACCEPTED_TYPES[fileType(file)] })
+      : Object.assign(document.createElement("img"), { src: url, alt: "" });
     const name = Object.assign(document.createElement("span"), { className: "name", textContent: file.name });
     name.title = `${file.name} (${formatBytes(file.size)})`;
     const remove = Object.assign(document.createElement("button"), { type: "button", className: "remove" });
@@ -148,8 +175,15 @@ function renderStaged() {
   }));
   const count = state.staged.length;
   el.stagedBlock.hidden = count === 0;
-  el.stagedCount.textContent = count === 1 ? "1 image: a conversation" : `${count} images: a batch`;
+  const documents = state.staged.some(({ file }) => isDocument(file));
+  el.stagedCount.textContent = count > 1 ? `${count} files: a batch`
+    : documents ? "1 document: read page by page" : "1 image: a conversation";
+  el.documentOptions.hidden = el.pagesHint.hidden = !documents;
   renderSubmit();
+}
+
+function isDocument(file) {
+  return DOCUMENT_TYPES.has(fileType(file));
 }
 
 function renderSubmit() {
@@ -157,8 +191,8 @@ function renderSubmit() {
   el.submit.disabled = state.busy || count === 0;
   el.submit.textContent = state.busy ? "Thinking…"
     : count === 0 ? "Add an image to start"
-    : count === 1 ? "Ask about this image"
-    : `Run batch of ${count} images`;
+    : count === 1 ? (isDocument(state.staged[0].file) ? "Ask about this document" : "Ask about this image")
+    : `Run batch of ${count} files`;
 }
 
 function setupDropzone() {
@@ -206,7 +240,10 @@ function onPresetChange() {
   el.presetHint.hidden = !preset;
   if (!preset) return;
   el.prompt.value = preset.prompt;
-  if (preset.model) el.model.value = preset.model;
+  if (preset.model) {
+    el.model.value = preset.model;
+    state.modelChosen = true;
+  }
   const output = preset.labels.length ? `one of: ${preset.labels.join(", ")}`
     : preset.schema ? `JSON with ${Object.keys(preset.schema.properties || {}).join(", ")}` : "text";
   el.presetHint.textContent = `Model: ${preset.model || CONFIG.defaultModel}. Output: ${output}.`;
@@ -230,10 +267,25 @@ async function refreshStatus() {
     setStatus("not_ready", `Not ready: no ${body.missing?.join(", ") || "worker"}`);
   }
   if (!body.models) return;
-  const live = new Set(body.models);
+  markModels(new Set(body.models), new Map((body.unserved || []).map((item) => [item.model, item])));
+}
+
+// A model no live worker serves says why in its label (and what fixes it in its tooltip). Until the user picks a
+// model, a live one is selected: the default if it is live, else the first live vision-language model.
+const UNSERVED_LABELS = { no_worker: "no worker", model_loading: "loading", model_unavailable: "unavailable" };
+
+function markModels(live, unserved) {
   for (const option of el.model.options) {
-    option.textContent = live.has(option.value) ? option.value : `${option.value} (no worker)`;
+    const notice = live.has(option.value) ? null : unserved.get(option.value);
+    const label = live.has(option.value) ? "" : UNSERVED_LABELS[notice?.code] || "no worker";
+    option.textContent = label ? `${option.value} (${label})` : option.value;
+    option.title = notice?.message || "";
+    option.dataset.live = String(live.has(option.value));
   }
+  if (state.modelChosen || live.has(el.model.value)) return;
+  const candidates = [...el.model.options].filter((option) => live.has(option.value));
+  const pick = candidates.find((option) => !CONFIG.ocrModels.includes(option.value)) || candidates[0];
+  if (pick) el.model.value = pick.value;
 }
 
 function setStatus(kind, label) {
@@ -283,7 +335,9 @@ async function onSubmit(event) {
     showComposeError(error.message);
     return;
   }
-  if (state.staged.length === 1 && extracts(options.preset)) {
+  if (state.staged.length === 1 && isDocument(state.staged[0].file)) {
+    await startDocument(state.staged[0], options);
+  } else if (state.staged.length === 1 && extracts(options.preset)) {
     await startExtraction(state.staged[0], options);
   } else if (state.staged.length === 1) {
     await startChat(state.staged[0], options);
@@ -395,7 +449,7 @@ async function askFollowUp(event) {
 async function ask(userMessage, text, imageUrl) {
   setBusy(true);
   const chat = state.chat;
-  appendMessage("user", text, { imageUrl, alt: chat.image.name });
+  const question = appendMessage("user", text, { imageUrl, alt: chat.image.name });
   const reply = appendMessage("assistant thinking", "Thinking", {});
   const replyText = reply.querySelector(".message-text");
   replyText.classList.add("dots");
@@ -419,7 +473,9 @@ async function ask(userMessage, text, imageUrl) {
       signal: chat.abort.signal,
     });
     for await (const chunk of serverSentEvents(response)) {
-      if (chunk.error) throw new ApiFailure(chunk.error.message);
+      if (chunk.error) {
+        throw new ApiFailure(chunk.error.message, { retryable: chunk.error.type !== "invalid_request_error" });
+      }
       if (chunk.usage) usage = chunk.usage;
       const piece = chunk.choices?.[0]?.delta?.content;
       if (!piece) continue;
@@ -433,11 +489,19 @@ async function ask(userMessage, text, imageUrl) {
       scrollToEnd();
     }
     chat.messages = [...conversation, { role: "assistant", content: answer }];
+    el.replyForm.hidden = false; // hidden after a first question failed; answered now (a retry), it can follow up
     finishAnswer(reply, answer, usage, performance.now() - started);
   } catch (error) {
     if (error.name === "AbortError") return; // the conversation was closed meanwhile
     reply.remove();
-    appendMessage("assistant error", error.message, {});
+    const failed = appendMessage("assistant error", error.message, {});
+    // The conversation keeps its image and turns: a question that may work again can be asked again in place.
+    if (error.retryable) failed.querySelector(".message-meta").append(retryButton(() => {
+      if (state.busy || state.chat !== chat) return;
+      failed.remove();
+      question.remove();
+      ask(userMessage, text, imageUrl);
+    }));
     if (!chat.messages.length) el.replyForm.hidden = true; // nothing to follow up on yet
   } finally {
     if (state.chat === chat) {
@@ -507,6 +571,15 @@ function markBlank(container, text) {
   container.dataset.blank = "(only whitespace)";
 }
 
+function retryButton(retry) {
+  const button = Object.assign(document.createElement("button"), {
+    type: "button", className: "copy-button retry-button", textContent: "Retry",
+    title: "Ask the same question again",
+  });
+  button.addEventListener("click", retry);
+  return button;
+}
+
 function copyButton(text) {
   const button = Object.assign(document.createElement("button"), { type: "button", className: "copy-button" });
   const label = Object.assign(document.createElement("span"), { textContent: "Copy" });
@@ -538,10 +611,106 @@ async function copyText(text) {
   }
 }
 
+// -- documents -----------------------------------------------------------------------------------
+
+function appendPageOptions(form) {
+  // Only where a document is staged (the fields are hidden otherwise).
+  if (el.documentOptions.hidden) return;
+  if (el.pages.value.trim()) form.append("pages", el.pages.value.trim());
+  form.append("page_mode", el.pageMode.value);
+}
+
+async function startDocument(staged, options) {
+  // One document is one job: sent whole, read by the worker page by page, polled until it ends.
+  setBusy(true);
+  const form = new FormData();
+  form.append("image", staged.file, staged.file.name);
+  form.append("prompt", options.prompt);
+  form.append("model", options.model);
+  if (options.preset) form.append("preset", options.preset.name);
+  if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
+  if (options.temperature !== null) form.append("temperature", String(options.temperature));
+  appendPageOptions(form);
+  let job;
+  try {
+    job = await api("/v1/jobs", { method: "POST", body: form });
+  } catch (error) {
+    setBusy(false);
+    showComposeError(error.message);
+    return;
+  }
+  resetChat();
+  clearStaged();
+  selectTab("chat");
+  el.chatEmpty.hidden = true;
+  el.chatHead.hidden = false;
+  el.chatTitle.textContent = staged.file.name;
+  const question = appendMessage("user", options.prompt, {});
+  const reply = appendMessage("assistant thinking", "Reading the pages", {});
+  reply.querySelector(".message-text").classList.add("dots");
+  const chat = state.chat = { image: { url: "", name: staged.file.name }, messages: [], options, job: job.id };
+  try {
+    while (!JOB_ENDINGS.has(job.status)) {
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      if (state.chat !== chat) return; // closed meanwhile
+      job = await api(`/v1/jobs/${encodeURIComponent(job.id)}`);
+    }
+    question.prepend(pageStrip(job));
+    if (job.status !== "succeeded") throw new ApiFailure(`${job.error?.code}: ${job.error?.message}`);
+    finishAnswer(reply, job.result.text, { ...job.usage, total_time_ms: job.timings.total_ms }, 0);
+    if (job.page_mode === "per_page") reply.querySelector(".bubble").append(...pageAnswers(job));
+    if (job.result.fields) { // an extraction preset's grounded fields (document mode), drawn on the rendered pages
+      reply.classList.add("with-fields");
+      reply.querySelector(".bubble").append(renderFields(job.result, (page) => pageImage(job, page)));
+    }
+  } catch (error) {
+    reply.remove();
+    appendMessage("assistant error", error.message, {});
+  } finally {
+    if (state.chat === chat) setBusy(false);
+  }
+}
+
+function pageStrip(job) {
+  // Each page's image as the worker rendered it, in the job's order.
+  const strip = Object.assign(document.createElement("div"), { className: "page-strip" });
+  strip.setAttribute("aria-label", "Pages");
+  for (const page of job.pages || []) {
+    const figure = document.createElement("figure");
+    figure.dataset.page = page.page;
+    const image = Object.assign(document.createElement("img"), { alt: `Page ${page.page}`, decoding: "async" });
+    const caption = Object.assign(document.createElement("figcaption"), { textContent: `Page ${page.page}` });
+    figure.append(image, caption);
+    strip.append(figure);
+    if (!page.image) continue;
+    send(`/v1/jobs/${encodeURIComponent(job.id)}/pages/${page.page}/image`)
+      .then((response) => response.blob())
+      .then((blob) => { image.src = URL.createObjectURL(blob); })
+      .catch(() => { caption.textContent += " (not available)"; });
+  }
+  return strip;
+}
+
+function pageAnswers(job) {
+  // per_page: each page's own answer under the document's.
+  return job.pages.filter((page) => page.result).map((page) => Object.assign(document.createElement("p"), {
+    className: "page-answer", textContent: `Page ${page.page}: ${page.result.text}`,
+  }));
+}
+
+async function jobThumbnail(jobId) {
+  // A blob URL of the job's image, or of its first page where the image is a document. Fetched, not linked:
+  // an <img src> cannot send the API key.
+  const path = `/v1/jobs/${encodeURIComponent(jobId)}`;
+  const blob = await (await send(`${path}/image`)).blob();
+  if (SHOWN_TYPES.has(blob.type)) return URL.createObjectURL(blob);
+  return URL.createObjectURL(await (await send(`${path}/pages/1/image`)).blob());
+}
+
 function resetChat() {
   if (state.chat) {
     state.chat.abort?.abort(); // the server cancels the job of an abandoned stream
-    URL.revokeObjectURL(state.chat.image.url);
+    if (state.chat.image.url) URL.revokeObjectURL(state.chat.image.url);
     if (state.busy) setBusy(false);
   }
   state.chat = null;
@@ -570,6 +739,7 @@ async function startBatch(options) {
   if (options.preset) form.append("preset", options.preset.name);
   if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
   if (options.temperature !== null) form.append("temperature", String(options.temperature));
+  appendPageOptions(form);
   for (const { file } of state.staged) form.append("images", file, file.name);
   try {
     const batch = await api("/v1/batches", { method: "POST", body: form });
@@ -622,20 +792,27 @@ async function pollBatch(batchId) {
 async function renderBatch(batch) {
   const counts = batch.request_counts || { total: 0, completed: 0, failed: 0, cancelled: 0 };
   const done = counts.completed + counts.failed + (counts.cancelled || 0);
-  const percent = counts.total ? Math.round((100 * done) / counts.total) : 0;
+  const ran = counts.completed + counts.failed; // cancelled items never ran: they do not fill the bar
   const ended = BATCH_ENDINGS.has(batch.status);
+  // A completed batch is full and green; one that ended otherwise shows what ran, in its ending's colour.
+  const filled = batch.status === "completed" ? counts.total : ran;
+  const percent = counts.total ? Math.round((100 * filled) / counts.total) : (batch.status === "completed" ? 100 : 0);
   el.batchStatus.textContent = batch.status.replace("_", " ");
   el.batchStatus.dataset.status = batch.status;
   el.progress.setAttribute("aria-valuenow", String(percent));
-  el.progress.setAttribute("aria-valuetext", `${done} of ${counts.total} done`);
-  el.progress.dataset.state = ended ? "done" : "running";
-  el.progress.querySelector(".progress-bar").style.width = `${ended ? 100 : percent}%`;
+  el.progress.setAttribute("aria-valuetext", `${ran} of ${counts.total} ran, ${done} ended`);
+  el.progress.dataset.state = !ended ? "running" : batch.status === "completed" ? "done" : batch.status;
+  el.progress.querySelector(".progress-bar").style.width = `${percent}%`;
   $("count-done").textContent = done;
   $("count-total").textContent = counts.total;
   $("count-completed").textContent = counts.completed;
   $("count-failed").textContent = counts.failed;
   $("count-cancelled").textContent = counts.cancelled || 0;
   el.cancelBatch.disabled = ended || batch.status === "cancelling";
+  // Items waiting for a model no live worker serves: say so, with what fixes it (the API's own words).
+  const warnings = ended ? [] : batch.warnings || [];
+  el.batchWarning.hidden = !warnings.length;
+  el.batchWarning.textContent = warnings.map((warning) => warning.message).join(" ");
   if (batch.status === "failed" && batch.errors?.data?.length) {
     el.batchError.hidden = false;
     el.batchError.textContent = batch.errors.data.map((e) => e.message).join(" ");
@@ -671,11 +848,7 @@ function renderRow(row) {
     const noImage = () => image.replaceWith(Object.assign(document.createElement("div"),
       { className: "no-thumb", textContent: "no image" }));
     image.addEventListener("error", noImage);
-    // Fetched, not linked: an <img src> cannot send the API key.
-    send(`/v1/jobs/${encodeURIComponent(row.job_id)}/image`)
-      .then((response) => response.blob())
-      .then((blob) => { image.src = URL.createObjectURL(blob); })
-      .catch(noImage);
+    jobThumbnail(row.job_id).then((url) => { image.src = url; }).catch(noImage);
     tr.querySelector(".image").append(image);
     state.batch.rows.set(row.job_id, tr);
     el.resultsBody.append(tr);
@@ -690,9 +863,11 @@ function renderRow(row) {
   markBlank(answer, row.text == null ? "-" : answer.textContent);
   tr.querySelector(".tokens").textContent = row.completion_tokens != null
     ? `${row.prompt_tokens} in · ${row.completion_tokens} out` : "";
+  // Latency only for an item that ran (or was answered from the cache): one cancelled in the queue has none.
+  const ran = row.total_ms != null && row.queue_ms != null;
   const latency = tr.querySelector(".latency");
-  latency.textContent = row.total_ms != null ? formatMs(row.total_ms) : "";
-  latency.title = row.total_ms != null ? timingDetail(row) : "";
+  latency.textContent = ran ? formatMs(row.total_ms) : "";
+  latency.title = ran ? timingDetail(row) : "";
 }
 
 async function cancelBatch() {
@@ -792,6 +967,7 @@ function start() {
   el.downloadJsonl.addEventListener("click", downloadWithKey);
   el.form.addEventListener("submit", onSubmit);
   el.preset.addEventListener("change", onPresetChange);
+  el.model.addEventListener("change", () => { state.modelChosen = true; });
   el.replyForm.addEventListener("submit", askFollowUp);
   el.reply.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); el.replyForm.requestSubmit(); }

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bench.documents import make_invoice
+from bench.documents import make_invoice, to_pdf
 from service.core.grounding import iou
 from tests.conftest import wait_for_status
 
@@ -111,3 +111,40 @@ def test_a_batch_csv_has_a_column_per_field_and_its_confidence(client, vlm_worke
     lines = [json.loads(line) for line in client.get(f"/v1/batches/{batch['id']}/results").get_data(
         as_text=True).splitlines()]
     assert all(line["fields"]["total"]["grounded"] and line["review"] is True for line in lines)
+
+
+def _two_page_invoice_pdf():
+    doc = make_invoice(random.Random(6), n_pages=2, items_per_page=2)
+    schema = {"type": "object", "additionalProperties": False, "required": ["invoice_number", "total"],
+              "properties": {"invoice_number": {"enum": [doc.values["invoice_number"]]},
+                             "total": {"enum": [doc.values["total"]]}}}
+    return doc, to_pdf(doc.pages), json.dumps({"type": "json_schema", "json_schema": {"name": "f", "schema": schema}})
+
+
+def test_a_pdf_extraction_grounds_each_field_on_the_page_it_is_printed_on(client, vlm_worker):
+    doc, pdf, response_format = _two_page_invoice_pdf()
+    assert (doc.placed["invoice_number"].page, doc.placed["total"].page) == (1, 2)
+    job_id = client.post("/v1/jobs", data={"image": (io.BytesIO(pdf), "invoice.pdf"), "preset": "invoice",
+                                           "model": GROUNDED, "response_format": response_format}).get_json()["id"]
+    job = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=240)
+    assert job["status"] == "succeeded" and job["page_mode"] == "document", job["error"]
+    fields = job["result"]["fields"]
+    for path in ("invoice_number", "total"):
+        placed = doc.placed[path]
+        assert fields[path]["grounded"] and fields[path]["page"] == placed.page, (path, fields[path])
+        assert iou(tuple(fields[path]["bbox"]), placed.box) >= 0.5, (path, fields[path], placed)
+    # (the tiny model's probabilities may still flag a field low_confidence; none is ungrounded)
+    assert all(reason["reason"] != "ungrounded" for reason in job["result"]["review_reasons"])
+
+
+def test_a_per_page_extraction_answers_each_page_without_fields(client, vlm_worker):
+    # per_page: each page has its own answer, and `fields` describe one answer; grounded fields are document mode's.
+    _, pdf, response_format = _two_page_invoice_pdf()
+    job_id = client.post("/v1/jobs", data={"image": (io.BytesIO(pdf), "invoice.pdf"), "preset": "invoice",
+                                           "model": GROUNDED, "response_format": response_format,
+                                           "page_mode": "per_page"}).get_json()["id"]
+    job = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=240)
+    assert job["status"] == "succeeded", job["error"]
+    assert "fields" not in job["result"] and "review" not in job["result"]
+    assert [page["page"] for page in job["pages"]] == [1, 2]
+    assert all("json" in page["result"] and "fields" not in page["result"] for page in job["pages"])

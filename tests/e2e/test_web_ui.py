@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -20,7 +21,9 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import TINY
+from service.app import create_app
+from tests.conftest import TINY, serve
+from tests.inputs import make_pdf
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying to reach Google's services.
@@ -207,7 +210,7 @@ def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, 
                                          upload("huge.png", too_big)])
     errors = page.locator("#file-errors li")
     expect(errors).to_have_count(2)
-    expect(errors.nth(0)).to_have_text("notes.txt: not a JPEG, PNG or WebP image.")
+    expect(errors.nth(0)).to_have_text("notes.txt: not a JPEG, PNG, WebP, PDF, TIFF or HEIC file.")
     expect(errors.nth(1)).to_contain_text("huge.png is 10.0 MB; the limit is 10.0 MB per image.")
     expect(page.locator("#staged li")).to_have_count(0)
     expect(page.locator("#submit")).to_be_disabled()
@@ -229,7 +232,85 @@ def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, 
     assert direct.status_code == 400
     expect(error).to_have_text(direct.json()["error"]["message"])
     expect(page.locator("#reply-form")).to_be_hidden()  # nothing to follow up on
+    expect(error.locator(".retry-button")).to_have_count(0)  # a broken image stays broken: no retry offered
     snapshot(page, screenshot_dir / "errors.png")
+
+
+def test_a_pdf_is_read_page_by_page_and_shown_as_page_thumbnails(page, screenshot_dir):
+    page.set_input_files("#file-input", [upload("invoice.pdf", make_pdf(["ONE", "TWO", "THREE"]), "application/pdf")])
+    expect(page.locator("#staged li .doc")).to_have_text("PDF")  # a browser cannot draw a PDF in <img>
+    expect(page.locator("#submit")).to_have_text("Ask about this document")
+    expect(page.locator("#document-options")).to_be_visible()
+    page.fill("#prompt", "What is the total?")
+    page.fill("#max-tokens", "4")
+    page.fill("#pages", "1,3")
+    page.select_option("#page-mode", "per_page")
+    with page.expect_response("**/v1/jobs") as created:
+        page.click("#submit")
+    job = created.value.json()
+    assert job["page_mode"] == "per_page" and [entry["page"] for entry in job["pages"]] == [1, 3]
+
+    figures = page.locator(".message.user .page-strip figure")
+    expect(figures).to_have_count(2, timeout=90_000)
+    expect(figures.locator("figcaption")).to_have_text(["Page 1", "Page 3"])
+    for index in range(2):  # each page as the worker rendered it: Letter at 150 dpi
+        page.wait_for_function("(img) => img.complete && img.naturalWidth === 1275",
+                               arg=figures.nth(index).locator("img").element_handle())
+    answers = page.locator(".message.answered .page-answer")
+    expect(answers).to_have_count(2)
+    expect(answers.nth(0)).to_contain_text("Page 1:")
+    expect(answers.nth(1)).to_contain_text("Page 3:")
+    expect(page.locator("#reply-form")).to_be_hidden()  # a document is asked once
+    snapshot(page, screenshot_dir / "document.png")
+
+
+def test_a_failed_answer_can_be_retried_in_place_with_the_same_image(page):
+    sent = chat_requests(page)
+    busy = {"error": {"message": "Too many requests are waiting; retry shortly.", "type": "server_error",
+                      "param": None, "code": "overloaded"}}
+    failures = iter([True])  # the first request fails as an overloaded server would answer; the retry goes through
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(status=503, json=busy)
+               if next(failures, False) else route.continue_())
+
+    page.set_input_files("#file-input", [upload("shelf.png", picture(2))])
+    page.fill("#prompt", "What is the price?")
+    page.fill("#max-tokens", "6")
+    page.click("#submit")
+    error = page.locator(".message.error")
+    expect(error).to_contain_text("Too many requests are waiting")
+    retry = error.locator(".retry-button")
+    expect(retry).to_be_visible()
+    retry.click()
+
+    answer = page.locator(".message.answered")
+    expect(answer).to_have_count(1, timeout=60_000)
+    expect(error).to_have_count(0)
+    expect(page.locator(".message.user")).to_have_count(1)  # the question is asked again, not twice
+    expect(page.locator("#reply-form")).to_be_visible()
+    assert len(sent) == 2 and sent[1].post_data_json["messages"] == sent[0].post_data_json["messages"]
+
+
+def test_on_a_phone_the_page_never_overflows_its_width(browser, live_server, worker, api_key, http):
+    created = http.post(f"{live_server}/v1/batches", timeout=30, data={"prompt": "x", "model": UNSERVED_MODEL},
+                        files=[("images", ("a-rather-long-file-name-for-a-phone.png", picture(0)))]).json()
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        phone = context.new_page()
+        phone.goto(f"{live_server}/#batch={created['id']}")
+        phone.wait_for_selector("body[data-ready='true']")
+        phone.fill("#api-key", api_key)
+        phone.press("#api-key", "Tab")
+        expect(phone.locator(f"#recent-batches [data-batch-id='{created['id']}']")).to_be_visible()
+        expect(phone.locator("#results-body tr")).to_have_count(1)
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        # What sticks out, if anything (a table scrolls inside its own box and does not count).
+        wide = phone.evaluate("""() => [...document.querySelectorAll('body *')]
+            .filter((e) => e.getBoundingClientRect().right > 390.5 && !e.closest('.table-wrap'))
+            .map((e) => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)""")
+        assert width <= 390 and wide == [], f"the page is {width}px wide on a 390px screen: {wide[:12]}"
+    finally:
+        context.close()
+        http.post(f"{live_server}/v1/batches/{created['id']}/cancel", timeout=10)
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -239,7 +320,7 @@ def test_a_batch_runs_with_progress_thumbnails_and_a_csv_download(page, live_ser
     names = [f"receipt-{index}.png" for index in range(4)]
     drop_files(page, [(name, picture(index)) for index, name in enumerate(names)])
     expect(page.locator("#staged li")).to_have_count(4)
-    expect(page.locator("#submit")).to_have_text("Run batch of 4 images")
+    expect(page.locator("#submit")).to_have_text("Run batch of 4 files")
 
     page.select_option("#preset", "describe")
     expect(page.locator("#prompt")).to_have_value(settings.presets["describe"].prompt)
@@ -258,6 +339,7 @@ def test_a_batch_runs_with_progress_thumbnails_and_a_csv_download(page, live_ser
     expect(page.locator("#count-done")).to_have_text("4")
     expect(page.locator("#batch-progress")).to_have_attribute("aria-valuenow", "100")
     expect(page.locator("#cancel-batch")).to_be_disabled()
+    expect(page.locator("#batch-warning")).to_be_hidden()
     rows = page.locator("#results-body tr")
     expect(rows).to_have_count(4)
     expect(page.locator("#results-body tr[data-status='succeeded']")).to_have_count(4)
@@ -306,12 +388,18 @@ def test_a_batch_can_be_cancelled_from_its_view_and_reopened_by_its_link(page, l
     page.click("#submit")
     expect(page.locator("#batch-status")).to_have_text("in progress")
     expect(page.locator("#results-body tr[data-status='queued']")).to_have_count(3)
+    # The items wait for a model nobody serves: the view says so, and what to do, the moment the batch exists.
+    expect(page.locator("#batch-warning")).to_contain_text(f"No live worker serves the model '{UNSERVED_MODEL}'")
 
     page.click("#cancel-batch")
     expect(page.locator("#batch-status")).to_have_text("cancelled")
     expect(page.locator("#count-cancelled")).to_have_text("3")
     expect(page.locator("#results-body tr[data-status='cancelled']")).to_have_count(3)
     expect(page.locator("#cancel-batch")).to_be_disabled()
+    # Nothing ran: no green full bar, and no latency for items that never left the queue.
+    expect(page.locator("#batch-progress")).to_have_attribute("data-state", "cancelled")
+    expect(page.locator("#batch-progress")).to_have_attribute("aria-valuenow", "0")
+    expect(page.locator("#results-body .latency")).to_have_text(["", "", ""])
 
     batch_id = page.locator("#batch-id").inner_text()
     page.goto(f"{live_server}/#batch={batch_id}")
@@ -320,19 +408,28 @@ def test_a_batch_can_be_cancelled_from_its_view_and_reopened_by_its_link(page, l
     expect(page.locator("#results-body tr")).to_have_count(3)
 
 
+def test_a_live_model_is_selected_when_the_default_one_has_no_worker(browser, settings, worker, api_key):
+    app = create_app(dataclasses.replace(settings, default_model=UNSERVED_MODEL))
+    with serve(app) as url:
+        context = browser.new_context()
+        tab = context.new_page()
+        tab.goto(url)
+        tab.wait_for_selector("body[data-ready='true']")
+        tab.fill("#api-key", api_key)
+        tab.press("#api-key", "Tab")
+        expect(tab.locator("#model")).to_have_value(TINY)
+        unserved = tab.locator(f"#model option[value='{UNSERVED_MODEL}']")
+        expect(unserved).to_have_text(f"{UNSERVED_MODEL} (no worker)")
+        expect(unserved).to_have_attribute("title", re.compile("No live worker serves"))
+        context.close()
+
+
 # -- extraction --------------------------------------------------------------------------------
 
-def test_an_extraction_draws_each_grounded_field_over_the_image_and_hover_highlights_it(page, screenshot_dir):
-    from bench.documents import make_invoice
-
-    doc = make_invoice(random.Random(9), n_pages=1, items_per_page=2)
-    buffer = io.BytesIO()
-    doc.pages[0].save(buffer, format="PNG")
-    # The tiny model's values are noise: the job's own response_format (added to the form the page sends) leaves it
-    # one answer, the invoice's true total and number and an invented reference, so what is on the page is known.
-    forced = {"type": "object", "additionalProperties": False, "required": ["invoice_number", "total", "reference"],
-              "properties": {"invoice_number": {"enum": [doc.values["invoice_number"]]},
-                             "total": {"enum": [doc.values["total"]]}, "reference": {"enum": ["NOWHERE-123"]}}}
+def force_answer(page: Any, values: dict[str, Any]) -> None:
+    """Add a response_format to the job the page posts whose enums leave the tiny model one answer: `values`."""
+    forced = {"type": "object", "additionalProperties": False, "required": list(values),
+              "properties": {name: {"enum": [value]} for name, value in values.items()}}
     part = json.dumps({"type": "json_schema", "json_schema": {"name": "forced", "schema": forced}})
 
     def add_response_format(route: Any) -> None:
@@ -345,6 +442,18 @@ def test_an_extraction_draws_each_grounded_field_over_the_image_and_hover_highli
 
     page.route("**/v1/jobs", lambda route: add_response_format(route) if route.request.method == "POST"
                else route.continue_())
+
+
+def test_an_extraction_draws_each_grounded_field_over_the_image_and_hover_highlights_it(page, screenshot_dir):
+    from bench.documents import make_invoice
+
+    doc = make_invoice(random.Random(9), n_pages=1, items_per_page=2)
+    buffer = io.BytesIO()
+    doc.pages[0].save(buffer, format="PNG")
+    # The tiny model's values are noise: the job's own response_format (added to the form the page sends) leaves it
+    # one answer, the invoice's true total and number and an invented reference, so what is on the page is known.
+    force_answer(page, {"invoice_number": doc.values["invoice_number"], "total": doc.values["total"],
+                        "reference": "NOWHERE-123"})
     page.set_input_files("#file-input", [upload("invoice.png", buffer.getvalue())])
     page.select_option("#preset", "invoice")
     with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as posted:
@@ -375,3 +484,27 @@ def test_an_extraction_draws_each_grounded_field_over_the_image_and_hover_highli
     expect(box).not_to_have_class(re.compile(r"\bactive\b"))
     expect(extraction.locator('tr[data-field="invoice_number"]')).to_have_class(re.compile(r"\bactive\b"))
     snapshot(page, screenshot_dir / "extraction.png")
+
+
+def test_a_pdf_extraction_draws_its_fields_on_the_rendered_pages_they_are_on(page):
+    from bench.documents import make_invoice, to_pdf
+
+    doc = make_invoice(random.Random(6), n_pages=2, items_per_page=2)
+    assert (doc.placed["invoice_number"].page, doc.placed["total"].page) == (1, 2)
+    force_answer(page, {"invoice_number": doc.values["invoice_number"], "total": doc.values["total"]})
+    page.set_input_files("#file-input", [upload("invoice.pdf", to_pdf(doc.pages), "application/pdf")])
+    page.select_option("#preset", "invoice")
+    expect(page.locator("#submit")).to_have_text("Ask about this document")
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as posted:
+        page.click("#submit")
+    assert posted.value.status == 202
+    extraction = page.locator(".message.answered .extraction")
+    expect(extraction).to_be_visible(timeout=240_000)
+    expect(page.locator(".page-strip figure")).to_have_count(2)  # the document view's thumbnails stay
+    expect(extraction.locator("table.fields tbody tr")).to_have_count(2)
+    expect(extraction.locator("tr.ungrounded")).to_have_count(0)
+    # Each field's box is drawn on the rendered page it was found on.
+    expect(extraction.locator('figure.page[data-page="1"] .field-box[data-field="invoice_number"]')).to_have_count(1)
+    expect(extraction.locator('figure.page[data-page="2"] .field-box[data-field="total"]')).to_have_count(1)
+    rendered = extraction.locator('figure.page[data-page="2"] img').element_handle()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=rendered)  # the job's page 2, fetched

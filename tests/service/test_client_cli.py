@@ -14,6 +14,7 @@ from service.cli import cli
 from service.client_cli import write_archive_form
 from service.core.models import Job
 from tests.conftest import TINY, make_image
+from tests.inputs import make_pdf, make_tiff
 
 
 def _job_count(settings):
@@ -44,8 +45,46 @@ def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(t
     second = CliRunner().invoke(cli, args)  # the same command again
     assert second.exit_code == 0, second.output
     assert second.stdout.strip().splitlines()[-1] == batch_id
-    assert "resumed" in second.output
+    assert "resumed" in second.output and "nothing uploaded" in second.output
+    assert "uploading" not in second.output  # the batch was looked up by its key before any upload
     assert _job_count(settings) == jobs_before  # nothing was submitted twice
+
+
+def test_submit_takes_pdfs_and_tiffs_read_page_by_page(tmp_path, live_server, worker, api_key, client):
+    folder = tmp_path / "invoices"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf(["ONE", "TWO", "THREE"]))
+    (folder / "b.tiff").write_bytes(make_tiff(["FRAME"]))
+    (folder / "c.png").write_bytes(make_image())
+    out = tmp_path / "results.jsonl"
+    result = CliRunner().invoke(cli, ["submit", str(folder), "--prompt", "Total?", "--model", TINY, "--max-tokens",
+                                      "2", "--pages", "1", "--page-mode", "per_page", "--out", str(out),
+                                      "--url", live_server, "--api-key", api_key])
+    assert result.exit_code == 0, result.output
+    items = {item["custom_id"]: item for item in map(json.loads, out.read_text().splitlines())}
+    assert sorted(items) == ["a.pdf", "b.tiff", "c.png"] and {item["status"] for item in items.values()} == {
+        "succeeded"}
+    job = client.get(f"/v1/jobs/{items['a.pdf']['job_id']}").get_json()
+    assert job["image"]["format"] == "PDF" and job["page_mode"] == "per_page"
+    assert [(page["page"], page["status"]) for page in job["pages"]] == [(1, "succeeded")]
+
+
+def test_ctrl_c_while_following_says_the_batch_goes_on_and_how_to_resume(tmp_path, live_server, api_key, monkeypatch):
+    (tmp_path / "a.png").write_bytes(make_image(color=(3, 1, 4)))
+    runner = CliRunner(env={"VLQ_URL": live_server, "VLQ_API_KEY": api_key})
+    args = ["submit", str(tmp_path / "a.png"), "--prompt", "x", "--model", "tiny-idle", "--wait"]  # stays queued
+
+    def interrupt(_seconds):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("service.client_cli.time.sleep", interrupt)
+    result = runner.invoke(cli, args)
+    batch_id = result.stdout.strip().splitlines()[-1]
+    assert result.exit_code == 130, result.output
+    assert f"batch {batch_id} goes on at the server" in result.output
+    assert "run the same command" in result.output and f"vlq cancel {batch_id}" in result.output
+    status = json.loads(runner.invoke(cli, ["status", batch_id]).stdout)
+    assert status["status"] in ("validating", "in_progress")  # still there, untouched
+    assert runner.invoke(cli, ["cancel", batch_id]).exit_code == 0
 
 
 def test_status_results_and_cancel_commands(tmp_path, live_server, worker, api_key):
@@ -86,6 +125,7 @@ def test_submit_a_folder_of_1200_images_sends_one_batch(tmp_path, live_server, a
     # tiny-idle: no worker serves it, so the 1,200 items wait queued and are cancelled below.
     result = runner.invoke(cli, ["submit", str(folder), "--prompt", "x", "--model", "tiny-idle", "--max-tokens", "1"])
     assert result.exit_code == 0, result.output
+    assert "warning: No live worker serves the model 'tiny-idle'" in result.stderr  # said before any waiting
     batch_id = result.stdout.strip().splitlines()[-1]
     status = json.loads(runner.invoke(cli, ["status", batch_id]).stdout)
     assert status["request_counts"]["total"] == 1200 and status["status"] in ("in_progress", "validating")

@@ -41,6 +41,14 @@ class GenerationRequest:
     stream: bool = False  # pass text to the handle as it is generated (RequestHandle.stream)
     logprobs: bool = False  # VLM: return each generated token's log-probability and where it ends in the text
     word_boxes: bool = False  # OCR: each line also carries its words, with their own boxes and confidences
+    seed: int | None = None  # sampling: the generator's seed (the same seed and request give the same text)
+    # A document's further pages (or a job's further images), after `image`, each already scaled to its share of
+    # the pixel budget. Only vision-language engines take them.
+    more_images: tuple[Image.Image, ...] = ()
+
+    @property
+    def images(self) -> tuple[Image.Image, ...]:
+        return (self.image, *self.more_images)
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from openai.types.batch_usage import BatchUsage
 from sqlalchemy import select
 
 from service.app import create_app
@@ -67,11 +70,20 @@ def test_the_openai_sdk_runs_a_batch_and_reads_its_output_and_error_files(sdk):
         assert body["object"] == "chat.completion" and body["model"] == TINY
         assert body["usage"]["completion_tokens"] >= 1
         assert isinstance(body["choices"][0]["message"]["content"], str)
+    # The batch's usage and model, parsed by the SDK into its own types: the tokens of its items.
+    assert batch.model == TINY and isinstance(batch.usage, BatchUsage)
+    assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output)
+    assert batch.usage.output_tokens == sum(line["response"]["body"]["usage"]["completion_tokens"] for line in output)
+    assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens > 0
+    assert batch.usage.input_tokens_details.cached_tokens == batch.usage.output_tokens_details.reasoning_tokens == 0
 
     errors = {json.loads(line)["custom_id"]: json.loads(line)["error"]
               for line in sdk.files.content(batch.error_file_id).text.splitlines()}
     assert errors["broken-image"]["code"] == "invalid_image"
     assert errors["remote-image"]["code"] == "unsupported_image_url"
+    # OpenAI's purpose for both result files: its SDK and typed clients know no other
+    files = [sdk.files.retrieve(batch.output_file_id), sdk.files.retrieve(batch.error_file_id)]
+    assert [file.purpose for file in files] == ["batch_output", "batch_output"]
     assert batch.id in [b.id for b in sdk.batches.list(limit=100)]
 
 
@@ -341,3 +353,14 @@ def test_csv_results_neutralise_formulas_in_custom_ids_and_answers_and_keep_numb
         assert float(row["total_ms"]) >= 0 and row["error_code"] == "" and row["job_id"].startswith("job_")
     jsonl = [json.loads(line) for line in client.get(f"/v1/batches/{batch_id}/results").get_data().splitlines()]
     assert sorted(item["text"] for item in jsonl) == sorted(answers.values())  # JSONL keeps the exact text
+
+
+def test_the_readme_lists_the_csv_columns_the_export_writes(client, db):
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    listed = re.search(r"CSV with the \d+ columns `([^`]+)`", readme.replace("\n", " "))
+    assert listed is not None
+    batch_id = client.post("/v1/batches", data={"prompt": "Total?", "model": "tiny-idle",
+                                                "images": [(io.BytesIO(make_image()), "a.png")]}).get_json()["id"]
+    header = client.get(f"/v1/batches/{batch_id}/results?format=csv").get_data(as_text=True).splitlines()[0]
+    assert [name.strip() for name in listed.group(1).split(",")] == header.split(",")
+    client.post(f"/v1/batches/{batch_id}/cancel")
