@@ -12,6 +12,7 @@ from pydantic import Field
 from service.core.config import Settings
 from service.core.images import ImageData
 from service.core.models import Priority
+from service.core.openai_format import ResponsesInput, TextConfig
 from service.core.presets import apply_preset
 from service.core.structured import ResponseFormat
 from service.core.validation import (
@@ -43,6 +44,24 @@ def generation_model(settings: Settings) -> type[RequestModel]:
         ignore_eos: Annotated[bool, Bool()] = Field(
             False, description="Generate exactly max_tokens (benchmarks, load tests).")
     return Generation
+
+
+@per_settings
+def responses_model(settings: Settings) -> type[RequestModel]:
+    """OpenAI's Responses request (POST /v1/responses, and the body of a /v1/responses batch line): `input` with one
+    image, `instructions`, `max_output_tokens`, `text.format`, and the generation options (`max_tokens` is
+    `max_output_tokens`' fallback)."""
+    class Responses(RequestModel):
+        input: Annotated[Any, ResponsesInput()] = Field(
+            description="A string, or messages of input_text and input_image parts: one image in all.")
+        instructions: Annotated[str | None, Text(max_chars=settings.max_prompt_chars)] = Field(
+            None, description="A system message ahead of the input.")
+        max_output_tokens: Annotated[int | None, OptionalNumber(low=1, high=settings.max_tokens_limit,
+                                                                integer=True)] = None
+        text: Annotated[dict[str, Any] | None, TextConfig(max_depth=settings.max_json_depth)] = Field(
+            None, description="{format: {type: json_schema, name, schema, strict}} constrains the output to JSON.")
+        stream: Annotated[bool, Bool()] = Field(False, description="Server-sent Responses events.")
+    return combine("Responses", Responses, generation_model(settings))
 
 
 @per_settings

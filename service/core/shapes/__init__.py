@@ -22,6 +22,8 @@ from service.core.shapes.compat import (
     ModelOut,
     OpenAIErrorOut,
     OpenAIHealthOut,
+    OpenAIWebhookEvent,
+    ResponseOut,
     SimpleChatAnswer,
     SimpleChatHealth,
 )
@@ -54,7 +56,8 @@ COMPONENTS: dict[str, type[BaseModel]] = {
     "Health": HealthOut, "Readiness": ReadinessOut,
     "ApiKey": ApiKeyOut, "ApiKeyList": Page[ApiKeyOut], "Preset": PresetOut, "PresetList": ObjectList[PresetOut],
     "OpenAIError": OpenAIErrorOut, "ChatCompletion": ChatCompletionOut, "ChatCompletionChunk": ChatCompletionChunk,
-    "BatchRequestOutput": BatchRequestOutput, "Model": ModelOut, "ModelList": ModelList,
+    "BatchRequestOutput": BatchRequestOutput, "Response": ResponseOut, "OpenAIWebhookEvent": OpenAIWebhookEvent,
+    "Model": ModelOut, "ModelList": ModelList,
     "OpenAIHealth": OpenAIHealthOut, "SimpleChatAnswer": SimpleChatAnswer, "SimpleChatHealth": SimpleChatHealth,
     "GoogleError": GoogleErrorOut, "GenerateContentResponse": GenerateContentResponse,
 }
@@ -70,7 +73,8 @@ __all__ = [
     "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "ChatCompletionChunk", "ChatCompletionOut",
     "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut", "GenerateContentResponse",
     "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelOut", "ObjectList", "OpenAIErrorOut",
-    "OpenAIHealthOut", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "Shape", "SimpleChatAnswer",
-    "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut",
-    "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso", "json_schemas", "unix",
+    "OpenAIHealthOut", "OpenAIWebhookEvent", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "ResponseOut",
+    "Shape", "SimpleChatAnswer", "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage",
+    "WebhookDeliveryOut", "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso",
+    "json_schemas", "unix",
 ]
