@@ -130,16 +130,17 @@ class ResponseUsage(Shape):
     @classmethod
     def of_job(cls, job: models.Job) -> ResponseUsage:
         counts = Usage.of(job) or Usage.zero()
-        return cls(input_tokens=counts.prompt_tokens, input_tokens_details={"cached_tokens": 0},
-                   output_tokens=counts.completion_tokens, output_tokens_details={"reasoning_tokens": 0},
-                   total_tokens=counts.total_tokens)
+        return cls(input_tokens=counts.prompt_tokens, output_tokens=counts.completion_tokens,
+                   input_tokens_details={"cached_tokens": 0, "cache_write_tokens": 0},
+                   output_tokens_details={"reasoning_tokens": 0}, total_tokens=counts.total_tokens)
 
 
 class ResponseOut(Shape):
     """A finished job as an OpenAI `response` object (POST /v1/responses, and /v1/responses batch lines).
 
     Cut off by `max_output_tokens`, it is `incomplete` with the partial text, as OpenAI answers. `instructions` is the
-    conversation's system text; `text.format` echoes a JSON schema without the name it was sent with (not stored).
+    conversation's system text. `text` is `{"format": {"type": "text"}}` for free text and null for a
+    JSON-constrained answer (the schema's name is not stored, so its format is not echoed).
     """
 
     id: str
@@ -156,7 +157,7 @@ class ResponseOut(Shape):
     previous_response_id: None = None
     temperature: float
     top_p: float
-    text: dict[str, Any]
+    text: dict[str, Any] | None
     tool_choice: Literal["none"] = "none"
     tools: list[Any] = []
     truncation: Literal["disabled"] = "disabled"
@@ -169,14 +170,13 @@ class ResponseOut(Shape):
         status: Literal["completed", "incomplete"] = "incomplete" if job.finish_reason == "length" else "completed"
         message = ResponseOutputMessage(id=f"msg_{job.id}", status=status,
                                         content=[ResponseOutputText(text=job.result_text or "")])
-        text_format = {"type": "text"} if job.response_schema is None else {
-            "type": "json_schema", "schema": job.response_schema, "strict": True}
         return cls(id=response_id(job), created_at=int(job.created_at.timestamp()), status=status,
                    incomplete_details=ResponseIncompleteDetails(reason="max_output_tokens")
                    if status == "incomplete" else None,
                    instructions=_system_text(job.messages), max_output_tokens=job.max_tokens, model=job.model,
                    output=[message], temperature=job.temperature, top_p=1.0 if job.top_p is None else job.top_p,
-                   text={"format": text_format}, usage=ResponseUsage.of_job(job))
+                   text={"format": {"type": "text"}} if job.response_schema is None else None,
+                   usage=ResponseUsage.of_job(job))
 
 
 def response_id(job: models.Job) -> str:
