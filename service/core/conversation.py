@@ -35,14 +35,17 @@ class Conversation:
     messages: list[dict[str, Any]] | None  # None for a single user turn, which runs as a plain prompt
 
 
-def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int) -> Conversation:
-    """Check the turns and load their image: exactly one image, in a user turn; text to answer; a user turn last."""
+def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int,
+          field: str = "messages") -> Conversation:
+    """Check the turns and load their image: exactly one image, in a user turn; text to answer; a user turn last.
+
+    `field` names the whole conversation in error details, in the family's own terms."""
     if not turns:
-        raise ApiError(ErrorCode.MISSING_FIELD, "The conversation has no messages.", {"field": "messages"})
+        raise ApiError(ErrorCode.MISSING_FIELD, "The conversation has no messages.", {"field": field})
     images = [(turn, part) for turn in turns for part in turn.parts if isinstance(part, ImageRef)]
     if len(images) != 1:
         raise ApiError(ErrorCode.INVALID_FIELD, f"Send exactly one image in the conversation (got {len(images)}).",
-                       {"field": "messages"})
+                       {"field": field})
     image_turn, image = images[0]
     if image_turn.role != "user":
         raise ApiError(ErrorCode.INVALID_FIELD, "The image must be part of a user turn.", {"field": image_turn.where})
@@ -59,7 +62,7 @@ def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_cha
     if total > max_chars:
         raise ApiError(ErrorCode.INVALID_FIELD,
                        f"The conversation's text is {total} characters; the limit is {max_chars}.",
-                       {"field": "messages"})
+                       {"field": field})
     single = len(turns) == 1
     return Conversation(
         image=load_image(image.source, image_turn.where),

@@ -114,7 +114,7 @@ def parse_responses_request(body: dict[str, Any], settings: Settings, read_file:
         return load_image_url(settings, source, field)
 
     return ChatRequest(
-        conversation=build(turns, load, max_chars=settings.max_prompt_chars),
+        conversation=build(turns, load, max_chars=settings.max_prompt_chars, field="input"),
         model=body.get("model"),
         max_tokens=body.get("max_output_tokens", body.get("max_tokens")),
         temperature=body.get("temperature"),

@@ -341,3 +341,19 @@ def test_csv_results_neutralise_formulas_in_custom_ids_and_answers_and_keep_numb
         assert float(row["total_ms"]) >= 0 and row["error_code"] == "" and row["job_id"].startswith("job_")
     jsonl = [json.loads(line) for line in client.get(f"/v1/batches/{batch_id}/results").get_data().splitlines()]
     assert sorted(item["text"] for item in jsonl) == sorted(answers.values())  # JSONL keeps the exact text
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"output_expires_after": {"anchor": "created_at", "seconds": 60}}, "output_expires_after.seconds"),
+    ({"output_expires_after": {"anchor": "created_at", "seconds": 3600.5}}, "output_expires_after.seconds"),
+    ({"output_expires_after": {"anchor": "completed_at", "seconds": 3600}}, "output_expires_after.anchor"),
+    ({"output_expires_after": 3600}, "output_expires_after"),
+    ({"endpoint": "/v1/embeddings"}, "endpoint"),
+])
+def test_bad_openai_batch_options_are_a_400_naming_the_field(client, fields, field):
+    upload = (io.BytesIO(_jsonl([_line("a")])), "a.jsonl")
+    uploaded = client.post("/v1/files", data={"purpose": "batch", "file": upload})
+    body = {"input_file_id": uploaded.get_json()["id"], "endpoint": "/v1/responses", **fields}
+    response = client.post("/v1/batches", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"]["field"] == field, response.get_json()
