@@ -252,7 +252,7 @@ def test_wrong_endpoint_for_an_existing_file_is_refused(client):
     uploaded = client.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(b"{}"), "x.jsonl")}).get_json()
     response = client.post("/v1/batches", json={"input_file_id": uploaded["id"], "endpoint": "/v1/completions"})
     assert response.get_json()["error"] == {"code": "invalid_field", "details": {"field": "endpoint"},
-                                            "message": "'endpoint' must be /v1/chat/completions."}
+                                            "message": "'endpoint' must be one of /v1/chat/completions, /v1/responses."}
 
 
 def test_idempotency_key_replays_the_batch(client, worker):
