@@ -109,7 +109,7 @@ def delete(file_id: str) -> ResponseReturnValue:
 def _live_file(file_id: str) -> File:
     """The caller's file; one past its `expires_at` is a 404 at once, as after retention has deleted it."""
     file = get_or_404(get_session(), File, file_id, "file")
-    if file.expires_at is not None and file.expires_at <= utcnow():
+    if expiry.expired(file):
         raise ApiError(ErrorCode.NOT_FOUND, f"No file with id {file_id!r}.", {"id": file_id})
     return file
 

@@ -178,7 +178,7 @@ def _input_file(session: Session, tenant: str, file_id: str) -> File:
 
 def _live_file(session: Session, tenant: str, file_id: str) -> File | None:
     file = session.get(File, file_id)
-    if file is None or file.tenant != tenant or (file.expires_at is not None and file.expires_at <= utcnow()):
+    if file is None or file.tenant != tenant or expiry.expired(file):
         return None
     return file
 

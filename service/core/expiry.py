@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from sqlalchemy import ColumnElement, or_
 
 from service.core import json_input
-from service.core.models import File
+from service.core.models import File, utcnow
 from service.core.validation import Spec, invalid, read_json
 
 MIN_SECONDS, MAX_SECONDS = 3600, 30 * 86400  # OpenAI's bounds: an hour to 30 days
@@ -65,6 +65,11 @@ def nest_form_fields(values: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def expires_at(created_at: datetime, seconds: int | None) -> datetime | None:
     return None if seconds is None else created_at + timedelta(seconds=seconds)
+
+
+def expired(file: File) -> bool:
+    """Whether the file is past its own expiry (it then answers 404, as a deleted file does)."""
+    return file.expires_at is not None and file.expires_at <= utcnow()
 
 
 def live(now: datetime) -> ColumnElement[bool]:
