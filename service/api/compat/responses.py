@@ -36,7 +36,7 @@ _SSE_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "dat
 
 @bp.post("/responses")
 @operation("OpenAI Responses API, one image (waits for the answer)", tags=("compatible",),
-           body={JSON: responses_model}, errors=SYNC_ERRORS, error_schema="OpenAIError",
+           body={JSON: responses_model}, errors=SYNC_ERRORS + ("not_found",), error_schema="OpenAIError",
            responses={200: {"description": "A response object, or with `stream` its events as server-sent events.",
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/Response"}},
                                         "text/event-stream": {"schema": _SSE_EVENT}}}})
