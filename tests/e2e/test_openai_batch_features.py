@@ -8,7 +8,9 @@ import openai
 import pytest
 from openai.types.responses import Response
 from openai.types.webhooks import BatchCompletedWebhookEvent
+from sqlalchemy import update
 
+from service.core.models import File, utcnow
 from tests.conftest import TINY, data_url, make_image
 
 HOUR = 3600
@@ -46,7 +48,7 @@ def _wait(sdk, batch):
     return batch
 
 
-def test_a_responses_batch_with_expiring_files_ends_with_openais_signed_webhook(sdk, receiver, openai_endpoint):
+def test_a_responses_batch_with_expiring_files_ends_with_openais_signed_webhook(sdk, db, receiver, openai_endpoint):
     image_file = sdk.files.create(file=("receipt.png", make_image(color=(90, 20, 160))), purpose="vision",
                                   expires_after={"anchor": "created_at", "seconds": HOUR})
     assert image_file.expires_at == image_file.created_at + HOUR
@@ -105,6 +107,13 @@ def test_a_responses_batch_with_expiring_files_ends_with_openais_signed_webhook(
     assert set(json.loads(delivery.body)) == {"object", "id", "type", "created_at", "data"}
     with pytest.raises(openai.InvalidWebhookSignatureError):
         sdk.webhooks.unwrap(delivery.body + b" ", delivery.headers, secret=receiver.secret)
+
+    # An hour later the image file has expired: gone for the SDK as a deleted file is, before retention runs.
+    with db.session() as session:
+        session.execute(update(File).where(File.id == image_file.id).values(expires_at=utcnow()))
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(image_file.id)
+    assert image_file.id not in [file.id for file in sdk.files.list(limit=10000)]
 
 
 def test_responses_create_answers_one_image_whole_and_streamed(sdk, client):
