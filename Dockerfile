@@ -8,6 +8,7 @@ RUN grep -vE '^(torch|nncf|optimum|optimum-intel|scikit-learn|scipy|playwright|p
  && pip install --no-cache-dir --no-deps -r requirements.serve
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e .
-# The copied config.yaml disables auth for `make run`; the image serves networks, so it turns auth back on.
-ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models VLQ_DISABLE_AUTH=false
+# The copied config.yaml disables auth for `make run`; the image serves networks, so it turns auth back on. It also
+# sets the default model back to the real one (config.yaml defaults to the tiny model `make run` builds).
+ENV VLQ_BLOB_DIR=/data/blobs VLQ_MODEL_CACHE=/data/models VLQ_DISABLE_AUTH=false VLQ_DEFAULT_MODEL=qwen3-vl-2b
 CMD ["vlq", "api"]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz test-fast screenshots bench bench-full bench-tune eval chaos tiny migrate worker api beat flower lock clean
+.PHONY: run test fuzz test-fast screenshots bench bench-full bench-peer bench-tune eval chaos chaos-hosts tiny migrate worker api beat flower lock clean
 
 run: $(STAMP) tiny  ## install, build the tiny model if missing, migrate, start API + worker + beat + Flower (:5555)
 	$(BIN)/vlq run
@@ -18,11 +18,15 @@ test-fast: $(STAMP)  ## the rest, in under a minute: no worker process, browser,
 screenshots: $(STAMP)  ## the web UI tests, keeping their screenshots in docs/screenshots for the README
 	VLQ_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest tests/e2e/test_web_ui.py -k sqlite
 
-bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput
+bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput; submit and result-read times, local vs S3 blobs
 	$(BIN)/python -m bench.service_bench
+	$(BIN)/python -m bench.blob_bench
 
 bench-full: $(STAMP)  ## the 2B architecture: PyTorch fp32/bf16 vs OpenVINO int8/int4 x batch vs service (~25 min here)
 	$(BIN)/python -m bench.full_bench --tune no-dynamic-quantization,f32-compute,kv-f16,prefix-caching,batched-tokens-1024,threads-1,no-pinning,max-pixels-100k,int4-g64,int4-g32 --write docs/BENCHMARKS.md
+
+bench-peer: $(STAMP)  ## llama.cpp (built here from PyPI's llama-cpp-python sdist) vs VLQ's engine and service, same 2B checkpoint
+	$(BIN)/python -m bench.peer_bench --write docs/BENCHMARKS.md
 
 bench-tune: $(STAMP)  ## engine settings in paired rounds against int8 batch 8 (drift-proof ratios, ~10 min here)
 	$(BIN)/python -m bench.tuning --variants dq-group-128,dq-group-256,kv-f16,no-pinning --rounds 3 --write docs/BENCHMARKS.md
@@ -35,6 +39,9 @@ fuzz: $(STAMP) tiny  ## hostile inputs against a live API and worker: status, pe
 
 chaos: $(STAMP)  ## fault injection at full size: 1,000 jobs, worker SIGKILLs, a Redis restart, a Postgres cut
 	$(BIN)/python -m tests.e2e.chaos.harness --jobs 1000
+
+chaos-hosts: $(STAMP)  ## the same on two hosts that share no directory: blobs and the model on S3 (moto's server)
+	$(BIN)/python -m tests.e2e.chaos.harness --jobs 1000 --hosts 2 --s3
 
 tiny: $(STAMP)  ## build and export the tiny random-weight Qwen3-VL (offline, once)
 	$(BIN)/vlq model build-tiny

@@ -154,6 +154,25 @@ def db_upgrade() -> None:
 
 # -- API keys -------------------------------------------------------------------------------
 
+@cli.command("create-bucket")
+def create_bucket() -> None:
+    """Create the bucket `blob_url` names if it is missing (a self-hosted S3's first start), then check it."""
+    from service.adapters import s3
+    from service.adapters.blobs import BlobStoreUnavailable
+    from service.adapters.s3_blobs import S3BlobStore
+
+    settings = _server_settings()
+    if not settings.blob_url:
+        raise click.ClickException("blob_url is not set: blobs are in the local blob_dir, there is no bucket")
+    store = S3BlobStore(s3.S3Location.parse(settings.blob_url), s3.client(settings.s3_addressing_style))
+    try:
+        created = store.create_bucket()
+        store.check()
+    except BlobStoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{store.describe()}: {'created' if created else 'already there'}")
+
+
 @cli.group()
 def keys() -> None:
     """API keys of every tenant, straight in the database: the operator's tool (an admin key manages only its own
@@ -231,6 +250,59 @@ def model_list() -> None:
 def model_export(name: str, force: bool) -> None:
     """Export registry model NAME to OpenVINO in the model cache (once; never on a request path)."""
     _export(load_settings(), name, force)
+
+
+@model.command("push")
+@click.argument("name")
+def model_push(name: str) -> None:
+    """Upload registry model NAME's export to the bucket `blob_url` names, for workers on other hosts to pull."""
+    from service.adapters.blobs import BlobStoreUnavailable
+    from workers.modelstore.registry import local_model
+    from workers.modelstore.remote import remote_models
+
+    settings = load_settings()
+    spec, remote = settings.model(name), remote_models(settings)
+    if spec is None:
+        raise click.ClickException(f"no model named {name!r}; known: {', '.join(settings.registry)}")
+    if remote is None:
+        raise click.ClickException("blob_url is not set: models are pushed to its bucket (s3://bucket/prefix)")
+    local = local_model(settings, spec)
+    if spec.engine == "rapidocr" or not local.exported:
+        raise click.ClickException(f"{name}: nothing to push" if spec.engine == "rapidocr" else local.missing_reason())
+    started = time.monotonic()
+    try:
+        manifest = remote.push(local)
+    except BlobStoreUnavailable as exc:
+        raise click.ClickException(f"{name}: push to {remote.location} failed: {exc}") from None
+    size = sum(entry["bytes"] for entry in manifest["files"])
+    click.echo(f"{name}: pushed {len(manifest['files'])} files ({size / 1e6:.1f} MB) to {remote.location}models/"
+               f"{spec.export_dir_name} in {time.monotonic() - started:.1f}s")
+
+
+@model.command("pull")
+@click.argument("name")
+def model_pull(name: str) -> None:
+    """Download registry model NAME from the bucket into the model cache (a worker does this itself at start)."""
+    from service.adapters.blobs import BlobStoreUnavailable
+    from workers.modelstore.registry import local_model
+    from workers.modelstore.remote import PullError, remote_models
+
+    settings = load_settings()
+    spec, remote = settings.model(name), remote_models(settings)
+    if spec is None or remote is None:
+        raise click.ClickException(f"no model named {name!r}" if spec is None else "blob_url is not set")
+    local = local_model(settings, spec)
+    if local.exported:
+        click.echo(f"{name}: already here at {local.path}")
+        return
+    try:
+        stats = remote.pull(spec, local.path)
+    except (BlobStoreUnavailable, PullError) as exc:
+        raise click.ClickException(f"{name}: pull failed (what arrived is kept for the next try): {exc}") from None
+    if stats is None:
+        raise click.ClickException(f"{name} was never pushed to {remote.location}")
+    click.echo(f"{name}: pulled {stats.files} files, {stats.downloaded_bytes} of {stats.total_bytes} bytes downloaded, "
+               f"to {local.path} in {stats.seconds:.1f}s")
 
 
 @model.command("build-tiny")

@@ -95,6 +95,8 @@ def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: i
     resumed = response.headers.get("Idempotent-Replayed") == "true"
     total = batch["request_counts"]["total"]
     console.print(f"{'resumed' if resumed else 'created'} batch {batch['id']} ({total} items)")
+    for warning in batch.get("warnings", []):  # e.g. no live worker serves the model: say so before any waiting
+        console.print(f"warning: {warning['message']}", style="yellow", markup=False, soft_wrap=True)
     click.echo(batch["id"])
     if wait or out:
         batch = follow(server, batch["id"])

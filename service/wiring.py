@@ -1,16 +1,20 @@
 """One wiring of the adapters, built the same way for an API process and for a worker process."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import redis
 
-from service.adapters import job_endings
-from service.adapters.blobs import BlobStore, LocalBlobStore
+from service.adapters import job_endings, s3
+from service.adapters.blobs import BlobStore, BlobStoreUnavailable, LocalBlobStore
 from service.adapters.broker import Broker
 from service.adapters.db import Database
+from service.adapters.s3_blobs import S3BlobStore
 from service.core import webhooks
 from service.core.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,4 +44,17 @@ def wire(settings: Settings, *, send_backoff_s: float = 0.0) -> Wiring:
     broker = Broker(settings, db, client, backoff_s=send_backoff_s)
     webhooks.attach_outbox(db.sessions, broker.enqueue_delivery)
     job_endings.attach(db.sessions, client)
-    return Wiring(settings=settings, db=db, blobs=LocalBlobStore(settings.blob_dir), redis=client, broker=broker)
+    return Wiring(settings=settings, db=db, blobs=blob_store(settings), redis=client, broker=broker)
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The store `blob_url` names (S3), else the local `blob_dir`; checked now, so a wrong bucket or wrong
+    credentials show at start (a log line naming the bucket, and /readyz not ready), not at the first job."""
+    if not settings.blob_url:
+        return LocalBlobStore(settings.blob_dir)
+    store = S3BlobStore(s3.S3Location.parse(settings.blob_url), s3.client(settings.s3_addressing_style))
+    try:
+        store.check()
+    except BlobStoreUnavailable as exc:
+        log.error("blob store %s is not usable: %s", store.describe(), exc)
+    return store

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
-from service.adapters import presence
+from service.adapters import presence, s3
 from service.adapters.db import Database
 from service.adapters.migrate import upgrade
 from service.app import create_app
@@ -61,6 +62,7 @@ MODULE_MARKS = {
     "e2e/test_schemathesis.py": ["schemathesis"],
     "e2e/test_faults.py": ["worker", "postgres"],  # its own stack (tests/e2e/faults.py): Postgres, workers, beat
     "e2e/test_run_command.py": ["worker"],  # `vlq run` starts a worker, beat and Flower
+    "e2e/test_multi_host.py": ["worker", "postgres"],  # hosts sharing only Redis, Postgres and S3
     "e2e/chaos/test_chaos.py": ["postgres"],  # the harness's stack (tests/e2e/faults.py) runs on Postgres
 }
 _running: pytest.Item | None = None
@@ -169,6 +171,66 @@ def module_db(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         database.dispose()
 
 
+# -- S3 ----------------------------------------------------------------------------------------
+
+@dataclass
+class S3Server:
+    """moto's S3 server on a loopback port: the real S3 HTTP protocol, which clients reach as they would AWS."""
+
+    server: Any
+    port: int
+    env: dict[str, str]  # the standard AWS variables that point a client (or a worker process) at it
+
+    @property
+    def endpoint(self) -> str:
+        return self.env["AWS_ENDPOINT_URL"]
+
+    def client(self) -> Any:
+        return s3.client()
+
+    def bucket(self) -> str:
+        """A new empty bucket, so tests do not see each other's objects."""
+        name = f"vlq-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        """Take the server down (its objects stay: moto keeps them in this process) until `start`."""
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server = moto_server(self.port)
+
+
+def moto_server(port: int) -> Any:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # it would log every S3 request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One S3 server for the session. Its AWS_* variables are set in this process (the API under test reads them
+    as any AWS client does) and so reach the worker processes tests start."""
+    server = moto_server(0)
+    port = server.get_host_and_port()[1]
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "vlq-test",
+           "AWS_SECRET_ACCESS_KEY": "vlq-test", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    handle = S3Server(server=server, port=port, env=env)
+    yield handle
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    handle.server.stop()
+
+
 # -- configuration -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -259,13 +321,15 @@ def settings(config_file: Path) -> Settings:
 class WorkerProcess:
     """A real `vlq worker` subprocess (or another `vlq` service command, such as `beat`)."""
 
-    def __init__(self, config_file: Path, log_path: Path, command: str = "worker", **env: str) -> None:
+    def __init__(self, config_file: Path, log_path: Path, command: str = "worker", *, cwd: Path = ROOT,
+                 **env: str) -> None:
         _require_marker("worker", f"starts `vlq {command}`")
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        # PYTHONPATH: this checkout's code, whatever the working directory (a host of its own, say).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", command], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "VLQ_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1", **env},
+            [sys.executable, "-m", "service.cli", command], cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "VLQ_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **env},
         )
         self.name: str | None = None
 

@@ -6,6 +6,7 @@ import logging
 from celery import shared_task
 from celery.exceptions import Reject
 
+from service.adapters.blobs import BlobStoreUnavailable
 from service.adapters.broker import INGEST_TASK
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import batches
@@ -14,6 +15,7 @@ from workers.runtime import current_runtime
 log = logging.getLogger(__name__)
 
 _INGEST_RETRY_S = 30.0  # how long an ingest waits for an unavailable database before its message is requeued
+_STORAGE_PAUSE_S = 5.0  # how long an ingest that found the blob store down waits before its message is requeued
 
 
 @shared_task(name=INGEST_TASK)
@@ -25,4 +27,9 @@ def ingest_batch(batch_id: str) -> None:
     except DATABASE_UNAVAILABLE as exc:
         # The ingest is one transaction, so nothing of it was kept: put the message back for another try.
         log.warning("batch %s: the database stayed unavailable, its ingest goes back to the queue", batch_id)
+        raise Reject(exc, requeue=True) from exc
+    except BlobStoreUnavailable as exc:
+        # Its file is still stored, and the batch still validating: a later try reads it once the store is back.
+        log.warning("batch %s: the blob store is unavailable (%s), its ingest goes back to the queue", batch_id, exc)
+        runtime.pause(_STORAGE_PAUSE_S)
         raise Reject(exc, requeue=True) from exc

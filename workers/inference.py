@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from service.adapters import metrics, token_stream
-from service.adapters.blobs import BlobNotFound
+from service.adapters.blobs import BlobNotFound, BlobStoreUnavailable
 from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import batches, lifecycle, logs, structured
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # How long a claim waits for an unavailable database before the message goes back to the queue.
 _CLAIM_RETRY_S = 30.0
+# An attempt that found the blob store down pauses this long times its attempt number before handing the job back,
+# so max_attempts spread over a store's restart rather than being spent in a second.
+_STORAGE_RETRY_S = 5.0
 
 
 @shared_task(name=RUN_JOB_TASK)
@@ -71,6 +74,8 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
             blob = runtime.blobs.get(job.image_sha256)
             bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
             image = prepare_image(blob, min(bound, job.max_pixels or bound))
+        except BlobStoreUnavailable as exc:
+            return _retry_for_storage(runtime, job, exc)
         except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}"))
@@ -127,6 +132,21 @@ def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
     if (job is not None and job.status == JobStatus.RUNNING.value and job.worker == runtime.name
             and not runtime.is_running(job_id)):
         return job
+    return None
+
+
+def _retry_for_storage(runtime: WorkerRuntime, job: Job, exc: BlobStoreUnavailable) -> str | None:
+    """The store is down, which is no fault of the job: hand it back for another attempt, or fail it with
+    storage_unavailable once `max_attempts` are spent."""
+    if job.attempts >= runtime.settings.max_attempts:
+        return _finish(runtime, job, JobStatus.FAILED, error=(
+            ErrorCode.STORAGE_UNAVAILABLE, f"The blob store stayed unavailable through {job.attempts} attempts: {exc}"))
+    log.warning("job %s: blob store unavailable on attempt %s (%s); handing it back", job.id, job.attempts, exc)
+    runtime.pause(_STORAGE_RETRY_S * job.attempts)
+    with runtime.db.session() as session:
+        requeued = lifecycle.requeue(session, job)  # False if a stop already handed it back meanwhile
+    if requeued:
+        runtime.broker.enqueue([job])
     return None
 
 
@@ -203,8 +223,8 @@ def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: Gene
     if job.batch_id is not None:
         try:
             batches.maybe_finalize(runtime.db, runtime.blobs, job.batch_id)
-        except DATABASE_UNAVAILABLE:  # the periodic batch pass finalizes it
-            log.warning("batch %s: not finalized now, the database is unavailable", job.batch_id)
+        except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable) as exc:  # the periodic batch pass finalizes it
+            log.warning("batch %s: not finalized now (%s)", job.batch_id, exc)
     return status.value
 
 

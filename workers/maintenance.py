@@ -2,6 +2,8 @@
 when its retention period is over.
 
 `vlq beat` sends these tasks on `sweep_interval_s` (`retention_interval_s` for retention); any worker runs them.
+Orphan recovery also fails the queued jobs whose model no live worker has served for `queue_timeout_s`
+(service.core.availability).
 Each is safe to run twice at once (two beats, or a redelivered message): every change is a conditional UPDATE,
 and a message sent twice is harmless; a short Redis lock only saves the repeated work. The tasks are thin;
 tests call the functions below them directly.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -30,7 +32,7 @@ from service.adapters.broker import (
     Broker,
 )
 from service.adapters.db import DATABASE_UNAVAILABLE, Database
-from service.core import batches, lifecycle, retention, webhooks
+from service.core import availability, batches, lifecycle, retention, webhooks
 from service.core.config import Settings
 from service.core.errors import ErrorCode
 from service.core.models import Batch, BatchStatus, Job, JobStatus, WebhookDelivery, utcnow
@@ -80,8 +82,9 @@ def recover_jobs_task() -> None:
         # now would take living workers' jobs away. Give them one heartbeat TTL to announce themselves again.
         if runtime.broker.broker_uptime_s() < runtime.settings.heartbeat_ttl_s:
             return
-        live = set(presence.live_workers(runtime.redis))
-        recover_orphaned_jobs(runtime.db, runtime.broker, runtime.settings, live)
+        workers = presence.live_workers(runtime.redis)
+        recover_orphaned_jobs(runtime.db, runtime.broker, runtime.settings, set(workers))
+        fail_unserved_jobs(runtime.db, runtime.redis, runtime.settings, workers)
 
     _periodic(RECOVER_JOBS_TASK, recover)
 
@@ -237,6 +240,23 @@ def recover_orphaned_jobs(
     # Enqueue only after the requeue committed, so the task never finds the job still running.
     broker.enqueue(requeued)
     return counts
+
+
+def fail_unserved_jobs(db: Database, client: redis.Redis, settings: Settings,
+                       workers: dict[str, dict[str, Any]]) -> int:
+    """Fail the queued jobs whose model no live worker has served for their priority's queue_timeout_s.
+
+    Each pass is one look at presence: it starts (or keeps) the clock of every model queued jobs wait on that no
+    live worker has live or is loading, and stops the clock of the others (service.adapters.presence.unserved_since).
+    A pass missed for longer than a few sweep intervals (no worker ran it) restarts the clocks. Returns how many.
+    """
+    now = utcnow()
+    waiting = {model for model, _ in availability.queued_models(db)}
+    gap_s = max(6 * settings.sweep_interval_s, 2 * settings.heartbeat_ttl_s)
+    clocks = presence.unserved_since(client, sorted(waiting - availability.served_models(workers)), now.timestamp(),
+                                     gap_s)
+    since = {model: datetime.fromtimestamp(started, UTC) for model, started in clocks.items()}
+    return availability.fail_unserved(db, settings, since, now)
 
 
 def sweep_batches(db: Database, blobs: BlobStore) -> int:

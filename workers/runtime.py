@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from service.adapters import presence
+from service.adapters.blobs import BlobStoreUnavailable
 from service.adapters.broker import CANCEL_CHANNEL, worker_queues
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import lifecycle
@@ -24,7 +25,8 @@ from service.core.models import Job
 from service.wiring import wire
 from workers.engines import create_engine
 from workers.engines.base import Engine, RequestHandle
-from workers.modelstore.registry import candidate_models
+from workers.modelstore.registry import LocalModel, candidate_models
+from workers.modelstore.remote import PullError, RemoteModels, remote_models
 from workers.webhook_pool import FairPool
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,10 @@ class WorkerRuntime:
         deadline = None if seconds is None else time.monotonic() + seconds
         return lambda: self._halting.is_set() or (deadline is not None and time.monotonic() > deadline)
 
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if a stop's grace runs out meanwhile."""
+        self._halting.wait(seconds)
+
     def running_count(self) -> int:
         with self._lock:
             return len(self._active)
@@ -142,8 +148,12 @@ class WorkerRuntime:
         return [*worker_queues(self.engines), self.settings.webhook_queue]
 
     def _load_models(self) -> None:
+        remote = remote_models(self.settings)
         for model in candidate_models(self.settings):
             name = model.spec.name
+            if not model.exported and remote is not None and model.spec.engine != "rapidocr":
+                if not self._pull(remote, model):
+                    continue  # failed: the reason is set
             if not model.exported:
                 reason = model.missing_reason()
                 log.warning("%s; this worker will not serve it", reason)
@@ -163,6 +173,29 @@ class WorkerRuntime:
             log.info("model %r live (%.1fs to load and warm up)", name, time.monotonic() - started)
         if not self.engines:
             log.error("no model could be loaded; this worker stays up but takes no jobs (see reasons above)")
+
+    def _pull(self, remote: RemoteModels, model: LocalModel) -> bool:
+        """Fetch a model this host lacks from the bucket (`vlq model push` put it there); presence shows progress.
+        False if the pull failed (the model is then unavailable, with the reason)."""
+        name = model.spec.name
+
+        def progress(done: int, total: int) -> None:
+            self.models[name] = {"status": "pulling", "bytes": done, "of": total}
+
+        self.models[name] = {"status": "pulling"}
+        try:
+            stats = remote.pull(model.spec, model.path, progress)
+        except (BlobStoreUnavailable, PullError, OSError) as exc:
+            log.error("model %r: pulling it from %s failed: %s", name, remote.location, exc)
+            self.models[name] = {"status": "unavailable", "reason": f"pull failed: {exc}"}
+            return False
+        if stats is None:
+            log.warning("model %r is neither here nor pushed to %s (`vlq model push %s`)", name, remote.location, name)
+            return True
+        log.info("model %r pulled from %s: %d files, %d of %d bytes downloaded in %.1fs", name, remote.location,
+                 stats.files, stats.downloaded_bytes, stats.total_bytes, stats.seconds)
+        self.models[name] = {"status": "loading"}
+        return True
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         threading.Thread(target=target, name=f"vlq-{name}", daemon=True).start()

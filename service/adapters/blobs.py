@@ -1,4 +1,4 @@
-"""Content-addressed blob storage for images. Local directory today; an S3-compatible store fits the same interface."""
+"""Content-addressed blob storage: images, batch files and results. A local directory here; S3 in `s3_blobs`."""
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +17,25 @@ class BlobNotFound(KeyError):
     """No blob with that digest is stored."""
 
 
+class BlobStoreUnavailable(Exception):
+    """The store cannot be reached, or refuses this service (credentials, a missing bucket): worth a retry, and
+    never the fault of the data. Deliberately not an OSError, which callers read as an unreadable blob."""
+
+
 class BlobStore(ABC):
     """Stores bytes under their sha256, so identical images are kept once."""
+
+    def describe(self) -> str:
+        """Where the blobs live, for log lines."""
+        return type(self).__name__
+
+    def check(self) -> None:
+        """Raise BlobStoreUnavailable unless the store answers and accepts this service (readiness, start-up)."""
+        return None  # a local directory was created by the constructor
+
+    def presigned_url(self, digest: str, expires_s: float, *, disposition: str, content_type: str) -> str | None:
+        """A URL that serves the blob directly for `expires_s` seconds, or None where the store has none."""
+        return None
 
     def put(self, data: bytes) -> str:
         """Store `data` and return its sha256 hex digest."""
@@ -55,6 +72,9 @@ class LocalBlobStore(BlobStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def describe(self) -> str:
+        return str(self.root)
 
     def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
         # Hash while writing to a temporary file, then rename into place: readers never see half a blob.
@@ -115,6 +135,10 @@ class LocalBlobStore(BlobStore):
         return True
 
     def _path(self, digest: str) -> Path:
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        if not is_digest(digest):
             raise ValueError(f"not a sha256 hex digest: {digest!r}")
         return self.root / digest[:2] / digest[2:4] / digest
+
+
+def is_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)

@@ -1,10 +1,12 @@
 """Worker presence in Redis: each worker keeps a short-lived key fresh while it is alive.
 
-/readyz reads it to say which models are live, and orphan recovery reads it to find jobs whose worker died.
+/readyz reads it to say which models are live, and orphan recovery reads it to find jobs whose worker died. The
+queue-timeout pass keeps beside it, per model, since when no live worker has served it.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -38,3 +40,33 @@ def live_models(workers: dict[str, dict[str, Any]]) -> list[str]:
     """Models that at least one live worker has loaded."""
     return sorted({name for info in workers.values()
                    for name, model in info.get("models", {}).items() if model.get("status") == "live"})
+
+
+_UNSERVED = "vlq:models:unserved_since"  # model -> Unix time it was first seen unserved, in an unbroken watch
+_WATCHED_AT = "vlq:models:watched_at"  # Unix time of the last look
+
+
+def unserved_since(client: redis.Redis, unserved: Iterable[str], now: float, max_gap_s: float) -> dict[str, float]:
+    """Record one look at which models no live worker serves; returns, for each of `unserved`, since when.
+
+    A model seen served leaves the record (its clock starts again when it is next unserved). When the last look is
+    over `max_gap_s` old (nothing was watching: no worker ran the pass, say a cluster scaled to zero) or the record
+    is gone (Redis restarted), every clock starts now: time nobody watched never counts against a job. One pass
+    runs at a time (a lock), so the read and the rewrite need no transaction.
+    """
+    watched_at = client.get(_WATCHED_AT)
+    known: dict[str, float] = {}
+    if watched_at is not None and now - float(watched_at) <= max_gap_s:
+        known = {_text(model): float(since) for model, since in client.hgetall(_UNSERVED).items()}
+    clocks = {model: known.get(model, now) for model in unserved}
+    pipe = client.pipeline()
+    pipe.delete(_UNSERVED)
+    if clocks:
+        pipe.hset(_UNSERVED, mapping=clocks)
+    pipe.set(_WATCHED_AT, now)
+    pipe.execute()
+    return clocks
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -17,6 +17,7 @@ from pydantic import Field
 from sqlalchemy import select
 
 from service.adapters.db import Database
+from service.api import model_warnings
 from service.api.auth import current_caller
 from service.api.common import (
     PageQuery,
@@ -35,7 +36,7 @@ from service.core.errors import ApiError, ErrorCode
 from service.core.exports import content_disposition, csv_lines
 from service.core.models import Batch, Job, Priority
 from service.core.requests import options_model, task_model
-from service.core.shapes import BatchOut, Timings, Usage
+from service.core.shapes import Timings, Usage
 from service.core.validation import Choice, RequestModel, Spec, Text, combine, parse, per_settings
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -125,8 +126,10 @@ def create_batch() -> ResponseReturnValue:
     session = get_session()
     batch, replayed = batches.submit(session, get_db(), get_blobs(), get_broker(), settings, current_caller(),
                                      batch_request, idempotency_key())
-    headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    return jsonify(batch_lifecycle.render(session, batch).dump()), 200, headers
+    models = [batch_request.task_fields["model"]] if batch_request.task_fields else []
+    out = model_warnings.batch_out(session, batch, model_warnings.live_workers(), models)
+    headers = [("Idempotent-Replayed", "true")] if replayed else []
+    return jsonify(out.dump()), 200, [*headers, *model_warnings.headers(out.warnings)]
 
 
 def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
@@ -205,15 +208,22 @@ def _archive_too_large(setting: str, limit: int, unit: str) -> ApiError:
 @operation("List batches, newest first", query=PageQuery, tags=("batches",), responses={200: "BatchList"})
 def list_batches() -> ResponseReturnValue:
     rows, limit = newest_first(Batch, query=read_query(PageQuery))
-    counts = batch_lifecycle.request_counts(get_session(), [row.id for row in rows])
-    return jsonify(page(rows, limit, lambda batch: BatchOut.from_row(batch, counts[batch.id])))
+    session = get_session()
+    counts = batch_lifecycle.request_counts(session, [row.id for row in rows])
+    waiting = any(row.status in model_warnings.WAITING_BATCH for row in rows)
+    workers = model_warnings.live_workers() if waiting else None
+    return jsonify(page(rows, limit, lambda batch: model_warnings.batch_out(session, batch, workers,
+                                                                             counts=counts[batch.id])))
 
 
 @bp.get("/<batch_id>")
 @operation("Get a batch", tags=("batches",), responses={200: "Batch"})
 def get_batch(batch_id: str) -> ResponseReturnValue:
     session = get_session()
-    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    batch = get_or_404(session, Batch, batch_id, "batch")
+    waiting = batch.status in model_warnings.WAITING_BATCH
+    out = model_warnings.batch_out(session, batch, model_warnings.live_workers() if waiting else None)
+    return jsonify(out.dump()), 200, model_warnings.headers(out.warnings)
 
 
 @bp.post("/<batch_id>/cancel")

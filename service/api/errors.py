@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as KombuOperationalError
 from werkzeug.exceptions import HTTPException
 
+from service.adapters.blobs import BlobStoreUnavailable
 from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core.errors import ApiError, ErrorCode
 
@@ -74,4 +75,6 @@ def _unavailable_backend(error: Exception) -> str | None:
         return "database"
     if isinstance(error, redis.ConnectionError | redis.TimeoutError | KombuOperationalError):
         return "broker"
+    if isinstance(error, BlobStoreUnavailable):
+        return "storage"
     return None

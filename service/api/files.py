@@ -78,17 +78,24 @@ def get_file(file_id: str) -> ResponseReturnValue:
 
 @bp.get("/<file_id>/content")
 @operation("Download a file's bytes", tags=("files",),
-           responses={200: text_response("The bytes.", "application/jsonl", "application/octet-stream")})
+           responses={200: text_response("The bytes.", "application/jsonl", "application/octet-stream"),
+                      307: {"description": "With `blob_presign_s` set and blobs on S3: a presigned URL that "
+                                           "serves the bytes straight from the bucket (Location)."}})
 def content(file_id: str) -> ResponseReturnValue:
     file = _live_file(file_id)
+    mimetype = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
+    disposition = content_disposition(file.filename)
+    if get_settings().blob_presign_s > 0:
+        url = get_blobs().presigned_url(file.sha256, get_settings().blob_presign_s, disposition=disposition,
+                                        content_type=mimetype)
+        if url is not None:  # large outputs then never pass through the API process
+            return Response(status=307, headers={"Location": url, "Cache-Control": "no-store"})
     try:
         stream = get_blobs().open(file.sha256)
     except BlobNotFound:  # retention removed it a moment before the row
         raise ApiError(ErrorCode.NOT_FOUND, f"File {file_id!r} has expired.", {"id": file_id}) from None
-    mimetype = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
     return Response(_chunks(stream), mimetype=mimetype,
-                    headers={"Content-Length": str(file.bytes),
-                             "Content-Disposition": content_disposition(file.filename)})
+                    headers={"Content-Length": str(file.bytes), "Content-Disposition": disposition})
 
 
 @bp.delete("/<file_id>")

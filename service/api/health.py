@@ -9,9 +9,10 @@ from flask.typing import ResponseReturnValue
 
 from service.adapters import presence
 from service.api.auth import authenticated, key_optional, public
-from service.api.context import get_db, get_redis
+from service.api.context import get_blobs, get_db, get_redis, get_settings
 from service.api.openapi import operation, ref
-from service.core.shapes import HealthOut, OpenAIHealthOut, ReadinessOut
+from service.core import availability
+from service.core.shapes import HealthOut, ModelWarning, OpenAIHealthOut, ReadinessOut
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,15 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 @public
 @key_optional
-@operation("Readiness: database, Redis and a live model; the checks, models and workers only with a valid key",
+@operation("Readiness: database, Redis, blob store, a live model; the checks, models and workers only with a key",
            tags=("health",),
            responses={200: "Readiness", 503: {"description": "Not ready; `missing` says what.",
                                               "content": {"application/json": {"schema": ref("Readiness")}}}})
 def readyz() -> ResponseReturnValue:
-    """Ready when the database and Redis answer and a live worker has a model loaded; otherwise says what is missing.
+    """Ready when the database, Redis and the blob store answer and a live worker has a model loaded; otherwise
+    says what is missing.
+
+    `unserved` names each configured model no live worker has live, why, and the command that fixes it.
 
     Worker host names, PIDs and model states are for callers with a key: anyone else gets the status and `missing`.
     """
@@ -67,6 +71,13 @@ def readiness() -> ReadinessOut:
         checks["database"] = f"unavailable: {exc.__class__.__name__}"
         missing.append("database")
 
+    try:
+        get_blobs().check()
+        checks["storage"] = "ok"
+    except Exception as exc:  # a wrong bucket or credentials is said here and in the start-up log, not at a job
+        checks["storage"] = f"unavailable: {exc}"
+        missing.append("storage")
+
     workers: dict[str, dict[str, Any]] = {}
     try:
         workers = presence.live_workers(get_redis())
@@ -76,7 +87,12 @@ def readiness() -> ReadinessOut:
         missing.append("redis")
 
     models = presence.live_models(workers)
-    if "redis" not in missing and not models:
-        missing.append("worker" if not workers else "model")
+    unserved = []
+    if "redis" not in missing:
+        settings = get_settings()
+        unserved = [ModelWarning(**notice.warning()) for notice in availability.warnings(settings, settings.registry,
+                                                                                         workers)]
+        if not models:
+            missing.append("worker" if not workers else "model")
     return ReadinessOut(status="ready" if not missing else "not_ready", missing=missing, checks=checks, models=models,
-                        workers=[{"name": name, **info} for name, info in sorted(workers.items())])
+                        unserved=unserved, workers=[{"name": name, **info} for name, info in sorted(workers.items())])

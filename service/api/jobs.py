@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from service.adapters.blobs import BlobNotFound
+from service.api import model_warnings
 from service.api.auth import current_caller
 from service.api.common import PageQuery, get_or_404, idempotency_key, newest_first, page, read_query, request_values
 from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_session, get_settings
@@ -42,10 +43,11 @@ def create_job() -> ResponseReturnValue:
 
     job, replayed = jobs.submit(get_session(), get_blobs(), get_broker(), job_request, body.image, key,
                                 current_caller())
-    headers = {"Location": f"/v1/jobs/{job.id}"}
+    out = model_warnings.job_out(job, model_warnings.live_workers())
+    headers = [("Location", f"/v1/jobs/{job.id}"), *model_warnings.headers(out.warnings)]
     if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return jsonify(JobOut.from_row(job).dump()), 202, headers
+        headers.append(("Idempotent-Replayed", "true"))
+    return jsonify(out.dump()), 202, headers
 
 
 @bp.get("")
@@ -53,13 +55,16 @@ def create_job() -> ResponseReturnValue:
 def list_jobs() -> ResponseReturnValue:
     query = read_query(JobList)
     rows, limit = newest_first(Job, *([Job.status == query.status] if query.status else []), query=query)
-    return jsonify(page(rows, limit, JobOut.from_row))
+    workers = model_warnings.live_workers() if any(row.status == JobStatus.QUEUED.value for row in rows) else None
+    return jsonify(page(rows, limit, lambda job: model_warnings.job_out(job, workers)))
 
 
 @bp.get("/<job_id>")
 @operation("Get a job", tags=("jobs",), responses={200: "Job"})
 def get_job(job_id: str) -> ResponseReturnValue:
-    return jsonify(JobOut.from_row(get_or_404(get_session(), Job, job_id, "job")).dump())
+    job = get_or_404(get_session(), Job, job_id, "job")
+    out = model_warnings.job_out(job, model_warnings.live_workers() if job.status == JobStatus.QUEUED.value else None)
+    return jsonify(out.dump()), 200, model_warnings.headers(out.warnings)
 
 
 @bp.get("/<job_id>/image")

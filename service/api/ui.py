@@ -22,6 +22,8 @@ def index() -> ResponseReturnValue:
     models = sorted(settings.registry, key=lambda name: (name != settings.default_model, name))
     config = {
         "defaultModel": settings.default_model,
+        # Not picked by default when a vision-language model is live: they read text and take no prompt.
+        "ocrModels": sorted(name for name, spec in settings.registry.items() if spec.engine == "rapidocr"),
         "maxImageBytes": min(UI_MAX_IMAGE_BYTES, settings.max_image_bytes),
         "maxTokensLimit": settings.max_tokens_limit,
     }

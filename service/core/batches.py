@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.adapters.blobs import BlobNotFound, BlobStore
+from service.adapters.blobs import BlobNotFound, BlobStore, BlobStoreUnavailable
 from service.adapters.db import DATABASE_UNAVAILABLE, Database
 from service.core import batch_lifecycle, expiry, json_input, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
@@ -399,7 +399,7 @@ def ingest(db: Database, blobs: BlobStore, broker: Sender, settings: Settings, b
             with blobs.open(file.sha256) as stream:
                 result = read_openai_lines(bounded_lines(stream, max_line_bytes(settings)), batch, settings, blobs,
                                            file_reader(session, blobs, settings, batch.tenant))
-        except DATABASE_UNAVAILABLE:
+        except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable):  # not the file's fault: the caller tries again
             raise
         except Exception:  # a batch never stays validating: whatever breaks the read fails it, with a reason
             log.exception("batch %s: its input file could not be read", batch_id)

@@ -52,11 +52,21 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# How long a queued job waits while no live worker serves its model, per priority, before it fails as
+# model_unavailable (service.core.availability); 0 waits for ever. Bulk work tolerates a slower cold start.
+DEFAULT_QUEUE_TIMEOUT_S: dict[str, float] = {"interactive": 300.0, "bulk": 3600.0}
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///data/vlq.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     blob_dir: str = "data/blobs"
+    # Empty: blobs (and pushed models) live in blob_dir on this host. "s3://bucket/prefix": on S3-compatible storage,
+    # reached with the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    blob_url: str = ""
+    s3_addressing_style: str = "path"  # path | virtual | auto; path suits S3-compatible servers (and AWS)
+    blob_presign_s: float = 0.0  # >0 and on S3: file downloads redirect to a presigned URL valid this long
     model_cache: str = "data/models"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -98,6 +108,8 @@ class Settings:
     dispatch_grace_s: float = 10.0  # a queued job not handed to the broker this long after it was stored is sent
     shutdown_grace_s: float = 60.0  # a warm stop lets running jobs finish this long, then requeues the rest
     cancel_wait_s: float = 2.0  # how long POST /cancel waits for a running job to stop
+    # Per priority (a number sets both): the longest a queued job waits while no live worker serves its model.
+    queue_timeout_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_QUEUE_TIMEOUT_S))
 
     # Synchronous endpoints (chat completions, /api/v1/chat, generateContent): bounded waits, bounded queues.
     sync_timeout_s: float = 120.0  # a request still unanswered after this is cancelled and answered 504
@@ -165,6 +177,10 @@ class Settings:
     def model(self, name: str) -> ModelSpec | None:
         return self.registry.get(name)
 
+    def queue_timeout(self, priority: str) -> float:
+        """Seconds a queued job of this priority waits while no live worker serves its model; 0 is for ever."""
+        return float(self.queue_timeout_s.get(priority, DEFAULT_QUEUE_TIMEOUT_S.get(priority, 0.0)))
+
 
 def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from defaults, config.yaml (or $VLQ_CONFIG), VLQ_* variables and `overrides`."""
@@ -207,7 +223,9 @@ def _build(values: dict[str, Any]) -> Settings:
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     kwargs = {name: _coerce(name, hints[name], value) for name, value in values.items()
-              if name not in ("registry", "presets")}
+              if name not in ("registry", "presets", "queue_timeout_s")}
+    if "queue_timeout_s" in values:
+        kwargs["queue_timeout_s"] = _queue_timeouts(values["queue_timeout_s"])
     kwargs["registry"] = _build_registry(values.get("registry", {}))
     try:
         kwargs["presets"] = build_presets(values.get("presets"), kwargs["registry"],
@@ -242,6 +260,26 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
+def _queue_timeouts(value: Any) -> dict[str, float]:
+    """`queue_timeout_s`: a mapping of priorities to seconds (the others keep their defaults), or one number for all;
+    from the environment as YAML, e.g. '{bulk: 7200}' or '60'."""
+    value = yaml.safe_load(value) if isinstance(value, str) else value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = dict.fromkeys(DEFAULT_QUEUE_TIMEOUT_S, value)
+    if not isinstance(value, Mapping):
+        raise ConfigError("queue_timeout_s must map priorities (interactive, bulk) to seconds, or be one number")
+    unknown = set(value) - set(DEFAULT_QUEUE_TIMEOUT_S)
+    if unknown:
+        raise ConfigError(f"queue_timeout_s: unknown priority(ies) {', '.join(sorted(map(str, unknown)))}")
+    try:
+        timeouts = {**DEFAULT_QUEUE_TIMEOUT_S, **{key: float(seconds) for key, seconds in value.items()}}
+    except (TypeError, ValueError):
+        raise ConfigError(f"queue_timeout_s: cannot read {value!r} as seconds") from None
+    if any(not 0 <= seconds < float("inf") for seconds in timeouts.values()):
+        raise ConfigError("queue_timeout_s must not be negative (0 waits for ever)")
+    return timeouts
+
+
 def _boolean(value: Any) -> bool:
     # Strict, so a typo in a flag such as disable_auth is an error rather than a silent guess.
     if isinstance(value, bool):
@@ -274,6 +312,10 @@ def _build_registry(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
 
 
 def _validate(settings: Settings) -> None:
+    if settings.blob_url and not (settings.blob_url.startswith("s3://") and settings.blob_url[5:].split("/")[0]):
+        raise ConfigError("blob_url must be empty (the local blob_dir) or s3://bucket[/prefix]")
+    if settings.s3_addressing_style not in ("path", "virtual", "auto"):
+        raise ConfigError("s3_addressing_style must be one of path, virtual, auto")
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if settings.batch_size < 1:
@@ -307,7 +349,7 @@ def _validate(settings: Settings) -> None:
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s must be longer than heartbeat_interval_s")
     for name in ("retention_images_s", "retention_results_s", "retention_files_s", "dispatch_grace_s",
-                 "shutdown_grace_s"):
+                 "shutdown_grace_s", "blob_presign_s"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     for name in ("sweep_interval_s", "retention_interval_s"):

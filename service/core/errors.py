@@ -92,12 +92,20 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error", 500, "A bug; it is logged."
     BROKER_UNAVAILABLE = "broker_unavailable", 503, "Redis is down: nothing was accepted; retry after `Retry-After`."
     DATABASE_UNAVAILABLE = "database_unavailable", 503, "The database is down; retry after `Retry-After`."
+    STORAGE_UNAVAILABLE = ("storage_unavailable", 503,
+                           "The blob store (S3) is unreachable or refuses the service: nothing was accepted; retry "
+                           "after `Retry-After`. As a job's code: it stayed so through `max_attempts` attempts.")
     IMAGE_URL_BUSY = ("image_url_busy", 503,
                       "This API process is already fetching `image_url_max_concurrent` image URLs; retry after "
                       "`Retry-After`, or send a data URL.")
-    NO_WORKER = "no_worker", 503, "Synchronous endpoints: no live worker serves the model."
+    NO_WORKER = ("no_worker", 503,
+                 "Synchronous endpoints: no live worker serves the model (one may be starting); retry after "
+                 "`Retry-After`.")
     MODEL_LOADING = "model_loading", 503, "Synchronous endpoints: the model is still loading; retry shortly."
-    MODEL_UNAVAILABLE = "model_unavailable", 503, "Synchronous endpoints: no worker could load the model."
+    MODEL_UNAVAILABLE = ("model_unavailable", 503,
+                         "Synchronous endpoints: every live worker failed to load the model or has no export of it "
+                         "(the message names the fix; no `Retry-After`). A job: no live worker served its model "
+                         "for `queue_timeout_s`.")
     OVERLOADED = ("overloaded", 503,
                   "Synchronous endpoints: too many requests are waiting already; retry after `Retry-After`.")
     SYNC_TIMEOUT = ("sync_timeout", 504,
@@ -112,8 +120,10 @@ class ErrorCode(StrEnum):
     WORKER_LOST = "worker_lost", 503, "Its worker died on each of `max_attempts` attempts.", True
 
 
-# A job can also end with these API codes (a cancelled job, a model no worker could load).
-JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE} | {code for code in ErrorCode if code.job})
+# A job can also end with these API codes (a cancelled job; a model no live worker served for queue_timeout_s; a
+# blob store down throughout).
+JOB_CODES = frozenset({ErrorCode.CANCELLED, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.STORAGE_UNAVAILABLE}
+                      | {code for code in ErrorCode if code.job})
 
 
 class ApiError(Exception):

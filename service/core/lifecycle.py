@@ -4,6 +4,7 @@
       │         │           │
       │         │           └──> queued   (requeued: its worker died, or stopped before it finished)
       │         ├──> cancelled
+      │         ├──> failed      (no live worker served its model for queue_timeout_s)
       │         └──> succeeded   (answered from the dedup cache, never run)
       └──> failed   (a batch item refused at ingest)
 
@@ -36,6 +37,7 @@ TRANSITIONS: dict[JobStatus, dict[JobStatus, tuple[str, ...]]] = {
     JobStatus.QUEUED: {
         JobStatus.RUNNING: ("started_at",),
         JobStatus.CANCELLED: ("finished_at", "cancel_requested_at"),
+        JobStatus.FAILED: ("finished_at",),
         JobStatus.SUCCEEDED: ("started_at", "finished_at"),
     },
     JobStatus.RUNNING: {
@@ -135,6 +137,13 @@ def cancel_queued(session: Session, job_id: str) -> bool:
         session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.CANCELLED,
         values={"error_code": ErrorCode.CANCELLED, "error_message": "Cancelled before it started."},
     ))
+
+
+def fail_queued(session: Session, job_ids: list[str], code: ErrorCode, message: str) -> list[str]:
+    """queued -> failed for these jobs (one job of its own, or items of one batch: see `_transition`), which never
+    ran; returns the ids that moved. Their task messages find them ended and do nothing."""
+    return _transition(session, [Job.id.in_(job_ids)], JobStatus.QUEUED, JobStatus.FAILED,
+                       values={"error_code": code, "error_message": message})
 
 
 def request_cancel(session: Session, job_id: str) -> bool:

@@ -19,7 +19,8 @@ const el = {
   replyForm: $("reply-form"), reply: $("reply"), replySend: $("reply-send"),
   batchEmpty: $("batch-empty"), batchBody: $("batch-body"), batchId: $("batch-id"), batchStatus: $("batch-status"),
   progress: $("batch-progress"), downloadCsv: $("download-csv"), downloadJsonl: $("download-jsonl"),
-  cancelBatch: $("cancel-batch"), batchError: $("batch-error"), resultsBody: $("results-body"),
+  cancelBatch: $("cancel-batch"), batchError: $("batch-error"), batchWarning: $("batch-warning"),
+  resultsBody: $("results-body"),
 };
 
 const state = {
@@ -28,6 +29,7 @@ const state = {
   busy: false,        // a request is in flight: every submit is blocked until it ends
   chat: null,         // {image: {url, dataUrl, name}, messages: [...the API conversation so far], options}
   batch: null,        // {id, timer, rows: Map(job_id -> <tr>), done}
+  modelChosen: false, // the user (or a preset) picked the model: status refreshes no longer change it
 };
 
 // -- API -----------------------------------------------------------------------------------------
@@ -202,7 +204,10 @@ function onPresetChange() {
   el.presetHint.hidden = !preset;
   if (!preset) return;
   el.prompt.value = preset.prompt;
-  if (preset.model) el.model.value = preset.model;
+  if (preset.model) {
+    el.model.value = preset.model;
+    state.modelChosen = true;
+  }
   const output = preset.labels.length ? `one of: ${preset.labels.join(", ")}`
     : preset.schema ? `JSON with ${Object.keys(preset.schema.properties || {}).join(", ")}` : "text";
   el.presetHint.textContent = `Model: ${preset.model || CONFIG.defaultModel}. Output: ${output}.`;
@@ -226,10 +231,25 @@ async function refreshStatus() {
     setStatus("not_ready", `Not ready: no ${body.missing?.join(", ") || "worker"}`);
   }
   if (!body.models) return;
-  const live = new Set(body.models);
+  markModels(new Set(body.models), new Map((body.unserved || []).map((item) => [item.model, item])));
+}
+
+// A model no live worker serves says why in its label (and what fixes it in its tooltip). Until the user picks a
+// model, a live one is selected: the default if it is live, else the first live vision-language model.
+const UNSERVED_LABELS = { no_worker: "no worker", model_loading: "loading", model_unavailable: "unavailable" };
+
+function markModels(live, unserved) {
   for (const option of el.model.options) {
-    option.textContent = live.has(option.value) ? option.value : `${option.value} (no worker)`;
+    const notice = live.has(option.value) ? null : unserved.get(option.value);
+    const label = live.has(option.value) ? "" : UNSERVED_LABELS[notice?.code] || "no worker";
+    option.textContent = label ? `${option.value} (${label})` : option.value;
+    option.title = notice?.message || "";
+    option.dataset.live = String(live.has(option.value));
   }
+  if (state.modelChosen || live.has(el.model.value)) return;
+  const candidates = [...el.model.options].filter((option) => live.has(option.value));
+  const pick = candidates.find((option) => !CONFIG.ocrModels.includes(option.value)) || candidates[0];
+  if (pick) el.model.value = pick.value;
 }
 
 function setStatus(kind, label) {
@@ -571,6 +591,10 @@ async function renderBatch(batch) {
   $("count-failed").textContent = counts.failed;
   $("count-cancelled").textContent = counts.cancelled || 0;
   el.cancelBatch.disabled = ended || batch.status === "cancelling";
+  // Items waiting for a model no live worker serves: say so, with what fixes it (the API's own words).
+  const warnings = ended ? [] : batch.warnings || [];
+  el.batchWarning.hidden = !warnings.length;
+  el.batchWarning.textContent = warnings.map((warning) => warning.message).join(" ");
   if (batch.status === "failed" && batch.errors?.data?.length) {
     el.batchError.hidden = false;
     el.batchError.textContent = batch.errors.data.map((e) => e.message).join(" ");
@@ -727,6 +751,7 @@ function start() {
   el.downloadJsonl.addEventListener("click", downloadWithKey);
   el.form.addEventListener("submit", onSubmit);
   el.preset.addEventListener("change", onPresetChange);
+  el.model.addEventListener("change", () => { state.modelChosen = true; });
   el.replyForm.addEventListener("submit", askFollowUp);
   el.reply.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); el.replyForm.requestSubmit(); }

@@ -166,9 +166,10 @@ class FaultyStack:
     def settings(self) -> Settings:
         return load_settings(environ={"VLQ_CONFIG": str(self.config_file)})
 
-    def start(self, command: str = "worker", **env: str) -> WorkerProcess:
-        """A `vlq <command>` process on this stack (env: VLQ_* overrides)."""
-        process = WorkerProcess(self.config_file, self.root / f"{command}-{len(self.processes)}.log", command, **env)
+    def start(self, command: str = "worker", *, cwd: Path | None = None, **env: str) -> WorkerProcess:
+        """A `vlq <command>` process on this stack (env: VLQ_* overrides; cwd: a host's own directory)."""
+        process = WorkerProcess(self.config_file, self.root / f"{command}-{len(self.processes)}.log", command,
+                                **({"cwd": cwd} if cwd else {}), **env)
         self.processes.append(process)
         return process
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -19,7 +20,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import TINY
+from service.app import create_app
+from tests.conftest import TINY, serve
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying to reach Google's services.
@@ -257,6 +259,7 @@ def test_a_batch_runs_with_progress_thumbnails_and_a_csv_download(page, live_ser
     expect(page.locator("#count-done")).to_have_text("4")
     expect(page.locator("#batch-progress")).to_have_attribute("aria-valuenow", "100")
     expect(page.locator("#cancel-batch")).to_be_disabled()
+    expect(page.locator("#batch-warning")).to_be_hidden()
     rows = page.locator("#results-body tr")
     expect(rows).to_have_count(4)
     expect(page.locator("#results-body tr[data-status='succeeded']")).to_have_count(4)
@@ -305,6 +308,8 @@ def test_a_batch_can_be_cancelled_from_its_view_and_reopened_by_its_link(page, l
     page.click("#submit")
     expect(page.locator("#batch-status")).to_have_text("in progress")
     expect(page.locator("#results-body tr[data-status='queued']")).to_have_count(3)
+    # The items wait for a model nobody serves: the view says so, and what to do, the moment the batch exists.
+    expect(page.locator("#batch-warning")).to_contain_text(f"No live worker serves the model '{UNSERVED_MODEL}'")
 
     page.click("#cancel-batch")
     expect(page.locator("#batch-status")).to_have_text("cancelled")
@@ -317,3 +322,19 @@ def test_a_batch_can_be_cancelled_from_its_view_and_reopened_by_its_link(page, l
     page.reload()
     expect(page.locator("#batch-status")).to_have_text("cancelled")
     expect(page.locator("#results-body tr")).to_have_count(3)
+
+
+def test_a_live_model_is_selected_when_the_default_one_has_no_worker(browser, settings, worker, api_key):
+    app = create_app(dataclasses.replace(settings, default_model=UNSERVED_MODEL))
+    with serve(app) as url:
+        context = browser.new_context()
+        tab = context.new_page()
+        tab.goto(url)
+        tab.wait_for_selector("body[data-ready='true']")
+        tab.fill("#api-key", api_key)
+        tab.press("#api-key", "Tab")
+        expect(tab.locator("#model")).to_have_value(TINY)
+        unserved = tab.locator(f"#model option[value='{UNSERVED_MODEL}']")
+        expect(unserved).to_have_text(f"{UNSERVED_MODEL} (no worker)")
+        expect(unserved).to_have_attribute("title", re.compile("No live worker serves"))
+        context.close()

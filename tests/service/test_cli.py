@@ -41,3 +41,14 @@ def test_serving_with_auth_disabled_prints_a_loud_warning(settings, capsys):
     assert capsys.readouterr().err == ""
     _warn_if_auth_disabled(dataclasses.replace(settings, disable_auth=True))
     assert "AUTHENTICATION IS DISABLED" in capsys.readouterr().err
+
+
+def test_create_bucket_makes_the_bucket_once(s3_server, tmp_path):
+    config = tmp_path / "config.yaml"
+    bucket = f"made-by-cli-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    config.write_text(f"blob_url: s3://{bucket}/vlq\nlog_format: text\n")
+    runner = CliRunner(env={"VLQ_CONFIG": str(config)})
+    first, second = runner.invoke(cli, ["create-bucket"]), runner.invoke(cli, ["create-bucket"])
+    assert first.exit_code == 0 and "created" in first.output, first.output
+    assert second.exit_code == 0 and "already there" in second.output
+    s3_server.client().head_bucket(Bucket=bucket)

@@ -86,6 +86,7 @@ def test_submit_a_folder_of_1200_images_sends_one_batch(tmp_path, live_server, a
     # tiny-idle: no worker serves it, so the 1,200 items wait queued and are cancelled below.
     result = runner.invoke(cli, ["submit", str(folder), "--prompt", "x", "--model", "tiny-idle", "--max-tokens", "1"])
     assert result.exit_code == 0, result.output
+    assert "warning: No live worker serves the model 'tiny-idle'" in result.stderr  # said before any waiting
     batch_id = result.stdout.strip().splitlines()[-1]
     status = json.loads(runner.invoke(cli, ["status", batch_id]).stdout)
     assert status["request_counts"]["total"] == 1200 and status["status"] in ("in_progress", "validating")

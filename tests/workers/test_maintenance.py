@@ -1,7 +1,8 @@
 """Orphan recovery (jobs whose worker died are requeued, failed after max_attempts, or cancelled if asked), the batch
-pass and the webhook pass."""
+pass, the webhook pass and the queue timeout."""
 import dataclasses
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from service.adapters.db import Database
 from service.core import lifecycle
 from service.core.models import Job, JobStatus, WebhookDelivery, new_id, utcnow
 from tests.conftest import REDIS_URL, TENANT, finished_job
-from workers.maintenance import recover_orphaned_jobs, requeue_due_deliveries
+from workers.maintenance import fail_unserved_jobs, recover_orphaned_jobs, requeue_due_deliveries
 
 MODEL = "tiny-priority"  # no session worker consumes it, so enqueued messages can be counted
 
@@ -145,3 +146,40 @@ def test_a_delivery_already_sent_is_sent_again_only_once_the_webhook_queue_is_id
     client.delete(queue)
     broker.close()
     fresh.dispose()
+
+
+def test_the_queue_timeout_pass_counts_only_time_with_no_live_worker_for_the_model(fresh_database_url, settings):
+    # A database of its own: the pass fails every unserved model's old jobs, the other tests' included.
+    fresh = Database(fresh_database_url)
+    timed = dataclasses.replace(settings, queue_timeout_s={"interactive": 1, "bulk": 1})
+    client = redis.Redis.from_url(REDIS_URL)
+    job_id = new_id("job")
+    with fresh.session() as session:
+        lifecycle.create_job(session, id=job_id, model=MODEL, prompt="p", priority="interactive",
+                             image_sha256="0" * 64, image_format="PNG", image_width=1, image_height=1, max_tokens=4,
+                             temperature=0.0, ignore_eos=False, request_sha256="x", tenant=TENANT)
+        session.flush()
+        session.execute(update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(hours=1)))
+    busy = {"busy-worker": {"models": {MODEL: {"status": "live"}}}}
+    assert fail_unserved_jobs(fresh, client, timed, busy) == 0
+    time.sleep(1.2)
+    assert fail_unserved_jobs(fresh, client, timed, busy) == 0  # a live worker, however long its queue: it waits
+    assert fail_unserved_jobs(fresh, client, timed, {}) == 0  # the first look without one starts the clock
+    time.sleep(1.2)
+    assert fail_unserved_jobs(fresh, client, timed, {}) == 1
+    with fresh.session() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.error_code) == ("failed", "model_unavailable")
+    fresh.dispose()
+
+
+def test_time_nobody_watched_never_counts_against_a_job():
+    client = redis.Redis.from_url(REDIS_URL)
+    model = new_id("model")
+    assert presence.unserved_since(client, [model], now=1000.0, max_gap_s=30) == {model: 1000.0}
+    assert presence.unserved_since(client, [model], now=1020.0, max_gap_s=30) == {model: 1000.0}
+    # Nobody looked for a minute (no worker ran the pass, e.g. a cluster scaled to zero): the clock starts again.
+    assert presence.unserved_since(client, [model], now=1080.0, max_gap_s=30) == {model: 1080.0}
+    # Served at one look: forgotten, so it starts again at the next look without a worker.
+    assert presence.unserved_since(client, [], now=1090.0, max_gap_s=30) == {}
+    assert presence.unserved_since(client, [model], now=1100.0, max_gap_s=30) == {model: 1100.0}

@@ -5,6 +5,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.core.availability import fix
 from service.core.config import ModelSpec, Settings
 
 # The exporter writes this file last among the model's parts; export.py renames the folder into
@@ -34,18 +35,8 @@ class LocalModel:
     def missing_reason(self) -> str:
         """What is wrong, and the command that fixes it."""
         if self.spec.engine == "rapidocr":
-            return f"model {self.spec.name!r} needs the rapidocr package: pip install rapidocr (see requirements.lock)"
-        if self.spec.source == TINY_SOURCE:
-            how = "run `vlq model build-tiny` (offline, under a minute)"
-        elif builtin_preset(self.spec):
-            how = f"run `vlq model export {self.spec.name}` (offline: random weights, the real architecture)"
-        elif Path(self.spec.source).is_dir():
-            how = f"run `vlq model export {self.spec.name}` to export the local checkpoint {self.spec.source}"
-        else:
-            how = (f"run `vlq model export {self.spec.name}` where the Hugging Face hub is reachable (it downloads "
-                   f"{self.spec.source}) and copy the exported folder here, or set this model's `source` in "
-                   f"config.yaml to a local checkpoint directory and export that")
-        return f"model {self.spec.name!r} is not exported at {self.path}: {how}"
+            return f"model {self.spec.name!r} needs the rapidocr package: {fix(self.spec, self.spec.name)}"
+        return f"model {self.spec.name!r} is not exported at {self.path}: {fix(self.spec, self.spec.name)}"
 
 
 def local_model(settings: Settings, spec: ModelSpec) -> LocalModel:

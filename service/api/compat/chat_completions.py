@@ -197,6 +197,7 @@ def _model_statuses() -> dict[str, str]:
     for info in presence.live_workers(get_redis()).values():
         for name, state in info.get("models", {}).items():
             status = state.get("status", "unavailable")
+            status = "loading" if status == "pulling" else status  # a worker fetching it from the bucket loads it next
             if rank.get(status, 0) > rank.get(best.get(name, ""), 0):
                 best[name] = status
     return best

@@ -116,7 +116,7 @@ def health() -> ResponseReturnValue:
     model = get_settings().default_model
     states = {info.get("models", {}).get(model, {}).get("status")
               for info in presence.live_workers(get_redis()).values()}
-    status = "ok" if "live" in states else "loading" if "loading" in states else "unavailable"
+    status = "ok" if "live" in states else "loading" if states & {"loading", "pulling"} else "unavailable"
     body = SimpleChatHealth(status=status, model=model, multimodal=True, cpu_optimized=True, timestamp=utcnow())
     return jsonify(body.dump()), 200 if status == "ok" else 503
 

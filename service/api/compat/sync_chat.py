@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from service.adapters import presence, token_stream
 from service.api.auth import current_caller
 from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_redis, get_session, get_settings
-from service.core import jobs
+from service.core import availability, jobs
 from service.core.errors import ApiError, ErrorCode
 from service.core.models import Job, JobStatus, Priority
 
 log = logging.getLogger(__name__)
 
 _RETRY = {"Retry-After": "5"}
+_NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs' own signal not to retry
 # What a synchronous answer can end in besides a bad request, for the endpoints' OpenAPI operations.
 SYNC_ERRORS = ("quota_exceeded", "broker_unavailable", "no_worker", "model_loading", "model_unavailable", "overloaded",
                "sync_timeout", "cancelled")
@@ -29,20 +30,19 @@ _BLOCK_S = 2.0  # the longest a stream read blocks, well inside the Redis client
 
 
 def admit(model: str) -> None:
-    """Raise a 503 unless a live worker serves `model` and its interactive queue is short enough."""
+    """Raise a 503 unless a live worker serves `model` and its interactive queue is short enough.
+
+    Only a wait that may end soon carries `Retry-After` (a worker is loading the model, or none mentions it: one may
+    be starting). A model every live worker failed to load, or has no export of, needs someone to act: its 503 says
+    what to run, has no `Retry-After` and sends `x-should-retry: false`, which the OpenAI SDKs obey, so a client
+    does not spin on a model that will not appear.
+    """
     settings = get_settings()
     broker = get_broker()
-    states = [info.get("models", {}).get(model) or {} for info in presence.live_workers(get_redis()).values()]
-    if not any(state.get("status") == "live" for state in states):
-        if any(state.get("status") == "loading" for state in states):
-            raise ApiError(ErrorCode.MODEL_LOADING, f"The model {model!r} is still loading; retry shortly.",
-                           {"model": model}, headers=_RETRY)
-        reasons = [state["reason"] for state in states if state.get("status") == "unavailable" and "reason" in state]
-        if reasons:
-            raise ApiError(ErrorCode.MODEL_UNAVAILABLE, f"No worker could load the model {model!r}: {reasons[0]}",
-                           {"model": model, "reason": reasons[0]}, headers=_RETRY)
-        raise ApiError(ErrorCode.NO_WORKER, f"No worker serving the model {model!r} is running.",
-                       {"model": model}, headers=_RETRY)
+    notice = availability.notice(settings, model, presence.live_workers(get_redis()))
+    if notice is not None:
+        raise ApiError(notice.code, notice.message, {"model": model},
+                       headers=_RETRY if notice.retryable else _NO_RETRY)
     depth = broker.queue_depth(model, Priority.INTERACTIVE.value)
     if depth >= settings.sync_max_queue_depth:
         raise ApiError(ErrorCode.OVERLOADED,
@@ -118,8 +118,8 @@ def succeeded(job_id: str) -> Job:
     if job.status == JobStatus.CANCELLED.value:
         raise ApiError(ErrorCode.CANCELLED, f"The job {job.id} was cancelled before it finished.", {"job_id": job.id})
     code = ErrorCode.of(job.error_code)
-    raise ApiError(code, job.error_message or "The job failed.", {"job_id": job.id},
-                   headers=_RETRY if code.status == 503 else None)
+    headers = _NO_RETRY if code == ErrorCode.MODEL_UNAVAILABLE else _RETRY if code.status == 503 else None
+    raise ApiError(code, job.error_message or "The job failed.", {"job_id": job.id}, headers=headers)
 
 
 def timed_out(job_id: str, timeout_s: float) -> ApiError:

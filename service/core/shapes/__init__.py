@@ -36,6 +36,7 @@ from service.core.shapes.resources import (
     FileOut,
     HealthOut,
     JobOut,
+    ModelWarning,
     PresetOut,
     ReadinessOut,
     RequestCounts,
@@ -72,7 +73,7 @@ def components() -> dict[str, Any]:
 __all__ = [
     "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "ChatCompletionChunk", "ChatCompletionOut",
     "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut", "GenerateContentResponse",
-    "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelOut", "ObjectList", "OpenAIErrorOut",
+    "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut",
     "OpenAIHealthOut", "OpenAIWebhookEvent", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "ResponseOut",
     "Shape", "SimpleChatAnswer", "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage",
     "WebhookDeliveryOut", "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso",

@@ -84,6 +84,15 @@ class JobError(Shape):
     message: str | None
 
 
+class ModelWarning(Shape):
+    """Why a waiting job (or a batch's waiting items) may not start: no live worker serves its model
+    (service.core.availability), and what fixes it."""
+
+    code: Literal["no_worker", "model_loading", "model_unavailable"]
+    message: str
+    model: str
+
+
 class WebhookRef(Shape):
     # A job's or batch's own webhook (never its secret).
 
@@ -123,6 +132,8 @@ class JobOut(Shape):
     webhook: WebhookRef | None
     image_expired_at: Timestamp | None
     result_expired_at: Timestamp | None
+    # While the job is queued and no live worker serves its model (set by the API; empty in webhook payloads).
+    warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
     def from_row(cls, job: models.Job) -> JobOut:
@@ -176,6 +187,8 @@ class BatchOut(Shape):
     metadata: dict[str, Any] | None
     priority: Priority
     webhook: WebhookRef | None
+    # While items wait for a model no live worker serves (set by the API), one per such model.
+    warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
     def from_row(cls, batch: models.Batch, counts: RequestCounts) -> BatchOut:
@@ -370,6 +383,9 @@ class ReadinessOut(Shape):
     missing: list[str]
     checks: dict[str, str] | MISSING = MISSING
     models: list[str] | MISSING = MISSING
+    # Each configured model that no live worker has live: why (no_worker, model_loading, model_unavailable) and
+    # what fixes it.
+    unserved: list[ModelWarning] | MISSING = MISSING
     workers: list[dict[str, Any]] | MISSING = MISSING
 
     def summary(self) -> ReadinessOut:

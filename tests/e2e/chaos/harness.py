@@ -1,6 +1,7 @@
 """The chaos run: a real VLQ stack works through N jobs while it takes faults, and must lose or double nothing.
 
     python -m tests.e2e.chaos.harness [--jobs 1000] [--workers 3] [--kill-every 5] [--rate 10]      # `make chaos`
+    python -m tests.e2e.chaos.harness --hosts 2 --s3                                       # `make chaos-hosts`
 
 The stack (tests/e2e/faults.py): the API under gunicorn, worker processes serving the tiny model, two beats (as a
 careless deployment might run), a private Redis without persistence, and Postgres behind a proxy. While the jobs
@@ -13,6 +14,10 @@ Figures: accepted, completed, failed by reason, lost (a job missing, never ended
 result, or a job whose terminal event never arrived) and duplicated (a second job for one request, a second
 terminal transition, or a second distinct event id for one job). Webhooks are at-least-once: the same event id
 delivered again is counted as a redelivery, not a duplicate. Exits 1 if lost or duplicated is not 0.
+
+With `--hosts N --s3` the workers run as N hosts that share no directory (tests/e2e/chaos/s3_hosts.py): blobs
+and the model are in an S3 bucket, each host pulls the model into its own cache, and a killed worker is replaced
+on its own host.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from sqlalchemy import func, select
 from service.adapters import presence
 from service.adapters.db import Database
 from service.core.models import TERMINAL_STATES, Job, JobEvent, WebhookDelivery
-from tests.conftest import TINY, Receiver, WorkerProcess, make_image, make_key
+from tests.conftest import TINY, Receiver, WorkerProcess, make_image, make_key, tiny_model_cache
+from tests.e2e.chaos.s3_hosts import S3Hosts
 from tests.e2e.faults import FaultyStack, free_port
 
 _ENDED = {status.value for status in TERMINAL_STATES}
@@ -53,6 +59,8 @@ class ChaosConfig:
     postgres_down_s: float = 3.0
     timeout_s: float = 900.0
     seed: int = 7
+    hosts: int = 1
+    s3: bool = False  # blobs and models in a bucket; with hosts > 1, the workers share no directory
 
 
 @dataclass
@@ -71,6 +79,8 @@ class Figures:
     crashes: int = 0  # workers that exited on their own and were restarted, as a process manager would
     redis_restarts: int = 0
     postgres_cuts: int = 0
+    hosts_pulled: int = 0  # --s3: hosts whose workers got the model by pulling it
+    local_blob_dirs: int = 0  # --s3: blob directories any process made on local disk (there must be none)
     elapsed_s: float = 0.0
 
     @property
@@ -98,6 +108,8 @@ class Figures:
             f"  webhooks: {self.redeliveries} redeliveries of an event id the receiver had already taken "
             "(at-least-once)",
             f"  workers that exited on their own and were restarted: {self.crashes}",
+            *([f"  hosts: {config.hosts}, sharing no directory: blobs and the model on S3; {self.hosts_pulled} "
+               f"pulled the model, {self.local_blob_dirs} local blob directories"] if config.s3 else []),
         ])
 
 
@@ -110,8 +122,10 @@ class ChaosRun:
         self.receiver.script(*[503] * 5)  # a few retries from the start, on top of the faults
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
+        self.hosts = S3Hosts(root / "hosts", config.hosts, tiny_model_cache()) if config.s3 else None
         self.stack = FaultyStack(root, port=port, webhook_timeout_s=2, webhook_retry_schedule_s=[0, 0.5, 1, 2, 4, 8],
-                                 job_timeout_s=20)
+                                 job_timeout_s=20, **({"blob_url": self.hosts.blob_url} if self.hosts else {}))
+        self._host_of: dict[int, int] = {}  # worker pid -> its host (--s3)
         self.direct = Database(self.stack.direct_database_url)  # the harness reads past the proxy
         # The submitters' key: unlimited, so the run measures faults, not the rate limit.
         self.api_key = make_key(self.stack.settings, rate_limit_rps=0, max_queued_jobs=0)
@@ -143,6 +157,8 @@ class ChaosRun:
             self.direct.dispose()
             self.receiver.close()
             self.stack.close()
+            if self.hosts is not None:
+                self.hosts.close()
         return self.figures
 
     # -- the stack --------------------------------------------------------------------------------
@@ -151,7 +167,7 @@ class ChaosRun:
         self.stack.start("api")
         self.stack.start("beat")
         self.stack.start("beat")
-        self.workers = [self.stack.start("worker", VLQ_MODELS=TINY) for _ in range(self.config.workers)]
+        self.workers = [self._new_worker() for _ in range(self.config.workers)]
         for worker in self.workers:
             worker.wait_live(TINY, timeout=300, redis_url=self.stack.redis.url)
         deadline = time.monotonic() + 60
@@ -257,9 +273,18 @@ class ChaosRun:
         victim.process.send_signal(signal.SIGKILL)
         victim.process.wait()
         self.workers.remove(victim)
-        self.workers.append(self.stack.start("worker", VLQ_MODELS=TINY))
+        self.workers.append(self._new_worker(self._host_of.get(victim.process.pid)))
         self.figures.kills += 1
         return True
+
+    def _new_worker(self, host: int | None = None) -> WorkerProcess:
+        """A worker process; with --s3, on a host (the given one, or the next in turn) in its own directory."""
+        if self.hosts is None:
+            return self.stack.start("worker", VLQ_MODELS=TINY)
+        index, path, env = self.hosts.place(host)
+        worker = self.stack.start("worker", cwd=path, VLQ_MODELS=TINY, **env)
+        self._host_of[worker.process.pid] = index
+        return worker
 
     def _restart_exited_workers(self) -> None:
         """Start a new worker for each one that exited by itself, as compose's restart policy or systemd would.
@@ -270,7 +295,7 @@ class ChaosRun:
         """
         for worker in [worker for worker in self.workers if worker.process.poll() is not None]:
             self.workers.remove(worker)
-            self.workers.append(self.stack.start("worker", VLQ_MODELS=TINY))
+            self.workers.append(self._new_worker(self._host_of.get(worker.process.pid)))
             self.figures.crashes += 1
 
     def _serving(self) -> list[WorkerProcess]:
@@ -317,6 +342,9 @@ class ChaosRun:
     def _count(self) -> None:
         figures = self.figures
         figures.accepted = len(self.accepted)
+        if self.hosts is not None:
+            figures.hosts_pulled = self.hosts.pulled()
+            figures.local_blob_dirs = len(self.hosts.local_blob_dirs()) + (self.stack.root / "blobs").is_dir()
         with self.direct.session() as session:
             jobs = {job.idempotency_key: job for job in session.scalars(
                 select(Job).where(Job.idempotency_key.like("chaos-%")))}
@@ -364,10 +392,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=ChaosConfig.max_tokens)
     parser.add_argument("--rate", type=float, default=ChaosConfig.rate_per_s, help="jobs submitted per second")
     parser.add_argument("--seed", type=int, default=ChaosConfig.seed)
+    parser.add_argument("--hosts", type=int, default=ChaosConfig.hosts, help="with --s3: hosts the workers spread over")
+    parser.add_argument("--s3", action="store_true", help="blobs and models on S3; the hosts share no directory")
     parser.add_argument("--dir", type=Path, help="keep the processes' logs here (default: a temporary directory)")
     args = parser.parse_args()
     config = ChaosConfig(jobs=args.jobs, workers=args.workers, kill_every_s=args.kill_every,
-                         max_tokens=args.max_tokens, rate_per_s=args.rate, seed=args.seed)
+                         max_tokens=args.max_tokens, rate_per_s=args.rate, seed=args.seed, hosts=args.hosts, s3=args.s3)
     if args.dir:
         figures = run(config, args.dir)
     else:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.config import ConfigError, load_settings
+from service.core.config import ConfigError, Settings, load_settings
 
 
 def test_precedence_is_defaults_then_file_then_environment_then_overrides(tmp_path):
@@ -35,6 +35,9 @@ def test_file_registry_adds_to_the_built_in_models(tmp_path):
         ({"port": "eighty"}, "port"),
         ({"sync_timeout_s": 0}, "sync_timeout_s"),
         ({"sync_max_queue_depth": -1}, "sync_max_queue_depth"),
+        ({"queue_timeout_s": {"urgent": 5}}, "queue_timeout_s: unknown priority"),
+        ({"queue_timeout_s": {"bulk": -1}}, "queue_timeout_s must not be negative"),
+        ({"queue_timeout_s": "[1, 2]"}, "queue_timeout_s must map"),
     ],
 )
 def test_invalid_settings_say_which_key(overrides, message):
@@ -51,6 +54,24 @@ def test_engine_tuning_mappings_come_from_the_file_or_the_environment(tmp_path):
     assert settings.openvino_properties == {"KV_CACHE_PRECISION": "u8"}
     with pytest.raises(ConfigError, match="scheduler"):
         load_settings(environ={"VLQ_SCHEDULER": "[1, 2]"})
+
+
+def test_queue_timeouts_are_per_priority_or_one_number_and_keep_the_defaults_not_given(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("queue_timeout_s: {bulk: 7200}\n")
+    settings = load_settings(environ={"VLQ_CONFIG": str(config)})
+    assert (settings.queue_timeout("interactive"), settings.queue_timeout("bulk")) == (300, 7200)
+    settings = load_settings(environ={"VLQ_CONFIG": str(config), "VLQ_QUEUE_TIMEOUT_S": "0"})
+    assert (settings.queue_timeout("interactive"), settings.queue_timeout("bulk")) == (0, 0)
+
+
+def test_the_quick_start_config_defaults_to_a_model_make_run_serves():
+    # `make run` builds tiny-random and serves rapidocr: a request without `model` must find a worker.
+    root = Path(__file__).resolve().parents[3]
+    settings = load_settings(environ={"VLQ_CONFIG": str(root / "config.yaml")})
+    assert settings.default_model == "tiny-random"
+    assert Settings().default_model == "qwen3-vl-2b"  # the code default; servers (the image) keep the real one
+    assert "VLQ_DEFAULT_MODEL=qwen3-vl-2b" in (root / "Dockerfile").read_text()
 
 
 def test_missing_config_file_named_by_env_is_an_error(tmp_path):

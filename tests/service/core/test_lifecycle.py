@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core import lifecycle
+from service.core.errors import ErrorCode
 from service.core.models import Batch, Job, JobEvent, JobStatus, new_id, utcnow
 from tests.conftest import TENANT
 
@@ -46,6 +47,8 @@ def _job_in(db: Any, status: JobStatus) -> str:
 MOVES: list[tuple[JobStatus, JobStatus, Callable[[Session, str], bool]]] = [
     (JobStatus.QUEUED, JobStatus.RUNNING, lambda s, j: lifecycle.claim(s, j, "w2") is not None),
     (JobStatus.QUEUED, JobStatus.CANCELLED, lifecycle.cancel_queued),
+    (JobStatus.QUEUED, JobStatus.FAILED,
+     lambda s, j: bool(lifecycle.fail_queued(s, [j], ErrorCode.MODEL_UNAVAILABLE, "No worker served it."))),
     (JobStatus.QUEUED, JobStatus.SUCCEEDED,
      lambda s, j: lifecycle.complete_from_cache(s, j, Job(id="job_source", cached_from=None, result_text="t"))),
     (JobStatus.RUNNING, JobStatus.QUEUED, lambda s, j: lifecycle.requeue(s, s.get(Job, j))),

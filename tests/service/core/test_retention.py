@@ -1,4 +1,8 @@
-"""Retention: old images, results and files go; what a live job or a running batch needs, and recent blobs, stay."""
+"""Retention: old images, results and files go; what a live job or a running batch needs, and recent blobs, stay.
+
+Each test runs on the local store and on S3 (a real S3-protocol server): S3 stamps its own LastModified, so there
+the grace is shortened and blobs age by waiting it out.
+"""
 import dataclasses
 import hashlib
 import os
@@ -8,20 +12,27 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from service.adapters import s3
 from service.adapters.blobs import LocalBlobStore
-from service.core import batch_lifecycle, batches, lifecycle
+from service.adapters.s3_blobs import S3BlobStore
+from service.core import batch_lifecycle, batches, lifecycle, retention
 from service.core.config import load_settings
 from service.core.models import BatchStatus, File, Job, JobStatus, WebhookDelivery, new_id, utcnow
-from service.core.retention import BLOB_GRACE_S, purge_expired
+from service.core.retention import purge_expired
 from service.core.shapes import JobOut
 from tests.conftest import TENANT, TINY
 
 HOUR = 3600
+S3_GRACE_S = 3.0  # long enough for a purge pass on a loaded machine, short enough to wait out
 
 
-@pytest.fixture
-def blobs(tmp_path):
-    return LocalBlobStore(tmp_path / "blobs")
+@pytest.fixture(params=["local", "s3"])
+def blobs(request, tmp_path, monkeypatch):
+    if request.param == "local":
+        return LocalBlobStore(tmp_path / "blobs")
+    bucket = request.getfixturevalue("s3_server").bucket()
+    monkeypatch.setattr(retention, "BLOB_GRACE_S", S3_GRACE_S)
+    return S3BlobStore(s3.S3Location.parse(f"s3://{bucket}/vlq"), s3.client())
 
 
 @pytest.fixture
@@ -32,11 +43,18 @@ def settings(fresh_database_url, tmp_path):
                          environ={"VLQ_CONFIG": str(tmp_path / "empty.yaml")})
 
 
-def _aged_blob(blobs, data, age_s=2 * BLOB_GRACE_S):
+def _aged_blob(blobs, data):
+    """A blob past the grace: at once on the local store; on S3 once `_let_age` has waited."""
     digest = blobs.put(data)
-    old = time.time() - age_s
-    os.utime(blobs._path(digest), (old, old))
+    if isinstance(blobs, LocalBlobStore):
+        old = time.time() - 2 * retention.BLOB_GRACE_S
+        os.utime(blobs._path(digest), (old, old))
     return digest
+
+
+def _let_age(blobs):
+    if not isinstance(blobs, LocalBlobStore):
+        time.sleep(S3_GRACE_S + 1.1)  # S3's LastModified counts whole seconds
 
 
 def _job(db, image, *, ended_ago_s=None, status="succeeded", webhook=False):
@@ -89,7 +107,9 @@ def test_retention_removes_what_expired_and_keeps_what_is_still_needed(db, blobs
                                      completion_window="24h", priority="bulk", metadata=None, idempotency_key=None)
         session.flush()
         batch_lifecycle.transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
-    orphan, young_orphan = _aged_blob(blobs, b"orphan"), blobs.put(b"uploaded a moment ago")
+    orphan = _aged_blob(blobs, b"orphan")
+    _let_age(blobs)
+    young_orphan = blobs.put(b"uploaded a moment ago")
 
     counts = purge_expired(db, blobs, settings)
 
@@ -109,14 +129,16 @@ def test_retention_removes_what_expired_and_keeps_what_is_still_needed(db, blobs
     assert blobs.exists(young_orphan)  # may belong to a request whose row is not committed yet
     assert _get(db, File, old_file) is None and _get(db, File, read_file) is not None
 
+    blobs.put(b"uploaded a moment ago")  # again, as its request would be retried: still within the grace
     assert purge_expired(db, blobs, settings) == {"results": 0, "images": 0, "files": 0, "blobs": 0}
 
 
 def test_a_blob_written_again_while_it_is_deleted_stays(blobs):
     digest = _aged_blob(blobs, b"image")
-    assert blobs.delete_unused(digest, BLOB_GRACE_S) and not blobs.exists(digest)
+    _let_age(blobs)
+    assert blobs.delete_unused(digest, retention.BLOB_GRACE_S) and not blobs.exists(digest)
     digest = blobs.put(b"image")  # a new job stores the same image: fresh, so within the grace
-    assert not blobs.delete_unused(digest, BLOB_GRACE_S) and blobs.get(digest) == b"image"
+    assert not blobs.delete_unused(digest, retention.BLOB_GRACE_S) and blobs.get(digest) == b"image"
 
 
 def test_zero_keeps_everything_forever(db, blobs, settings):
@@ -137,6 +159,7 @@ def test_a_file_past_its_own_expires_at_goes_whatever_the_files_retention(db, bl
                                      completion_window="24h", priority="bulk", metadata=None, idempotency_key=None)
         session.flush()
         batch_lifecycle.transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
+    _let_age(blobs)
 
     counts = purge_expired(db, blobs, dataclasses.replace(settings, retention_files_s=retention_files_s))
 

@@ -27,6 +27,10 @@ def test_a_failed_job_is_rendered_with_each_familys_code(app, settings, job_code
         with pytest.raises(ApiError) as caught:
             sync_chat.succeeded(job_id)
         assert (caught.value.status, caught.value.code) == (status, job_code)
+        # A model no worker served will not appear by retrying: no Retry-After, and the OpenAI SDKs' stop signal.
+        unavailable = job_code == "model_unavailable"
+        assert caught.value.headers.get("x-should-retry") == ("false" if unavailable else None)
+        assert ("Retry-After" in caught.value.headers) == (status == 503 and not unavailable)
 
         body, code = chat_completions.error_body(caught.value)
         assert code == status and body["error"]["code"] == job_code and body["error"]["type"] == "server_error"
