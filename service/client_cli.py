@@ -82,26 +82,50 @@ def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: i
     # The same images and options give the same key, so a re-run finds its batch instead of resubmitting.
     key = "vlq-submit-" + hashlib.sha256(json.dumps([fields, sorted(digests.items())]).encode()).hexdigest()
     server = Server(url, api_key)
-    # One zip part, not one part per image (forms are capped at 1,000 parts), built on disk and streamed, so
-    # neither the folder's size nor its count of images is held in memory.
+    # A re-run finds its batch by the key before uploading anything.
+    found = server.call("GET", "/v1/batches", params={"idempotency_key": key, "limit": 1}).json()["data"]
+    resumed = bool(found)
+    batch = found[0] if found else upload(server, key, fields, images)
+    total = batch["request_counts"]["total"]
+    console.print(f"{'resumed' if resumed else 'created'} batch {batch['id']} ({total} items"
+                  f"{', nothing uploaded' if resumed else ''})")
+    for warning in batch.get("warnings", []):  # e.g. no live worker serves the model: say so before any waiting
+        console.print(f"warning: {warning['message']}", style="yellow", markup=False, soft_wrap=True)
+    click.echo(batch["id"])
+    if wait or out:
+        try:
+            batch = follow(server, batch["id"])
+        except KeyboardInterrupt:
+            raise _stopped_following(batch["id"]) from None
+        if out:
+            download(server, batch["id"], out)
+
+
+def upload(server: Server, key: str, fields: Mapping[str, str], images: Mapping[str, Path]) -> dict[str, Any]:
+    """Create the batch under `key`. One zip part, not one part per image (forms are capped at 1,000 parts),
+    built on disk and streamed, so neither the folder's size nor its count of images is held in memory."""
     with tempfile.TemporaryFile() as body:
         content_type = write_archive_form(body, fields, images)
         size = body.tell()
         body.seek(0)
         console.print(f"uploading {len(images)} images ({size / 1e6:.1f} MB)…")
-        response = server.call("POST", "/v1/batches", data=body,
-                               headers={"Idempotency-Key": key, "Content-Type": content_type})
-    batch = response.json()
-    resumed = response.headers.get("Idempotent-Replayed") == "true"
-    total = batch["request_counts"]["total"]
-    console.print(f"{'resumed' if resumed else 'created'} batch {batch['id']} ({total} items)")
-    for warning in batch.get("warnings", []):  # e.g. no live worker serves the model: say so before any waiting
-        console.print(f"warning: {warning['message']}", style="yellow", markup=False, soft_wrap=True)
-    click.echo(batch["id"])
-    if wait or out:
-        batch = follow(server, batch["id"])
-        if out:
-            download(server, batch["id"], out)
+        try:
+            response = server.call("POST", "/v1/batches", data=body,
+                                   headers={"Idempotency-Key": key, "Content-Type": content_type})
+        except KeyboardInterrupt:
+            console.print("\nupload interrupted; run the same command again to submit (or find) the batch")
+            raise click.exceptions.Exit(130) from None
+    return response.json()
+
+
+def _stopped_following(batch_id: str) -> click.exceptions.Exit:
+    """What Ctrl-C while following says: the batch goes on at the server, and how to come back to it."""
+    console.print(f"\nstopped following; batch {batch_id} goes on at the server.\n"
+                  f"  follow it again: run the same command (nothing is uploaded twice)\n"
+                  f"  check on it:     vlq status {batch_id}\n"
+                  f"  results so far:  vlq results {batch_id} --out results.csv\n"
+                  f"  stop it:         vlq cancel {batch_id}")
+    return click.exceptions.Exit(130)
 
 
 @click.command()
@@ -165,25 +189,37 @@ def write_archive_form(out: IO[bytes], fields: Mapping[str, str], images: Mappin
 
 
 def follow(server: Server, batch_id: str) -> dict[str, Any]:
-    """Poll the batch with a progress bar (counts, rate, ETA) until it ends."""
+    """Poll the batch with a progress bar (counts, rate, ETA) until it ends.
+
+    The rate and ETA count only what ended while this command watched: a resumed batch's earlier items did not
+    take this long.
+    """
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.1f}/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    started = time.monotonic()
+    batch = server.call("GET", f"/v1/batches/{batch_id}").json()
+    already, started = _ended(batch), time.monotonic()
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(batch_id, total=None, rate=0.0)
+        # Starting at `already` (not 0), so the bar's own speed for the ETA sees no jump of earlier items.
+        task = progress.add_task(batch_id, total=batch["request_counts"]["total"] or None, completed=already,
+                                 rate=0.0)
         while True:
-            batch = server.call("GET", f"/v1/batches/{batch_id}").json()
-            counts = batch["request_counts"]
-            done = counts["completed"] + counts["failed"] + counts.get("cancelled", 0)
-            progress.update(task, total=counts["total"] or None, completed=done,
+            done = _ended(batch)
+            progress.update(task, total=batch["request_counts"]["total"] or None, completed=done,
                             description=f"{batch_id} {batch['status']}",
-                            rate=done / max(time.monotonic() - started, 1e-6))
+                            rate=(done - already) / max(time.monotonic() - started, 1e-6))
             if batch["status"] in TERMINAL:
                 break
             time.sleep(0.5)
+            batch = server.call("GET", f"/v1/batches/{batch_id}").json()
+    counts = batch["request_counts"]
     console.print(f"{batch_id}: {batch['status']} — {counts['completed']} succeeded, {counts['failed']} failed, "
                   f"{counts.get('cancelled', 0)} cancelled")
     return batch
+
+
+def _ended(batch: Mapping[str, Any]) -> int:
+    counts = batch["request_counts"]
+    return int(counts["completed"] + counts["failed"] + counts.get("cancelled", 0))
 
 
 def download(server: Server, batch_id: str, out: Path) -> None:

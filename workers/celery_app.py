@@ -48,8 +48,9 @@ def create_celery(settings: Settings) -> Celery:
 
 @signals.setup_logging.connect
 def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
-    """Celery's processes (worker, beat, flower) log through VLQ's one formatter instead of Celery's own."""
-    logs.configure(load_settings().log_format, loglevel or logging.INFO)
+    """Celery's processes (worker, beat, flower) log through VLQ's one formatter instead of Celery's own; the
+    periodic maintenance tasks' routine lines are DEBUG."""
+    logs.configure(load_settings().log_format, loglevel or logging.INFO, routine_tasks=MAINTENANCE_TASKS)
 
 
 @signals.task_prerun.connect

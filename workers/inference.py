@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import batches, lifecycle, logs, structured
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
+from service.core.requests import MAX_SEED
 from workers.engines.base import EngineError, GenerationRequest, GenerationResult
 from workers.engines.images import prepare_image
 from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
@@ -87,11 +89,12 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}"))
 
+        seed = _seed(job)
         try:
             handle = engine.submit(GenerationRequest(
                 prompt=prompt, image=image, max_tokens=job.max_tokens, temperature=job.temperature,
                 top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-                messages=job.messages, stream=job.stream,
+                messages=job.messages, stream=job.stream, seed=seed,
             ))
         except EngineError as exc:
             return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
@@ -113,14 +116,24 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     if tracker.requeued:  # a stop handed the job back and cancelled this generation; another attempt runs it
         return None
     if result.finish_reason == "cancelled":
-        return _finish(runtime, job, JobStatus.CANCELLED, result=result,
+        return _finish(runtime, job, JobStatus.CANCELLED, result=result, seed=seed,
                        error=(ErrorCode.CANCELLED, "Cancelled while running."))
     if job.response_schema is not None:
         parsed, problem = _parse_output(result.text, job.response_schema)
-        if problem is not None:
-            return _finish(runtime, job, JobStatus.FAILED, result=result, error=(ErrorCode.INVALID_OUTPUT, problem))
-        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed)
-    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result)
+        if problem is not None and result.finish_reason != "length":
+            return _finish(runtime, job, JobStatus.FAILED, result=result, seed=seed,
+                           error=(ErrorCode.INVALID_OUTPUT, problem))
+        # Cut off by max_tokens: the caller's limit, not a fault. It succeeds with finish_reason "length", the
+        # partial text and no `json` (as OpenAI answers 200 with finish_reason "length").
+        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, seed=seed)
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, seed=seed)
+
+
+def _seed(job: Job) -> int | None:
+    """The caller's seed, or a fresh one for a sampled job (recorded with its result, to reproduce it); greedy: None."""
+    if job.seed is not None or job.temperature <= 0:
+        return job.seed
+    return secrets.randbelow(MAX_SEED + 1)
 
 
 def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
@@ -193,8 +206,8 @@ def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
-            parsed: Any = None, error: tuple[ErrorCode, str] | None = None) -> str | None:
-    values: dict[str, Any] = {}
+            parsed: Any = None, error: tuple[ErrorCode, str] | None = None, seed: int | None = None) -> str | None:
+    values: dict[str, Any] = {} if seed is None else {"seed": seed}
     if result is not None:
         values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,
                       finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,

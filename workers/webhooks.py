@@ -130,7 +130,7 @@ def _post(db: Database, settings: Settings, delivery_id: str, attempt: int,
     error: str | None = None
     retry_after: float | None = None
     try:
-        response = egress.post(delivery.url, body, headers, allow_cidrs=settings.egress_allow_cidrs,
+        response = egress.post(delivery.url, body, headers, allow_cidrs=settings.webhook_allow_cidrs,
                                timeout_s=settings.webhook_timeout_s, max_body_bytes=MAX_LOGGED_BODY)
         status_code = response.status
         response_body = response.body.decode("utf-8", errors="replace")

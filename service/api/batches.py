@@ -91,6 +91,13 @@ def native_batch_model(settings: Settings) -> type[RequestModel]:
     return combine("NativeBatch", Uploads, task_model(settings), batch_options_model(settings))
 
 
+class BatchListQuery(PageQuery):
+    """GET /v1/batches: a page, or the batch created with one Idempotency-Key (how `vlq submit` resumes)."""
+
+    idempotency_key: Annotated[str | None, Text(max_chars=255)] = Field(
+        None, description="Only the batch created with this Idempotency-Key (none if there is none).")
+
+
 class ResultsQuery(RequestModel):
     """GET /v1/batches/{id}/results: JSONL, or CSV."""
 
@@ -205,9 +212,11 @@ def _archive_too_large(setting: str, limit: int, unit: str) -> ApiError:
 
 
 @bp.get("")
-@operation("List batches, newest first", query=PageQuery, tags=("batches",), responses={200: "BatchList"})
+@operation("List batches, newest first", query=BatchListQuery, tags=("batches",), responses={200: "BatchList"})
 def list_batches() -> ResponseReturnValue:
-    rows, limit = newest_first(Batch, query=read_query(PageQuery))
+    query = read_query(BatchListQuery)
+    keyed = [Batch.idempotency_key == query.idempotency_key] if query.idempotency_key is not None else []
+    rows, limit = newest_first(Batch, *keyed, query=query)
     session = get_session()
     counts = batch_lifecycle.request_counts(session, [row.id for row in rows])
     waiting = any(row.status in model_warnings.WAITING_BATCH for row in rows)

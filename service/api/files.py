@@ -23,7 +23,7 @@ from service.core.validation import Choice, Number, RequestModel, Upload, parse
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
 
-PURPOSES = ("batch", "batch_output", "batch_errors", "vision", "user_data")
+PURPOSES = ("batch", "batch_output", "vision", "user_data")
 
 
 class FileUpload(RequestModel):

@@ -47,7 +47,7 @@ class _Events(Spec):
 def endpoint_model(settings: Settings) -> type[RequestModel]:
     """POST /v1/webhooks: a receiver to register."""
     class Endpoint(RequestModel):
-        url: Annotated[str, WebhookUrl(allow_cidrs=settings.egress_allow_cidrs)]
+        url: Annotated[str, WebhookUrl(allow_cidrs=settings.webhook_allow_cidrs)]
         secret: Annotated[str | None, WebhookSecret()] = Field(
             None, description="whsec_<base64>; generated when absent (shown only once).")
         events: Annotated[list[str] | None, _Events()] = Field(

@@ -505,7 +505,8 @@ def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, 
         return None
     kind = "output" if succeeded else "errors"
     buffer.seek(0)
-    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", f"batch_{kind}", tenant,
+    # OpenAI's purpose for both files is batch_output (there is no batch_errors); the name tells them apart.
+    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant,
                       expires_after_s=expires_after_s)
 
 

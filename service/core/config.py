@@ -26,6 +26,8 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message says which key and why."""
 
 
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One registry entry: where a model comes from and how it is exported and run."""
@@ -70,7 +72,8 @@ class Settings:
     model_cache: str = "data/models"
     host: str = "127.0.0.1"
     port: int = 8080
-    log_format: str = "json"  # json: one object a line, with job_id; text: human-readable, for development
+    # auto: text on a terminal, JSON lines otherwise; json: one object a line, with job_id; text: human-readable
+    log_format: str = "auto"
 
     # Engine: sequences run together, which is also how many jobs a worker takes at once.
     batch_size: int = 8
@@ -131,6 +134,9 @@ class Settings:
     webhook_queue: str = "vlq.webhooks"  # the Celery queue deliveries go through; every worker consumes it
     webhook_secret: str = ""  # used for a job's webhook_url when the job brings no webhook_secret
     egress_allow_cidrs: tuple[str, ...] = ()  # private ranges outbound requests may reach anyway
+    # LOCAL USE ONLY: webhooks may reach this machine (127.0.0.0/8, ::1), so a receiver can be tried with `make run`.
+    # The shipped config.yaml turns it on; the Docker image and docker-compose turn it off.
+    webhook_allow_loopback: bool = False
     max_webhook_endpoints_per_tenant: int = 20  # registered endpoints (not deleted) a tenant may have; 0: unlimited
 
     # Access. Every request needs an API key unless auth is disabled, which only local use should do.
@@ -157,6 +163,11 @@ class Settings:
     def visibility_timeout_s(self) -> int:
         """Redis redelivers unacknowledged tasks after this; it must outlast the longest job."""
         return self.job_timeout_s * 2 + 60
+
+    @property
+    def webhook_allow_cidrs(self) -> tuple[str, ...]:
+        """The private networks webhooks may reach: egress_allow_cidrs, and loopback where allowed for development."""
+        return self.egress_allow_cidrs + (_LOOPBACK if self.webhook_allow_loopback else ())
 
     @property
     def webhook_lease_s(self) -> float:

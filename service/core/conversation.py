@@ -33,6 +33,7 @@ class Conversation:
     image: bytes
     prompt: str  # the last user turn's text: what the job shows
     messages: list[dict[str, Any]] | None  # None for a single user turn, which runs as a plain prompt
+    image_field: str = "messages"  # the turn that held the image, in the family's terms (for error details)
 
 
 def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int,
@@ -68,6 +69,7 @@ def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_cha
         image=load_image(image.source, image_turn.where),
         prompt=_text(turns[0]) if single else user_texts[-1],
         messages=None if single else [_message(turn) for turn in turns],
+        image_field=image_turn.where,
     )
 
 

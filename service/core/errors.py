@@ -112,10 +112,12 @@ class ErrorCode(StrEnum):
                     "A synchronous request got no answer within `sync_timeout_s`; its job was cancelled.")
 
     # Job failure codes (`job`): how a failed job's `error.code` reads.
-    IMAGE_UNREADABLE = "image_unreadable", 500, "The stored image could not be read or decoded by the worker.", True
+    # A deterministic failure is never a 5xx (clients and SDKs retry those): 422 says a retry cannot fix it.
+    IMAGE_UNREADABLE = "image_unreadable", 422, "The stored image could not be read or decoded by the worker.", True
     INFERENCE_ERROR = "inference_error", 500, "The engine failed the request (the message says why).", True
     OUT_OF_MEMORY = "out_of_memory", 503, "The engine ran out of memory for the request.", True
-    INVALID_OUTPUT = "invalid_output", 500, "A schema-constrained output did not parse or validate.", True
+    INVALID_OUTPUT = ("invalid_output", 422,
+                      "A schema-constrained output ended (not cut off by max_tokens) but does not validate.", True)
     INFERENCE_TIMEOUT = "inference_timeout", 504, "Generation took longer than `job_timeout_s`.", True
     WORKER_LOST = "worker_lost", 503, "Its worker died on each of `max_attempts` attempts.", True
 

@@ -35,6 +35,7 @@ class GenerationOptions:
     temperature: float
     ignore_eos: bool
     top_p: float | None = None  # None: the engine's default
+    seed: int | None = None  # sampling only; None: the worker draws a fresh one for each run
 
     def job_fields(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +61,7 @@ class JobRequest:
         fields.pop("stream")  # how the answer is delivered, not what is asked
         # Options added later count only when set, so requests from before them keep their fingerprints.
         for holder, name in ((fields["task"], "messages"), (fields["task"], "max_pixels"),
-                             (fields["task"]["options"], "top_p")):
+                             (fields["task"]["options"], "top_p"), (fields["task"]["options"], "seed")):
             if holder[name] is None:
                 del holder[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -68,14 +69,18 @@ class JobRequest:
     def cache_key(self) -> str | None:
         """What makes two requests' results interchangeable; None if the result must not be reused.
 
-        Sampled (temperature > 0) results are random draws, and ignore_eos runs are load tests: neither is cached.
-        The preset counts through what it resolved to (prompt, model, schema, max_tokens), not by name.
+        Sampled (temperature > 0) results are random draws unless the caller fixed the `seed`, and ignore_eos runs
+        are load tests: neither is cached. The preset counts through what it resolved to (prompt, model, schema,
+        max_tokens), not by name.
         """
         task, options = self.task, self.task.options
-        if options.temperature > 0 or options.ignore_eos:
+        sampled = options.temperature > 0
+        if (sampled and options.seed is None) or options.ignore_eos:
             return None
         fields = {"image": self.image_sha256, "model": options.model, "prompt": task.prompt,
                   "max_tokens": options.max_tokens, "schema": task.response_schema, "ocr": task.ground_with_ocr}
+        if sampled:  # a seeded draw is reproducible, from the same distribution only
+            fields["sampling"] = [options.temperature, options.top_p, options.seed]
         if task.messages is not None:  # a conversation: every turn counts, not only the last prompt
             fields["messages"] = task.messages
         if task.max_pixels is not None:  # the model saw a smaller image
@@ -133,10 +138,18 @@ def generation_options(settings: Settings, fields: dict[str, Any]) -> Generation
 
 
 def job_request(settings: Settings, fields: Any, image_bytes: bytes, *,
-                messages: list[dict[str, Any]] | None = None, stream: bool = False) -> JobRequest:
-    """A job's fields (a `job_model`) and image (and conversation) as a JobRequest."""
+                messages: list[dict[str, Any]] | None = None, stream: bool = False,
+                image_field: str = "image") -> JobRequest:
+    """A job's fields (a `job_model`) and image (and conversation) as a JobRequest.
+
+    `image_field` names where the image came from in the family's request (`details.field` of an image error).
+    """
     task = resolve_task(settings, fields, messages)
-    info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    try:
+        info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    except ApiError as error:
+        error.details = {"field": image_field, **(error.details or {})}
+        raise
     return JobRequest(
         task=task,
         priority=fields.priority,

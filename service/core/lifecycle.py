@@ -53,6 +53,7 @@ def create_job(session: Session, **fields: Any) -> Job:
     """Add a new queued job (and its first event) to the session."""
     job = Job(status=JobStatus.QUEUED.value, attempts=0, **_stamps(INITIAL[JobStatus.QUEUED], utcnow()), **fields)
     session.add(job)
+    log.info("job %s: queued (%s)", job.id, job.model)
     session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
     return job
 
@@ -118,7 +119,8 @@ def complete_from_cache(session: Session, job_id: str, source: Job) -> bool:
         session, [Job.id == job_id], JobStatus.QUEUED, JobStatus.SUCCEEDED,
         values={"cached_from": source.cached_from or source.id,
                 "result_text": source.result_text, "result_json": source.result_json,
-                "result_lines": source.result_lines, "prompt_tokens": 0 if source.prompt_tokens is not None else None,
+                "result_lines": source.result_lines, "finish_reason": source.finish_reason,
+                "prompt_tokens": 0 if source.prompt_tokens is not None else None,
                 "completion_tokens": 0 if source.completion_tokens is not None else None, "inference_ms": 0.0},
     ))
 

@@ -1,4 +1,9 @@
-"""Logging for every VLQ process (API, worker, beat, engine): one JSON object a line, or text for development.
+"""Logging for every VLQ process (API, worker, beat, engine): one JSON object a line, or text for a person.
+
+`auto` (the default) writes text when the log stream is a terminal (`make run`) and JSON lines otherwise
+(containers, files, log shippers); `log_format` (VLQ_LOG_FORMAT) picks one outright. Celery's lines about the
+periodic maintenance tasks (received, succeeded, sent by beat: a few every `sweep_interval_s`) are DEBUG, so the
+INFO stream holds what matters: one line per job state change, and what the passes actually did.
 
 The job (and batch) being handled is kept in a context variable, so every line logged while handling it
 carries `job_id` without each call passing it: the worker's task signals set it, the API sets it for
@@ -10,14 +15,16 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import IO, Any
 
-FORMATS = ("json", "text")
+FORMATS = ("auto", "json", "text")
+# Celery's loggers for a task received, succeeded, and sent by beat.
+_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
 CONTEXT_KEYS = ("job_id", "batch_id", "delivery_id")
 _context: ContextVar[Mapping[str, str]] = ContextVar("vlq_log_context", default=MappingProxyType({}))
 # Ids are prefixed and time-ordered (service.core.models.new_id); the prefix says which key an id belongs to.
@@ -107,15 +114,49 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{ids}]" if ids else text
 
 
+class RoutineFilter(logging.Filter):
+    """Celery's INFO lines about the routine periodic `tasks` (received, succeeded, sent by beat) become DEBUG:
+    dropped unless the process logs DEBUG. Their failures keep their level."""
+
+    def __init__(self, tasks: Iterable[str]) -> None:
+        super().__init__()
+        self.tasks = frozenset(tasks)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not record.name.startswith(_TASK_LOGGERS) or not self._routine(record):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+    def _routine(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        values = args.values() if isinstance(args, Mapping) else args if isinstance(args, tuple) else ()
+        return any(isinstance(value, str) and value in self.tasks for value in values)
+
+
+def resolve(fmt: str, stream: IO[str] | None = None) -> str:
+    """`auto` as json or text: text for a person at a terminal, JSON lines for everything else."""
+    if fmt != "auto":
+        return fmt
+    try:
+        return "text" if (stream or sys.stderr).isatty() else "json"
+    except (AttributeError, ValueError):  # a stream without isatty, or a closed one
+        return "json"
+
+
 def formatter(fmt: str) -> logging.Formatter:
-    return JsonFormatter() if fmt == "json" else TextFormatter()
+    return JsonFormatter() if resolve(fmt) == "json" else TextFormatter()
 
 
-def configure(fmt: str = "json", level: int | str = logging.INFO) -> None:
-    """Send every logger's records to stderr through one handler in `fmt` (json or text)."""
+def configure(fmt: str = "auto", level: int | str = logging.INFO, *, routine_tasks: Iterable[str] = ()) -> None:
+    """Send every logger's records to stderr through one handler in `fmt` (auto, json or text); Celery's lines
+    about `routine_tasks` go down to DEBUG."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
     handler.addFilter(ContextFilter())
+    handler.addFilter(RoutineFilter(routine_tasks))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

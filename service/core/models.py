@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -206,6 +207,8 @@ class Job(TenantOwned, Base):
     max_tokens: Mapped[int] = mapped_column(Integer)
     temperature: Mapped[float]
     top_p: Mapped[float | None]  # nucleus sampling; None leaves the engine's default (1.0)
+    # Sampling (temperature > 0): the caller's seed, or after the run the one drawn for it; None while greedy.
+    seed: Mapped[int | None] = mapped_column(BigInteger)
     ignore_eos: Mapped[bool] = mapped_column(default=False)
     # A conversation (chat requests): system/user/assistant turns, `{"type": "image"}` marking where the job's
     # image sits. The engine applies the model's chat template over all of them. None for a single prompt.

@@ -38,12 +38,13 @@ class ChatRequest:
     top_p: Any
     response_format: Any
     ignore_eos: Any  # not OpenAI's, but vLLM's servers take it too (load tests, benchmarks)
+    seed: Any = None
 
     def job_fields(self) -> dict[str, Any]:
         """The request's options under the job's field names (validated by service.core.jobs)."""
         return {"prompt": self.conversation.prompt, "model": self.model, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "top_p": self.top_p, "response_format": self.response_format,
-                "ignore_eos": self.ignore_eos}
+                "ignore_eos": self.ignore_eos, "seed": self.seed}
 
 
 def parse_chat_request(body: Any, settings: Settings) -> ChatRequest:
@@ -62,6 +63,7 @@ def parse_chat_request(body: Any, settings: Settings) -> ChatRequest:
         top_p=body.get("top_p"),
         response_format=body.get("response_format"),
         ignore_eos=body.get("ignore_eos"),
+        seed=body.get("seed"),
     )
 
 
@@ -121,6 +123,7 @@ def parse_responses_request(body: dict[str, Any], settings: Settings, read_file:
         top_p=body.get("top_p"),
         response_format=chat_response_format((body.get("text") or {}).get("format")),
         ignore_eos=body.get("ignore_eos"),
+        seed=body.get("seed"),
     )
 
 

@@ -30,10 +30,12 @@ from service.core.validation import (
     spec_of,
 )
 
+MAX_SEED = 2**32 - 1  # the engine's generator (a Mersenne Twister) takes 32-bit seeds
+
 
 @per_settings
 def generation_model(settings: Settings) -> type[RequestModel]:
-    """How to generate: model, max_tokens, temperature, top_p and ignore_eos."""
+    """How to generate: model, max_tokens, temperature, top_p, ignore_eos and seed."""
     class Generation(RequestModel):
         model: Annotated[str, Choice(choices=sorted(settings.registry), code="unknown_model")] = settings.default_model
         max_tokens: Annotated[int, Number(low=1, high=settings.max_tokens_limit, integer=True)] = \
@@ -43,6 +45,8 @@ def generation_model(settings: Settings) -> type[RequestModel]:
             None, description="Nucleus sampling; absent leaves the engine's default.")
         ignore_eos: Annotated[bool, Bool()] = Field(
             False, description="Generate exactly max_tokens (benchmarks, load tests).")
+        seed: Annotated[int | None, OptionalNumber(low=0, high=MAX_SEED, integer=True)] = Field(
+            None, description="Makes a sampled (temperature > 0) answer reproducible; absent: a fresh seed each time.")
     return Generation
 
 
@@ -105,7 +109,7 @@ def _options(settings: Settings, default: Priority) -> type[RequestModel]:
         metadata: Annotated[dict[str, Any] | None, JsonObject(max_bytes=settings.max_metadata_bytes,
                                                               max_depth=settings.max_json_depth)] = Field(
             None, description="Returned untouched.")
-        webhook_url: Annotated[str | None, WebhookUrl(allow_cidrs=settings.egress_allow_cidrs)] = Field(
+        webhook_url: Annotated[str | None, WebhookUrl(allow_cidrs=settings.webhook_allow_cidrs)] = Field(
             None, description="Receives the ending event, signed (Standard Webhooks).")
         webhook_secret: Annotated[str | None, WebhookSecret()] = Field(
             None, description="Signs those deliveries (default: the server's).")

@@ -34,7 +34,17 @@ const state = {
 
 // -- API -----------------------------------------------------------------------------------------
 
-class ApiFailure extends Error {}
+class ApiFailure extends Error {
+  // retryable: asking again may work (the server was busy or unreachable, or failed); a bad request will not.
+  constructor(message, { retryable = false } = {}) {
+    super(message);
+    this.retryable = retryable;
+  }
+}
+
+function retryableStatus(status) {
+  return status >= 500 || status === 429 || status === 408;
+}
 
 // With auth on, the page acts with the API key typed into the header's field (kept in this browser only).
 const KEY_STORAGE = "vlq-api-key";
@@ -50,12 +60,13 @@ async function send(path, options = {}) {
     response = await fetch(path, { ...options, headers: { ...authHeaders(), ...options.headers } });
   } catch (error) {
     if (error.name === "AbortError") throw error;
-    throw new ApiFailure("The server could not be reached. Check that VLQ is running.");
+    throw new ApiFailure("The server could not be reached. Check that VLQ is running.", { retryable: true });
   }
   if (!response.ok) {
     // VLQ's errors and the OpenAI-shaped ones of /v1/chat/completions both carry error.message.
     const body = await response.json().catch(() => null);
-    throw new ApiFailure(body?.error?.message || `The server answered ${response.status} ${response.statusText}.`);
+    throw new ApiFailure(body?.error?.message || `The server answered ${response.status} ${response.statusText}.`,
+                         { retryable: retryableStatus(response.status) });
   }
   return response;
 }
@@ -70,7 +81,7 @@ async function* serverSentEvents(response) {
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) throw new ApiFailure("The answer was cut off: the connection closed early.");
+    if (done) throw new ApiFailure("The answer was cut off: the connection closed early.", { retryable: true });
     buffer += value;
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -350,7 +361,7 @@ async function askFollowUp(event) {
 async function ask(userMessage, text, imageUrl) {
   setBusy(true);
   const chat = state.chat;
-  appendMessage("user", text, { imageUrl, alt: chat.image.name });
+  const question = appendMessage("user", text, { imageUrl, alt: chat.image.name });
   const reply = appendMessage("assistant thinking", "Thinking", {});
   const replyText = reply.querySelector(".message-text");
   replyText.classList.add("dots");
@@ -374,7 +385,9 @@ async function ask(userMessage, text, imageUrl) {
       signal: chat.abort.signal,
     });
     for await (const chunk of serverSentEvents(response)) {
-      if (chunk.error) throw new ApiFailure(chunk.error.message);
+      if (chunk.error) {
+        throw new ApiFailure(chunk.error.message, { retryable: chunk.error.type !== "invalid_request_error" });
+      }
       if (chunk.usage) usage = chunk.usage;
       const piece = chunk.choices?.[0]?.delta?.content;
       if (!piece) continue;
@@ -388,11 +401,19 @@ async function ask(userMessage, text, imageUrl) {
       scrollToEnd();
     }
     chat.messages = [...conversation, { role: "assistant", content: answer }];
+    el.replyForm.hidden = false; // hidden after a first question failed; answered now (a retry), it can follow up
     finishAnswer(reply, answer, usage, performance.now() - started);
   } catch (error) {
     if (error.name === "AbortError") return; // the conversation was closed meanwhile
     reply.remove();
-    appendMessage("assistant error", error.message, {});
+    const failed = appendMessage("assistant error", error.message, {});
+    // The conversation keeps its image and turns: a question that may work again can be asked again in place.
+    if (error.retryable) failed.querySelector(".message-meta").append(retryButton(() => {
+      if (state.busy || state.chat !== chat) return;
+      failed.remove();
+      question.remove();
+      ask(userMessage, text, imageUrl);
+    }));
     if (!chat.messages.length) el.replyForm.hidden = true; // nothing to follow up on yet
   } finally {
     if (state.chat === chat) {
@@ -460,6 +481,15 @@ function markBlank(container, text) {
   // A whitespace-only answer (the tiny test model's greedy output) would look like nothing at all; say so.
   container.classList.toggle("blank", !text.trim());
   container.dataset.blank = "(only whitespace)";
+}
+
+function retryButton(retry) {
+  const button = Object.assign(document.createElement("button"), {
+    type: "button", className: "copy-button retry-button", textContent: "Retry",
+    title: "Ask the same question again",
+  });
+  button.addEventListener("click", retry);
+  return button;
 }
 
 function copyButton(text) {
@@ -577,14 +607,17 @@ async function pollBatch(batchId) {
 async function renderBatch(batch) {
   const counts = batch.request_counts || { total: 0, completed: 0, failed: 0, cancelled: 0 };
   const done = counts.completed + counts.failed + (counts.cancelled || 0);
-  const percent = counts.total ? Math.round((100 * done) / counts.total) : 0;
+  const ran = counts.completed + counts.failed; // cancelled items never ran: they do not fill the bar
   const ended = BATCH_ENDINGS.has(batch.status);
+  // A completed batch is full and green; one that ended otherwise shows what ran, in its ending's colour.
+  const filled = batch.status === "completed" ? counts.total : ran;
+  const percent = counts.total ? Math.round((100 * filled) / counts.total) : (batch.status === "completed" ? 100 : 0);
   el.batchStatus.textContent = batch.status.replace("_", " ");
   el.batchStatus.dataset.status = batch.status;
   el.progress.setAttribute("aria-valuenow", String(percent));
-  el.progress.setAttribute("aria-valuetext", `${done} of ${counts.total} done`);
-  el.progress.dataset.state = ended ? "done" : "running";
-  el.progress.querySelector(".progress-bar").style.width = `${ended ? 100 : percent}%`;
+  el.progress.setAttribute("aria-valuetext", `${ran} of ${counts.total} ran, ${done} ended`);
+  el.progress.dataset.state = !ended ? "running" : batch.status === "completed" ? "done" : batch.status;
+  el.progress.querySelector(".progress-bar").style.width = `${percent}%`;
   $("count-done").textContent = done;
   $("count-total").textContent = counts.total;
   $("count-completed").textContent = counts.completed;
@@ -649,9 +682,11 @@ function renderRow(row) {
   markBlank(answer, row.text == null ? "-" : answer.textContent);
   tr.querySelector(".tokens").textContent = row.completion_tokens != null
     ? `${row.prompt_tokens} in · ${row.completion_tokens} out` : "";
+  // Latency only for an item that ran (or was answered from the cache): one cancelled in the queue has none.
+  const ran = row.total_ms != null && row.queue_ms != null;
   const latency = tr.querySelector(".latency");
-  latency.textContent = row.total_ms != null ? formatMs(row.total_ms) : "";
-  latency.title = row.total_ms != null ? timingDetail(row) : "";
+  latency.textContent = ran ? formatMs(row.total_ms) : "";
+  latency.title = ran ? timingDetail(row) : "";
 }
 
 async function cancelBatch() {

@@ -230,7 +230,57 @@ def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, 
     assert direct.status_code == 400
     expect(error).to_have_text(direct.json()["error"]["message"])
     expect(page.locator("#reply-form")).to_be_hidden()  # nothing to follow up on
+    expect(error.locator(".retry-button")).to_have_count(0)  # a broken image stays broken: no retry offered
     snapshot(page, screenshot_dir / "errors.png")
+
+
+def test_a_failed_answer_can_be_retried_in_place_with_the_same_image(page):
+    sent = chat_requests(page)
+    busy = {"error": {"message": "Too many requests are waiting; retry shortly.", "type": "server_error",
+                      "param": None, "code": "overloaded"}}
+    failures = iter([True])  # the first request fails as an overloaded server would answer; the retry goes through
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(status=503, json=busy)
+               if next(failures, False) else route.continue_())
+
+    page.set_input_files("#file-input", [upload("shelf.png", picture(2))])
+    page.fill("#prompt", "What is the price?")
+    page.fill("#max-tokens", "6")
+    page.click("#submit")
+    error = page.locator(".message.error")
+    expect(error).to_contain_text("Too many requests are waiting")
+    retry = error.locator(".retry-button")
+    expect(retry).to_be_visible()
+    retry.click()
+
+    answer = page.locator(".message.answered")
+    expect(answer).to_have_count(1, timeout=60_000)
+    expect(error).to_have_count(0)
+    expect(page.locator(".message.user")).to_have_count(1)  # the question is asked again, not twice
+    expect(page.locator("#reply-form")).to_be_visible()
+    assert len(sent) == 2 and sent[1].post_data_json["messages"] == sent[0].post_data_json["messages"]
+
+
+def test_on_a_phone_the_page_never_overflows_its_width(browser, live_server, worker, api_key, http):
+    created = http.post(f"{live_server}/v1/batches", timeout=30, data={"prompt": "x", "model": UNSERVED_MODEL},
+                        files=[("images", ("a-rather-long-file-name-for-a-phone.png", picture(0)))]).json()
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        phone = context.new_page()
+        phone.goto(f"{live_server}/#batch={created['id']}")
+        phone.wait_for_selector("body[data-ready='true']")
+        phone.fill("#api-key", api_key)
+        phone.press("#api-key", "Tab")
+        expect(phone.locator(f"#recent-batches [data-batch-id='{created['id']}']")).to_be_visible()
+        expect(phone.locator("#results-body tr")).to_have_count(1)
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        # What sticks out, if anything (a table scrolls inside its own box and does not count).
+        wide = phone.evaluate("""() => [...document.querySelectorAll('body *')]
+            .filter((e) => e.getBoundingClientRect().right > 390.5 && !e.closest('.table-wrap'))
+            .map((e) => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)""")
+        assert width <= 390 and wide == [], f"the page is {width}px wide on a 390px screen: {wide[:12]}"
+    finally:
+        context.close()
+        http.post(f"{live_server}/v1/batches/{created['id']}/cancel", timeout=10)
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -316,6 +366,10 @@ def test_a_batch_can_be_cancelled_from_its_view_and_reopened_by_its_link(page, l
     expect(page.locator("#count-cancelled")).to_have_text("3")
     expect(page.locator("#results-body tr[data-status='cancelled']")).to_have_count(3)
     expect(page.locator("#cancel-batch")).to_be_disabled()
+    # Nothing ran: no green full bar, and no latency for items that never left the queue.
+    expect(page.locator("#batch-progress")).to_have_attribute("data-state", "cancelled")
+    expect(page.locator("#batch-progress")).to_have_attribute("aria-valuenow", "0")
+    expect(page.locator("#results-body .latency")).to_have_text(["", "", ""])
 
     batch_id = page.locator("#batch-id").inner_text()
     page.goto(f"{live_server}/#batch={batch_id}")

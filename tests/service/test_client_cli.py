@@ -44,8 +44,27 @@ def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(t
     second = CliRunner().invoke(cli, args)  # the same command again
     assert second.exit_code == 0, second.output
     assert second.stdout.strip().splitlines()[-1] == batch_id
-    assert "resumed" in second.output
+    assert "resumed" in second.output and "nothing uploaded" in second.output
+    assert "uploading" not in second.output  # the batch was looked up by its key before any upload
     assert _job_count(settings) == jobs_before  # nothing was submitted twice
+
+
+def test_ctrl_c_while_following_says_the_batch_goes_on_and_how_to_resume(tmp_path, live_server, api_key, monkeypatch):
+    (tmp_path / "a.png").write_bytes(make_image(color=(3, 1, 4)))
+    runner = CliRunner(env={"VLQ_URL": live_server, "VLQ_API_KEY": api_key})
+    args = ["submit", str(tmp_path / "a.png"), "--prompt", "x", "--model", "tiny-idle", "--wait"]  # stays queued
+
+    def interrupt(_seconds):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("service.client_cli.time.sleep", interrupt)
+    result = runner.invoke(cli, args)
+    batch_id = result.stdout.strip().splitlines()[-1]
+    assert result.exit_code == 130, result.output
+    assert f"batch {batch_id} goes on at the server" in result.output
+    assert "run the same command" in result.output and f"vlq cancel {batch_id}" in result.output
+    status = json.loads(runner.invoke(cli, ["status", batch_id]).stdout)
+    assert status["status"] in ("validating", "in_progress")  # still there, untouched
+    assert runner.invoke(cli, ["cancel", batch_id]).exit_code == 0
 
 
 def test_status_results_and_cancel_commands(tmp_path, live_server, worker, api_key):

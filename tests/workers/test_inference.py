@@ -35,7 +35,8 @@ def _job(runtime: WorkerRuntime, **fields: Any) -> str:
     with runtime.db.session() as session:
         lifecycle.create_job(session, id=job_id, tenant=fields.pop("tenant", TENANT), model=fields.pop("model", MODEL),
                              prompt="What is this?", priority="bulk", image_format="PNG", image_width=96,
-                             image_height=64, temperature=0.0, ignore_eos=True, request_sha256="x",
+                             image_height=64, temperature=fields.pop("temperature", 0.0),
+                             ignore_eos=fields.pop("ignore_eos", True), request_sha256="x",
                              **fields)
     return job_id
 
@@ -79,16 +80,45 @@ def test_a_job_that_already_ended_is_left_alone(runtime) -> None:
     assert job.status == "cancelled" and events == ["job.queued", "job.cancelled"]
 
 
-def test_a_constrained_job_ends_with_parsed_json_or_invalid_output(runtime) -> None:
+def test_a_constrained_job_ends_with_parsed_json_or_as_cut_off(runtime) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    job_id = _job(runtime, response_schema=schema, max_tokens=64)
-    status = execute_job(runtime, job_id)
+    job_id = _job(runtime, response_schema=schema, max_tokens=64, ignore_eos=False)
+    assert execute_job(runtime, job_id) == "succeeded"
     job, _ = _read(runtime, job_id)
-    # Random weights under a grammar: a complete object parses; one cut off by max_tokens is invalid_output.
-    if status == "succeeded":
+    # Random weights under a grammar: a complete object parses; one cut off by max_tokens is the caller's limit.
+    if job.finish_reason == "stop":
         assert isinstance(job.result_json, dict) and isinstance(job.result_json["a"], int)
     else:
-        assert (status, job.error_code) == ("failed", "invalid_output")
+        assert (job.finish_reason, job.result_json, job.error_code) == ("length", None, None)
+
+
+def test_a_constrained_job_cut_off_by_max_tokens_succeeds_with_its_partial_text(runtime) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    job_id = _job(runtime, response_schema=schema, max_tokens=2, ignore_eos=False)
+    assert execute_job(runtime, job_id) == "succeeded"
+    job, events = _read(runtime, job_id)
+    assert (job.finish_reason, job.result_json, job.error_code, events[-1]) == ("length", None, None, "job.succeeded")
+    assert job.result_text.startswith("{") and job.completion_tokens == 2
+
+
+def test_sampling_draws_a_fresh_seed_per_job_and_a_given_seed_reproduces_the_text(runtime) -> None:
+    # The tiny model's random weights make its next-token distribution near uniform: two draws of 12 tokens
+    # agree only if their generators were seeded alike.
+    sampled = {"temperature": 1.0, "max_tokens": 12}
+    free = [_job(runtime, **sampled) for _ in range(2)]
+    seeded = [_job(runtime, seed=1234, **sampled) for _ in range(2)]
+    greedy = _job(runtime, max_tokens=12)
+    for job_id in [*free, *seeded, greedy]:
+        assert execute_job(runtime, job_id) == "succeeded"
+    free_jobs, seeded_jobs = [_read(runtime, j)[0] for j in free], [_read(runtime, j)[0] for j in seeded]
+    assert free_jobs[0].result_text != free_jobs[1].result_text
+    assert free_jobs[0].seed != free_jobs[1].seed and all(job.seed is not None for job in free_jobs)
+    assert seeded_jobs[0].result_text == seeded_jobs[1].result_text and seeded_jobs[0].seed == 1234
+    assert _read(runtime, greedy)[0].seed is None  # greedy needs none
+
+    replay = _job(runtime, seed=free_jobs[0].seed, **sampled)  # the seed a job shows reproduces its answer
+    assert execute_job(runtime, replay) == "succeeded"
+    assert _read(runtime, replay)[0].result_text == free_jobs[0].result_text
 
 
 def test_a_job_that_fails_inside_the_engine_leaves_another_tenants_running_jobs_succeeding(runtime) -> None:

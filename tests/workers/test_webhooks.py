@@ -36,7 +36,7 @@ def test_a_terminal_transition_writes_one_delivery_with_the_full_result(db, sett
     assert seen.verified and seen.webhook_id == delivery.id
     assert seen.payload["type"] == "job.succeeded"
     data = seen.payload["data"]
-    assert data["id"] == job_id and data["result"] == {"text": "forty-two"} and data["usage"]["total_tokens"] == 5
+    assert data["id"] == job_id and data["result"]["text"] == "forty-two" and data["usage"]["total_tokens"] == 5
     assert "timings" in data and data["webhook"] == {"url": receiver.url}
     assert receiver.secret not in str(seen.payload)
 
@@ -102,6 +102,14 @@ def test_a_url_that_resolves_to_a_private_address_is_refused_when_sending(db, se
     assert receiver.deliveries == []
     [attempt] = _log(db, delivery.id)
     assert attempt.error == "forbidden_address" and "non-public" in attempt.response_body
+
+
+def test_the_development_setting_lets_a_delivery_reach_a_receiver_on_this_machine(db, settings, receiver):
+    local = dataclasses.replace(settings, egress_allow_cidrs=(), webhook_allow_loopback=True)
+    job_id = finished_job(db, webhook_url=receiver.url, webhook_secret=receiver.secret)
+    [delivery] = _deliveries(db, job_id)
+    assert drive_delivery(db, local, delivery.id).status == "succeeded"
+    assert len(receiver.deliveries) == 1
 
 
 def test_redirects_are_not_followed(db, settings, receiver):

@@ -39,6 +39,7 @@ class GenerationRequest:
     # going where a user turn holds {"type": "image"}.
     messages: list[dict[str, Any]] | None = None
     stream: bool = False  # pass text to the handle as it is generated (RequestHandle.stream)
+    seed: int | None = None  # sampling: the generator's seed (the same seed and request give the same text)
 
 
 @dataclass(frozen=True)

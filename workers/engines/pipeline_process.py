@@ -40,7 +40,7 @@ class PipelineConfig:
     kv_cache_gb: int
     properties: dict[str, Any]
     scheduler: dict[str, Any] = field(default_factory=dict)  # SchedulerConfig fields set on top of ours
-    log_format: str = "json"  # a spawned child starts with no logging set up; it logs like its worker
+    log_format: str = "auto"  # a spawned child starts with no logging set up; it logs like its worker
 
 
 @dataclass
@@ -344,6 +344,9 @@ def _generation_config(generation: dict[str, Any]) -> Any:
         config.temperature = max(generation["temperature"], _SMALLEST)
         if generation.get("top_p") is not None:
             config.top_p = max(generation["top_p"], _SMALLEST)
+        # Each request seeds its own generator (0 when unset: every call would draw the same text).
+        if generation.get("seed") is not None:
+            config.rng_seed = generation["seed"]
     if generation.get("regex") is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(regex=generation["regex"])
     elif generation.get("json_schema") is not None:

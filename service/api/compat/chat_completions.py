@@ -119,12 +119,14 @@ def create_chat_completion() -> ResponseReturnValue:
         body = parse(chat_model(settings), raw)
         chat = parse_chat_request(raw, settings)
         fields, image, messages = chat.job_fields(), chat.conversation.image, chat.conversation.messages
+        image_field = chat.conversation.image_field
     else:
         body = parse(chat_upload_model(settings), request_values())
         # The upload form's own fields; anything else in the form is ignored.
         fields, image, messages = body.model_dump(exclude={"image", "stream"}), body.image, None
+        image_field = "image"
     job_request = jobs.job_request(settings, parse(job_model(settings), fields), image, messages=messages,
-                                   stream=body.stream)
+                                   stream=body.stream, image_field=image_field)
     if not body.stream:
         return jsonify(ChatCompletionOut.of(sync_chat.answer(job_request, image)).dump())
     stream_options = parse(_StreamOptions, getattr(body, "stream_options", None) or {})  # JSON only

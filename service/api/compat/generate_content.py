@@ -90,7 +90,7 @@ class Content(RequestModel):
         description="{parts: [{text}]}: the system turn.")
     generation_config: Annotated[dict[str, Any], _Object()] = Field(
         default_factory=dict, validation_alias=AliasChoices("generation_config", "generationConfig"),
-        description="temperature, top_p, max_output_tokens (or their camelCase names).")
+        description="temperature, top_p, max_output_tokens (or their camelCase names), seed.")
 
 
 @bp.post("/v1/models/<model>:generateContent")
@@ -109,7 +109,7 @@ def generate_content(model: str) -> ResponseReturnValue:
     config = content.generation_config
     fields = {"prompt": conversation.prompt, "model": model, "temperature": config.get("temperature"),
               "max_tokens": _field(config, "max_output_tokens", "maxOutputTokens"),
-              "top_p": _field(config, "top_p", "topP")}
+              "top_p": _field(config, "top_p", "topP"), "seed": config.get("seed")}
     job_request = jobs.job_request(settings, parse(job_model(settings), fields), conversation.image,
                                    messages=conversation.messages)
     return jsonify(GenerateContentResponse.of(sync_chat.answer(job_request, conversation.image)).dump())

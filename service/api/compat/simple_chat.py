@@ -12,12 +12,12 @@ from typing import Annotated, Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from service.adapters import presence
+from service.api import health as health_api
 from service.api.auth import public
 from service.api.common import json_body
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
-from service.api.context import get_redis, get_settings
+from service.api.context import get_settings
 from service.api.errors import as_api_error
 from service.api.openapi import operation
 from service.core import jobs
@@ -41,7 +41,8 @@ _CODES = {
     "missing_data_url_header": 4001,
     "unsupported_image_format": 4002,
     "image_too_large": 4003, "image_too_many_pixels": 4003, "image_side_too_long": 4003,
-    "model_unavailable": 4004, "model_loading": 4004, "no_worker": 4004, "unknown_model": 4004,
+    "unknown_model": 4000,  # an invalid `model` field (400); 4004 is the family's "model failed to load" (503)
+    "model_unavailable": 4004, "model_loading": 4004, "no_worker": 4004,
     "sync_timeout": 5001, "inference_timeout": 5001,
     "out_of_memory": 5002,
 }
@@ -107,16 +108,25 @@ def _image(value: Any) -> bytes:
 
 @bp.get("/health")
 @public
-@operation("Ready while a live worker serves the default model", tags=("compatible",),
+@operation("Ready when /health is: the database, Redis and a live model", tags=("compatible",),
            responses={200: "SimpleChatHealth", 503: {"description": "Loading or unavailable.", "content": {
                "application/json": {"schema": {"$ref": "#/components/schemas/SimpleChatHealth"}}}}},
            error_schema="SimpleChatAnswer")
 def health() -> ResponseReturnValue:
-    """{status: ok} while a live worker serves the default model; otherwise 503 with status loading or unavailable."""
-    model = get_settings().default_model
-    states = {info.get("models", {}).get(model, {}).get("status")
-              for info in presence.live_workers(get_redis()).values()}
-    status = "ok" if "live" in states else "loading" if states & {"loading", "pulling"} else "unavailable"
+    """{status: ok} exactly when /health is healthy; otherwise 503 with status loading or unavailable.
+
+    `model` is the default model while a worker serves it, else a model one serves (send it as `model`).
+    """
+    readiness = health_api.readiness()
+    default = get_settings().default_model
+    states: dict[str, set[str]] = {}
+    for worker in readiness.workers:
+        for name, state in worker.get("models", {}).items():
+            states.setdefault(name, set()).add(state.get("status"))
+    live = sorted(name for name, seen in states.items() if "live" in seen)
+    model = default if default in live or not live else live[0]
+    loading = any(seen & {"loading", "pulling"} for seen in states.values())
+    status = "ok" if not readiness.missing else "loading" if loading else "unavailable"
     body = SimpleChatHealth(status=status, model=model, multimodal=True, cpu_optimized=True, timestamp=utcnow())
     return jsonify(body.dump()), 200 if status == "ok" else 503
 

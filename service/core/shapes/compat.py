@@ -275,7 +275,7 @@ ModelList = ObjectList[ModelOut]
 class SimpleChatData(Shape):
     response: str
     token_usage: Usage
-    inference_time_ms: float | None
+    inference_time_ms: int | None  # whole milliseconds, as the family documents it (typed clients refuse 2340.5)
 
 
 class SimpleChatAnswer(Shape):
@@ -288,8 +288,12 @@ class SimpleChatAnswer(Shape):
     @classmethod
     def of(cls, job: models.Job) -> SimpleChatAnswer:
         data = SimpleChatData(response=job.result_text or "", token_usage=Usage.of(job) or Usage.zero(),
-                              inference_time_ms=Timings.of(job).inference_ms)
+                              inference_time_ms=_whole(Timings.of(job).inference_ms))
         return cls(code=0, message="success", data=data)
+
+
+def _whole(ms: float | None) -> int | None:
+    return None if ms is None else round(ms)
 
 
 class SimpleChatHealth(Shape):

@@ -56,7 +56,10 @@ class OcrLine(Shape):
 class JobResult(Shape):
     # The output: `json` only for a schema-constrained job, `lines` only for OCR.
 
+    # `finish_reason` "length": max_tokens cut the text off (a schema-constrained job then has `json: null`).
+
     text: str
+    finish_reason: str | None
     json_: Any | MISSING = Field(MISSING, alias="json")
     lines: list[OcrLine] | MISSING = MISSING
 
@@ -64,7 +67,7 @@ class JobResult(Shape):
     def of(cls, job: models.Job) -> JobResult | None:
         if job.result_text is None:
             return None
-        result = cls(text=job.result_text)
+        result = cls(text=job.result_text, finish_reason=job.finish_reason)
         if job.response_schema is not None:
             result.json_ = job.result_json
         if job.result_lines is not None:
@@ -111,6 +114,7 @@ class JobOut(Shape):
     max_tokens: int
     temperature: float
     top_p: float | None
+    seed: int | None
     messages: list[dict[str, Any]] | None
     image: JobImage | None
     created_at: Timestamp
@@ -141,7 +145,8 @@ class JobOut(Shape):
             sha256=job.image_sha256, format=job.image_format, width=job.image_width, height=job.image_height)
         return cls(
             id=job.id, status=job.status, model=job.model, prompt=job.prompt, priority=job.priority,
-            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, messages=job.messages,
+            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, seed=job.seed,
+            messages=job.messages,
             image=image, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
             preset=job.preset, result=JobResult.of(job), cached=job.cached_from is not None, cache_of=job.cached_from,
             usage=Usage.of(job), timings=Timings.of(job), batch_size=job.batch_size, worker=job.worker,

@@ -4,8 +4,10 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -72,6 +74,9 @@ def test_the_openai_sdk_runs_a_batch_and_reads_its_output_and_error_files(sdk):
               for line in sdk.files.content(batch.error_file_id).text.splitlines()}
     assert errors["broken-image"]["code"] == "invalid_image"
     assert errors["remote-image"]["code"] == "unsupported_image_url"
+    # OpenAI's purpose for both result files: its SDK and typed clients know no other
+    files = [sdk.files.retrieve(batch.output_file_id), sdk.files.retrieve(batch.error_file_id)]
+    assert [file.purpose for file in files] == ["batch_output", "batch_output"]
     assert batch.id in [b.id for b in sdk.batches.list(limit=100)]
 
 
@@ -357,3 +362,14 @@ def test_bad_openai_batch_options_are_a_400_naming_the_field(client, fields, fie
     response = client.post("/v1/batches", json=body)
     assert response.status_code == 400
     assert response.get_json()["error"]["details"]["field"] == field, response.get_json()
+
+
+def test_the_readme_lists_the_csv_columns_the_export_writes(client, db):
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    listed = re.search(r"CSV with the \d+ columns `([^`]+)`", readme.replace("\n", " "))
+    assert listed is not None
+    batch_id = client.post("/v1/batches", data={"prompt": "Total?", "model": "tiny-idle",
+                                                "images": [(io.BytesIO(make_image()), "a.png")]}).get_json()["id"]
+    header = client.get(f"/v1/batches/{batch_id}/results?format=csv").get_data(as_text=True).splitlines()[0]
+    assert [name.strip() for name in listed.group(1).split(",")] == header.split(",")
+    client.post(f"/v1/batches/{batch_id}/cancel")

@@ -193,3 +193,11 @@ def test_an_image_that_is_not_there_is_a_404(client, settings):
         session.get(Job, job["id"]).image_sha256 = None  # as for a batch item refused at ingest
     response = client.get(f"/v1/jobs/{job['id']}/image")
     assert response.status_code == 404 and "refused at ingest" in response.get_json()["error"]["message"]
+
+
+def test_a_seed_is_a_job_field_shown_back_and_bounded(client):
+    job = client.post("/v1/jobs", json=_json(make_image(), temperature=1.0, seed=7)).get_json()
+    assert (job["seed"], job["temperature"]) == (7, 1.0)
+    refused = client.post("/v1/jobs", json=_json(make_image(), seed=-1))
+    assert refused.status_code == 400 and refused.get_json()["error"]["details"] == {"field": "seed"}
+    client.post(f"/v1/jobs/{job['id']}/cancel")

@@ -60,7 +60,7 @@ def _succeed(settings, job_id, text):
     """Play the worker's part: claim the job and finish it with `text`."""
     with Database(settings.database_url).session() as session:
         job = lifecycle.claim(session, job_id, "test-worker")
-        lifecycle.finish(session, job, JobStatus.SUCCEEDED, result_text=text, prompt_tokens=30,
+        lifecycle.finish(session, job, JobStatus.SUCCEEDED, result_text=text, finish_reason="stop", prompt_tokens=30,
                          completion_tokens=4, inference_ms=12.0, batch_size=1)
         session.commit()
 
@@ -74,7 +74,7 @@ def test_an_identical_request_is_answered_from_the_cache(client, settings):
     assert hit.status_code == 202
     job = hit.get_json()
     assert job["status"] == "succeeded" and job["cached"] is True and job["cache_of"] == first["id"]
-    assert job["result"] == {"text": "42.00"}
+    assert job["result"] == {"text": "42.00", "finish_reason": "stop"}  # the copy keeps how the text ended
     assert job["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}  # free
     assert job["timings"]["inference_ms"] == 0 and job["worker"] is None
     with Database(settings.database_url).session() as session:

@@ -167,3 +167,21 @@ def test_an_openai_endpoint_gets_openais_batch_events_and_no_job_events(client, 
     assert event["id"].startswith("evt_") and abs(event["created_at"] - time.time()) < 60
     ours = got[(vlq_endpoint["id"], "batch.failed")]
     assert ours["type"] == "batch.failed" and ours["data"]["id"] == batch.id and ours["data"]["status"] == "failed"
+
+
+def test_loopback_receivers_need_the_development_setting(settings, receiver):
+    # The receiver listens on 127.0.0.1: refused by default, accepted where `webhook_allow_loopback` is on.
+    strict = dataclasses.replace(settings, egress_allow_cidrs=())
+    for allowed, status in ((False, 400), (True, 201)):
+        app = create_app(dataclasses.replace(strict, webhook_allow_loopback=allowed))
+        client = keyed(app.test_client(), make_key(settings, tenant=f"loop-{uuid.uuid4().hex[:8]}"))
+        endpoint = client.post("/v1/webhooks", json={"url": receiver.url})
+        job = client.post("/v1/jobs", data={"image": (io.BytesIO(make_image()), "a.png"), "prompt": "Hi",
+                                            "model": IDLE_MODEL, "webhook_url": receiver.url,
+                                            "webhook_secret": receiver.secret})
+        assert (endpoint.status_code, job.status_code) == (status, 202 if allowed else 400)
+        if not allowed:
+            assert endpoint.get_json()["error"]["code"] == job.get_json()["error"]["code"] == "webhook_url_forbidden"
+        else:
+            client.delete(f"/v1/webhooks/{endpoint.get_json()['id']}")
+            client.post(f"/v1/jobs/{job.get_json()['id']}/cancel")

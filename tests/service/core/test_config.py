@@ -93,3 +93,14 @@ def test_the_local_config_file_turns_auth_off_and_the_server_examples_turn_it_on
     assert load_settings(environ={"VLQ_CONFIG": str(root / "config.yaml")}).disable_auth is True
     assert 'VLQ_DISABLE_AUTH: "false"' in (root / "docker-compose.yml").read_text()
     assert "VLQ_DISABLE_AUTH=false" in (root / "Dockerfile").read_text()
+
+
+def test_loopback_webhooks_are_for_the_local_config_only(tmp_path):
+    root = Path(__file__).resolve().parents[3]
+    local = load_settings(environ={"VLQ_CONFIG": str(root / "config.yaml")})
+    assert local.webhook_allow_loopback is True and "::1/128" in local.webhook_allow_cidrs
+    path = tmp_path / "config.yaml"
+    path.write_text("port: 9000\n")
+    assert load_settings(environ={"VLQ_CONFIG": str(path)}).webhook_allow_cidrs == ()  # the code default: off
+    assert 'VLQ_WEBHOOK_ALLOW_LOOPBACK: "false"' in (root / "docker-compose.yml").read_text()
+    assert "VLQ_WEBHOOK_ALLOW_LOOPBACK=false" in (root / "Dockerfile").read_text()

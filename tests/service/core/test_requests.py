@@ -34,7 +34,11 @@ def test_models_are_built_once_per_settings_with_its_bounds(settings):
     assert refused(generation_model(settings), {"max_tokens": 101}).message == "'max_tokens' must be between 1 and 100."
     assert parse(generation_model(other), {"max_tokens": 101}).max_tokens == 101
     assert parse(generation_model(settings), {}).model_dump() == {
-        "model": settings.default_model, "max_tokens": 50, "temperature": 0.0, "top_p": None, "ignore_eos": False}
+        "model": settings.default_model, "max_tokens": 50, "temperature": 0.0, "top_p": None, "ignore_eos": False,
+        "seed": None}
+    assert parse(generation_model(settings), {"seed": "42"}).seed == 42
+    assert refused(generation_model(settings), {"seed": -1}).details == {"field": "seed"}
+    assert refused(generation_model(settings), {"seed": 2**32}).details == {"field": "seed"}
 
 
 def test_a_preset_fills_what_the_request_leaves_out_and_set_fields_win(settings):

@@ -108,7 +108,9 @@ def test_a_job_renders_to_the_documented_job(settings, db):
     for job in (plain, structured, queued):
         assert_documented(JobOut.from_row(job).dump(), "Job")
     shown = JobOut.from_row(plain).dump()
-    assert shown["result"] == {"text": "A red square."}  # no `json` key for a job without a schema, not a null
+    # No `json` key for a job without a schema, not a null.
+    assert shown["result"] == {"text": "A red square.", "finish_reason": "stop"}
+    assert shown["seed"] is None
     assert shown["usage"] == {"prompt_tokens": 30, "completion_tokens": 4, "total_tokens": 34}
     assert shown["timings"]["ttft_ms"] == 12.3 and shown["timings"]["queue_ms"] == 1000.0
     assert shown["created_at"].endswith("Z") and shown["webhook"] is None and shown["temperature"] == 0.0

@@ -83,6 +83,37 @@ def test_multipart_with_requests_answers_content_and_total_time(http, live_serve
     assert body["usage"]["total_time_ms"] > 0 and body["usage"]["completion_tokens"] >= 1
 
 
+def test_structured_output_cut_off_by_max_tokens_is_a_200_with_finish_reason_length(sdk, client):
+    schema = {"type": "object", "additionalProperties": False, "required": ["total"],
+              "properties": {"total": {"type": "string", "maxLength": 40}}}
+    completion = sdk.chat.completions.create(
+        model=TINY, messages=[_user("What is the total?")], max_tokens=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+    choice = completion.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content.startswith('{"')
+    assert completion.usage.completion_tokens == 3
+    job = client.get(f"/v1/jobs/{completion.id.removeprefix('chatcmpl-')}").get_json()
+    assert job["status"] == "succeeded" and job["error"] is None
+    assert job["result"] == {"text": choice.message.content, "finish_reason": "length", "json": None}
+
+
+def test_sampling_differs_per_call_and_openais_seed_reproduces_it(sdk, client):
+    image = make_image(color=(5, 150, 77))
+
+    def ask(**options):
+        completion = sdk.chat.completions.create(model=TINY, messages=[_user("Describe it.", image)], max_tokens=12,
+                                                 temperature=1.0, **options)
+        return completion.choices[0].message.content, client.get(
+            f"/v1/jobs/{completion.id.removeprefix('chatcmpl-')}").get_json()
+
+    (first, first_job), (second, second_job) = ask(), ask()
+    assert first != second and not first_job["cached"] and not second_job["cached"]  # draws are never reused
+    assert first_job["seed"] != second_job["seed"]
+    (seeded, seeded_job), (again, again_job) = ask(seed=first_job["seed"]), ask(seed=first_job["seed"])
+    assert seeded == again == first and seeded_job["seed"] == first_job["seed"]
+    assert again_job["cached"] and again_job["cache_of"] == seeded_job["id"]  # a seeded draw is reproducible
+
+
 def test_models_list_and_health(http, sdk, live_server):
     models = {model.id: model for model in sdk.models.list()}
     assert models[TINY].object == "model" and models[TINY].model_extra["status"] == "live"
@@ -97,7 +128,7 @@ def test_input_errors_come_in_openais_shape(http, sdk, live_server):
     with pytest.raises(openai.BadRequestError) as caught:  # a truncated PNG
         sdk.chat.completions.create(model=TINY, messages=[_user("Hi", make_image()[:60])], max_tokens=4)
     assert caught.value.status_code == 400 and caught.value.code == "invalid_image"
-    assert caught.value.body["type"] == "invalid_request_error"
+    assert caught.value.body["type"] == "invalid_request_error" and caught.value.param == "messages[0]"
 
     with pytest.raises(openai.BadRequestError) as caught:  # no text to answer
         sdk.chat.completions.create(model=TINY, messages=[_user("  ")], max_tokens=4)
@@ -118,6 +149,7 @@ def test_input_errors_come_in_openais_shape(http, sdk, live_server):
     response = http.post(f"{live_server}/v1/chat/completions", files={"image": ("a.png", b"not an image")},
                              data={"prompt": "Hi"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_image"
+    assert response.json()["error"]["param"] == "image"
 
 
 def test_an_image_over_the_byte_limit_is_413(http, settings, worker, api_key):

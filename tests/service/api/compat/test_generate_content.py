@@ -35,6 +35,15 @@ def test_generate_content_answers_candidates_and_usage_metadata(generate, client
     assert (job["temperature"], job["top_p"], job["max_tokens"]) == (0.7, 0.9, 8)
 
 
+def test_generation_config_seed_fixes_the_draw(generate, client):
+    contents = _contents("Describe it.", make_image(color=(90, 12, 200)))
+    answers = [generate(contents=contents, generationConfig={"temperature": 1.0, "maxOutputTokens": 8, "seed": 99})
+               for _ in range(2)]
+    texts = [answer.json()["candidates"][0]["content"]["parts"][0]["text"] for answer in answers]
+    jobs = [client.get(f"/v1/jobs/{answer.json()['responseId']}").get_json() for answer in answers]
+    assert texts[0] == texts[1] and [job["seed"] for job in jobs] == [99, 99]
+
+
 def test_camel_case_a_system_instruction_and_model_turns_make_one_conversation(generate, client):
     contents = [
         *_contents("Describe the picture."),
