@@ -18,9 +18,11 @@ test-fast: $(STAMP)  ## the rest, in under a minute: no worker process, browser,
 screenshots: $(STAMP)  ## the web UI tests, keeping their screenshots in docs/screenshots for the README
 	VLQ_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest tests/e2e/test_web_ui.py -k sqlite
 
-bench: $(STAMP) tiny  ## raw engine vs end-to-end service throughput; submit and result-read times, local vs S3 blobs
+bench: $(STAMP) tiny  ## raw engine vs service; local vs S3 blobs; PDF render time and memory (300 pages); the service's own costs at 100,000 items
 	$(BIN)/python -m bench.service_bench
 	$(BIN)/python -m bench.blob_bench
+	$(BIN)/python -m bench.document_bench --pages 300 --write docs/BENCHMARKS.md
+	$(BIN)/python -m bench.scale_bench --items 100000
 
 bench-full: $(STAMP)  ## the 2B architecture: PyTorch fp32/bf16 vs OpenVINO int8/int4 x batch vs service (~25 min here)
 	$(BIN)/python -m bench.full_bench --tune no-dynamic-quantization,f32-compute,kv-f16,prefix-caching,batched-tokens-1024,threads-1,no-pinning,max-pixels-100k,int4-g64,int4-g32 --write docs/BENCHMARKS.md

@@ -16,7 +16,8 @@ import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Which files of a folder are sent; what each one is, the server tells from its bytes.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".pdf", ".tif", ".tiff", ".heic", ".heif"}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 console = Console(stderr=True)
 
@@ -64,19 +65,24 @@ class Server:
 @click.option("--max-tokens", type=int)
 @click.option("--temperature", type=float)
 @click.option("--priority", type=click.Choice(["bulk", "interactive"]), default="bulk", show_default=True)
+@click.option("--pages", help='Documents: the pages to read, e.g. "1-3,7" (all by default).')
+@click.option("--page-mode", type=click.Choice(["document", "per_page"]),
+              help="Documents: all pages in one request (the default), or each page on its own.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write results here when done (.csv or .jsonl); implies --wait.")
 @click.option("--wait/--no-wait", default=False, help="Follow progress until the batch ends.")
 @server_options
 def submit(paths: tuple[str, ...], prompt: str, model: str | None, max_tokens: int | None,
-           temperature: float | None, priority: str, out: Path | None, wait: bool, url: str,
-           api_key: str | None) -> None:
-    """Submit a folder, files or globs of images as one batch. Re-running the same command resumes it."""
+           temperature: float | None, priority: str, pages: str | None, page_mode: str | None, out: Path | None,
+           wait: bool, url: str, api_key: str | None) -> None:
+    """Submit a folder, files or globs of images and documents (PDF, TIFF, HEIC) as one batch. Re-running the
+    same command resumes it."""
     images = collect_images(paths)
     if not images:
-        raise click.ClickException("no .jpg, .jpeg, .png or .webp files found")
+        raise click.ClickException("no .jpg, .jpeg, .png, .webp, .pdf, .tif, .tiff, .heic or .heif files found")
     fields = {key: str(value) for key, value in {"prompt": prompt, "model": model, "max_tokens": max_tokens,
-                                                  "temperature": temperature, "priority": priority}.items()
+                                                  "temperature": temperature, "priority": priority, "pages": pages,
+                                                  "page_mode": page_mode}.items()
               if value is not None}
     digests = {name: _sha256(path) for name, path in images.items()}
     # The same images and options give the same key, so a re-run finds its batch instead of resubmitting.
@@ -108,7 +114,7 @@ def upload(server: Server, key: str, fields: Mapping[str, str], images: Mapping[
         content_type = write_archive_form(body, fields, images)
         size = body.tell()
         body.seek(0)
-        console.print(f"uploading {len(images)} images ({size / 1e6:.1f} MB)…")
+        console.print(f"uploading {len(images)} files ({size / 1e6:.1f} MB)…")
         try:
             response = server.call("POST", "/v1/batches", data=body,
                                    headers={"Idempotency-Key": key, "Content-Type": content_type})

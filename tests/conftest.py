@@ -43,7 +43,8 @@ TINY = "tiny-random"
 # The tenant of the session's API key: not the default one, so a row stamped with the wrong tenant goes missing.
 TENANT = "acme"
 # Aliases of the tiny export, each served only by the workers a test starts for it.
-ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle", "tiny-drain", "tiny-unit")
+ALIASES = ("tiny-victim", "tiny-priority", "tiny-grounded", "tiny-sync", "tiny-idle", "tiny-drain", "tiny-unit",
+           "tiny-docs")
 BROKEN = "tiny-broken"  # looks exported, but its language model is garbage: a worker fails to load it
 STUCK = "tiny-stuck"  # its generation_config.json is a FIFO: a worker loading it waits until the test writes to it
 # Each database kind a test runs on; the Postgres one carries the `postgres` marker.

@@ -5,6 +5,7 @@ import json
 import logging
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task, signals
@@ -20,9 +21,10 @@ from service.core import batches, lifecycle, logs, structured
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
 from service.core.requests import MAX_SEED
-from workers.engines.base import EngineError, GenerationRequest, GenerationResult
+from workers import pages
+from workers.engines.base import Engine, EngineError, GenerationRequest, GenerationResult
 from workers.engines.images import prepare_image
-from workers.runtime import WorkerRuntime, current_runtime, set_current_runtime
+from workers.runtime import JobTracker, WorkerRuntime, current_runtime, set_current_runtime
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,23 @@ def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
 
 
 
+@dataclass(frozen=True)
+class _Ending:
+    """How a job ends before (or instead of) a result: its status and error, and what was generated, if anything."""
+
+    status: JobStatus
+    code: ErrorCode
+    message: str
+    result: GenerationResult | None = None
+
+
+class _Requeued(Exception):
+    """A stop handed the job back and cancelled its generation; another attempt runs it."""
+
+
+_UNREADABLE = (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
 def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     with runtime.tracking(job) as tracker:
         if job.cancel_requested_at is not None or tracker.cancelled:
@@ -72,61 +91,138 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
         if engine is None:  # only consumed queues reach here, so this means a misrouted task
             return _finish(runtime, job, JobStatus.FAILED,
                            error=(ErrorCode.MODEL_UNAVAILABLE, f"This worker does not serve {job.model!r}."))
-        try:
-            blob = runtime.blobs.get(job.image_sha256)
-            bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
-            image = prepare_image(blob, min(bound, job.max_pixels or bound))
-        except BlobStoreUnavailable as exc:
-            return _retry_for_storage(runtime, job, exc)
-        except (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            return _finish(runtime, job, JobStatus.FAILED,
-                           error=(ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}"))
-        try:
-            prompt = _grounded_prompt(runtime, job, blob) if job.ground_with_ocr else job.prompt
-        except _OCRUnavailable as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.MODEL_UNAVAILABLE, str(exc)))
-        except (EngineError, TimeoutError) as exc:
-            return _finish(runtime, job, JobStatus.FAILED,
-                           error=(ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}"))
-
         seed = _seed(job)
         try:
-            handle = engine.submit(GenerationRequest(
-                prompt=prompt, image=image, max_tokens=job.max_tokens, temperature=job.temperature,
-                top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-                messages=job.messages, stream=job.stream, seed=seed,
-            ))
-        except EngineError as exc:
-            return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
-        tracker.attach(handle)
-        try:
-            if job.stream:
-                _publish_text(runtime, job.id, handle.stream(timeout=runtime.settings.job_timeout_s))
-            result = handle.result(timeout=runtime.settings.job_timeout_s)
-        except TimeoutError:
-            handle.cancel()
-            limit = runtime.settings.job_timeout_s
-            return _finish(runtime, job, JobStatus.FAILED,
-                           error=(ErrorCode.INFERENCE_TIMEOUT, f"Generation took longer than {limit}s."))
-        except EngineError as exc:
-            if tracker.requeued:
-                return None
-            return _finish(runtime, job, JobStatus.FAILED, error=(exc.code, str(exc)))
+            if job.page_mode == "per_page":
+                return _run_per_page(runtime, job, engine, tracker, seed)
+            outcome = _run_whole(runtime, job, engine, tracker, seed)
+        except _Requeued:
+            return None
+        except BlobStoreUnavailable as exc:
+            return _retry_for_storage(runtime, job, exc)
+    if isinstance(outcome, _Ending):
+        return _finish(runtime, job, outcome.status, result=outcome.result, seed=seed,
+                       error=(outcome.code, outcome.message))
+    parsed, problem = _checked(outcome, job.response_schema)
+    if problem is not None:
+        return _finish(runtime, job, JobStatus.FAILED, result=outcome, seed=seed,
+                       error=(ErrorCode.INVALID_OUTPUT, problem))
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=outcome, parsed=parsed, seed=seed)
 
-    if tracker.requeued:  # a stop handed the job back and cancelled this generation; another attempt runs it
-        return None
+
+def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
+               seed: int | None) -> GenerationResult | _Ending:
+    """One request: the job's image, or (document mode) all its pages, sharing the model's pixel budget."""
+    rows = pages.load(runtime, job) if job.page_mode is not None else []
+    bound = _pixel_bound(runtime, job) // max(1, len(rows))
+    try:
+        if rows:
+            prepared = [pages.prepared(runtime, row, bound) for row in rows]
+        else:
+            blob = runtime.blobs.get(job.image_sha256)
+            prepared = [(blob, prepare_image(blob, bound))]
+    except _UNREADABLE as exc:
+        return _Ending(JobStatus.FAILED, ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}")
+    numbers = [row.number for row in rows] or [1]
+    prompt = _prompt(runtime, job, [(number, blob) for number, (blob, _) in zip(numbers, prepared, strict=True)])
+    if isinstance(prompt, _Ending):
+        return prompt
+    return _generate(runtime, job, engine, tracker, prompt, [image for _, image in prepared], seed)
+
+
+def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
+                  seed: int | None) -> str | None:
+    """One request a page, in order, each page's outcome recorded as it ends; the job's answer joins them.
+
+    A page that fails ends the job failed (the pages before keep their results); a cancel ends it cancelled.
+    """
+    done: list[tuple[int, GenerationResult]] = []
+    for row in pages.load(runtime, job):
+        if row.status == pages.DONE:  # an earlier attempt read it already
+            done.append((row.number, pages.as_result(row)))
+            continue
+        try:
+            data, image = pages.prepared(runtime, row, _pixel_bound(runtime, job))
+        except _UNREADABLE as exc:
+            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done) if done else None, seed=seed,
+                           error=(ErrorCode.IMAGE_UNREADABLE, f"Page {row.number} could not be read: {exc}"))
+        prompt = _prompt(runtime, job, [(row.number, data)])
+        outcome = prompt if isinstance(prompt, _Ending) else _generate(runtime, job, engine, tracker, prompt, [image],
+                                                                       seed)
+        if isinstance(outcome, _Ending):
+            if outcome.result is not None:
+                done.append((row.number, outcome.result))
+            return _finish(runtime, job, outcome.status, result=pages.combined(done) if done else None, seed=seed,
+                           error=(outcome.code, f"Page {row.number}: {outcome.message}"))
+        parsed, problem = _checked(outcome, job.response_schema)
+        pages.record_result(runtime, row, outcome, parsed, (ErrorCode.INVALID_OUTPUT, problem) if problem else None)
+        done.append((row.number, outcome))
+        if problem is not None:
+            return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done), seed=seed,
+                           error=(ErrorCode.INVALID_OUTPUT, f"Page {row.number}: {problem}"))
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=pages.combined(done), seed=seed)
+
+
+def _pixel_bound(runtime: WorkerRuntime, job: Job) -> int:
+    bound = runtime.settings.registry[job.model].max_pixels  # a preset may only lower the model's bound
+    return min(bound, job.max_pixels or bound)
+
+
+def _prompt(runtime: WorkerRuntime, job: Job, blobs: list[tuple[int, bytes]]) -> str | _Ending:
+    """The job's prompt, with what OCR reads from each page when it asks for grounding."""
+    if not job.ground_with_ocr:
+        return job.prompt
+    try:
+        return _grounded_prompt(runtime, job, blobs)
+    except _OCRUnavailable as exc:
+        return _Ending(JobStatus.FAILED, ErrorCode.MODEL_UNAVAILABLE, str(exc))
+    except (EngineError, TimeoutError) as exc:
+        return _Ending(JobStatus.FAILED, ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}")
+
+
+def _generate(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker, prompt: str,
+              images: list[Image.Image], seed: int | None) -> GenerationResult | _Ending:
+    """Run one request to its end: the result, or how it ended otherwise. Raises _Requeued after a stop."""
+    if tracker.cancelled:
+        return _Ending(JobStatus.CANCELLED, ErrorCode.CANCELLED, "Cancelled while running.")
+    try:
+        handle = engine.submit(GenerationRequest(
+            prompt=prompt, image=images[0], more_images=tuple(images[1:]), max_tokens=job.max_tokens,
+            temperature=job.temperature, top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
+            messages=job.messages, stream=job.stream, seed=seed,
+        ))
+    except EngineError as exc:
+        return _Ending(JobStatus.FAILED, exc.code, str(exc))
+    tracker.attach(handle)
+    try:
+        if job.stream:
+            _publish_text(runtime, job.id, handle.stream(timeout=runtime.settings.job_timeout_s))
+        result = handle.result(timeout=runtime.settings.job_timeout_s)
+    except TimeoutError:
+        handle.cancel()
+        limit = runtime.settings.job_timeout_s
+        return _Ending(JobStatus.FAILED, ErrorCode.INFERENCE_TIMEOUT, f"Generation took longer than {limit}s.")
+    except EngineError as exc:
+        if tracker.requeued:
+            raise _Requeued from None
+        return _Ending(JobStatus.FAILED, exc.code, str(exc))
+    if tracker.requeued:
+        raise _Requeued
     if result.finish_reason == "cancelled":
-        return _finish(runtime, job, JobStatus.CANCELLED, result=result, seed=seed,
-                       error=(ErrorCode.CANCELLED, "Cancelled while running."))
-    if job.response_schema is not None:
-        parsed, problem = _parse_output(result.text, job.response_schema)
-        if problem is not None and result.finish_reason != "length":
-            return _finish(runtime, job, JobStatus.FAILED, result=result, seed=seed,
-                           error=(ErrorCode.INVALID_OUTPUT, problem))
-        # Cut off by max_tokens: the caller's limit, not a fault. It succeeds with finish_reason "length", the
-        # partial text and no `json` (as OpenAI answers 200 with finish_reason "length").
-        return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, seed=seed)
-    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, seed=seed)
+        return _Ending(JobStatus.CANCELLED, ErrorCode.CANCELLED, "Cancelled while running.", result)
+    return result
+
+
+def _checked(result: GenerationResult, schema: dict[str, Any] | None) -> tuple[Any, str | None]:
+    """(parsed JSON, None) for a schema-constrained output that validates, (None, why) for one that does not;
+    (None, None) without a schema, or when max_tokens cut it off: the caller's limit, not a fault. It succeeds
+    then with finish_reason "length", the partial text and no `json` (as OpenAI answers 200 with "length")."""
+    if schema is None:
+        return None, None
+    parsed, problem = _parse_output(result.text, schema)
+    if problem is not None and result.finish_reason == "length":
+        return None, None
+    return parsed, problem
 
 
 def _seed(job: Job) -> int | None:
@@ -180,15 +276,19 @@ def _publish_text(runtime: WorkerRuntime, job_id: str, pieces: Iterator[str]) ->
             publishing = False
 
 
-def _grounded_prompt(runtime: WorkerRuntime, job: Job, blob: bytes) -> str:
-    """The job's prompt followed by the text OCR reads from its full-resolution image."""
+def _grounded_prompt(runtime: WorkerRuntime, job: Job, blobs: list[tuple[int, bytes]]) -> str:
+    """The job's prompt followed by the text OCR reads from each (page number, full-resolution image)."""
     name = next((name for name, spec in runtime.settings.registry.items()
                  if spec.engine == "rapidocr" and name in runtime.engines), None)
     if name is None:
         raise _OCRUnavailable(f"ground_with_ocr needs an OCR model, and this worker serving {job.model!r} has none.")
-    image = prepare_image(blob, runtime.settings.registry[name].max_pixels)
-    ocr = runtime.engines[name].submit(GenerationRequest(prompt="", image=image, max_tokens=1))
-    text = ocr.result(timeout=runtime.settings.job_timeout_s).text[: runtime.settings.max_prompt_chars]
+    texts = []
+    for number, blob in blobs:
+        image = prepare_image(blob, runtime.settings.registry[name].max_pixels)
+        ocr = runtime.engines[name].submit(GenerationRequest(prompt="", image=image, max_tokens=1))
+        text = ocr.result(timeout=runtime.settings.job_timeout_s).text
+        texts.append(f"Page {number}:\n{text}" if len(blobs) > 1 else text)
+    text = "\n\n".join(texts)[: runtime.settings.max_prompt_chars]
     return f"{job.prompt}\n\nText read from the image by OCR (it may contain mistakes):\n{text}"
 
 

@@ -41,7 +41,8 @@ from service.core.validation import Choice, RequestModel, Spec, Text, combine, p
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Which zip entries are items (not folders' notes, say); what each one is, its bytes tell.
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".pdf", ".tif", ".tiff", ".heic", ".heif"}
 _CSV_COLUMNS = ["custom_id", "status", "text", "prompt_tokens", "completion_tokens", "total_tokens",
                 "queue_ms", "ttft_ms", "inference_ms", "total_ms", "error_code", "error_message", "job_id"]
 
@@ -146,7 +147,8 @@ def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
 
 def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:
     task = jobs.resolve_task(settings, body)
-    images = tuple(batches.store_image(settings, get_blobs(), name, data)
+    images = tuple(batches.store_image(settings, get_blobs(), name, data, model=task.options.model, pages=task.pages,
+                                       page_mode=task.page_mode)
                    for name, data in _uploaded_images(settings, body.images, body.archive))
     if not images:
         raise ApiError(ErrorCode.MISSING_FIELD, "Send images as 'images' files or a zip as 'archive'.",
@@ -218,11 +220,9 @@ def list_batches() -> ResponseReturnValue:
     keyed = [Batch.idempotency_key == query.idempotency_key] if query.idempotency_key is not None else []
     rows, limit = newest_first(Batch, *keyed, query=query)
     session = get_session()
-    counts = batch_lifecycle.request_counts(session, [row.id for row in rows])
     waiting = any(row.status in model_warnings.WAITING_BATCH for row in rows)
     workers = model_warnings.live_workers() if waiting else None
-    return jsonify(page(rows, limit, lambda batch: model_warnings.batch_out(session, batch, workers,
-                                                                             counts=counts[batch.id])))
+    return jsonify(page(rows, limit, lambda batch: model_warnings.batch_out(session, batch, workers)))
 
 
 @bp.get("/<batch_id>")
@@ -241,7 +241,7 @@ def cancel_batch(batch_id: str) -> ResponseReturnValue:
     """Queued items are cancelled at once; running ones finish; finished results stay readable."""
     session = get_session()
     batches.cancel(get_db(), session, get_blobs(), get_or_404(session, Batch, batch_id, "batch"))
-    return jsonify(batch_lifecycle.render(session, get_or_404(session, Batch, batch_id, "batch")).dump())
+    return jsonify(batch_lifecycle.render(get_or_404(session, Batch, batch_id, "batch")).dump())
 
 
 @bp.get("/<batch_id>/results")

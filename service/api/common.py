@@ -63,7 +63,9 @@ def request_fields() -> tuple[dict[str, Any], dict[str, Any]]:
     if request.is_json:
         return json_body(), {}
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return request.form.to_dict(), request.files.to_dict()
+        # A file field sent more than once (several images in one job) reads as the list of its files.
+        files = {name: items if len(items) > 1 else items[0] for name, items in request.files.lists()}
+        return request.form.to_dict(), files
     raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                    "Send application/json or multipart/form-data.", {"content_type": request.mimetype or None})
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis
 import sqlalchemy.exc
-from flask import Flask, g, jsonify
+from flask import Flask, Request, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as KombuOperationalError
 from werkzeug.exceptions import HTTPException
@@ -27,8 +28,25 @@ _HTTP_CODES = {
 
 
 
+_FAMILIES = "vlq.error_families"
+ErrorRenderer = Callable[[Exception], ResponseReturnValue]
+
+
 def init_app(app: Flask) -> None:
-    app.register_error_handler(Exception, lambda error: render(as_api_error(error)))
+    app.register_error_handler(Exception, _render_any)
+
+
+def add_family(app: Flask, owns: Callable[[Request], bool], renderer: ErrorRenderer) -> None:
+    """Render errors on the paths `owns` with `renderer`, where no view's blueprint does: an unknown path or method
+    (routing matched no view), or a request refused before its view ran. A compatible family's paths, say."""
+    app.extensions.setdefault(_FAMILIES, []).append((owns, renderer))
+
+
+def _render_any(error: Exception) -> ResponseReturnValue:
+    for owns, renderer in current_app.extensions.get(_FAMILIES, []):
+        if owns(request):
+            return renderer(error)
+    return render(as_api_error(error))
 
 
 def render(error: ApiError) -> ResponseReturnValue:

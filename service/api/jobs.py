@@ -1,4 +1,5 @@
-"""Jobs: one image + one prompt, answered asynchronously. POST /v1/jobs, then poll GET /v1/jobs/{id}."""
+"""Jobs: an image (or a document, or several images) + one prompt, answered asynchronously. POST /v1/jobs, then poll
+GET /v1/jobs/{id}."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -14,9 +15,9 @@ from service.api.context import get_blobs, get_broker, get_db, get_job_endings, 
 from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import jobs
 from service.core.config import Settings
+from service.core.documents import MEDIA_TYPES
 from service.core.errors import ApiError, ErrorCode
-from service.core.images import ACCEPTED_FORMATS
-from service.core.models import Job, JobStatus
+from service.core.models import Job, JobPage, JobStatus
 from service.core.requests import job_submit_model
 from service.core.shapes import JobOut
 from service.core.validation import Choice, parse
@@ -35,7 +36,7 @@ class JobList(PageQuery):
            tags=("jobs",), responses={202: "Job"}, links={"GetJob": ("jobs.get_job", "job_id"),
                                           "CancelJob": ("jobs.cancel_job", "job_id")})
 def create_job() -> ResponseReturnValue:
-    """Store the image and the job, then queue it; poll GET /v1/jobs/{id} for the result."""
+    """Store the image(s) or document and the job, then queue it; poll GET /v1/jobs/{id} for the result."""
     settings: Settings = get_settings()
     body = parse(job_submit_model(settings), request_values())
     job_request = jobs.job_request(settings, body, body.image)
@@ -69,21 +70,46 @@ def get_job(job_id: str) -> ResponseReturnValue:
 
 @bp.get("/<job_id>/image")
 @operation("Get a job's image", tags=("jobs",),
-           responses={200: text_response("The image as uploaded (cacheable: its bytes never change).",
-                                         *ACCEPTED_FORMATS.values()),
+           responses={200: text_response("The image (or document: its first input) as uploaded (cacheable: its bytes "
+                                         "never change).", *MEDIA_TYPES.values()),
                       304: {"description": "Not modified (If-None-Match matched the image's sha256)."}})
 def get_job_image(job_id: str) -> ResponseReturnValue:
     """The job's image as uploaded; its bytes never change (sha256-addressed), so browsers may keep it."""
     job = get_or_404(get_session(), Job, job_id, "job")
     if job.image_sha256 is None:
         raise ApiError(ErrorCode.NOT_FOUND, f"Job {job_id!r} has no image: it was refused at ingest.", {"id": job_id})
+    return _blob_response(job.image_sha256, MEDIA_TYPES[job.image_format], f"The image of job {job_id!r}", job_id)
+
+
+@bp.get("/<job_id>/pages/<int:page>/image")
+@operation("Get a page of a job as an image", tags=("jobs",),
+           responses={200: text_response("The page's image: an image input as uploaded, a document's page rendered "
+                                         "(PNG) once the worker read it (cacheable).", *MEDIA_TYPES.values()),
+                      304: {"description": "Not modified (If-None-Match matched the image's sha256)."}})
+def get_job_page_image(job_id: str, page: int) -> ResponseReturnValue:
+    """Page `page` (its number, as in the job's `pages`) as an image: what thumbnails and field boxes draw on."""
+    job = get_or_404(get_session(), Job, job_id, "job")
+    row = next((row for row in job.pages if row.number == page), None) if job.page_mode is not None else None
+    if row is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"Job {job_id!r} has no page {page}.", {"id": job_id, "page": page})
+    if row.blob_sha256 is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"Page {page} of job {job_id!r} is not rendered yet.",
+                       {"id": job_id, "page": page})
+    return _blob_response(row.blob_sha256, _page_type(row), f"Page {page} of job {job_id!r}", job_id)
+
+
+def _page_type(row: JobPage) -> str:
+    return MEDIA_TYPES[row.source_format] if row.blob_sha256 == row.source_sha256 else "image/png"
+
+
+def _blob_response(digest: str, mimetype: str, what: str, job_id: str) -> ResponseReturnValue:
+    """A stored blob as an immutable, privately cacheable answer (its bytes never change: sha256-addressed)."""
     try:
-        data = get_blobs().get(job.image_sha256)
+        data = get_blobs().get(digest)
     except BlobNotFound:
-        raise ApiError(ErrorCode.NOT_FOUND,
-                       f"The image of job {job_id!r} is no longer stored.", {"id": job_id}) from None
-    response = Response(data, mimetype=ACCEPTED_FORMATS[job.image_format])
-    response.set_etag(job.image_sha256)
+        raise ApiError(ErrorCode.NOT_FOUND, f"{what} is no longer stored.", {"id": job_id}) from None
+    response = Response(data, mimetype=mimetype)
+    response.set_etag(digest)
     response.cache_control.private = True  # job images may be confidential: no shared caches
     response.cache_control.max_age = 365 * 24 * 3600
     response.cache_control.immutable = True

@@ -14,7 +14,7 @@ from service.adapters.broker import BROKER_ERRORS
 from service.api.context import get_redis, get_settings
 from service.core import availability, batch_lifecycle
 from service.core.models import Batch, BatchStatus, Job, JobStatus
-from service.core.shapes import BatchOut, JobOut, ModelWarning, RequestCounts
+from service.core.shapes import BatchOut, JobOut, ModelWarning
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,10 @@ def job_out(job: Job, workers: Workers) -> JobOut:
     return out
 
 
-def batch_out(session: Session, batch: Batch, workers: Workers, models: Iterable[str] = (),
-              counts: RequestCounts | None = None) -> BatchOut:
-    """The batch with its counts (counted here unless given), and its warnings while it has items waiting (or, just
-    created, will have: the native form's `models`)."""
-    out = BatchOut.from_row(batch, counts) if counts is not None else batch_lifecycle.render(session, batch)
+def batch_out(session: Session, batch: Batch, workers: Workers, models: Iterable[str] = ()) -> BatchOut:
+    """The batch (its counts are its row's), and its warnings while it has items waiting (or, just created, will
+    have: the native form's `models`)."""
+    out = batch_lifecycle.render(batch)
     if batch.status in WAITING_BATCH:
         waiting = session.scalars(select(Job.model).where(
             Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value).distinct()).all()

@@ -26,6 +26,7 @@ def index() -> ResponseReturnValue:
         "ocrModels": sorted(name for name, spec in settings.registry.items() if spec.engine == "rapidocr"),
         "maxImageBytes": min(UI_MAX_IMAGE_BYTES, settings.max_image_bytes),
         "maxTokensLimit": settings.max_tokens_limit,
+        "maxPagesPerRequest": settings.max_pages_per_request,
     }
     return render_template("index.html", models=models, config=config, flower_url=settings.flower_link,
                            auth_required=not settings.disable_auth)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from service.core import webhooks
-from service.core.models import Batch, BatchStatus, Job, utcnow
-from service.core.shapes import BatchOut, RequestCounts
+from service.core.models import Batch, BatchStatus, utcnow
+from service.core.shapes import BatchOut
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,14 @@ STAMPS: dict[BatchStatus, str] = {
     BatchStatus.EXPIRED: "expired_at", BatchStatus.CANCELLING: "cancelling_at", BatchStatus.CANCELLED: "cancelled_at",
 }
 
+# The columns add_to_counts keeps: OpenAI's request_counts (and VLQ's cancelled) and its usage totals.
+COUNTS = frozenset({"request_total", "request_completed", "request_failed", "request_cancelled", "input_tokens",
+                    "output_tokens"})
+
 
 def create(session: Session, **fields: Any) -> Batch:
     """Add a new batch, `validating`, to the session."""
-    batch = Batch(status=INITIAL.value, **{STAMPS[INITIAL]: utcnow()}, **fields)
+    batch = Batch(status=INITIAL.value, **{STAMPS[INITIAL]: utcnow()}, **dict.fromkeys(COUNTS, 0), **fields)
     session.add(batch)
     return batch
 
@@ -63,7 +67,7 @@ def transition(session: Session, batch_id: str, source: BatchStatus, target: Bat
     if target in ENDINGS:  # the outbox: the batch summary, in the same transaction as its ending
         batch = session.get(Batch, batch_id, populate_existing=True)
         assert batch is not None
-        webhooks.record_event(session, f"batch.{target.value}", batch_id, render(session, batch),
+        webhooks.record_event(session, f"batch.{target.value}", batch_id, render(batch),
                               tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)
     return True
 
@@ -78,23 +82,22 @@ def claim_ending(session: Session, batch_id: str, *states: BatchStatus) -> bool:
     ).values(finalizing_at=utcnow())).rowcount == 1
 
 
-def request_counts(session: Session, batch_ids: list[str]) -> dict[str, RequestCounts]:
-    """OpenAI's request_counts per batch, from its items' states (failed counts refused and failed items;
-    cancelled is extra)."""
-    counts = {batch_id: {"total": 0, "completed": 0, "failed": 0, "cancelled": 0} for batch_id in batch_ids}
-    rows = session.execute(
-        select(Job.batch_id, Job.status, func.count()).where(Job.batch_id.in_(batch_ids))
-        .group_by(Job.batch_id, Job.status)
-    )
-    for batch_id, status, count in rows:
-        entry = counts[batch_id]
-        entry["total"] += count
-        key = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}.get(status)
-        if key:
-            entry[key] += count
-    return {batch_id: RequestCounts(**entry) for batch_id, entry in counts.items()}
+def add_to_counts(session: Session, batch_id: str, deltas: dict[str, int]) -> None:
+    """Add to a batch's item counts and token totals (columns of COUNTS), in the caller's transaction.
+
+    One atomic `SET column = column + delta`: concurrent transitions of its items each add theirs, on SQLite and
+    Postgres alike, without reading the row first. Only the job state machine calls this, with each transition.
+    """
+    unknown = deltas.keys() - COUNTS
+    if unknown:
+        raise ValueError(f"not a batch count: {sorted(unknown)}")
+    changes = {name: getattr(Batch, name) + delta for name, delta in deltas.items() if delta}
+    if changes:
+        session.execute(update(Batch).where(Batch.id == batch_id).values(**changes)
+                        .execution_options(synchronize_session=False))
 
 
-def render(session: Session, batch: Batch) -> BatchOut:
-    """The batch with its counts: as the API shows it, and as its ending's webhook event carries it."""
-    return BatchOut.from_row(batch, request_counts(session, [batch.id])[batch.id])
+
+def render(batch: Batch) -> BatchOut:
+    """The batch as the API shows it, and as its ending's webhook event carries it."""
+    return BatchOut.from_row(batch)

@@ -9,16 +9,16 @@ is queued or running, the batch is finalized: output and error files are written
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,9 +28,9 @@ from service.core import batch_lifecycle, expiry, json_input, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
-from service.core.images import ImageInfo, inspect_image
-from service.core.jobs import generation_options
-from service.core.models import Batch, BatchStatus, File, Job, JobStatus, new_id, utcnow
+from service.core.images import ImageInfo
+from service.core.jobs import Pages, generation_options, page_rows, read_inputs
+from service.core.models import Batch, BatchStatus, File, Job, JobPage, JobStatus, new_id, utcnow
 from service.core.openai_format import ChatRequest, FileReader, parse_chat_request, parse_responses_request
 from service.core.ports import Sender
 from service.core.requests import responses_model
@@ -50,6 +50,7 @@ MAX_CUSTOM_ID_CHARS = 255  # the column's length, on every database
 _NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)  # JSON text can carry a NUL only as this escape
 WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
+_SPOOL_BYTES = 8 * 1024 * 1024
 
 
 
@@ -58,6 +59,7 @@ class Ingest:
     """Job rows built from a batch's items, and the errors that fail the whole batch."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    pages: list[dict[str, Any]] = field(default_factory=list)  # JobPage rows of the items on documents
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
     _custom_ids: set[str] = field(default_factory=set)
@@ -66,6 +68,18 @@ class Ingest:
         self.error_count += 1
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"code": code, "message": message, "param": None, "line": line})
+
+    def add_item(self, batch: Batch, image: StoredImage, task_fields: dict[str, Any]) -> None:
+        """One item's job row, and its page rows if it reads a document or several images."""
+        row = item_row(batch, image, task_fields)
+        self.rows.append(row)
+        if image.document is not None and "error_code" not in row:
+            self.pages.extend(page_rows(row["id"], image.document))
+
+    def model(self) -> str | None:
+        """The model the items ask for: None if they ask for several, or every item was refused."""
+        models = {row["model"] for row in self.rows if not row.get("error_code")}
+        return models.pop() if len(models) == 1 else None
 
     def claim_custom_id(self, custom_id: str, line: int) -> bool:
         if custom_id in self._custom_ids:
@@ -140,8 +154,10 @@ def submit(session: Session, db: Database, blobs: BlobStore, broker: Sender, set
     queued: list[Job] = []
     if request.input_file_id is None:
         session.flush()
-        queued = start(session, batch, Ingest(rows=[item_row(batch, image, request.task_fields or {})
-                                                    for image in request.images]))
+        items = Ingest()
+        for image in request.images:
+            items.add_item(batch, image, request.task_fields or {})
+        queued = start(session, batch, items)
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
@@ -227,21 +243,26 @@ class StoredImage:
     """A batch item's image, checked and stored as soon as it is read, so a batch never holds its images in memory."""
 
     custom_id: str
-    sha256: str  # of the bytes sent
+    sha256: str  # of the bytes sent (the first input's, for several)
     info: ImageInfo | None = None
     error: ApiError | None = None  # why it was refused (then nothing was stored)
+    document: Pages | None = None  # a document or several images: its pages
 
 
-def store_image(settings: Settings, blobs: BlobStore, custom_id: str, data: bytes) -> StoredImage:
-    """Check one item's image and store it; a bad one is kept as its error, to become a failed item."""
-    sha256 = hashlib.sha256(data).hexdigest()
+def store_image(settings: Settings, blobs: BlobStore, custom_id: str, inputs: bytes | list[bytes], *, model: str,
+                pages: str | None = None, page_mode: str = "document",
+                messages: list[dict[str, Any]] | None = None) -> StoredImage:
+    """Check one item's image (or documents, or images) and store it; a bad one is kept as its error, to become a
+    failed item."""
+    inputs = [inputs] if isinstance(inputs, bytes) else inputs
     try:
-        info = inspect_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        found = read_inputs(settings, inputs, model=model, pages=pages, page_mode=page_mode, messages=messages)
     except ApiError as error:
         # Without its traceback: its frames hold the image's bytes, and a batch keeps every item's error.
-        return StoredImage(custom_id, sha256, error=error.with_traceback(None))
-    blobs.put(data)
-    return StoredImage(custom_id, sha256, info=info)
+        return StoredImage(custom_id, hashlib.sha256(inputs[0]).hexdigest(), error=error.with_traceback(None))
+    for data in inputs:
+        blobs.put(data)
+    return StoredImage(custom_id, found.digests[0], info=found.image, document=found.document)
 
 
 def item_row(batch: Batch, image: StoredImage, task_fields: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +276,7 @@ def item_row(batch: Batch, image: StoredImage, task_fields: dict[str, Any]) -> d
         assert image.error is not None
         return refused_row(row, image.error)
     row.update(image_sha256=image.sha256, image_format=image.info.format, image_width=image.info.width,
-               image_height=image.info.height,
+               image_height=image.info.height, page_mode=image.document.mode if image.document else None,
                request_sha256=hashlib.sha256(f"{batch.id}:{image.custom_id}".encode()).hexdigest())
     return row
 
@@ -316,9 +337,10 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
             ingest.rows.append(refused_row(placeholder, error))
             continue
         conversation = request.conversation
-        ingest.rows.append(item_row(batch, store_image(settings, blobs, custom_id, conversation.image),
-                                    {"prompt": conversation.prompt, "messages": conversation.messages,
-                                     "response_schema": schema, **options.job_fields()}))
+        stored = store_image(settings, blobs, custom_id, conversation.images, model=options.model,
+                             messages=conversation.messages)
+        ingest.add_item(batch, stored, {"prompt": conversation.prompt, "messages": conversation.messages,
+                                        "response_schema": schema, **options.job_fields()})
     return ingest
 
 
@@ -376,9 +398,11 @@ def start(session: Session, batch: Batch, ingest: Ingest) -> list[Job]:
             {"code": "empty_batch", "message": "The batch has no requests.", "param": None, "line": None}]})
         return []
     # The transition first: if an ingest task was delivered twice, only one of them inserts the rows.
-    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+    if not transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, model=ingest.model()):
         return []
     queued = lifecycle.create_jobs(session, ingest.rows)
+    if ingest.pages:
+        session.execute(insert(JobPage), ingest.pages)
     return [Job(id=row["id"], model=row["model"], priority=row["priority"], attempts=0) for row in queued]
 
 
@@ -438,23 +462,27 @@ def cancel(db: Database, session: Session, blobs: BlobStore, batch: Batch) -> No
     if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         raise ApiError(ErrorCode.BATCH_NOT_CANCELLABLE, f"A batch that is {batch.status} cannot be cancelled.",
                        {"status": batch.status})
-    transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING)
+    # Its items first, then the batch: every transaction locks job rows before their batch's row (an item's
+    # ending adds to the batch's counts), so a cancel and an item's ending never wait on each other in a cycle.
     lifecycle.cancel_queued_in_batch(session, batch.id)
+    if not transition(session, batch.id, BatchStatus(batch.status), BatchStatus.CANCELLING):
+        session.rollback()  # it moved on meanwhile (a concurrent cancel, or its ingest); it is shown as it is
+        return
     session.commit()
     maybe_finalize(db, blobs, batch.id)
     session.expire_all()
 
 
-def pending(session: Session, batch_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(
-        Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))) or 0
+def pending(batch: Batch) -> int:
+    """Its items not ended yet, from the counts the job state machine keeps on the row."""
+    return batch.request_total - batch.request_completed - batch.request_failed - batch.request_cancelled
 
 
 def maybe_finalize(db: Database, blobs: BlobStore, batch_id: str) -> bool:
     """If no item is pending, write the output and error files and end the batch. Safe to call from anywhere."""
     with db.session() as session:
         batch = session.get(Batch, batch_id)
-        if batch is None or pending(session, batch_id):
+        if batch is None or pending(batch):
             return False
         if not claim_ending(session, batch_id, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             return False
@@ -477,10 +505,12 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
     expired = 0
     for batch_id, status in overdue:  # a validating one has no items yet: it ends with no files
         with db.session() as session:
-            if claim_ending(session, batch_id, BatchStatus(status)):
-                lifecycle.cancel_queued_in_batch(session, batch_id)
-                _end_with_files(session, blobs, batch_id, BatchStatus(status), BatchStatus.EXPIRED)
-                expired += 1
+            lifecycle.cancel_queued_in_batch(session, batch_id)  # the items before the batch's row, as in cancel()
+            if not claim_ending(session, batch_id, BatchStatus(status)):
+                session.rollback()  # someone else ends it
+                continue
+            _end_with_files(session, blobs, batch_id, BatchStatus(status), BatchStatus.EXPIRED)
+            expired += 1
     return expired
 
 
@@ -498,16 +528,17 @@ def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: B
 
 def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, expires_after_s: int | None, *,
                 succeeded: bool) -> File | None:
-    buffer = io.BytesIO()
-    for line in result_lines(session, batch_id, succeeded=succeeded):
-        buffer.write(json.dumps(line.dump(), separators=(",", ":")).encode() + b"\n")
-    if not buffer.tell():
-        return None
-    kind = "output" if succeeded else "errors"
-    buffer.seek(0)
-    # OpenAI's purpose for both files is batch_output (there is no batch_errors); the name tells them apart.
-    return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant,
-                      expires_after_s=expires_after_s)
+    # Spooled: a large batch's file goes to disk past a few MB instead of being held whole in memory.
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffer:
+        for line in result_lines(session, batch_id, succeeded=succeeded):
+            buffer.write(json.dumps(line.dump(), separators=(",", ":")).encode() + b"\n")
+        if not buffer.tell():
+            return None
+        kind = "output" if succeeded else "errors"
+        buffer.seek(0)
+        # OpenAI's purpose for both files is batch_output (there is no batch_errors); the name tells them apart.
+        return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant,
+                          expires_after_s=expires_after_s)
 
 
 def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str,

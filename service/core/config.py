@@ -92,6 +92,10 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_prompt_chars: int = 16_000
+    # Documents (PDF, TIFF, HEIC) and several images in one job: every page counts against max_image_pixels.
+    pdf_dpi: int = 150  # PDF pages render at this resolution (a page too large for max_image_pixels is refused)
+    max_pages: int = 500  # pages a job's inputs may have in all
+    max_pages_per_request: int = 8  # pages the model sees at once in `document` mode (sharing its pixel budget)
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
     max_metadata_bytes: int = 16 * 1024

@@ -1,8 +1,9 @@
-"""A chat request's conversation, whichever API family it came in: its turns and the one image they hold.
+"""A chat request's conversation, whichever API family it came in: its turns and the images they hold.
 
 Families turn their own shapes into `Turn`s (OpenAI `messages`, Google `contents`); `build` checks them the
-same way for all and produces what a job stores: the image's bytes, the prompt it shows (the last user
-turn's text) and, for a real conversation, its `messages` with `{"type": "image"}` where the image was.
+same way for all and produces what a job stores: the images' bytes (in order: the job's pages), the prompt it
+shows (the last user turn's text) and, for a real conversation, its `messages` with `{"type": "image"}` where
+each image was.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ROLES = ("system", "user", "assistant")
 @dataclass(frozen=True)
 class Turn:
     role: str  # system | user | assistant
-    parts: list[str | ImageRef]  # text, and at most one image in the whole conversation
+    parts: list[str | ImageRef]  # text and images
     plain: bool = False  # the family sent the content as one string (kept so, for the chat template)
     where: str = "messages"  # names the turn in error details, in the family's own terms
 
@@ -30,26 +31,26 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class Conversation:
-    image: bytes
+    images: list[bytes]  # at least one, in the order the turns hold them
     prompt: str  # the last user turn's text: what the job shows
     messages: list[dict[str, Any]] | None  # None for a single user turn, which runs as a plain prompt
-    image_field: str = "messages"  # the turn that held the image, in the family's terms (for error details)
+    image_field: str = "messages"  # the turn that held the (first) image, in the family's terms (error details)
 
 
 def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int,
           field: str = "messages") -> Conversation:
-    """Check the turns and load their image: exactly one image, in a user turn; text to answer; a user turn last.
+    """Check the turns and load their images: at least one, each in a user turn; text to answer; a user turn last.
 
     `field` names the whole conversation in error details, in the family's own terms."""
     if not turns:
         raise ApiError(ErrorCode.MISSING_FIELD, "The conversation has no messages.", {"field": field})
     images = [(turn, part) for turn in turns for part in turn.parts if isinstance(part, ImageRef)]
-    if len(images) != 1:
-        raise ApiError(ErrorCode.INVALID_FIELD, f"Send exactly one image in the conversation (got {len(images)}).",
-                       {"field": field})
-    image_turn, image = images[0]
-    if image_turn.role != "user":
-        raise ApiError(ErrorCode.INVALID_FIELD, "The image must be part of a user turn.", {"field": image_turn.where})
+    if not images:
+        raise ApiError(ErrorCode.INVALID_FIELD, "Send at least one image in the conversation.", {"field": field})
+    for image_turn, _ in images:
+        if image_turn.role != "user":
+            raise ApiError(ErrorCode.INVALID_FIELD, "An image must be part of a user turn.",
+                           {"field": image_turn.where})
     if turns[-1].role != "user":
         raise ApiError(ErrorCode.INVALID_FIELD,
                        "The conversation must end with a user turn.", {"field": turns[-1].where})
@@ -66,10 +67,10 @@ def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_cha
                        {"field": field})
     single = len(turns) == 1
     return Conversation(
-        image=load_image(image.source, image_turn.where),
+        images=[load_image(image.source, turn.where) for turn, image in images],
         prompt=_text(turns[0]) if single else user_texts[-1],
         messages=None if single else [_message(turn) for turn in turns],
-        image_field=image_turn.where,
+        image_field=images[0][0].where,
     )
 
 

@@ -38,9 +38,19 @@ class ErrorCode(StrEnum):
     MISSING_FIELD = "missing_field", 400, "A required field is absent or empty (`details.field` names it)."
     INVALID_FIELD = "invalid_field", 400, "A field is out of range or of the wrong type (`details.field` names it)."
     INVALID_JSON = "invalid_json", 400, "The body is not a JSON object, or nests deeper than max_json_depth."
-    INVALID_BASE64 = "invalid_base64", 400, "`image` is not valid base64, or a data URL without `;base64`."
+    INVALID_BASE64 = ("invalid_base64", 400,
+                      "`image` is not valid base64 (standard or URL-safe, padded or not), or a data URL without "
+                      "`;base64`.")
     INVALID_IMAGE = "invalid_image", 400, "Empty, truncated or undecodable image bytes."
-    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format", 400, "Not JPEG, PNG or WebP."
+    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format", 400, "Not JPEG, PNG, WebP, PDF, TIFF or HEIC/HEIF."
+    INVALID_DOCUMENT = "invalid_document", 400, "A PDF, TIFF or HEIC that is corrupt or truncated."
+    PDF_ENCRYPTED = "pdf_encrypted", 400, "A PDF that needs a password to open (or an unsupported security handler)."
+    DOCUMENT_EMPTY = "document_empty", 400, "A PDF with no pages."
+    TOO_MANY_PAGES = ("too_many_pages", 400, "The inputs have more pages than `max_pages`, or a `document`-mode job "
+                      "more than `max_pages_per_request`.")
+    PAGE_TOO_LARGE = ("page_too_large", 400,
+                      "A page whose size at `pdf_dpi` would pass `max_image_pixels` (checked before rendering).")
+    PAGE_OUT_OF_RANGE = "page_out_of_range", 400, "`pages` names a page past the end of the inputs."
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels", 400, "Over `max_image_pixels`, decompression bombs included."
     UNKNOWN_MODEL = "unknown_model", 400, "`model` is not in the registry (`details.available` lists them)."
     UNKNOWN_PRESET = "unknown_preset", 400, "`preset` is not configured (`details.available` lists them)."

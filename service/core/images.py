@@ -18,6 +18,7 @@ ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/web
 # An 8x8 grey PNG: the document's example image, so API fuzzers also send requests that reach a worker.
 EXAMPLE_DATA_URL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGNsaGhgwAaYsIoOWgkA"
                     "MBcBkGHHl6YAAAAASUVORK5CYII=")
+_URL_SAFE = str.maketrans("-_", "+/")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 
 
@@ -29,7 +30,11 @@ class ImageInfo:
 
 
 def decode_image_field(value: object, field: str = "image") -> bytes:
-    """Bytes from a data URL (`data:image/png;base64,...`) or from raw base64."""
+    """Bytes from a data URL (`data:image/png;base64,...`) or from raw base64.
+
+    Standard and URL-safe alphabets are both accepted, padded or not: Google's SDKs send `inline_data.data`
+    URL-safe (`_9j_4AAQ...`), as Google's own API accepts. The one place VLQ decodes base64 images.
+    """
     if not isinstance(value, str) or not value.strip():
         raise ApiError(ErrorCode.MISSING_FIELD, f"'{field}' is required: a data URL or base64-encoded image bytes.",
                        {"field": field})
@@ -42,10 +47,19 @@ def decode_image_field(value: object, field: str = "image") -> bytes:
         payload = payload[match.end():]
     payload = re.sub(r"\s+", "", payload)
     payload += "=" * (-len(payload) % 4)  # tolerate stripped padding
+    if "-" in payload or "_" in payload:
+        if "+" in payload or "/" in payload:  # one alphabet or the other, never both
+            raise _invalid_base64(field)
+        payload = payload.translate(_URL_SAFE)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(ErrorCode.INVALID_BASE64, f"'{field}' is not valid base64.", {"field": field}) from None
+        raise _invalid_base64(field) from None
+
+
+def _invalid_base64(field: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_BASE64,
+                    f"'{field}' is not valid base64 (standard or URL-safe, padded or not).", {"field": field})
 
 
 def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
@@ -68,7 +82,7 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     image_format = "JPEG" if image.format == "MPO" else image.format
     if image_format not in ACCEPTED_FORMATS:
         raise ApiError(ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
-                       f"{image.format} images are not supported; send JPEG, PNG or WebP.",
+                       f"{image.format} images are not supported; send JPEG, PNG, WebP, PDF, TIFF or HEIC.",
                        {"format": image.format, "accepted": sorted(ACCEPTED_FORMATS)})
     width, height = image.size
     # Checked from the header before decoding, so a decompression bomb is refused without inflating it.
@@ -100,14 +114,25 @@ def decode_checked(image: Image.Image) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ImageData(Spec):
-    """An image's bytes: an uploaded file in a multipart form, a data URL or base64 in JSON (checked by
-    `inspect_image` once the rest of the request is read)."""
+    """An image's or document's bytes: an uploaded file in a multipart form, a data URL or base64 in JSON (checked
+    by `inspect_image` / `documents.inspect_source` once the rest of the request is read). `several`: one or more
+    (a repeated form file, or a JSON list), read as a list."""
 
+    several: bool = False
     codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_base64", "invalid_image", "unsupported_image_format",
                                         "image_too_many_pixels", "image_too_large")
     blank: ClassVar[bool] = True
 
-    def read(self, value: Any, name: str) -> bytes:
+    def read(self, value: Any, name: str) -> bytes | list[bytes]:
+        if not self.several:
+            return self._one(value, name)
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.missing(name)
+        return [self._one(item, f"{name}[{index}]" if len(items) > 1 else name) for index, item in enumerate(items)]
+
+    @staticmethod
+    def _one(value: Any, name: str) -> bytes:
         return value.read() if hasattr(value, "read") else decode_image_field(value, name)
 
     def missing(self, name: str) -> ApiError:
@@ -115,8 +140,15 @@ class ImageData(Spec):
                         {"field": name})
 
     def schema(self, required: bool) -> dict[str, Any]:
-        return {"type": "string", "description": "JPEG, PNG or WebP: a data URL or raw base64.",
-                "examples": [EXAMPLE_DATA_URL]}
+        formats = "JPEG, PNG, WebP, PDF, TIFF or HEIC" if self.several else "JPEG, PNG or WebP"
+        one = {"type": "string", "description": f"{formats}: a data URL or raw base64.",
+               "examples": [EXAMPLE_DATA_URL]}
+        if not self.several:
+            return one
+        return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}],
+                "description": "One image or document, or a list of them (their pages in order)."}
 
     def form_schema(self, required: bool) -> dict[str, Any]:
-        return {"type": "string", "format": "binary", "contentMediaType": "image/*"}
+        # A form repeats the field for several files.
+        return {"type": "string", "format": "binary", "contentMediaType": "*/*" if self.several else "image/*"}
+

@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from service.adapters.blobs import BlobStore
 from service.adapters.db import Database
-from service.core import lifecycle, logs
+from service.core import documents, lifecycle, logs
 from service.core.config import Settings
+from service.core.documents import Page, Source
 from service.core.errors import ApiError, ErrorCode
-from service.core.images import ImageInfo, inspect_image
-from service.core.models import Job, JobStatus, new_id
+from service.core.images import ImageInfo
+from service.core.models import Job, JobPage, JobStatus, new_id
 from service.core.ports import Sender
 from service.core.requests import generation_model
 from service.core.tenancy import Caller
@@ -38,7 +39,17 @@ class GenerationOptions:
     seed: int | None = None  # sampling only; None: the worker draws a fresh one for each run
 
     def job_fields(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # its fields are plain values: no need for asdict's deep copy (once per batch item)
+
+
+@dataclass(frozen=True)
+class Pages:
+    """A job's inputs read page by page: a document, several images, or page options. The first input is the
+    job's `image`; every input's bytes are stored, and each page becomes a JobPage row."""
+
+    sources: tuple[tuple[str, str], ...]  # (sha256, format) of each input, in order
+    pages: tuple[Page, ...]  # the pages to read, in order
+    mode: str  # "document" or "per_page"
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class JobRequest:
     webhook_secret: str | None = None
     no_cache: bool = False  # run it even if an identical request already has a result
     stream: bool = False  # the worker publishes the text as it is generated (service.adapters.token_stream)
+    document: Pages | None = None  # None: one plain image, read whole (no page rows)
 
     def fingerprint(self) -> str:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
@@ -61,9 +73,12 @@ class JobRequest:
         fields.pop("stream")  # how the answer is delivered, not what is asked
         # Options added later count only when set, so requests from before them keep their fingerprints.
         for holder, name in ((fields["task"], "messages"), (fields["task"], "max_pixels"),
-                             (fields["task"]["options"], "top_p"), (fields["task"]["options"], "seed")):
+                             (fields["task"]["options"], "top_p"), (fields["task"]["options"], "seed"),
+                             (fields, "document"), (fields["task"], "pages")):
             if holder[name] is None:
                 del holder[name]
+        if fields["task"]["page_mode"] == "document":  # the default, as every request before it had
+            del fields["task"]["page_mode"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def cache_key(self) -> str | None:
@@ -75,7 +90,8 @@ class JobRequest:
         """
         task, options = self.task, self.task.options
         sampled = options.temperature > 0
-        if (sampled and options.seed is None) or options.ignore_eos:
+        # Pages are rendered and read per job (their images and results are the job's own): never shared.
+        if (sampled and options.seed is None) or options.ignore_eos or self.document is not None:
             return None
         fields = {"image": self.image_sha256, "model": options.model, "prompt": task.prompt,
                   "max_tokens": options.max_tokens, "schema": task.response_schema, "ocr": task.ground_with_ocr}
@@ -99,6 +115,8 @@ class Task:
     ground_with_ocr: bool
     messages: list[dict[str, Any]] | None = None  # a conversation (see Job.messages); `prompt` is its last turn
     max_pixels: int | None = None  # the preset's bound on the image's size, below the model's; None: the model's
+    pages: str | None = None  # which pages of the inputs to read ("1-3,7"); None: all
+    page_mode: str = "document"  # "document" or "per_page" (see Pages)
 
     def job_fields(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "preset": self.preset, "response_schema": self.response_schema,
@@ -129,7 +147,8 @@ def resolve_task(settings: Settings, fields: Any, messages: list[dict[str, Any]]
                        {"field": "ground_with_ocr"})
     return Task(prompt=fields.prompt or "", options=options, preset=preset.name if preset else None,
                 response_schema=schema, ground_with_ocr=fields.ground_with_ocr, messages=messages,
-                max_pixels=preset.max_pixels if preset else None)
+                max_pixels=preset.max_pixels if preset else None, pages=getattr(fields, "pages", None),
+                page_mode=getattr(fields, "page_mode", "document"))
 
 
 def generation_options(settings: Settings, fields: dict[str, Any]) -> GenerationOptions:
@@ -137,16 +156,17 @@ def generation_options(settings: Settings, fields: dict[str, Any]) -> Generation
     return GenerationOptions(**parse(generation_model(settings), fields).model_dump())
 
 
-def job_request(settings: Settings, fields: Any, image_bytes: bytes, *,
+def job_request(settings: Settings, fields: Any, inputs: bytes | list[bytes], *,
                 messages: list[dict[str, Any]] | None = None, stream: bool = False,
                 image_field: str = "image") -> JobRequest:
-    """A job's fields (a `job_model`) and image (and conversation) as a JobRequest.
+    """A job's fields (a `job_model`) and image or documents (and conversation) as a JobRequest.
 
     `image_field` names where the image came from in the family's request (`details.field` of an image error).
     """
     task = resolve_task(settings, fields, messages)
     try:
-        info = inspect_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        found = read_inputs(settings, inputs, model=task.options.model, pages=task.pages,
+                            page_mode=task.page_mode, messages=messages)
     except ApiError as error:
         error.details = {"field": image_field, **(error.details or {})}
         raise
@@ -154,12 +174,62 @@ def job_request(settings: Settings, fields: Any, image_bytes: bytes, *,
         task=task,
         priority=fields.priority,
         metadata=fields.metadata,
-        image_sha256=hashlib.sha256(image_bytes).hexdigest(),
-        image=info,
+        image_sha256=found.digests[0],
+        image=found.image,
+        document=found.document,
         no_cache=fields.no_cache,
         stream=stream,
         **webhook(settings, fields.webhook_url, fields.webhook_secret),
     )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A request's inputs, checked: their digests, the first one's type and first page's size, and their pages
+    (None: one plain image, read whole)."""
+
+    digests: tuple[str, ...]
+    image: ImageInfo
+    document: Pages | None
+
+
+def read_inputs(settings: Settings, inputs: bytes | list[bytes], *, model: str, pages: str | None = None,
+                page_mode: str = "document", messages: list[dict[str, Any]] | None = None) -> Inputs:
+    """Check a job's (or batch item's) images and documents and plan its pages; ApiError on the first problem."""
+    inputs = [inputs] if isinstance(inputs, bytes) else inputs
+    sources = [documents.inspect_source(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                        dpi=settings.pdf_dpi, max_pages=settings.max_pages) for data in inputs]
+    digests = tuple(hashlib.sha256(data).hexdigest() for data in inputs)
+    document = _pages(settings, model, sources, digests, pages, page_mode, messages)
+    width, height = (document.pages[0].width, document.pages[0].height) if document else sources[0].sizes[0]
+    return Inputs(digests=digests, image=ImageInfo(format=sources[0].format, width=width, height=height),
+                  document=document)
+
+
+def _pages(settings: Settings, model: str, sources: list[Source], digests: tuple[str, ...], spec: str | None,
+           page_mode: str, messages: list[dict[str, Any]] | None) -> Pages | None:
+    """The inputs as pages, unless the job is one plain image read whole as always (then None)."""
+    plain = len(sources) == 1 and not sources[0].is_document
+    if plain and spec is None and page_mode == "document":
+        return None
+    pages = documents.select_pages(sources, spec, max_pixels=settings.max_image_pixels, max_pages=settings.max_pages)
+    # An OCR engine reads one image at a time: its pages are always read on their own.
+    mode = "per_page" if settings.registry[model].engine == "rapidocr" else page_mode
+    if mode == "document" and len(pages) > settings.max_pages_per_request:
+        raise ApiError(ErrorCode.TOO_MANY_PAGES,
+                       f"{len(pages)} pages are more than the model sees at once (max_pages_per_request "
+                       f"{settings.max_pages_per_request}); choose fewer with 'pages', or page_mode \"per_page\".",
+                       {"pages": len(pages), "limit": settings.max_pages_per_request, "field": "page_mode"})
+    if messages is not None and len(pages) != len(_image_marks(messages)):
+        raise ApiError(ErrorCode.INVALID_FIELD, "A conversation reads one page per image part; send documents as "
+                       "a single user turn, or to /v1/jobs.", {"field": "messages"})
+    return Pages(sources=tuple(zip(digests, (source.format for source in sources), strict=True)),
+                 pages=tuple(pages), mode=mode)
+
+
+def _image_marks(messages: list[dict[str, Any]]) -> list[int]:
+    return [1 for message in messages if isinstance(message.get("content"), list)
+            for part in message["content"] if isinstance(part, dict) and part.get("type") == "image"]
 
 
 def webhook(settings: Settings, url: str | None, secret: str | None) -> dict[str, str]:
@@ -177,7 +247,7 @@ def webhook(settings: Settings, url: str | None, secret: str | None) -> dict[str
 
 
 def submit(
-    session: Session, blobs: BlobStore, broker: Sender, request: JobRequest, image_bytes: bytes,
+    session: Session, blobs: BlobStore, broker: Sender, request: JobRequest, inputs: bytes | list[bytes],
     idempotency_key: str | None, caller: Caller,
 ) -> tuple[Job, bool]:
     """Create and enqueue a job for the caller's tenant; returns (job, replayed) where replayed means the key
@@ -190,7 +260,8 @@ def submit(
             return existing, True
     caller.admit_jobs(session, 1)
 
-    blobs.put(image_bytes)
+    for data in [inputs] if isinstance(inputs, bytes) else inputs:
+        blobs.put(data)
     cache_key = request.cache_key()
     job_id = new_id("job")
     logs.bind(job_id=job_id)  # the request's lines from here on are about this job (reset when it ends)
@@ -211,7 +282,10 @@ def submit(
         webhook_url=request.webhook_url,
         webhook_secret=request.webhook_secret,
         stream=request.stream,
+        page_mode=request.document.mode if request.document is not None else None,
     )
+    if request.document is not None:
+        session.add_all(JobPage(**row) for row in page_rows(job_id, request.document))
     cached = cache_key is not None and not request.no_cache and _answer_from_cache(session, job, cache_key)
     try:
         session.commit()
@@ -230,6 +304,17 @@ def submit(
     # database, unsent, and the dispatcher pass sends it when Redis is back.
     broker.enqueue([job])
     return job, False
+
+
+def page_rows(job_id: str, document: Pages) -> list[dict[str, Any]]:
+    """A job's JobPage rows: an image's page is the image itself; a document's is rendered when first needed."""
+    rows = []
+    for position, page in enumerate(document.pages):
+        digest, kind = document.sources[page.source]
+        rows.append({"job_id": job_id, "position": position, "number": page.number, "source_sha256": digest,
+                     "source_format": kind, "source_index": page.index, "width": page.width, "height": page.height,
+                     "blob_sha256": None if kind in documents.DOCUMENT_FORMATS else digest})
+    return rows
 
 
 def _answer_from_cache(session: Session, job: Job, cache_key: str) -> bool:

@@ -14,14 +14,15 @@ cannot both win: a worker's finishing write is fenced by the attempt number it c
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.adapters import job_endings
-from service.core import webhooks
+from service.core import batch_lifecycle, webhooks
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobEvent, JobStatus, utcnow
 
@@ -47,6 +48,11 @@ TRANSITIONS: dict[JobStatus, dict[JobStatus, tuple[str, ...]]] = {
         JobStatus.CANCELLED: ("finished_at",),
     },
 }
+# The batch count each ending adds to (OpenAI's request_counts; cancelled is VLQ's own).
+ENDING_COUNTS: dict[JobStatus, str] = {
+    JobStatus.SUCCEEDED: "request_completed", JobStatus.FAILED: "request_failed",
+    JobStatus.CANCELLED: "request_cancelled",
+}
 
 
 def create_job(session: Session, **fields: Any) -> Job:
@@ -55,6 +61,8 @@ def create_job(session: Session, **fields: Any) -> Job:
     session.add(job)
     log.info("job %s: queued (%s)", job.id, job.model)
     session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
+    if job.batch_id is not None:
+        batch_lifecycle.add_to_counts(session, job.batch_id, {"request_total": 1})
     return job
 
 
@@ -78,11 +86,19 @@ def create_jobs(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, 
         for row in rows
     ])
     refused: dict[str, list[str]] = {}
+    created: dict[str, dict[str, int]] = {}
     for row in rows:
-        if row["status"] == JobStatus.FAILED.value:
+        failed = row["status"] == JobStatus.FAILED.value
+        if failed:
             refused.setdefault(row["tenant"], []).append(row["id"])
+        if row.get("batch_id") is not None:
+            counts = created.setdefault(row["batch_id"], {"request_total": 0, "request_failed": 0})
+            counts["request_total"] += 1
+            counts["request_failed"] += failed
     for tenant, job_ids in refused.items():
         webhooks.record_job_events(session, tenant, job_ids, "job.failed")
+    for batch_id, counts in created.items():
+        batch_lifecycle.add_to_counts(session, batch_id, counts)
     return [row for row in rows if row["status"] == JobStatus.QUEUED.value]
 
 
@@ -184,18 +200,40 @@ def _transition(
     moved = session.execute(
         update(Job).where(*where, Job.status == source.value)
         .values(status=target.value, **_stamps(stamps, now), **values)
-        .returning(Job.id, Job.tenant, Job.attempts, Job.worker).execution_options(synchronize_session=False)
+        .returning(Job.id, Job.tenant, Job.attempts, Job.worker, Job.batch_id, Job.prompt_tokens,
+                   Job.completion_tokens).execution_options(synchronize_session=False)
     ).all()
     if not moved:
         return []
-    events = [JobEvent(job_id=job_id, type=f"job.{target.value}", attempt=attempt, worker=worker, created_at=now)
-              for job_id, _, attempt, worker in moved]
-    session.add_all(events)
-    if target.terminal and len(moved) == 1:
-        webhooks.record_job_event(session, events[0].job_id, events[0])  # the outbox: in the same transaction
-        job_endings.mark_ended(session, events[0].job_id)  # wakes synchronous requests waiting on it, once committed
-    elif target.terminal:  # a batch's items at once: they have no webhook_url and no synchronous waiter
-        webhooks.record_job_events(session, moved[0].tenant, [row.id for row in moved], events[0].type)
-    for job_id, _, attempt, _ in moved:
-        log.info("job %s: %s -> %s (attempt %s)", job_id, source.value, target.value, attempt)
-    return [job_id for job_id, *_ in moved]
+    events = [{"job_id": row.id, "type": f"job.{target.value}", "attempt": row.attempts, "worker": row.worker,
+               "created_at": now} for row in moved]
+    if target.terminal:
+        _count_endings(session, target, moved)
+    if len(moved) == 1:
+        event = JobEvent(**events[0])
+        session.add(event)
+        if target.terminal:
+            webhooks.record_job_event(session, event.job_id, event)  # the outbox: in the same transaction
+            job_endings.mark_ended(session, event.job_id)  # wakes synchronous requests waiting on it, once committed
+    else:  # a batch's items at once (one bulk insert): they have no webhook_url and no synchronous waiter
+        session.execute(insert(JobEvent), events)
+        if target.terminal:
+            webhooks.record_job_events(session, moved[0].tenant, [row.id for row in moved], events[0]["type"])
+    for row in moved:
+        log.info("job %s: %s -> %s (attempt %s)", row.id, source.value, target.value, row.attempts)
+    return [row.id for row in moved]
+
+
+def _count_endings(session: Session, target: JobStatus, moved: Sequence[Row[Any]]) -> None:
+    """Add the jobs that just ended to their batches' counts and token totals, in the same transaction."""
+    per_batch: dict[str, dict[str, int]] = {}
+    for row in moved:
+        if row.batch_id is None:
+            continue
+        counts = per_batch.setdefault(row.batch_id, {ENDING_COUNTS[target]: 0, "input_tokens": 0,
+                                                     "output_tokens": 0})
+        counts[ENDING_COUNTS[target]] += 1
+        counts["input_tokens"] += row.prompt_tokens or 0
+        counts["output_tokens"] += row.completion_tokens or 0
+    for batch_id, counts in per_batch.items():
+        batch_lifecycle.add_to_counts(session, batch_id, counts)

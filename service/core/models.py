@@ -21,7 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -165,6 +165,16 @@ class Batch(TenantOwned, Base):
     # When the ingest task was last handed to the broker; None while no message is known to be there
     # (never sent, or lost with the broker's data), so the dispatcher sends it (see workers.maintenance).
     enqueued_at: Mapped[datetime | None]
+    # The model its items ask for (None while none was read, or if they ask for several).
+    model: Mapped[str | None] = mapped_column(String(128))
+    # Its items' counts and token totals, kept by the job state machine in the same transaction as each
+    # transition (service.core.lifecycle), so reading a batch never counts its items.
+    request_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_completed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_cancelled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
@@ -219,6 +229,9 @@ class Job(TenantOwned, Base):
     response_schema: Mapped[dict[str, Any] | None]  # the output must validate against it (preset or response_format)
     ground_with_ocr: Mapped[bool] = mapped_column(default=False)
     max_pixels: Mapped[int | None]  # the preset's bound on the image's size, if lower than the model's
+    # A job on a document or several images: "document" (the model sees its pages in one request) or "per_page"
+    # (one request a page, each with its own result); its pages are JobPage rows. None: one plain image, no rows.
+    page_mode: Mapped[str | None] = mapped_column(String(16))
     # Identical requests share a key (service.core.jobs.JobRequest.cache_key); None for requests never cached.
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     cached_from: Mapped[str | None] = mapped_column(String(40))  # the job whose result this one reused
@@ -254,6 +267,44 @@ class Job(TenantOwned, Base):
 
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret: Mapped[str | None] = mapped_column(String(128))  # never shown by the API
+
+    # Read only (rows are added with the job, and changed through their own statements): loaded when asked for.
+    pages: Mapped[list[JobPage]] = relationship("JobPage", order_by="JobPage.position", viewonly=True)
+
+
+class JobPage(Base):
+    """One page of a job on a document or several images, in order: where it comes from, the page as an image,
+    and (per_page mode) its own result.
+
+    `number` counts from 1 across the job's inputs (a PDF's own page number when it is the only input). The
+    page's image is `blob_sha256`: an image input's own bytes, or the page rendered to PNG by the worker when it
+    first needs it (None until then). Retention removes both blobs with the job's image.
+    """
+
+    __tablename__ = "job_pages"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0-based order in the job
+    number: Mapped[int] = mapped_column(Integer)
+    source_sha256: Mapped[str] = mapped_column(String(64), index=True)  # the input (document or image) it is from
+    source_format: Mapped[str] = mapped_column(String(8))  # JPEG, PNG, WEBP, PDF, TIFF or HEIF
+    source_index: Mapped[int] = mapped_column(Integer)  # the page of a PDF, the frame of a TIFF; 0 for an image
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int] = mapped_column(Integer)  # pixels, as rendered
+    height: Mapped[int] = mapped_column(Integer)
+
+    # per_page mode: the page's own outcome (None in document mode, where the job holds the one answer).
+    status: Mapped[str | None] = mapped_column(String(16))  # succeeded | failed
+    result_text: Mapped[str | None] = mapped_column(Text)
+    result_json: Mapped[dict[str, Any] | None]
+    result_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    ttft_ms: Mapped[float | None]
+    inference_ms: Mapped[float | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
 
 
 class JobEvent(Base):

@@ -169,7 +169,7 @@ def chat_response_format(text_format: Any) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, kw_only=True)
 class ResponsesInput(Spec):
-    """`input`: a prompt string, or a non-empty list of messages (one image among them, for VLQ)."""
+    """`input`: a prompt string, or a non-empty list of messages (with the images among them)."""
 
     codes: ClassVar[tuple[str, ...]] = ("missing_field", "invalid_field", *IMAGE_CODES)
 

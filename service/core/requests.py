@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from service.core.config import Settings
+from service.core.documents import PAGE_MODES
 from service.core.images import ImageData
 from service.core.models import Priority
 from service.core.openai_format import ResponsesInput, TextConfig
@@ -57,7 +58,7 @@ def responses_model(settings: Settings) -> type[RequestModel]:
     `max_output_tokens`' fallback)."""
     class Responses(RequestModel):
         input: Annotated[Any, ResponsesInput()] = Field(
-            description="A string, or messages of input_text and input_image parts: one image in all.")
+            description="A string, or messages of input_text and input_image parts (at least one image).")
         instructions: Annotated[str | None, Text(max_chars=settings.max_prompt_chars)] = Field(
             None, description="A system message ahead of the input.")
         max_output_tokens: Annotated[int | None, OptionalNumber(low=1, high=settings.max_tokens_limit,
@@ -83,13 +84,22 @@ def task_model(settings: Settings) -> type[RequestModel]:
                 spec_of(cls.model_fields["preset"]).read(values["preset"], "preset")
             return apply_preset(settings.presets, values)[0]
 
+    class Pages(RequestModel):
+        pages: Annotated[str | None, Text(max_chars=1000)] = Field(
+            None, description='Pages to read, e.g. "1-3,7", numbered from 1 across the inputs; absent reads all.')
+        page_mode: Annotated[str, Choice(choices=list(PAGE_MODES))] = Field(
+            "document", description="document: the model sees the pages together (up to max_pages_per_request); "
+                                    "per_page: one request a page, each with its own result.")
+        extra_codes = ("invalid_document", "pdf_encrypted", "document_empty", "too_many_pages", "page_too_large",
+                       "page_out_of_range")
+
     class Output(RequestModel):
         response_format: Annotated[dict[str, Any] | None, ResponseFormat(max_depth=settings.max_json_depth)] = Field(
             None, description="Constrain the output to JSON, in OpenAI's shape.")
         ground_with_ocr: Annotated[bool, Bool()] = Field(
             False, description="OCR the image first and add its text to the prompt.")
 
-    return combine("Task", Preset, generation_model(settings), Output)
+    return combine("Task", Preset, generation_model(settings), Output, Pages)
 
 
 @per_settings
@@ -128,8 +138,8 @@ def job_model(settings: Settings) -> type[RequestModel]:
 
 @per_settings
 def job_submit_model(settings: Settings) -> type[RequestModel]:
-    """POST /v1/jobs: the image (a file, or a data URL in JSON) and the job's fields."""
+    """POST /v1/jobs: the image or document (a file, or a data URL in JSON), or several, and the job's fields."""
     class Image(RequestModel):
-        image: Annotated[bytes, ImageData()]
+        image: Annotated[list[bytes], ImageData(several=True)]
         extra_codes = ("invalid_header", "idempotency_key_reused", "quota_exceeded", "broker_unavailable")
     return combine("JobSubmit", Image, job_model(settings))

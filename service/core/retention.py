@@ -8,7 +8,8 @@ service.core.expiry) is deleted like `DELETE /v1/files/{id}`, unless a running b
 
 Blobs are content-addressed and shared (one image in many jobs, a file whose bytes equal an image), so a blob goes
 only when nothing that still needs it refers to it: no job whose image has not expired (queued and running ones
-included), and no file. A blob written in the last `BLOB_GRACE_S` stays too: its new row may not be committed yet.
+included; a job's page rows count, with its further inputs and rendered pages), and no file. A blob written in
+the last `BLOB_GRACE_S` stays too: its new row may not be committed yet.
 Each pass also deletes blobs that no row refers to at all (a deleted file's, an upload that failed half-way).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import delete, or_, select, update
 from service.adapters.blobs import BlobStore
 from service.adapters.db import Database
 from service.core.config import Settings
-from service.core.models import TERMINAL_STATES, Batch, BatchStatus, File, Job, WebhookDelivery, utcnow
+from service.core.models import TERMINAL_STATES, Batch, BatchStatus, File, Job, JobPage, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ def _expire_results(db: Database, now: datetime, cutoff: datetime) -> int:
                 return expired
             session.execute(update(Job).where(Job.id.in_(ids), Job.result_expired_at.is_(None)).values(
                 result_text=None, result_json=None, result_lines=None, cache_key=None, result_expired_at=now))
+            session.execute(update(JobPage).where(JobPage.job_id.in_(ids)).values(
+                result_text=None, result_json=None, result_lines=None))
             # The deliveries' bodies hold the result; the attempt logs go with them (ON DELETE CASCADE).
             session.execute(delete(WebhookDelivery).where(WebhookDelivery.subject_id.in_(ids),
                                                           WebhookDelivery.status != "pending"))
@@ -78,11 +81,20 @@ def _expire_images(db: Database, blobs: BlobStore, now: datetime, cutoff: dateti
         if not rows:
             return expired, deleted
         ids = [row.id for row in rows]
+        digests = {row.image_sha256 for row in rows} | _page_blobs(db, ids)
         # Blobs first, then the stamps: if this stops half-way, the next pass finds the same jobs again.
-        deleted += _delete_unused(db, blobs, {row.image_sha256 for row in rows}, jobs=ids)
+        deleted += _delete_unused(db, blobs, digests, jobs=ids)
         with db.session() as session:
             session.execute(update(Job).where(Job.id.in_(ids)).values(image_expired_at=now))
         expired += len(ids)
+
+
+def _page_blobs(db: Database, job_ids: list[str]) -> set[str]:
+    """The blobs of these jobs' pages: their inputs (documents, further images) and their rendered pages."""
+    with db.session() as session:
+        rows = session.execute(select(JobPage.source_sha256, JobPage.blob_sha256)
+                               .where(JobPage.job_id.in_(job_ids))).all()
+    return {digest for row in rows for digest in row if digest is not None}
 
 
 def _expire_files(db: Database, blobs: BlobStore, now: datetime, cutoff: datetime | None) -> tuple[int, int]:
@@ -116,8 +128,11 @@ def _delete_unused(db: Database, blobs: BlobStore, digests: set[str], *, jobs: I
                    files: Iterable[str] = ()) -> int:
     """Delete those of `digests` that nothing but the given jobs and files (about to let go of them) refers to."""
     with db.session() as session:
-        needed = set(session.scalars(select(Job.image_sha256).where(
-            Job.image_sha256.in_(digests), Job.image_expired_at.is_(None), Job.id.not_in(list(jobs))).distinct()))
+        kept = [Job.image_expired_at.is_(None), Job.id.not_in(list(jobs))]
+        needed = set(session.scalars(select(Job.image_sha256).where(Job.image_sha256.in_(digests), *kept).distinct()))
+        for column in (JobPage.source_sha256, JobPage.blob_sha256):
+            needed |= set(session.scalars(select(column).join(Job, Job.id == JobPage.job_id)
+                                          .where(column.in_(digests), *kept).distinct()))
         needed |= set(session.scalars(select(File.sha256).where(
             File.sha256.in_(digests), File.id.not_in(list(files))).distinct()))
     return sum(blobs.delete_unused(digest, BLOB_GRACE_S) for digest in digests - needed)

@@ -1,10 +1,22 @@
 // VLQ web UI: one image starts a conversation (POST /v1/chat/completions, the whole conversation on every
-// turn), several run as a native batch (POST /v1/batches), polled until it ends. Only the public API is used.
+// turn), one document (PDF, TIFF, HEIC) is a job (POST /v1/jobs) shown page by page, several files run as a
+// native batch (POST /v1/batches), polled until it ends. Only the public API is used.
 
 const CONFIG = JSON.parse(document.getElementById("vlq-config").textContent);
-const ACCEPTED_TYPES = { "image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP" };
-const EXTENSION_TYPES = { jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp" };
+const ACCEPTED_TYPES = {
+  "image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP",
+  "application/pdf": "PDF", "image/tiff": "TIFF", "image/heic": "HEIC", "image/heif": "HEIF",
+};
+const EXTENSION_TYPES = {
+  jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp",
+  pdf: "application/pdf", tif: "image/tiff", tiff: "image/tiff", heic: "image/heic", heif: "image/heif",
+};
+// Read page by page on the server; a browser cannot show them in <img> (their pages come back as PNG).
+const DOCUMENT_TYPES = new Set(["application/pdf", "image/tiff", "image/heic", "image/heif"]);
+// What an <img> shows: a job's own image of another type is shown through its first page instead.
+const SHOWN_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
 const BATCH_ENDINGS = new Set(["completed", "failed", "cancelled", "expired"]);
+const JOB_ENDINGS = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
@@ -12,7 +24,8 @@ const el = {
   form: $("compose-form"), dropzone: $("dropzone"), fileInput: $("file-input"), fileErrors: $("file-errors"),
   stagedBlock: $("staged-block"), staged: $("staged"), stagedCount: $("staged-count"), clearStaged: $("clear-staged"),
   preset: $("preset"), presetHint: $("preset-hint"), prompt: $("prompt"), model: $("model"), maxTokens: $("max-tokens"),
-  temperature: $("temperature"),
+  temperature: $("temperature"), documentOptions: $("document-options"), pages: $("pages"), pageMode: $("page-mode"),
+  pagesHint: $("pages-hint"),
   composeError: $("compose-error"), submit: $("submit"), recent: $("recent-batches"), status: $("service-status"),
   tabChat: $("tab-chat"), tabBatch: $("tab-batch"), chatView: $("chat-view"), batchView: $("batch-view"),
   chatEmpty: $("chat-empty"), chatHead: $("chat-head"), chatTitle: $("chat-title"), newChat: $("new-chat"), messages: $("messages"),
@@ -107,7 +120,7 @@ function formatBytes(bytes) {
 }
 
 function checkFile(file) {
-  if (!ACCEPTED_TYPES[fileType(file)]) return `${file.name}: not a JPEG, PNG or WebP image.`;
+  if (!ACCEPTED_TYPES[fileType(file)]) return `${file.name}: not a JPEG, PNG, WebP, PDF, TIFF or HEIC file.`;
   if (file.size > CONFIG.maxImageBytes) {
     return `${file.name} is ${formatBytes(file.size)}; the limit is ${formatBytes(CONFIG.maxImageBytes)} per image.`;
   }
@@ -145,7 +158,9 @@ function clearStaged({ keepUrls = false } = {}) {
 function renderStaged() {
   el.staged.replaceChildren(...state.staged.map(({ file, url }, index) => {
     const item = document.createElement("li");
-    const image = Object.assign(document.createElement("img"), { src: url, alt: "" });
+    const image = isDocument(file)
+      ? Object.assign(document.createElement("div"), { className: "doc", textContent: ACCEPTED_TYPES[fileType(file)] })
+      : Object.assign(document.createElement("img"), { src: url, alt: "" });
     const name = Object.assign(document.createElement("span"), { className: "name", textContent: file.name });
     name.title = `${file.name} (${formatBytes(file.size)})`;
     const remove = Object.assign(document.createElement("button"), { type: "button", className: "remove" });
@@ -157,8 +172,15 @@ function renderStaged() {
   }));
   const count = state.staged.length;
   el.stagedBlock.hidden = count === 0;
-  el.stagedCount.textContent = count === 1 ? "1 image: a conversation" : `${count} images: a batch`;
+  const documents = state.staged.some(({ file }) => isDocument(file));
+  el.stagedCount.textContent = count > 1 ? `${count} files: a batch`
+    : documents ? "1 document: read page by page" : "1 image: a conversation";
+  el.documentOptions.hidden = el.pagesHint.hidden = !documents;
   renderSubmit();
+}
+
+function isDocument(file) {
+  return DOCUMENT_TYPES.has(fileType(file));
 }
 
 function renderSubmit() {
@@ -166,8 +188,8 @@ function renderSubmit() {
   el.submit.disabled = state.busy || count === 0;
   el.submit.textContent = state.busy ? "Thinking…"
     : count === 0 ? "Add an image to start"
-    : count === 1 ? "Ask about this image"
-    : `Run batch of ${count} images`;
+    : count === 1 ? (isDocument(state.staged[0].file) ? "Ask about this document" : "Ask about this image")
+    : `Run batch of ${count} files`;
 }
 
 function setupDropzone() {
@@ -310,7 +332,9 @@ async function onSubmit(event) {
     showComposeError(error.message);
     return;
   }
-  if (state.staged.length === 1) {
+  if (state.staged.length === 1 && isDocument(state.staged[0].file)) {
+    await startDocument(state.staged[0], options);
+  } else if (state.staged.length === 1) {
     await startChat(state.staged[0], options);
   } else {
     await startBatch(options);
@@ -523,10 +547,102 @@ async function copyText(text) {
   }
 }
 
+// -- documents -----------------------------------------------------------------------------------
+
+function appendPageOptions(form) {
+  // Only where a document is staged (the fields are hidden otherwise).
+  if (el.documentOptions.hidden) return;
+  if (el.pages.value.trim()) form.append("pages", el.pages.value.trim());
+  form.append("page_mode", el.pageMode.value);
+}
+
+async function startDocument(staged, options) {
+  // One document is one job: sent whole, read by the worker page by page, polled until it ends.
+  setBusy(true);
+  const form = new FormData();
+  form.append("image", staged.file, staged.file.name);
+  form.append("prompt", options.prompt);
+  form.append("model", options.model);
+  if (options.preset) form.append("preset", options.preset.name);
+  if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
+  if (options.temperature !== null) form.append("temperature", String(options.temperature));
+  appendPageOptions(form);
+  let job;
+  try {
+    job = await api("/v1/jobs", { method: "POST", body: form });
+  } catch (error) {
+    setBusy(false);
+    showComposeError(error.message);
+    return;
+  }
+  resetChat();
+  clearStaged();
+  selectTab("chat");
+  el.chatEmpty.hidden = true;
+  el.chatHead.hidden = false;
+  el.chatTitle.textContent = staged.file.name;
+  const question = appendMessage("user", options.prompt, {});
+  const reply = appendMessage("assistant thinking", "Reading the pages", {});
+  reply.querySelector(".message-text").classList.add("dots");
+  const chat = state.chat = { image: { url: "", name: staged.file.name }, messages: [], options, job: job.id };
+  try {
+    while (!JOB_ENDINGS.has(job.status)) {
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      if (state.chat !== chat) return; // closed meanwhile
+      job = await api(`/v1/jobs/${encodeURIComponent(job.id)}`);
+    }
+    question.prepend(pageStrip(job));
+    if (job.status !== "succeeded") throw new ApiFailure(`${job.error?.code}: ${job.error?.message}`);
+    finishAnswer(reply, job.result.text, { ...job.usage, total_time_ms: job.timings.total_ms }, 0);
+    if (job.page_mode === "per_page") reply.querySelector(".bubble").append(...pageAnswers(job));
+  } catch (error) {
+    reply.remove();
+    appendMessage("assistant error", error.message, {});
+  } finally {
+    if (state.chat === chat) setBusy(false);
+  }
+}
+
+function pageStrip(job) {
+  // Each page's image as the worker rendered it, in the job's order.
+  const strip = Object.assign(document.createElement("div"), { className: "page-strip" });
+  strip.setAttribute("aria-label", "Pages");
+  for (const page of job.pages || []) {
+    const figure = document.createElement("figure");
+    figure.dataset.page = page.page;
+    const image = Object.assign(document.createElement("img"), { alt: `Page ${page.page}`, decoding: "async" });
+    const caption = Object.assign(document.createElement("figcaption"), { textContent: `Page ${page.page}` });
+    figure.append(image, caption);
+    strip.append(figure);
+    if (!page.image) continue;
+    send(`/v1/jobs/${encodeURIComponent(job.id)}/pages/${page.page}/image`)
+      .then((response) => response.blob())
+      .then((blob) => { image.src = URL.createObjectURL(blob); })
+      .catch(() => { caption.textContent += " (not available)"; });
+  }
+  return strip;
+}
+
+function pageAnswers(job) {
+  // per_page: each page's own answer under the document's.
+  return job.pages.filter((page) => page.result).map((page) => Object.assign(document.createElement("p"), {
+    className: "page-answer", textContent: `Page ${page.page}: ${page.result.text}`,
+  }));
+}
+
+async function jobThumbnail(jobId) {
+  // A blob URL of the job's image, or of its first page where the image is a document. Fetched, not linked:
+  // an <img src> cannot send the API key.
+  const path = `/v1/jobs/${encodeURIComponent(jobId)}`;
+  const blob = await (await send(`${path}/image`)).blob();
+  if (SHOWN_TYPES.has(blob.type)) return URL.createObjectURL(blob);
+  return URL.createObjectURL(await (await send(`${path}/pages/1/image`)).blob());
+}
+
 function resetChat() {
   if (state.chat) {
     state.chat.abort?.abort(); // the server cancels the job of an abandoned stream
-    URL.revokeObjectURL(state.chat.image.url);
+    if (state.chat.image.url) URL.revokeObjectURL(state.chat.image.url);
     if (state.busy) setBusy(false);
   }
   state.chat = null;
@@ -555,6 +671,7 @@ async function startBatch(options) {
   if (options.preset) form.append("preset", options.preset.name);
   if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
   if (options.temperature !== null) form.append("temperature", String(options.temperature));
+  appendPageOptions(form);
   for (const { file } of state.staged) form.append("images", file, file.name);
   try {
     const batch = await api("/v1/batches", { method: "POST", body: form });
@@ -663,11 +780,7 @@ function renderRow(row) {
     const noImage = () => image.replaceWith(Object.assign(document.createElement("div"),
       { className: "no-thumb", textContent: "no image" }));
     image.addEventListener("error", noImage);
-    // Fetched, not linked: an <img src> cannot send the API key.
-    send(`/v1/jobs/${encodeURIComponent(row.job_id)}/image`)
-      .then((response) => response.blob())
-      .then((blob) => { image.src = URL.createObjectURL(blob); })
-      .catch(noImage);
+    jobThumbnail(row.job_id).then((url) => { image.src = url; }).catch(noImage);
     tr.querySelector(".image").append(image);
     state.batch.rows.set(row.job_id, tr);
     el.resultsBody.append(tr);

@@ -10,6 +10,16 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_image, wait_for_status
+from tests.inputs import (
+    corrupt_pdf,
+    corrupt_tiff,
+    empty_pdf,
+    encrypted_pdf,
+    huge_page_pdf,
+    make_heic,
+    make_pdf,
+    make_tiff,
+)
 from workers.engines.images import prepare_image
 
 
@@ -72,6 +82,15 @@ IMAGES = {
     "very wide": (make_image("PNG", size=(4000, 2)), None),
     "phone photo (mpo)": (_save(Image.new("RGB", (64, 48), (9, 9, 9)), "MPO", save_all=True,
                                 append_images=[Image.new("RGB", (64, 48))]), None),
+    # Documents: each read page by page, whatever the name says (the cases are sent as .jpg and .png).
+    "pdf": (make_pdf(["A", "B"]), None),
+    "multi-page tiff": (make_tiff(["A", "B"]), None),
+    "heic photo": (make_heic(), None),
+    "encrypted pdf": (encrypted_pdf(), "pdf_encrypted"),
+    "pdf without pages": (empty_pdf(), "document_empty"),
+    "truncated pdf": (corrupt_pdf(), "invalid_document"),
+    "corrupt tiff": (corrupt_tiff(), "invalid_document"),
+    "200-inch pdf page (render bomb)": (huge_page_pdf(), "page_too_large"),
 }
 
 

@@ -35,7 +35,7 @@ def _schemathesis(client, url, api_key, tmp_path) -> subprocess.CompletedProcess
                "--report", "junit", "--report-dir", str(tmp_path)]
     try:
         # Run from tmp_path: schemathesis keeps its example cache in the working directory.
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     finally:
         # Endpoints it registered would receive every later test's events.
         for endpoint in client.get("/v1/webhooks?limit=100").get_json()["data"]:

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from service.app import create_app
 from tests.conftest import TINY, serve
+from tests.inputs import make_pdf
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying to reach Google's services.
@@ -208,7 +209,7 @@ def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, 
                                          upload("huge.png", too_big)])
     errors = page.locator("#file-errors li")
     expect(errors).to_have_count(2)
-    expect(errors.nth(0)).to_have_text("notes.txt: not a JPEG, PNG or WebP image.")
+    expect(errors.nth(0)).to_have_text("notes.txt: not a JPEG, PNG, WebP, PDF, TIFF or HEIC file.")
     expect(errors.nth(1)).to_contain_text("huge.png is 10.0 MB; the limit is 10.0 MB per image.")
     expect(page.locator("#staged li")).to_have_count(0)
     expect(page.locator("#submit")).to_be_disabled()
@@ -232,6 +233,34 @@ def test_bad_files_are_refused_in_the_browser_and_server_errors_are_shown(page, 
     expect(page.locator("#reply-form")).to_be_hidden()  # nothing to follow up on
     expect(error.locator(".retry-button")).to_have_count(0)  # a broken image stays broken: no retry offered
     snapshot(page, screenshot_dir / "errors.png")
+
+
+def test_a_pdf_is_read_page_by_page_and_shown_as_page_thumbnails(page, screenshot_dir):
+    page.set_input_files("#file-input", [upload("invoice.pdf", make_pdf(["ONE", "TWO", "THREE"]), "application/pdf")])
+    expect(page.locator("#staged li .doc")).to_have_text("PDF")  # a browser cannot draw a PDF in <img>
+    expect(page.locator("#submit")).to_have_text("Ask about this document")
+    expect(page.locator("#document-options")).to_be_visible()
+    page.fill("#prompt", "What is the total?")
+    page.fill("#max-tokens", "4")
+    page.fill("#pages", "1,3")
+    page.select_option("#page-mode", "per_page")
+    with page.expect_response("**/v1/jobs") as created:
+        page.click("#submit")
+    job = created.value.json()
+    assert job["page_mode"] == "per_page" and [entry["page"] for entry in job["pages"]] == [1, 3]
+
+    figures = page.locator(".message.user .page-strip figure")
+    expect(figures).to_have_count(2, timeout=90_000)
+    expect(figures.locator("figcaption")).to_have_text(["Page 1", "Page 3"])
+    for index in range(2):  # each page as the worker rendered it: Letter at 150 dpi
+        page.wait_for_function("(img) => img.complete && img.naturalWidth === 1275",
+                               arg=figures.nth(index).locator("img").element_handle())
+    answers = page.locator(".message.answered .page-answer")
+    expect(answers).to_have_count(2)
+    expect(answers.nth(0)).to_contain_text("Page 1:")
+    expect(answers.nth(1)).to_contain_text("Page 3:")
+    expect(page.locator("#reply-form")).to_be_hidden()  # a document is asked once
+    snapshot(page, screenshot_dir / "document.png")
 
 
 def test_a_failed_answer_can_be_retried_in_place_with_the_same_image(page):
@@ -290,7 +319,7 @@ def test_a_batch_runs_with_progress_thumbnails_and_a_csv_download(page, live_ser
     names = [f"receipt-{index}.png" for index in range(4)]
     drop_files(page, [(name, picture(index)) for index, name in enumerate(names)])
     expect(page.locator("#staged li")).to_have_count(4)
-    expect(page.locator("#submit")).to_have_text("Run batch of 4 images")
+    expect(page.locator("#submit")).to_have_text("Run batch of 4 files")
 
     page.select_option("#preset", "describe")
     expect(page.locator("#prompt")).to_have_value(settings.presets["describe"].prompt)

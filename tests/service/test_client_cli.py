@@ -14,6 +14,7 @@ from service.cli import cli
 from service.client_cli import write_archive_form
 from service.core.models import Job
 from tests.conftest import TINY, make_image
+from tests.inputs import make_pdf, make_tiff
 
 
 def _job_count(settings):
@@ -47,6 +48,25 @@ def test_submit_a_folder_waits_writes_results_and_resumes_without_resubmitting(t
     assert "resumed" in second.output and "nothing uploaded" in second.output
     assert "uploading" not in second.output  # the batch was looked up by its key before any upload
     assert _job_count(settings) == jobs_before  # nothing was submitted twice
+
+
+def test_submit_takes_pdfs_and_tiffs_read_page_by_page(tmp_path, live_server, worker, api_key, client):
+    folder = tmp_path / "invoices"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf(["ONE", "TWO", "THREE"]))
+    (folder / "b.tiff").write_bytes(make_tiff(["FRAME"]))
+    (folder / "c.png").write_bytes(make_image())
+    out = tmp_path / "results.jsonl"
+    result = CliRunner().invoke(cli, ["submit", str(folder), "--prompt", "Total?", "--model", TINY, "--max-tokens",
+                                      "2", "--pages", "1", "--page-mode", "per_page", "--out", str(out),
+                                      "--url", live_server, "--api-key", api_key])
+    assert result.exit_code == 0, result.output
+    items = {item["custom_id"]: item for item in map(json.loads, out.read_text().splitlines())}
+    assert sorted(items) == ["a.pdf", "b.tiff", "c.png"] and {item["status"] for item in items.values()} == {
+        "succeeded"}
+    job = client.get(f"/v1/jobs/{items['a.pdf']['job_id']}").get_json()
+    assert job["image"]["format"] == "PDF" and job["page_mode"] == "per_page"
+    assert [(page["page"], page["status"]) for page in job["pages"]] == [(1, "succeeded")]
 
 
 def test_ctrl_c_while_following_says_the_batch_goes_on_and_how_to_resume(tmp_path, live_server, api_key, monkeypatch):

@@ -40,6 +40,13 @@ class GenerationRequest:
     messages: list[dict[str, Any]] | None = None
     stream: bool = False  # pass text to the handle as it is generated (RequestHandle.stream)
     seed: int | None = None  # sampling: the generator's seed (the same seed and request give the same text)
+    # A document's further pages (or a job's further images), after `image`, each already scaled to its share of
+    # the pixel budget. Only vision-language engines take them.
+    more_images: tuple[Image.Image, ...] = ()
+
+    @property
+    def images(self) -> tuple[Image.Image, ...]:
+        return (self.image, *self.more_images)
 
 
 @dataclass(frozen=True)

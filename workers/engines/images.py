@@ -22,7 +22,12 @@ MAX_ASPECT = 50
 
 def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode (at most what `max_pixels` needs), turn upright (EXIF), convert to RGB, pad a thin strip, scale down."""
-    image = _pad_to_aspect(to_rgb(ImageOps.exif_transpose(decode(data, max_pixels))))
+    return fit(ImageOps.exif_transpose(decode(data, max_pixels)), max_pixels)
+
+
+def fit(image: Image.Image, max_pixels: int) -> Image.Image:
+    """A decoded image as the engine takes it: RGB, a thin strip padded, scaled down to `max_pixels`."""
+    image = _pad_to_aspect(to_rgb(image))
     pixels = image.width * image.height
     if pixels > max_pixels:
         scale = math.sqrt(max_pixels / pixels)
@@ -36,7 +41,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     with Image.open(io.BytesIO(data)) as opened:  # an animation gives its first frame
         if opened.format in ("JPEG", "MPO"):
             opened.draft(opened.mode if opened.mode in ("RGB", "L") else None, _target_size(opened.size, max_pixels))
-        return _reduce(opened, max_pixels)
+        return reduce_to(opened, max_pixels)
 
 
 def _target_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
@@ -45,7 +50,7 @@ def _target_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
-def _reduce(image: Image.Image, max_pixels: int) -> Image.Image:
+def reduce_to(image: Image.Image, max_pixels: int) -> Image.Image:
     """Decode `image`, shrunk by the largest integer factor that keeps it at or above `max_pixels`."""
     image.load()
     factor = math.isqrt(image.width * image.height // max_pixels)

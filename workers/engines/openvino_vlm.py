@@ -128,11 +128,11 @@ class OpenVINOVLMEngine(Engine):
             raise EngineError(f"no engine slot came free within {self._settings.job_timeout_s}s")
         request_id = next(self._ids)
         handle = RequestHandle(cancel=lambda: self._requests.put(("cancel", request_id)))
-        image = np.ascontiguousarray(np.asarray(request.image, dtype=np.uint8)[np.newaxis])
+        images = [np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[np.newaxis]) for image in request.images]
         prompt = request.messages if request.messages is not None else request.prompt
         with self._lock:  # the handle and its message belong to the same engine process
             self._handles[request_id] = handle
-            self._requests.put(("add", request_id, prompt, image, _generation(request)))
+            self._requests.put(("add", request_id, prompt, images, _generation(request)))
         return handle
 
     def close(self) -> None:

@@ -5,13 +5,13 @@ encodes the image) and `step`: seconds at a time for a 2B model. In the worker's
 every other thread (Celery's consumer, the heartbeat, a database transaction half-way through) for as
 long. Here only this loop waits; the worker talks to it through two queues:
 
-    requests: ("add", id, prompt or messages, image ndarray, generation dict) | ("cancel", id) | ("stop",)
+    requests: ("add", id, prompt or messages, [image ndarray, ...], generation dict) | ("cancel", id) | ("stop",)
     results:  ("ready", seconds) | ("failed", message) | ("done", id, GenerationResult)
               | ("error", id, (code, message)) | ("text", id, new text of a streamed request)
 
-A prompt gets the model's chat template from the pipeline, with the image before the text. Messages (a
-conversation) are templated here with the tokenizer's own chat template over every turn, the image where
-its user turn holds {"type": "image"}, and handed over with the pipeline's templating turned off.
+A prompt gets the model's chat template from the pipeline, with the images (a document's pages) before the
+text. Messages (a conversation) are templated here with the tokenizer's own chat template over every turn, each
+image where a user turn holds {"type": "image"}, and handed over with the pipeline's templating turned off.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class PipelineConfig:
 @dataclass
 class _InFlight:
     handle: Any  # openvino_genai.GenerationHandle
-    request: tuple[Any, Any, dict[str, Any]] = ((), None, {})  # (prompt, image, generation): to add it again
+    request: tuple[Any, Any, dict[str, Any]] = ((), None, {})  # (prompt, images, generation): to add it again
     stream: bool = False
     peak_batch: int = 0
     cancel_requested: bool = False
@@ -123,12 +123,12 @@ class _Loop:
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         if message[0] == "add":
-            _, request_id, prompt, image, generation = message
-            self._add(request_id, prompt, image, generation)
+            _, request_id, prompt, images, generation = message
+            self._add(request_id, prompt, images, generation)
         elif message[0] == "cancel":
             self._cancel(message[1])
 
-    def _add(self, request_id: int, prompt: str | list[dict[str, Any]], image: Any,
+    def _add(self, request_id: int, prompt: str | list[dict[str, Any]], images: list[Any],
              generation: dict[str, Any]) -> None:
         import openvino as ov
 
@@ -139,12 +139,12 @@ class _Loop:
             if isinstance(prompt, list):
                 text = self._tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
                 config.apply_chat_template = False  # templated already, over the whole conversation
-            handle = self._pipe.add_request(request_id, text, [ov.Tensor(image)], config)
+            handle = self._pipe.add_request(request_id, text, [ov.Tensor(image) for image in images], config)
         except Exception as exc:
             log.exception("the engine refused request %s", request_id)
             self._fail(request_id, exc)
             return
-        self._inflight[request_id] = _InFlight(handle=handle, request=(prompt, image, generation),
+        self._inflight[request_id] = _InFlight(handle=handle, request=(prompt, images, generation),
                                                stream=bool(generation.get("stream")),
                                                encode_ms=1000 * (time.monotonic() - started))
         batch = len(self._inflight)

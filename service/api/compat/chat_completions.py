@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -15,11 +16,10 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from flask.typing import ResponseReturnValue
 from pydantic import Field
 
-from service.adapters import presence
 from service.api.common import json_body, request_values
 from service.api.compat import sync_chat
 from service.api.compat.sync_chat import SYNC_ERRORS
-from service.api.context import get_redis, get_settings
+from service.api.context import get_settings
 from service.api.errors import as_api_error
 from service.api.openapi import JSON, MULTIPART, operation
 from service.core import jobs
@@ -110,7 +110,7 @@ def chat_upload_model(settings: Settings) -> type[RequestModel]:
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
                                         "text/event-stream": {"schema": _SSE_EVENT}}}})
 def create_chat_completion() -> ResponseReturnValue:
-    """OpenAI's JSON chat request (multi-turn, one image), or a multipart form with `image` and `prompt`."""
+    """OpenAI's JSON chat request (multi-turn, one or more images), or a multipart form with `image` and `prompt`."""
     settings = get_settings()
     if request.is_json:
         raw = json_body()
@@ -118,7 +118,7 @@ def create_chat_completion() -> ResponseReturnValue:
             raise ApiError(ErrorCode.INVALID_FIELD, "Only n=1 is supported.", {"field": "n"})
         body = parse(chat_model(settings), raw)
         chat = parse_chat_request(raw, settings)
-        fields, image, messages = chat.job_fields(), chat.conversation.image, chat.conversation.messages
+        fields, image, messages = chat.job_fields(), chat.conversation.images, chat.conversation.messages
         image_field = chat.conversation.image_field
     else:
         body = parse(chat_upload_model(settings), request_values())
@@ -142,24 +142,18 @@ def _events(job: Job, *, include_usage: bool) -> Iterator[str]:
     A failure after the stream began arrives as an `{"error": ...}` event (the SDK raises it). If the client
     goes away, the job is cancelled (found out at the next write: a piece of text, or a keep-alive every 2 s).
     """
-    ended = False
-    try:
+    with closing(sync_chat.streamed(job)) as pieces:  # closed, so cancelled, when the client goes away
         yield _event(ChatCompletionChunk.of(job, {"role": "assistant", "content": ""}, with_usage=include_usage))
-        for piece in sync_chat.pieces(job):
+        for piece in pieces:
+            if isinstance(piece, ApiError):
+                yield _event(error_body(piece)[0])
+                return
             if isinstance(piece, Job):
                 final = piece
             elif piece:
                 yield _event(ChatCompletionChunk.of(job, {"content": piece}, with_usage=include_usage))
             else:  # an SSE comment: clients ignore it, and writing it tells whether the client is still there
                 yield ": keep-alive\n\n"
-        ended = True
-    except Exception as exc:
-        ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out
-        yield _event(error_body(as_api_error(exc))[0])
-        return
-    finally:
-        if not ended:  # the client disconnected mid-stream
-            sync_chat.abandon(job.id)
     yield _event(ChatCompletionChunk.of(final, {}, finish=finish_reason(final), with_usage=include_usage))
     if include_usage:
         yield _event(ChatCompletionChunk.usage_of(final))
@@ -176,7 +170,7 @@ def _event(data: Shape | dict[str, Any]) -> str:
            error_schema="OpenAIError")
 def list_models() -> ResponseReturnValue:
     """The registry in OpenAI's list shape (the SDK's models.list()), with whether a worker serves each now."""
-    statuses = _model_statuses()
+    statuses = sync_chat.model_statuses()
     return jsonify(ObjectList[ModelOut](data=[_model(name, statuses) for name in get_settings().registry]).dump())
 
 
@@ -185,24 +179,11 @@ def list_models() -> ResponseReturnValue:
 def get_model(model: str) -> ResponseReturnValue:
     if model not in get_settings().registry:  # error_body answers it as OpenAI's 404 model_not_found
         raise ApiError(ErrorCode.UNKNOWN_MODEL, f"The model {model!r} does not exist.", {"model": model})
-    return jsonify(_model(model, _model_statuses()).dump())
+    return jsonify(_model(model, sync_chat.model_statuses()).dump())
 
 
 def _model(name: str, statuses: dict[str, str]) -> ModelOut:
     return ModelOut(id=name, status=statuses.get(name, "absent"))
-
-
-def _model_statuses() -> dict[str, str]:
-    """live if any live worker serves the model, else loading, else unavailable (a worker could not load it)."""
-    rank = {"live": 3, "loading": 2, "unavailable": 1}
-    best: dict[str, str] = {}
-    for info in presence.live_workers(get_redis()).values():
-        for name, state in info.get("models", {}).items():
-            status = state.get("status", "unavailable")
-            status = "loading" if status == "pulling" else status  # a worker fetching it from the bucket loads it next
-            if rank.get(status, 0) > rank.get(best.get(name, ""), 0):
-                best[name] = status
-    return best
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -48,12 +48,13 @@ def create_response() -> ResponseReturnValue:
     body = parse(responses_model(settings), raw)
     read_file = batches.file_reader(get_session(), get_blobs(), settings, current_tenant())
     chat = parse_responses_request(raw, settings, read_file)
-    image = chat.conversation.image
-    job_request = jobs.job_request(settings, parse(job_model(settings), chat.job_fields()), image,
-                                   messages=chat.conversation.messages, stream=body.stream)
+    images = chat.conversation.images
+    job_request = jobs.job_request(settings, parse(job_model(settings), chat.job_fields()), images,
+                                   messages=chat.conversation.messages, stream=body.stream,
+                                   image_field=chat.conversation.image_field)
     if not body.stream:
-        return jsonify(ResponseOut.of(sync_chat.answer(job_request, image)).dump())
-    job = sync_chat.submit(job_request, image)
+        return jsonify(ResponseOut.of(sync_chat.answer(job_request, images)).dump())
+    job = sync_chat.submit(job_request, images)
     return Response(stream_with_context(_events(job)), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

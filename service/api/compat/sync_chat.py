@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from service.adapters import presence, token_stream
 from service.api.auth import current_caller
 from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_redis, get_session, get_settings
+from service.api.errors import as_api_error
 from service.core import availability, jobs
 from service.core.errors import ApiError, ErrorCode
 from service.core.models import Job, JobStatus, Priority
@@ -50,16 +51,16 @@ def admit(model: str) -> None:
                        f"retry shortly.", {"model": model, "queued": depth}, headers=_RETRY)
 
 
-def submit(request: jobs.JobRequest, image_bytes: bytes) -> Job:
+def submit(request: jobs.JobRequest, inputs: bytes | list[bytes]) -> Job:
     """Admit the request, then create and enqueue its job (it may come back already answered from the cache)."""
     admit(request.task.options.model)
-    job, _ = jobs.submit(get_session(), get_blobs(), get_broker(), request, image_bytes, None, current_caller())
+    job, _ = jobs.submit(get_session(), get_blobs(), get_broker(), request, inputs, None, current_caller())
     return job
 
 
-def answer(request: jobs.JobRequest, image_bytes: bytes) -> Job:
+def answer(request: jobs.JobRequest, inputs: bytes | list[bytes]) -> Job:
     """Submit and wait for the job's ending; returns the succeeded job, or raises its error as an ApiError."""
-    job = submit(request, image_bytes)
+    job = submit(request, inputs)
     timeout_s = get_settings().sync_timeout_s
     if not get_job_endings().wait(job.id, lambda: jobs.ended(get_db(), job.id), timeout_s):
         raise timed_out(job.id, timeout_s)
@@ -108,6 +109,21 @@ def pieces(job: Job) -> Iterator[str | Job]:
     yield final
 
 
+def streamed(job: Job) -> Iterator[str | Job | ApiError]:
+    """`pieces`, for a response that streams them: a failure comes as the last item, an ApiError, and a client that
+    goes away (found out at the next write: a piece of text, or a keep-alive) gets its job cancelled."""
+    ended = False
+    try:
+        yield from pieces(job)
+        ended = True
+    except Exception as exc:
+        ended = True  # an ApiError from pieces() means the job ended, or was cancelled for timing out
+        yield as_api_error(exc)
+    finally:
+        if not ended:  # the client disconnected mid-stream
+            abandon(job.id)
+
+
 def succeeded(job_id: str) -> Job:
     """The ended job, if it succeeded; otherwise its failure as the ApiError a synchronous caller gets."""
     with get_db().session() as session:
@@ -136,3 +152,16 @@ def abandon(job_id: str) -> None:
             jobs.cancel(session, get_broker(), job_id)
     except Exception:
         log.exception("job %s: could not cancel it after its caller left", job_id)
+
+
+def model_statuses() -> dict[str, str]:
+    """live if any live worker serves the model, else loading, else unavailable (a worker could not load it)."""
+    rank = {"live": 3, "loading": 2, "unavailable": 1}
+    best: dict[str, str] = {}
+    for info in presence.live_workers(get_redis()).values():
+        for name, state in info.get("models", {}).items():
+            status = state.get("status", "unavailable")
+            status = "loading" if status == "pulling" else status  # a worker fetching it from the bucket loads it next
+            if rank.get(status, 0) > rank.get(best.get(name, ""), 0):
+                best[name] = status
+    return best

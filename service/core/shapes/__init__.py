@@ -16,8 +16,11 @@ from service.core.shapes.compat import (
     ChatCompletionChunk,
     ChatCompletionOut,
     ChatUsage,
+    CountTokensResponse,
     GenerateContentResponse,
     GoogleErrorOut,
+    GoogleModel,
+    GoogleModelList,
     ModelList,
     ModelOut,
     OpenAIErrorOut,
@@ -30,6 +33,7 @@ from service.core.shapes.compat import (
 from service.core.shapes.resources import (
     ApiKeyOut,
     BatchOut,
+    BatchUsage,
     ErrorOut,
     EventType,
     FileDeleted,
@@ -61,6 +65,7 @@ COMPONENTS: dict[str, type[BaseModel]] = {
     "Model": ModelOut, "ModelList": ModelList,
     "OpenAIHealth": OpenAIHealthOut, "SimpleChatAnswer": SimpleChatAnswer, "SimpleChatHealth": SimpleChatHealth,
     "GoogleError": GoogleErrorOut, "GenerateContentResponse": GenerateContentResponse,
+    "CountTokensResponse": CountTokensResponse, "GoogleModel": GoogleModel, "GoogleModelList": GoogleModelList,
 }
 
 
@@ -71,11 +76,11 @@ def components() -> dict[str, Any]:
 
 
 __all__ = [
-    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "ChatCompletionChunk", "ChatCompletionOut",
-    "ChatUsage", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut", "GenerateContentResponse",
-    "GoogleErrorOut", "HealthOut", "JobOut", "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut",
-    "OpenAIHealthOut", "OpenAIWebhookEvent", "Page", "PresetOut", "ReadinessOut", "RequestCounts", "ResponseOut",
-    "Shape", "SimpleChatAnswer", "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage",
-    "WebhookDeliveryOut", "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent", "components", "iso",
-    "json_schemas", "unix",
+    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "BatchUsage", "ChatCompletionChunk",
+    "ChatCompletionOut", "ChatUsage", "CountTokensResponse", "Deleted", "ErrorOut", "EventType", "FileDeleted",
+    "FileOut", "GenerateContentResponse", "GoogleErrorOut", "GoogleModel", "GoogleModelList", "HealthOut", "JobOut",
+    "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut", "OpenAIHealthOut", "OpenAIWebhookEvent",
+    "Page", "PresetOut", "ReadinessOut", "RequestCounts", "ResponseOut", "Shape", "SimpleChatAnswer",
+    "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut", "WebhookEndpointDeleted",
+    "WebhookEndpointOut", "WebhookEvent", "components", "iso", "json_schemas", "unix",
 ]

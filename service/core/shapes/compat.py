@@ -318,7 +318,7 @@ class GoogleContent(Shape):
 
 class GoogleCandidate(Shape):
     content: GoogleContent
-    finishReason: str  # noqa: N815 (Google's names)
+    finishReason: str | MISSING = MISSING  # noqa: N815 (Google's names); absent on a stream's chunks but the last
     index: int
 
 
@@ -329,22 +329,49 @@ class GoogleUsage(Shape):
 
 
 class GenerateContentResponse(Shape):
+    """An answer, or one chunk of a streamed one (its text so far; the last has finishReason and usageMetadata)."""
+
     candidates: list[GoogleCandidate]
-    usageMetadata: GoogleUsage  # noqa: N815
+    usageMetadata: GoogleUsage | MISSING = MISSING  # noqa: N815
     modelVersion: str  # noqa: N815
     responseId: str  # noqa: N815
 
     @classmethod
     def of(cls, job: models.Job) -> GenerateContentResponse:
-        usage = Usage.of(job) or Usage.zero()
-        candidate = GoogleCandidate(
-            content=GoogleContent(parts=[GooglePart(text=job.result_text or "")], role="model"),
-            finishReason="MAX_TOKENS" if job.finish_reason == "length" else "STOP", index=0)
-        return cls(candidates=[candidate],
-                   usageMetadata=GoogleUsage(promptTokenCount=usage.prompt_tokens,
-                                             candidatesTokenCount=usage.completion_tokens,
-                                             totalTokenCount=usage.total_tokens),
-                   modelVersion=job.model, responseId=job.id)
+        return cls.chunk(job, job.result_text or "", last=True)
+
+    @classmethod
+    def chunk(cls, job: models.Job, text: str, *, last: bool) -> GenerateContentResponse:
+        """`text` as one chunk of the job's answer; the `last` carries why it ended and the token counts."""
+        candidate = GoogleCandidate(content=GoogleContent(parts=[GooglePart(text=text)], role="model"), index=0)
+        answer = cls(candidates=[candidate], modelVersion=job.model, responseId=job.id)
+        if last:
+            usage = Usage.of(job) or Usage.zero()
+            candidate.finishReason = "MAX_TOKENS" if job.finish_reason == "length" else "STOP"
+            answer.usageMetadata = GoogleUsage(promptTokenCount=usage.prompt_tokens,
+                                               candidatesTokenCount=usage.completion_tokens,
+                                               totalTokenCount=usage.total_tokens)
+        return answer
+
+
+class CountTokensResponse(Shape):
+    totalTokens: int  # noqa: N815
+
+
+class GoogleModel(Shape):
+    """A registry model in Google's shape; `description` says whether a worker serves it now."""
+
+    name: str  # models/<registry name>
+    baseModelId: str  # noqa: N815
+    version: str
+    displayName: str  # noqa: N815
+    description: str
+    outputTokenLimit: int  # noqa: N815
+    supportedGenerationMethods: list[str]  # noqa: N815
+
+
+class GoogleModelList(Shape):
+    models: list[GoogleModel]
 
 
 class GoogleErrorDetail(Shape):

@@ -10,27 +10,10 @@ from service.core import models
 from service.core.models import BatchStatus, JobStatus, Priority
 from service.core.presets import Preset
 from service.core.shapes.base import Deleted, Shape, Timestamp, UnixSeconds
+from service.core.shapes.pages import JobPageOut, JobResult, Usage, round_ms
 
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled",
                     "batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
-
-
-class Usage(Shape):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, job: models.Job) -> Usage | None:
-        """The job's token counts; None until both are known (and for OCR or cached answers)."""
-        if job.prompt_tokens is None or job.completion_tokens is None:
-            return None
-        return Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens,
-                     total_tokens=job.prompt_tokens + job.completion_tokens)
-
-    @classmethod
-    def zero(cls) -> Usage:
-        return Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
 
 class Timings(Shape):
@@ -43,36 +26,8 @@ class Timings(Shape):
 
     @classmethod
     def of(cls, job: models.Job) -> Timings:
-        return cls(queue_ms=_ms_between(job.created_at, job.started_at), ttft_ms=_round(job.ttft_ms),
-                   inference_ms=_round(job.inference_ms), total_ms=_ms_between(job.created_at, job.finished_at))
-
-
-class OcrLine(Shape):
-    text: str
-    box: list[Any]
-    confidence: float
-
-
-class JobResult(Shape):
-    # The output: `json` only for a schema-constrained job, `lines` only for OCR.
-
-    # `finish_reason` "length": max_tokens cut the text off (a schema-constrained job then has `json: null`).
-
-    text: str
-    finish_reason: str | None
-    json_: Any | MISSING = Field(MISSING, alias="json")
-    lines: list[OcrLine] | MISSING = MISSING
-
-    @classmethod
-    def of(cls, job: models.Job) -> JobResult | None:
-        if job.result_text is None:
-            return None
-        result = cls(text=job.result_text, finish_reason=job.finish_reason)
-        if job.response_schema is not None:
-            result.json_ = job.result_json
-        if job.result_lines is not None:
-            result.lines = [OcrLine.model_validate(line) for line in job.result_lines]
-        return result
+        return cls(queue_ms=_ms_between(job.created_at, job.started_at), ttft_ms=round_ms(job.ttft_ms),
+                   inference_ms=round_ms(job.inference_ms), total_ms=_ms_between(job.created_at, job.finished_at))
 
 
 class JobImage(Shape):
@@ -136,6 +91,9 @@ class JobOut(Shape):
     webhook: WebhookRef | None
     image_expired_at: Timestamp | None
     result_expired_at: Timestamp | None
+    page_mode: Literal["document", "per_page"] | None = Field(
+        description="A job on a document or several images: how its pages were read; null for one plain image")
+    pages: list[JobPageOut] | None = Field(description="Its pages in order (null for one plain image)")
     # While the job is queued and no live worker serves its model (set by the API; empty in webhook payloads).
     warnings: list[ModelWarning] = Field(default_factory=list)
 
@@ -148,13 +106,16 @@ class JobOut(Shape):
             max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, seed=job.seed,
             messages=job.messages,
             image=image, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-            preset=job.preset, result=JobResult.of(job), cached=job.cached_from is not None, cache_of=job.cached_from,
+            preset=job.preset, result=JobResult.of(job, job.response_schema), cached=job.cached_from is not None,
+            cache_of=job.cached_from,
             usage=Usage.of(job), timings=Timings.of(job), batch_size=job.batch_size, worker=job.worker,
             attempts=job.attempts,
             error=None if job.error_code is None else JobError(code=job.error_code, message=job.error_message),
             metadata=job.metadata_, batch_id=job.batch_id, custom_id=job.custom_id,
             webhook=None if job.webhook_url is None else WebhookRef(url=job.webhook_url),
             image_expired_at=job.image_expired_at, result_expired_at=job.result_expired_at,
+            page_mode=job.page_mode,
+            pages=None if job.page_mode is None else [JobPageOut.of(page, job.response_schema) for page in job.pages],
         )
 
 
@@ -165,6 +126,24 @@ class RequestCounts(Shape):
     completed: int
     failed: int
     cancelled: int
+
+
+class InputTokensDetails(Shape):
+    cached_tokens: int  # VLQ keeps no prompt cache that skips tokens: always 0 (a dedup-cached item costs none)
+
+
+class OutputTokensDetails(Shape):
+    reasoning_tokens: int  # the models VLQ serves do not reason apart from their answer: always 0
+
+
+class BatchUsage(Shape):
+    """OpenAI's batch usage: the tokens of the batch's ended items so far."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
 
 
 class BatchOut(Shape):
@@ -189,6 +168,8 @@ class BatchOut(Shape):
     cancelling_at: UnixSeconds
     cancelled_at: UnixSeconds
     request_counts: RequestCounts
+    usage: BatchUsage
+    model: str | None  # the model its items ask for; None before its file is read, or if they ask for several
     metadata: dict[str, Any] | None
     priority: Priority
     webhook: WebhookRef | None
@@ -196,14 +177,20 @@ class BatchOut(Shape):
     warnings: list[ModelWarning] = Field(default_factory=list)
 
     @classmethod
-    def from_row(cls, batch: models.Batch, counts: RequestCounts) -> BatchOut:
-        """The batch; its counts come from its jobs (service.core.batch_lifecycle.request_counts)."""
+    def from_row(cls, batch: models.Batch) -> BatchOut:
+        """The batch; its counts and usage are the row's, kept by the job state machine (service.core.lifecycle)."""
+        counts = RequestCounts(total=batch.request_total, completed=batch.request_completed,
+                               failed=batch.request_failed, cancelled=batch.request_cancelled)
+        usage = BatchUsage(input_tokens=batch.input_tokens, output_tokens=batch.output_tokens,
+                           total_tokens=batch.input_tokens + batch.output_tokens,
+                           input_tokens_details=InputTokensDetails(cached_tokens=0),
+                           output_tokens_details=OutputTokensDetails(reasoning_tokens=0))
         return cls(
             id=batch.id, endpoint=batch.endpoint, errors=batch.errors, input_file_id=batch.input_file_id,
             completion_window=batch.completion_window, status=batch.status, output_file_id=batch.output_file_id,
             error_file_id=batch.error_file_id, **{stamp: getattr(batch, stamp) for stamp in _BATCH_STAMPS},
-            request_counts=counts, metadata=batch.metadata_, priority=batch.priority,
-            webhook=None if batch.webhook_url is None else WebhookRef(url=batch.webhook_url),
+            request_counts=counts, usage=usage, model=batch.model, metadata=batch.metadata_,
+            priority=batch.priority, webhook=None if batch.webhook_url is None else WebhookRef(url=batch.webhook_url),
         )
 
 
@@ -396,10 +383,6 @@ class ReadinessOut(Shape):
     def summary(self) -> ReadinessOut:
         """The same answer without the detail, for callers without a key."""
         return ReadinessOut(status=self.status, missing=self.missing)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def _ms_between(start: datetime | None, end: datetime | None) -> float | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.batch_usage import BatchUsage
 from sqlalchemy import select
 
 from service.app import create_app
@@ -69,6 +70,12 @@ def test_the_openai_sdk_runs_a_batch_and_reads_its_output_and_error_files(sdk):
         assert body["object"] == "chat.completion" and body["model"] == TINY
         assert body["usage"]["completion_tokens"] >= 1
         assert isinstance(body["choices"][0]["message"]["content"], str)
+    # The batch's usage and model, parsed by the SDK into its own types: the tokens of its items.
+    assert batch.model == TINY and isinstance(batch.usage, BatchUsage)
+    assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output)
+    assert batch.usage.output_tokens == sum(line["response"]["body"]["usage"]["completion_tokens"] for line in output)
+    assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens > 0
+    assert batch.usage.input_tokens_details.cached_tokens == batch.usage.output_tokens_details.reasoning_tokens == 0
 
     errors = {json.loads(line)["custom_id"]: json.loads(line)["error"]
               for line in sdk.files.content(batch.error_file_id).text.splitlines()}

@@ -67,7 +67,7 @@ def _native(settings: Settings, blobs: LocalBlobStore, images: dict[str, bytes],
     fields = parse(task_model(settings), {"prompt": "What is the total?", "model": MODEL, "max_tokens": 4})
     task = resolve_task(settings, fields)
     return batches.BatchRequest(endpoint=batches.NATIVE_ENDPOINT, task_fields=task.job_fields(),
-                                images=tuple(batches.store_image(settings, blobs, name, data)
+                                images=tuple(batches.store_image(settings, blobs, name, data, model=MODEL)
                                              for name, data in images.items()),
                                 **{"completion_window": "24h", "priority": "bulk", "metadata": None, **options})
 

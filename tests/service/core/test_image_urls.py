@@ -1,4 +1,5 @@
 """image_url parts given as http(s) URLs: fetched through the SSRF guard only where `image_url_fetch` is on."""
+import base64
 import dataclasses
 import json
 import os
@@ -17,6 +18,8 @@ import requests
 from service.adapters.blobs import LocalBlobStore
 from service.app import create_app
 from service.core import batches
+from service.core.errors import ApiError
+from service.core.image_urls import load_image_url
 from service.core.models import Batch
 from tests.conftest import ROOT, TINY, make_image, serve
 
@@ -177,3 +180,15 @@ def test_slow_image_urls_cannot_take_every_api_thread(config_file, drip_server, 
             assert response.headers["Retry-After"] == "1" and elapsed < 1
         else:
             assert elapsed < 3 + 1
+
+
+def test_a_data_url_in_url_safe_base64_loads_as_a_standard_one(settings):
+    raw = make_image("JPEG")
+    standard, safe = base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert standard != safe
+    for payload in (standard, safe):
+        assert load_image_url(settings, f"data:image/jpeg;base64,{payload}", "messages[0]") == raw
+    with pytest.raises(ApiError) as caught:
+        load_image_url(settings, "data:image/jpeg;base64,@@@", "messages[0].content[0].image_url")
+    assert (caught.value.code, caught.value.details) == ("invalid_base64",
+                                                         {"field": "messages[0].content[0].image_url"})

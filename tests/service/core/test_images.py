@@ -72,3 +72,19 @@ def test_a_jpeg_bomb_header_is_checked_at_a_draft_scale():
     with Image.open(io.BytesIO(bomb)) as image:
         decode_checked(image)
         assert image.size == (750, 750)  # what was decoded: 1/8 scale, not 36 M pixels
+
+
+def test_url_safe_base64_decodes_padded_or_not():
+    raw = make_image("JPEG") + b"\xfb\xff\xfe"  # bytes whose base64 needs '+' and '/' (URL-safe: '-' and '_')
+    safe = base64.urlsafe_b64encode(raw).decode()
+    assert "-" in safe or "_" in safe
+    for encoded in (safe, safe.rstrip("="), f"data:image/jpeg;base64,{safe}"):
+        assert decode_image_field(encoded) == raw
+
+
+@pytest.mark.parametrize("value", ["ab+c-d==", "QUJD/_==", "A", "QUJDR", "QU=JD"])
+def test_mixed_alphabets_and_impossible_lengths_are_invalid_base64(value):
+    with pytest.raises(ApiError) as caught:
+        decode_image_field(value, field="x.data")
+    error = caught.value
+    assert (error.status, error.code, error.details) == (400, "invalid_base64", {"field": "x.data"})

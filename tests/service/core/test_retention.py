@@ -166,3 +166,35 @@ def test_a_file_past_its_own_expires_at_goes_whatever_the_files_retention(db, bl
     assert (counts["files"], counts["blobs"]) == (1, 1)
     assert _get(db, File, expired) is None and not blobs.exists(hashlib.sha256(b"asked to expire").hexdigest())
     assert all(_get(db, File, kept) is not None for kept in (later, plain, read))
+
+
+def _pages(db, job_id, *rows):
+    """Page rows for `job_id`: (source digest, rendered digest or None) each."""
+    from service.core.models import JobPage
+
+    with db.session() as session:
+        session.add_all(JobPage(job_id=job_id, position=position, number=position + 1, source_sha256=source,
+                                source_format="PDF", source_index=position, blob_sha256=rendered, width=1, height=1,
+                                result_text="page text")
+                        for position, (source, rendered) in enumerate(rows))
+
+
+def test_a_document_jobs_inputs_and_rendered_pages_go_with_its_image(db, blobs, settings):
+    from service.core.models import JobPage
+
+    pdf, page_one, page_two, other_pdf, kept_page = (_aged_blob(blobs, data) for data in (
+        b"%PDF old", b"png 1", b"png 2", b"%PDF second input", b"png kept"))
+    old = _job(db, pdf, ended_ago_s=5 * HOUR)
+    _pages(db, old, (pdf, page_one), (pdf, page_two), (other_pdf, None))
+    live = _job(db, _aged_blob(blobs, b"%PDF live"))  # queued: its pages (one shared with the old job) stay
+    _pages(db, live, (other_pdf, kept_page))
+    _let_age(blobs)
+
+    purge_expired(db, blobs, settings)
+
+    assert not any(blobs.exists(digest) for digest in (pdf, page_one, page_two))
+    assert blobs.exists(other_pdf) and blobs.exists(kept_page)
+    assert _get(db, Job, old).image_expired_at is not None
+    with db.session() as session:
+        texts = session.scalars(select(JobPage.result_text).where(JobPage.job_id == old)).all()
+    assert texts == [None, None, None]  # its results expired too (past retention_results_s)

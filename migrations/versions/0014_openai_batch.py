@@ -1,7 +1,7 @@
 """OpenAI Batch features: files' expires_at, batches' output_expires_after_s, webhook endpoints' payload format
 
-Revision ID: 0012_openai_batch
-Revises: 0011_seed
+Revision ID: 0014_openai_batch
+Revises: 0013_batch_counters
 Create Date: 2026-11-29 04:30:00.000000
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0012_openai_batch'
-down_revision: str | None = '0011_seed'
+revision: str = '0014_openai_batch'
+down_revision: str | None = '0013_batch_counters'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
