@@ -275,17 +275,23 @@ class _Loop:
         ids = item.token_ids
         if len(ids) == item.read_offset:
             return ""
-        before = self._tokenizer.decode(ids[item.prefix_offset:item.read_offset], skip_special_tokens=True)
-        after = self._tokenizer.decode(ids[item.prefix_offset:], skip_special_tokens=True)
+        before = self._decode(ids[item.prefix_offset:item.read_offset])
+        after = self._decode(ids[item.prefix_offset:])
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
         item.prefix_offset, item.read_offset = item.read_offset, len(ids)
         return after[len(before):]
 
+    def _decode(self, ids: list[int]) -> str:
+        """Token ids as text, without NUL: a byte-level vocabulary can emit one, and Postgres text cannot hold it (the
+        same answer would then fail on Postgres and succeed on SQLite). Dropping it keeps every shorter decode a
+        prefix of a longer one, which the streamed pieces rely on."""
+        return self._tokenizer.decode(ids, skip_special_tokens=True).replace("\x00", "") if ids else ""
+
     def _cancelled(self, item: _InFlight) -> GenerationResult:
         """A cancelled request whose pipeline is gone: the tokens read before, without the engine's figures."""
         return GenerationResult(
-            text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
+            text=self._decode(item.token_ids),
             finish_reason="cancelled", prompt_tokens=None, completion_tokens=len(item.token_ids), ttft_ms=None,
             inference_ms=0.0, batch_size=item.peak_batch, encode_ms=item.encode_ms, first_token_at=item.first_token_at)
 
@@ -301,7 +307,7 @@ class _Loop:
                                f"raise kv_cache_gb or lower max_tokens")
         metrics = item.handle.get_perf_metrics()
         return GenerationResult(
-            text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
+            text=self._decode(item.token_ids),
             finish_reason=reason,
             prompt_tokens=int(metrics.get_num_input_tokens()),
             completion_tokens=int(metrics.get_num_generated_tokens()),
