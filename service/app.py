@@ -24,7 +24,7 @@ from service.api import (
     webhooks,
 )
 from service.api.common import IdConverter, NameConverter
-from service.api.compat import chat_completions, generate_content, simple_chat
+from service.api.compat import chat_completions, generate_content, responses, simple_chat
 from service.core.config import Settings
 
 
@@ -45,6 +45,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(keys.bp)
     app.register_blueprint(chat_completions.bp)
+    app.register_blueprint(responses.bp)
     app.register_blueprint(simple_chat.bp)
     app.register_blueprint(generate_content.bp)
     app.register_blueprint(presets.bp)

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -512,6 +512,8 @@ class Delivery:
     verified: bool
     payload: dict[str, Any] | None
     answered: int | None  # the status it answered, None if it was stalled or timed out
+    body: bytes = b""  # exactly as received, with its headers: for verifiers other than standardwebhooks
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Receiver:
@@ -568,7 +570,8 @@ class Receiver:
                     payload, verified = json.loads(body or b"null"), False
                 with receiver._lock:
                     answer = receiver._script.pop(0) if receiver._script else 200
-                    record = Delivery(self.headers.get("webhook-id", ""), verified, payload, None)
+                    record = Delivery(self.headers.get("webhook-id", ""), verified, payload, None, body,
+                                      dict(self.headers))
                     receiver.deliveries.append(record)
                 if answer == "stall":
                     receiver.stalled.set()

@@ -30,7 +30,7 @@ from service.api.common import (
 )
 from service.api.context import get_blobs, get_broker, get_db, get_session, get_settings
 from service.api.openapi import JSON, MULTIPART, operation, text_response
-from service.core import batch_lifecycle, batches, jobs
+from service.core import batch_lifecycle, batches, expiry, jobs
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
 from service.core.exports import content_disposition, csv_lines, field_cells, field_columns
@@ -71,10 +71,13 @@ def batch_options_model(settings: Settings) -> type[RequestModel]:
 
 @per_settings
 def openai_batch_model(settings: Settings) -> type[RequestModel]:
-    """OpenAI's form (JSON): a JSONL file of chat requests, uploaded before with POST /v1/files."""
+    """OpenAI's form (JSON): a JSONL file of chat or Responses requests, uploaded before with POST /v1/files."""
     class Input(RequestModel):
         input_file_id: Annotated[str, Text(max_chars=64)] = Field(description="An uploaded JSONL file (purpose batch).")
-        endpoint: Annotated[str, Choice(choices=[batches.CHAT_ENDPOINT])]
+        endpoint: Annotated[str, Choice(choices=list(batches.OPENAI_ENDPOINTS))]
+        output_expires_after: Annotated[int | None, expiry.ExpiresAfter()] = Field(
+            None, description="{anchor: created_at, seconds: 3600..2592000}: the output and error files expire this "
+                              "long after they are written.")
     return combine("OpenAIBatch", Input, batch_options_model(settings))
 
 
@@ -138,7 +141,8 @@ def create_batch() -> ResponseReturnValue:
 
 
 def _openai_request(settings: Settings, body: Any) -> batches.BatchRequest:
-    return _batch_request(settings, body, batches.CHAT_ENDPOINT, input_file_id=body.input_file_id)
+    return _batch_request(settings, body, body.endpoint, input_file_id=body.input_file_id,
+                          output_expires_after_s=body.output_expires_after)
 
 
 def _native_request(settings: Settings, body: Any) -> batches.BatchRequest:

@@ -13,10 +13,11 @@ from service.api.auth import current_tenant
 from service.api.common import PageQuery, get_or_404, newest_first, page, read_query, request_values
 from service.api.context import get_blobs, get_session, get_settings
 from service.api.openapi import MULTIPART, operation, text_response
+from service.core import expiry
 from service.core.batches import store_file
 from service.core.errors import ApiError, ErrorCode
 from service.core.exports import content_disposition
-from service.core.models import Batch, File
+from service.core.models import Batch, File, utcnow
 from service.core.shapes import FileDeleted, FileOut
 from service.core.validation import Choice, Number, RequestModel, Upload, parse
 
@@ -31,6 +32,12 @@ class FileUpload(RequestModel):
     file: Annotated[Any, Upload(missing_message="'{name}' is required (multipart).")] = Field(
         description="A JSONL batch input file.")
     purpose: Annotated[str, Choice(choices=PURPOSES)]
+    expires_after: Annotated[int | None, expiry.ExpiresAfter()] = Field(
+        None, description="OpenAI's {anchor: created_at, seconds: 3600..2592000}: the file is gone after it.")
+
+    @classmethod
+    def prefill(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return expiry.nest_form_fields(values, "expires_after")
 
 
 class FileList(PageQuery):
@@ -49,7 +56,7 @@ def upload() -> ResponseReturnValue:
     body = parse(FileUpload, request_values())
     session = get_session()
     file = store_file(session, get_blobs(), body.file.stream, body.file.filename or "upload", body.purpose,
-                      current_tenant())
+                      current_tenant(), expires_after_s=body.expires_after)
     session.commit()
     return jsonify(FileOut.from_row(file).dump())
 
@@ -58,14 +65,15 @@ def upload() -> ResponseReturnValue:
 @operation("List files, newest first", query=FileList, tags=("files",), responses={200: "FileList"})
 def list_files() -> ResponseReturnValue:
     query = read_query(FileList)
-    rows, limit = newest_first(File, *([File.purpose == query.purpose] if query.purpose else []), query=query)
+    filters = [expiry.live(utcnow()), *([File.purpose == query.purpose] if query.purpose else [])]
+    rows, limit = newest_first(File, *filters, query=query)
     return jsonify(page(rows, limit, FileOut.from_row))
 
 
 @bp.get("/<file_id>")
 @operation("Get a file's description", tags=("files",), responses={200: "File"})
 def get_file(file_id: str) -> ResponseReturnValue:
-    return jsonify(FileOut.from_row(get_or_404(get_session(), File, file_id, "file")).dump())
+    return jsonify(FileOut.from_row(_live_file(file_id)).dump())
 
 
 @bp.get("/<file_id>/content")
@@ -74,7 +82,7 @@ def get_file(file_id: str) -> ResponseReturnValue:
                       307: {"description": "With `blob_presign_s` set and blobs on S3: a presigned URL that "
                                            "serves the bytes straight from the bucket (Location)."}})
 def content(file_id: str) -> ResponseReturnValue:
-    file = get_or_404(get_session(), File, file_id, "file")
+    file = _live_file(file_id)
     mimetype = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
     disposition = content_disposition(file.filename)
     if get_settings().blob_presign_s > 0:
@@ -94,7 +102,7 @@ def content(file_id: str) -> ResponseReturnValue:
 @operation("Delete a file", tags=("files",), responses={200: "FileDeleted"}, errors=("file_in_use",))
 def delete(file_id: str) -> ResponseReturnValue:
     session = get_session()
-    file = get_or_404(session, File, file_id, "file")
+    file = _live_file(file_id)
     in_use = session.scalar(select(Batch.id).where(Batch.input_file_id == file_id,
                                                   Batch.status.in_(["validating", "in_progress", "cancelling"])))
     if in_use:
@@ -103,6 +111,14 @@ def delete(file_id: str) -> ResponseReturnValue:
     session.commit()
     # The blob may be shared (content-addressed); the retention pass deletes it once nothing refers to it.
     return jsonify(FileDeleted(id=file_id).dump())
+
+
+def _live_file(file_id: str) -> File:
+    """The caller's file; one past its `expires_at` is a 404 at once, as after retention has deleted it."""
+    file = get_or_404(get_session(), File, file_id, "file")
+    if expiry.expired(file):
+        raise ApiError(ErrorCode.NOT_FOUND, f"No file with id {file_id!r}.", {"id": file_id})
+    return file
 
 
 def _chunks(stream, size: int = 256 * 1024):  # type: ignore[no-untyped-def]

@@ -53,6 +53,9 @@ def endpoint_model(settings: Settings) -> type[RequestModel]:
         events: Annotated[list[str] | None, _Events()] = Field(
             None, description="Event types to receive; all when absent.")
         description: Annotated[str | None, Text(max_chars=500)] = None
+        format: Annotated[str, Choice(choices=list(webhooks.FORMATS))] = Field(
+            "vlq", description="vlq: every event, with its job or batch; openai: OpenAI's batch events "
+                               "({object: event, id, type, created_at, data: {id}}), verifiable with the openai SDK.")
         extra_codes = ("missing_field",)
     return Endpoint
 
@@ -75,11 +78,15 @@ def create_endpoint() -> ResponseReturnValue:
     """Register a receiver; the answer is the only one that shows its secret."""
     fields, _ = request_fields()
     body = parse(endpoint_model(get_settings()), fields)
+    if body.format == "openai" and not set(body.events or ()) <= set(webhooks.OPENAI_EVENT_TYPES):
+        raise ApiError(ErrorCode.INVALID_FIELD, "An endpoint in OpenAI's format receives only "
+                       f"{', '.join(webhooks.OPENAI_EVENT_TYPES)}.",
+                       {"field": "events", "available": list(webhooks.OPENAI_EVENT_TYPES)})
     session = get_session()
     _check_endpoint_cap(session, get_settings().max_webhook_endpoints_per_tenant)
     endpoint = WebhookEndpoint(
         id=new_id("whep"), tenant=current_tenant(), url=body.url, secret=body.secret or generate_secret(),
-        events=body.events, description=body.description, status="active", created_at=utcnow(),
+        events=body.events, description=body.description, format=body.format, status="active", created_at=utcnow(),
     )
     session.add(endpoint)
     session.commit()

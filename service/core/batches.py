@@ -18,28 +18,32 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.adapters.blobs import BlobStore, BlobStoreUnavailable
+from service.adapters.blobs import BlobNotFound, BlobStore, BlobStoreUnavailable
 from service.adapters.db import DATABASE_UNAVAILABLE, Database
-from service.core import batch_lifecycle, json_input, lifecycle, logs
+from service.core import batch_lifecycle, expiry, json_input, lifecycle, logs
 from service.core.batch_lifecycle import claim_ending, transition
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
 from service.core.images import ImageInfo
 from service.core.jobs import Pages, generation_options, page_rows, read_inputs
 from service.core.models import Batch, BatchStatus, File, Job, JobPage, JobStatus, new_id, utcnow
-from service.core.openai_format import parse_chat_request
+from service.core.openai_format import ChatRequest, FileReader, parse_chat_request, parse_responses_request
 from service.core.ports import Sender
+from service.core.requests import responses_model
 from service.core.shapes import BatchRequestOutput
 from service.core.structured import parse_response_format
 from service.core.tenancy import Caller
+from service.core.validation import parse
 
 log = logging.getLogger(__name__)
 
 CHAT_ENDPOINT = "/v1/chat/completions"
+RESPONSES_ENDPOINT = "/v1/responses"
+OPENAI_ENDPOINTS = (CHAT_ENDPOINT, RESPONSES_ENDPOINT)
 NATIVE_ENDPOINT = "/v1/jobs"
 MAX_LISTED_ERRORS = 100
 MAX_CUSTOM_ID_CHARS = 255  # the column's length, on every database
@@ -108,6 +112,7 @@ class BatchRequest:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     input_file_id: str | None = None  # OpenAI's form
+    output_expires_after_s: int | None = None  # OpenAI's output_expires_after: the output and error files' lifetime
     task_fields: dict[str, Any] | None = None  # the native form: the job columns of what to ask of every image
     images: tuple[StoredImage, ...] = ()  # the native form: each image, checked and stored as it was read
 
@@ -115,7 +120,7 @@ class BatchRequest:
         """Identifies the request's content, so an Idempotency-Key reused for a different request is caught."""
         content = {name: getattr(self, name) for name in (
             "endpoint", "completion_window", "priority", "metadata", "webhook_url", "webhook_secret",
-            "input_file_id", "task_fields")}
+            "input_file_id", "output_expires_after_s", "task_fields")}
         content["images"] = [[image.custom_id, image.sha256] for image in self.images]
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -145,7 +150,7 @@ def submit(session: Session, db: Database, blobs: BlobStore, broker: Sender, set
         session, tenant=caller.tenant, endpoint=request.endpoint, input_file_id=request.input_file_id,
         completion_window=request.completion_window, priority=request.priority, metadata=request.metadata,
         idempotency_key=idempotency_key, webhook_url=request.webhook_url, webhook_secret=request.webhook_secret,
-        batch_id=batch_id, request_sha256=fingerprint)
+        batch_id=batch_id, request_sha256=fingerprint, output_expires_after_s=request.output_expires_after_s)
     queued: list[Job] = []
     if request.input_file_id is None:
         session.flush()
@@ -179,12 +184,37 @@ def send_started(db: Database, blobs: BlobStore, broker: Sender, batch_id: str, 
 
 
 def _input_file(session: Session, tenant: str, file_id: str) -> File:
-    """The tenant's uploaded file; another tenant's is refused as if it did not exist."""
-    file = session.get(File, file_id)
-    if file is None or file.tenant != tenant:
+    """The tenant's uploaded file; another tenant's, or an expired one, is refused as if it did not exist."""
+    file = _live_file(session, tenant, file_id)
+    if file is None:
         raise ApiError(ErrorCode.INVALID_FIELD, f"No file with id {file_id!r}; upload it with POST /v1/files.",
                        {"field": "input_file_id"})
     return file
+
+
+def _live_file(session: Session, tenant: str, file_id: str) -> File | None:
+    file = session.get(File, file_id)
+    if file is None or file.tenant != tenant or expiry.expired(file):
+        return None
+    return file
+
+
+def file_reader(session: Session, blobs: BlobStore, settings: Settings, tenant: str) -> FileReader:
+    """Reads the tenant's uploaded file as an image, for an `input_image` that names it by `file_id`."""
+    def read(file_id: str, field: str) -> bytes:
+        file = _live_file(session, tenant, file_id)
+        try:
+            if file is not None:
+                if file.bytes > settings.max_image_bytes:
+                    raise ApiError(ErrorCode.IMAGE_TOO_LARGE, f"The file {file_id!r} is over the "
+                                   f"{settings.max_image_bytes}-byte image limit.", {"field": field})
+                with blobs.open(file.sha256) as stream:
+                    return stream.read(settings.max_image_bytes + 1)
+        except BlobNotFound:  # retention removed it a moment before the row
+            pass
+        raise ApiError(ErrorCode.INVALID_FIELD, f"No file with id {file_id!r}; upload it with POST /v1/files.",
+                       {"field": field})
+    return read
 
 
 def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: str) -> Batch | None:
@@ -198,13 +228,14 @@ def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: st
 def create_batch(session: Session, *, tenant: str, endpoint: str, input_file_id: str | None, completion_window: str,
                  priority: str, metadata: dict[str, Any] | None, idempotency_key: str | None,
                  webhook_url: str | None = None, webhook_secret: str | None = None,
-                 batch_id: str | None = None, request_sha256: str | None = None) -> Batch:
+                 batch_id: str | None = None, request_sha256: str | None = None,
+                 output_expires_after_s: int | None = None) -> Batch:
     """Add a new batch of `tenant` in `validating` to the session; its items and files will belong to that tenant."""
     return batch_lifecycle.create(
         session, id=batch_id or new_id("batch"), tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
         completion_window=completion_window, priority=priority, metadata_=metadata, idempotency_key=idempotency_key,
         request_sha256=request_sha256, expires_at=expires_at_for(completion_window), webhook_url=webhook_url,
-        webhook_secret=webhook_secret)
+        webhook_secret=webhook_secret, output_expires_after_s=output_expires_after_s)
 
 
 @dataclass(frozen=True)
@@ -255,9 +286,12 @@ def refused_row(row: dict[str, Any], error: ApiError) -> dict[str, Any]:
     return {**row, "error_code": error.code, "error_message": error.message, "request_sha256": ""}
 
 
-def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, blobs: BlobStore) -> Ingest:
-    """Stream an OpenAI batch input file (JSONL of {custom_id, method, url, body}) into job rows."""
+def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, blobs: BlobStore,
+                      read_file: FileReader | None = None) -> Ingest:
+    """Stream an OpenAI batch input file (JSONL of {custom_id, method, url, body}) into job rows; `read_file` reads
+    the images that /v1/responses lines name by `file_id` (none are found without it)."""
     ingest = Ingest()
+    read_file = read_file or _no_files
     for number, raw in enumerate(lines, start=1):
         if raw is None:
             ingest.fail_line(number, "line_too_long", f"Line {number} is over {max_line_bytes(settings)} bytes.")
@@ -292,7 +326,7 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
         if not ingest.claim_custom_id(custom_id, number):
             continue
         try:
-            request = parse_chat_request(line.get("body"), settings)
+            request = line_request(batch.endpoint, line.get("body"), settings, read_file)
             options = generation_options(settings, request.job_fields())
             schema = parse_response_format(request.response_format)
         except ApiError as error:
@@ -308,6 +342,20 @@ def read_openai_lines(lines: Iterable[bytes], batch: Batch, settings: Settings, 
         ingest.add_item(batch, stored, {"prompt": conversation.prompt, "messages": conversation.messages,
                                         "response_schema": schema, **options.job_fields()})
     return ingest
+
+
+def line_request(endpoint: str, body: Any, settings: Settings, read_file: FileReader) -> ChatRequest:
+    """A batch line's `body`, read as the batch's endpoint reads it (a chat request, or a Responses request)."""
+    if endpoint != RESPONSES_ENDPOINT:
+        return parse_chat_request(body, settings)
+    if not isinstance(body, dict):
+        raise ApiError(ErrorCode.INVALID_REQUEST, "The request body must be a JSON object.")
+    parse(responses_model(settings), body)
+    return parse_responses_request(body, settings, read_file)
+
+
+def _no_files(file_id: str, field: str) -> bytes:
+    raise ApiError(ErrorCode.INVALID_FIELD, f"No file with id {file_id!r}.", {"field": field})
 
 
 def max_line_bytes(settings: Settings) -> int:
@@ -373,7 +421,8 @@ def ingest(db: Database, blobs: BlobStore, broker: Sender, settings: Settings, b
         file = session.get(File, batch.input_file_id)
         try:
             with blobs.open(file.sha256) as stream:
-                result = read_openai_lines(bounded_lines(stream, max_line_bytes(settings)), batch, settings, blobs)
+                result = read_openai_lines(bounded_lines(stream, max_line_bytes(settings)), batch, settings, blobs,
+                                           file_reader(session, blobs, settings, batch.tenant))
         except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable):  # not the file's fault: the caller tries again
             raise
         except Exception:  # a batch never stays validating: whatever breaks the read fails it, with a reason
@@ -399,9 +448,10 @@ def result_lines(session: Session, batch_id: str, *, succeeded: bool) -> Iterato
     """The batch's output-file lines (succeeded items) or error-file lines (the rest that ended), by custom_id."""
     ended = [JobStatus.FAILED.value, JobStatus.CANCELLED.value]
     wanted = Job.status == JobStatus.SUCCEEDED.value if succeeded else Job.status.in_(ended)
+    endpoint = session.scalar(select(Batch.endpoint).where(Batch.id == batch_id)) or CHAT_ENDPOINT
     query = select(Job).where(Job.batch_id == batch_id, wanted).order_by(Job.custom_id)
     for job in session.scalars(query.execution_options(yield_per=500)):
-        yield BatchRequestOutput.of(job)
+        yield BatchRequestOutput.of(job, endpoint)
 
 
 # -- cancelling, finalizing ----------------------------------------------------------------------
@@ -467,15 +517,17 @@ def expire_overdue(db: Database, blobs: BlobStore) -> int:
 def _end_with_files(session: Session, blobs: BlobStore, batch_id: str, source: BatchStatus,
                     ending: BatchStatus) -> None:
     """Write the output and error files of everything ended so far, and move the batch to `ending`."""
-    tenant = session.scalar(select(Batch.tenant).where(Batch.id == batch_id))
-    output = _write_file(session, blobs, batch_id, tenant, succeeded=True)
-    errors = _write_file(session, blobs, batch_id, tenant, succeeded=False)
+    tenant, lifetime = session.execute(
+        select(Batch.tenant, Batch.output_expires_after_s).where(Batch.id == batch_id)).one()
+    output = _write_file(session, blobs, batch_id, tenant, lifetime, succeeded=True)
+    errors = _write_file(session, blobs, batch_id, tenant, lifetime, succeeded=False)
     transition(session, batch_id, source, ending,
                output_file_id=output.id if output else None, error_file_id=errors.id if errors else None)
     log.info("batch %s ended as %s", batch_id, ending.value)
 
 
-def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, *, succeeded: bool) -> File | None:
+def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, expires_after_s: int | None, *,
+                succeeded: bool) -> File | None:
     # Spooled: a large batch's file goes to disk past a few MB instead of being held whole in memory.
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffer:
         for line in result_lines(session, batch_id, succeeded=succeeded):
@@ -485,14 +537,16 @@ def _write_file(session: Session, blobs: BlobStore, batch_id: str, tenant: str, 
         kind = "output" if succeeded else "errors"
         buffer.seek(0)
         # OpenAI's purpose for both files is batch_output (there is no batch_errors); the name tells them apart.
-        return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant)
+        return store_file(session, blobs, buffer, f"{batch_id}_{kind}.jsonl", "batch_output", tenant,
+                          expires_after_s=expires_after_s)
 
 
 def store_file(session: Session, blobs: BlobStore, stream: BinaryIO, filename: str, purpose: str,
-               tenant: str) -> File:
-    """Store the bytes and add the file row of `tenant` to the session."""
+               tenant: str, *, expires_after_s: int | None = None) -> File:
+    """Store the bytes and add the file row of `tenant` to the session (expiring `expires_after_s` after now)."""
     sha256, size = blobs.put_stream(stream)
+    now = utcnow()
     file = File(id=new_id("file"), tenant=tenant, filename=filename, purpose=purpose, bytes=size, sha256=sha256,
-                created_at=utcnow())
+                created_at=now, expires_at=expiry.expires_at(now, expires_after_s))
     session.add(file)
     return file

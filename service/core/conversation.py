@@ -37,13 +37,16 @@ class Conversation:
     image_field: str = "messages"  # the turn that held the (first) image, in the family's terms (error details)
 
 
-def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int) -> Conversation:
-    """Check the turns and load their images: at least one, each in a user turn; text to answer; a user turn last."""
+def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_chars: int,
+          field: str = "messages") -> Conversation:
+    """Check the turns and load their images: at least one, each in a user turn; text to answer; a user turn last.
+
+    `field` names the whole conversation in error details, in the family's own terms."""
     if not turns:
-        raise ApiError(ErrorCode.MISSING_FIELD, "The conversation has no messages.", {"field": "messages"})
+        raise ApiError(ErrorCode.MISSING_FIELD, "The conversation has no messages.", {"field": field})
     images = [(turn, part) for turn in turns for part in turn.parts if isinstance(part, ImageRef)]
     if not images:
-        raise ApiError(ErrorCode.INVALID_FIELD, "Send at least one image in the conversation.", {"field": "messages"})
+        raise ApiError(ErrorCode.INVALID_FIELD, "Send at least one image in the conversation.", {"field": field})
     for image_turn, _ in images:
         if image_turn.role != "user":
             raise ApiError(ErrorCode.INVALID_FIELD, "An image must be part of a user turn.",
@@ -61,7 +64,7 @@ def build(turns: list[Turn], load_image: Callable[[Any, str], bytes], *, max_cha
     if total > max_chars:
         raise ApiError(ErrorCode.INVALID_FIELD,
                        f"The conversation's text is {total} characters; the limit is {max_chars}.",
-                       {"field": "messages"})
+                       {"field": field})
     single = len(turns) == 1
     return Conversation(
         images=[load_image(image.source, turn.where) for turn, image in images],

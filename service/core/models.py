@@ -135,6 +135,9 @@ class File(TenantOwned, Base):
     bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime]
+    # OpenAI's `expires_after` (an upload's) or the batch's `output_expires_after` (its output and error files):
+    # past it the file answers 404, and retention deletes it. None: only retention_files_s applies.
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class Batch(TenantOwned, Base):
@@ -158,6 +161,7 @@ class Batch(TenantOwned, Base):
     request_sha256: Mapped[str | None] = mapped_column(String(64))  # what it asked for (None: created before 0010)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))  # gets the batch's ending event
     webhook_secret: Mapped[str | None] = mapped_column(String(255))
+    output_expires_after_s: Mapped[int | None]  # OpenAI's output_expires_after: its files expire this long after
     # When the ingest task was last handed to the broker; None while no message is known to be there
     # (never sent, or lost with the broker's data), so the dispatcher sends it (see workers.maintenance).
     enqueued_at: Mapped[datetime | None]
@@ -331,7 +335,10 @@ class WebhookEndpoint(TenantOwned, Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     url: Mapped[str] = mapped_column(Text)
     secret: Mapped[str] = mapped_column(String(128))
-    events: Mapped[list[str] | None] = mapped_column(JSON)  # None: every event type
+    events: Mapped[list[str] | None] = mapped_column(JSON)  # None: every event type (of its format)
+    # The bodies it gets: "vlq" (WebhookEvent, every event type) or "openai" (OpenAI's batch events, which name
+    # the batch only: service.core.webhooks).
+    format: Mapped[str] = mapped_column(String(16), default="vlq")
     description: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))  # "active" | "disabled" (a 410 from the receiver)
     disabled_reason: Mapped[str | None] = mapped_column(Text)

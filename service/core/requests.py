@@ -13,6 +13,7 @@ from service.core.config import Settings
 from service.core.documents import PAGE_MODES
 from service.core.images import ImageData
 from service.core.models import Priority
+from service.core.openai_format import ResponsesInput, TextConfig
 from service.core.presets import apply_preset
 from service.core.structured import ResponseFormat
 from service.core.validation import (
@@ -48,6 +49,24 @@ def generation_model(settings: Settings) -> type[RequestModel]:
         seed: Annotated[int | None, OptionalNumber(low=0, high=MAX_SEED, integer=True)] = Field(
             None, description="Makes a sampled (temperature > 0) answer reproducible; absent: a fresh seed each time.")
     return Generation
+
+
+@per_settings
+def responses_model(settings: Settings) -> type[RequestModel]:
+    """OpenAI's Responses request (POST /v1/responses, and the body of a /v1/responses batch line): `input` with one
+    image, `instructions`, `max_output_tokens`, `text.format`, and the generation options (`max_tokens` is
+    `max_output_tokens`' fallback)."""
+    class Responses(RequestModel):
+        input: Annotated[Any, ResponsesInput()] = Field(
+            description="A string, or messages of input_text and input_image parts (at least one image).")
+        instructions: Annotated[str | None, Text(max_chars=settings.max_prompt_chars)] = Field(
+            None, description="A system message ahead of the input.")
+        max_output_tokens: Annotated[int | None, OptionalNumber(low=1, high=settings.max_tokens_limit,
+                                                                integer=True)] = None
+        text: Annotated[dict[str, Any] | None, TextConfig(max_depth=settings.max_json_depth)] = Field(
+            None, description="{format: {type: json_schema, name, schema, strict}} constrains the output to JSON.")
+        stream: Annotated[bool, Bool()] = Field(False, description="Server-sent Responses events.")
+    return combine("Responses", Responses, generation_model(settings))
 
 
 @per_settings

@@ -3,7 +3,8 @@ were created). Run by the periodic `vlq.maintenance.retention` task; safe to run
 
 A job keeps its row, with status, timings, usage and error; `image_expired_at` and `result_expired_at` say what
 went. An expired result also leaves the dedup cache, and the webhook deliveries that carried it (with their
-attempt logs) are deleted. An expired file is deleted like `DELETE /v1/files/{id}`, unless a running batch reads it.
+attempt logs) are deleted. An expired file (`retention_files_s` after it was created, or past its own `expires_at`:
+service.core.expiry) is deleted like `DELETE /v1/files/{id}`, unless a running batch reads it.
 
 Blobs are content-addressed and shared (one image in many jobs, a file whose bytes equal an image), so a blob goes
 only when nothing that still needs it refers to it: no job whose image has not expired (queued and running ones
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from itertools import islice
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 
 from service.adapters.blobs import BlobStore
 from service.adapters.db import Database
@@ -43,9 +44,9 @@ def purge_expired(db: Database, blobs: BlobStore, settings: Settings, now: datet
         cutoff = now - timedelta(seconds=settings.retention_images_s)
         counts["images"], blobs_gone = _expire_images(db, blobs, now, cutoff)
         counts["blobs"] += blobs_gone
-    if settings.retention_files_s:
-        counts["files"], blobs_gone = _expire_files(db, blobs, now - timedelta(seconds=settings.retention_files_s))
-        counts["blobs"] += blobs_gone
+    cutoff = now - timedelta(seconds=settings.retention_files_s) if settings.retention_files_s else None
+    counts["files"], blobs_gone = _expire_files(db, blobs, now, cutoff)
+    counts["blobs"] += blobs_gone
     counts["blobs"] += _delete_orphans(db, blobs)
     if any(counts.values()):
         log.info("retention: removed %s", ", ".join(f"{count} {what}" for what, count in counts.items()))
@@ -97,13 +98,15 @@ def _page_blobs(db: Database, job_ids: list[str]) -> set[str]:
     return {digest for row in rows for digest in row if digest is not None}
 
 
-def _expire_files(db: Database, blobs: BlobStore, cutoff: datetime) -> tuple[int, int]:
+def _expire_files(db: Database, blobs: BlobStore, now: datetime, cutoff: datetime | None) -> tuple[int, int]:
+    """Files created before `cutoff` (None: none by age) or past their own `expires_at`."""
     reading = select(Batch.input_file_id).where(Batch.status.in_(_READING_BATCHES), Batch.input_file_id.is_not(None))
+    due = File.expires_at <= now if cutoff is None else or_(File.created_at < cutoff, File.expires_at <= now)
     expired = deleted = 0
     while True:
         with db.session() as session:
             rows = session.execute(select(File.id, File.sha256).where(
-                File.created_at < cutoff, File.id.not_in(reading)).limit(_CHUNK)).all()
+                due, File.id.not_in(reading)).limit(_CHUNK)).all()
         if not rows:
             return expired, deleted
         ids = [row.id for row in rows]

@@ -3,7 +3,9 @@
 Adding an event source takes one call: `record_event(session, "batch.completed", batch.id, BatchOut.from_row(...),
 tenant=batch.tenant, url=batch.webhook_url, secret=batch.webhook_secret)` where the batch's transition is written;
 the body is the `WebhookEvent` shape (service.core.shapes), carrying its subject as the API shows it.
-An event reaches only the endpoints of its subject's tenant.
+An event reaches only the endpoints of its subject's tenant. An endpoint registered with `format: openai` gets
+OpenAI's batch events instead (`OpenAIWebhookEvent`: the event's id and type, and the batch's id), signed the same
+way, so `openai.webhooks.unwrap()` verifies them; job events never reach it.
 Deliveries created in a transaction are sent to the workers once it commits (see `attach_outbox`);
 if that send is lost, the workers' periodic pass finds them due in the database and sends them again.
 """
@@ -19,11 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.adapters.db import after_commit, on_commit
 from service.core.models import Job, JobEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
-from service.core.shapes import BatchOut, EventType, JobOut, WebhookEvent
+from service.core.shapes import BatchOut, EventType, JobOut, OpenAIWebhookEvent, WebhookEvent
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+FORMATS = ("vlq", "openai")  # a registered endpoint's payloads: VLQ's WebhookEvent, or OpenAI's event
+OPENAI_EVENT_TYPES: tuple[str, ...] = get_args(OpenAIWebhookEvent.model_fields["type"].annotation)
 REQUEST_TARGET = "request"  # a delivery to the URL the job (or batch) itself carried
 _PENDING_KEY = "vlq.webhook_deliveries"
 
@@ -35,17 +39,20 @@ def record_event(session: Session, event_type: str, subject_id: str, data: JobOu
         raise ValueError(f"unknown webhook event {event_type!r}")
     now = utcnow()
     event = WebhookEvent(type=event_type, timestamp=now, data=data)  # type: ignore[arg-type]  # checked above
-    body = json.dumps(event.dump(), separators=(",", ":"))
-    targets: list[tuple[str, str | None, str, str]] = []
+    bodies = {"vlq": _json(event)}
+    if event_type in OPENAI_EVENT_TYPES:  # one event id for every receiver of this event
+        bodies["openai"] = _json(OpenAIWebhookEvent.model_validate(
+            {"id": new_id("evt"), "type": event_type, "created_at": int(now.timestamp()), "data": {"id": subject_id}}))
+    targets: list[tuple[str, str | None, str, str, str]] = []
     if url and secret:
-        targets.append((REQUEST_TARGET, None, url, secret))
+        targets.append((REQUEST_TARGET, None, url, secret, bodies["vlq"]))
     endpoints = _live_endpoints(session, tenant)
-    targets += [(e.id, e.id, e.url, e.secret) for e in endpoints if e.events is None or event_type in e.events]
+    targets += [(e.id, e.id, e.url, e.secret, bodies[e.format]) for e in endpoints if wants(e, event_type)]
     deliveries = [
         WebhookDelivery(id=new_id("msg"), tenant=tenant, event_type=event_type, subject_id=subject_id, target=target,
                         endpoint_id=endpoint_id, url=target_url, secret=target_secret, body=body,
                         status="pending", attempts=0, next_attempt_at=now, created_at=now)
-        for target, endpoint_id, target_url, target_secret in targets
+        for target, endpoint_id, target_url, target_secret, body in targets
     ]
     session.add_all(deliveries)
     send_after_commit(session, [delivery.id for delivery in deliveries])
@@ -67,10 +74,21 @@ def record_job_events(session: Session, tenant: str, job_ids: list[str], event_t
     subscribed this is one query, whatever the batch's size.
     """
     endpoints = _live_endpoints(session, tenant)
-    if not job_ids or not any(e.events is None or event_type in e.events for e in endpoints):
+    if not job_ids or not any(wants(e, event_type) for e in endpoints):
         return
     for job in session.scalars(select(Job).where(Job.id.in_(job_ids))):
         record_event(session, event_type, job.id, JobOut.from_row(job), tenant=tenant)
+
+
+def wants(endpoint: WebhookEndpoint, event_type: str) -> bool:
+    """Whether a registered endpoint receives this event: its filter (all when absent) within its format's types."""
+    if endpoint.format == "openai" and event_type not in OPENAI_EVENT_TYPES:
+        return False
+    return endpoint.events is None or event_type in endpoint.events
+
+
+def _json(event: WebhookEvent | OpenAIWebhookEvent) -> str:
+    return json.dumps(event.dump(), separators=(",", ":"))
 
 
 def _live_endpoints(session: Session, tenant: str) -> list[WebhookEndpoint]:

@@ -277,17 +277,23 @@ class _Loop:
         ids = item.token_ids
         if len(ids) == item.read_offset:
             return ""
-        before = self._tokenizer.decode(ids[item.prefix_offset:item.read_offset], skip_special_tokens=True)
-        after = self._tokenizer.decode(ids[item.prefix_offset:], skip_special_tokens=True)
+        before = self._decode(ids[item.prefix_offset:item.read_offset])
+        after = self._decode(ids[item.prefix_offset:])
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
         item.prefix_offset, item.read_offset = item.read_offset, len(ids)
         return after[len(before):]
 
+    def _decode(self, ids: list[int]) -> str:
+        """Token ids as text, without NUL: a byte-level vocabulary can emit one, and Postgres text cannot hold it (the
+        same answer would then fail on Postgres and succeed on SQLite). Dropping it keeps every shorter decode a
+        prefix of a longer one, which the streamed pieces rely on."""
+        return self._tokenizer.decode(ids, skip_special_tokens=True).replace("\x00", "") if ids else ""
+
     def _cancelled(self, item: _InFlight) -> GenerationResult:
         """A cancelled request whose pipeline is gone: the tokens read before, without the engine's figures."""
         return GenerationResult(
-            text=self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else "",
+            text=self._decode(item.token_ids),
             finish_reason="cancelled", prompt_tokens=None, completion_tokens=len(item.token_ids), ttft_ms=None,
             inference_ms=0.0, batch_size=item.peak_batch, encode_ms=item.encode_ms, first_token_at=item.first_token_at)
 
@@ -302,7 +308,7 @@ class _Loop:
             raise _OutOfMemory(f"the engine dropped the request ({status.name}): out of KV-cache memory; "
                                f"raise kv_cache_gb or lower max_tokens")
         metrics = item.handle.get_perf_metrics()
-        text = self._tokenizer.decode(item.token_ids, skip_special_tokens=True) if item.token_ids else ""
+        text = self._decode(item.token_ids)
         traced = bool(item.request[2].get("logprobs")) and len(item.logprobs) == len(item.token_ids)
         ends = self._token_ends(item.token_ids, text) if traced else None
         return GenerationResult(
@@ -331,7 +337,9 @@ class _Loop:
         for index in range(len(ids)):
             start = max(0, index - _TOKEN_WINDOW)
             windows += [ids[start:index + 1], ids[start:index]]
-        texts = self._tokenizer.decode(windows, skip_special_tokens=True) if windows else []
+        # Without NUL, as _decode gives the text (a NUL token then adds nothing).
+        decoded = self._tokenizer.decode(windows, skip_special_tokens=True) if windows else []
+        texts = [piece.replace("\x00", "") for piece in decoded]
         ends, total = [], 0
         for index in range(len(ids)):
             total += len(texts[2 * index]) - len(texts[2 * index + 1])

@@ -25,6 +25,8 @@ from service.core.shapes.compat import (
     ModelOut,
     OpenAIErrorOut,
     OpenAIHealthOut,
+    OpenAIWebhookEvent,
+    ResponseOut,
     SimpleChatAnswer,
     SimpleChatHealth,
 )
@@ -59,7 +61,8 @@ COMPONENTS: dict[str, type[BaseModel]] = {
     "Health": HealthOut, "Readiness": ReadinessOut,
     "ApiKey": ApiKeyOut, "ApiKeyList": Page[ApiKeyOut], "Preset": PresetOut, "PresetList": ObjectList[PresetOut],
     "OpenAIError": OpenAIErrorOut, "ChatCompletion": ChatCompletionOut, "ChatCompletionChunk": ChatCompletionChunk,
-    "BatchRequestOutput": BatchRequestOutput, "Model": ModelOut, "ModelList": ModelList,
+    "BatchRequestOutput": BatchRequestOutput, "Response": ResponseOut, "OpenAIWebhookEvent": OpenAIWebhookEvent,
+    "Model": ModelOut, "ModelList": ModelList,
     "OpenAIHealth": OpenAIHealthOut, "SimpleChatAnswer": SimpleChatAnswer, "SimpleChatHealth": SimpleChatHealth,
     "GoogleError": GoogleErrorOut, "GenerateContentResponse": GenerateContentResponse,
     "CountTokensResponse": CountTokensResponse, "GoogleModel": GoogleModel, "GoogleModelList": GoogleModelList,
@@ -73,11 +76,11 @@ def components() -> dict[str, Any]:
 
 
 __all__ = [
-    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "BatchUsage", "ChatCompletionChunk", "ChatCompletionOut",
-    "ChatUsage", "CountTokensResponse", "Deleted", "ErrorOut", "EventType", "FileDeleted", "FileOut",
-    "GenerateContentResponse", "GoogleErrorOut", "GoogleModel", "GoogleModelList", "HealthOut", "JobOut",
-    "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut", "OpenAIHealthOut", "Page", "PresetOut",
-    "ReadinessOut", "RequestCounts", "Shape", "SimpleChatAnswer", "SimpleChatHealth", "Timestamp", "Timings",
-    "UnixSeconds", "Usage", "WebhookDeliveryOut", "WebhookEndpointDeleted", "WebhookEndpointOut", "WebhookEvent",
-    "components", "iso", "json_schemas", "unix",
+    "COMPONENTS", "ApiKeyOut", "BatchOut", "BatchRequestOutput", "BatchUsage", "ChatCompletionChunk",
+    "ChatCompletionOut", "ChatUsage", "CountTokensResponse", "Deleted", "ErrorOut", "EventType", "FileDeleted",
+    "FileOut", "GenerateContentResponse", "GoogleErrorOut", "GoogleModel", "GoogleModelList", "HealthOut", "JobOut",
+    "ModelList", "ModelWarning", "ModelOut", "ObjectList", "OpenAIErrorOut", "OpenAIHealthOut", "OpenAIWebhookEvent",
+    "Page", "PresetOut", "ReadinessOut", "RequestCounts", "ResponseOut", "Shape", "SimpleChatAnswer",
+    "SimpleChatHealth", "Timestamp", "Timings", "UnixSeconds", "Usage", "WebhookDeliveryOut", "WebhookEndpointDeleted",
+    "WebhookEndpointOut", "WebhookEvent", "components", "iso", "json_schemas", "unix",
 ]

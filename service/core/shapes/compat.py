@@ -97,10 +97,109 @@ def finish_reason(job: models.Job) -> str:
     return job.finish_reason if job.finish_reason in ("stop", "length") else "stop"
 
 
+# -- OpenAI Responses ----------------------------------------------------------------------------------------
+
+
+class ResponseOutputText(Shape):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = []
+
+
+class ResponseOutputMessage(Shape):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[ResponseOutputText]
+
+
+class ResponseIncompleteDetails(Shape):
+    reason: Literal["max_output_tokens"]
+
+
+class ResponseUsage(Shape):
+    """Token counts in the Responses API's names (zero for OCR and cached answers)."""
+
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    output_tokens_details: dict[str, int]
+    total_tokens: int
+
+    @classmethod
+    def of_job(cls, job: models.Job) -> ResponseUsage:
+        counts = Usage.of(job) or Usage.zero()
+        return cls(input_tokens=counts.prompt_tokens, output_tokens=counts.completion_tokens,
+                   input_tokens_details={"cached_tokens": 0, "cache_write_tokens": 0},
+                   output_tokens_details={"reasoning_tokens": 0}, total_tokens=counts.total_tokens)
+
+
+class ResponseOut(Shape):
+    """A finished job as an OpenAI `response` object (POST /v1/responses, and /v1/responses batch lines).
+
+    Cut off by `max_output_tokens`, it is `incomplete` with the partial text, as OpenAI answers. `instructions` is the
+    conversation's system text. `text` is `{"format": {"type": "text"}}` for free text and null for a
+    JSON-constrained answer (the schema's name is not stored, so its format is not echoed).
+    """
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["completed", "incomplete"]
+    error: None = None
+    incomplete_details: ResponseIncompleteDetails | None
+    instructions: str | None
+    max_output_tokens: int
+    model: str
+    output: list[ResponseOutputMessage]
+    parallel_tool_calls: bool = False
+    previous_response_id: None = None
+    temperature: float
+    top_p: float
+    text: dict[str, Any] | None
+    tool_choice: Literal["none"] = "none"
+    tools: list[Any] = []
+    truncation: Literal["disabled"] = "disabled"
+    store: bool = False
+    usage: ResponseUsage
+    metadata: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, job: models.Job) -> ResponseOut:
+        status: Literal["completed", "incomplete"] = "incomplete" if job.finish_reason == "length" else "completed"
+        message = ResponseOutputMessage(id=f"msg_{job.id}", status=status,
+                                        content=[ResponseOutputText(text=job.result_text or "")])
+        return cls(id=response_id(job), created_at=int(job.created_at.timestamp()), status=status,
+                   incomplete_details=ResponseIncompleteDetails(reason="max_output_tokens")
+                   if status == "incomplete" else None,
+                   instructions=_system_text(job.messages), max_output_tokens=job.max_tokens, model=job.model,
+                   output=[message], temperature=job.temperature, top_p=1.0 if job.top_p is None else job.top_p,
+                   text={"format": {"type": "text"}} if job.response_schema is None else None,
+                   usage=ResponseUsage.of_job(job))
+
+
+def response_id(job: models.Job) -> str:
+    return f"resp_{job.id}"
+
+
+def _system_text(messages: list[dict[str, Any]] | None) -> str | None:
+    """The text of a conversation's leading system turn (where `instructions` went), if it has one."""
+    if not messages or messages[0].get("role") != "system":
+        return None
+    content = messages[0].get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+# -- OpenAI Batch ------------------------------------------------------------------------------------------
+
+
 class BatchResponse(Shape):
     status_code: int
     request_id: str
-    body: ChatCompletionOut
+    body: ChatCompletionOut | ResponseOut
 
 
 class BatchLineError(Shape):
@@ -117,9 +216,11 @@ class BatchRequestOutput(Shape):
     error: BatchLineError | None
 
     @classmethod
-    def of(cls, job: models.Job) -> BatchRequestOutput:
+    def of(cls, job: models.Job, endpoint: str = "/v1/chat/completions") -> BatchRequestOutput:
+        """The item's line; its body in the shape of the batch's `endpoint` (a chat.completion or a response)."""
         if job.status == JobStatus.SUCCEEDED.value:
-            response = BatchResponse(status_code=200, request_id=job.id, body=ChatCompletionOut.of(job))
+            body = ResponseOut.of(job) if endpoint == "/v1/responses" else ChatCompletionOut.of(job)
+            response = BatchResponse(status_code=200, request_id=job.id, body=body)
             return cls(id=f"batch_req_{job.id}", custom_id=job.custom_id, response=response, error=None)
         return cls(id=f"batch_req_{job.id}", custom_id=job.custom_id, response=None,
                    error=BatchLineError(code=job.error_code or job.status, message=job.error_message or job.status))
@@ -144,6 +245,21 @@ class OpenAIErrorDetail(Shape):
 
 class OpenAIErrorOut(Shape):
     error: OpenAIErrorDetail
+
+
+class OpenAIEventData(Shape):
+    id: str
+
+
+class OpenAIWebhookEvent(Shape):
+    """OpenAI's webhook event (endpoints registered with `format: openai`): it names its batch, which the receiver
+    fetches (GET /v1/batches/{id}) for the rest."""
+
+    id: str
+    object: Literal["event"] = "event"
+    type: Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
+    created_at: int
+    data: OpenAIEventData
 
 
 class OpenAIHealthOut(Shape):

@@ -208,11 +208,12 @@ class FileOut(Shape):
     filename: str
     purpose: str
     status: str = "processed"
+    expires_at: UnixSeconds = Field(description="Unix seconds; null for a file that does not expire on its own")
 
     @classmethod
     def from_row(cls, file: models.File) -> FileOut:
         return cls(id=file.id, bytes=file.bytes, created_at=file.created_at, filename=file.filename,
-                   purpose=file.purpose)
+                   purpose=file.purpose, expires_at=file.expires_at)
 
 
 class FileDeleted(Deleted):
@@ -253,6 +254,7 @@ class WebhookEndpointOut(Shape):
     url: str
     events: list[EventType] | None
     description: str | None
+    format: Literal["vlq", "openai"]
     status: Literal["active", "disabled"]
     disabled_reason: str | None
     created_at: Timestamp
@@ -262,7 +264,7 @@ class WebhookEndpointOut(Shape):
     @classmethod
     def from_row(cls, endpoint: models.WebhookEndpoint, *, with_secret: bool = False) -> WebhookEndpointOut:
         shown = cls(id=endpoint.id, url=endpoint.url, events=endpoint.events, description=endpoint.description,
-                    status=endpoint.status, disabled_reason=endpoint.disabled_reason,
+                    format=endpoint.format, status=endpoint.status, disabled_reason=endpoint.disabled_reason,
                     created_at=endpoint.created_at, disabled_at=endpoint.disabled_at)
         if with_secret:
             shown.secret = endpoint.secret

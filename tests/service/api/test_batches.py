@@ -264,7 +264,7 @@ def test_wrong_endpoint_for_an_existing_file_is_refused(client):
     uploaded = client.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(b"{}"), "x.jsonl")}).get_json()
     response = client.post("/v1/batches", json={"input_file_id": uploaded["id"], "endpoint": "/v1/completions"})
     assert response.get_json()["error"] == {"code": "invalid_field", "details": {"field": "endpoint"},
-                                            "message": "'endpoint' must be /v1/chat/completions."}
+                                            "message": "'endpoint' must be one of /v1/chat/completions, /v1/responses."}
 
 
 def test_idempotency_key_replays_the_batch(client, worker):
@@ -353,6 +353,22 @@ def test_csv_results_neutralise_formulas_in_custom_ids_and_answers_and_keep_numb
         assert float(row["total_ms"]) >= 0 and row["error_code"] == "" and row["job_id"].startswith("job_")
     jsonl = [json.loads(line) for line in client.get(f"/v1/batches/{batch_id}/results").get_data().splitlines()]
     assert sorted(item["text"] for item in jsonl) == sorted(answers.values())  # JSONL keeps the exact text
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"output_expires_after": {"anchor": "created_at", "seconds": 60}}, "output_expires_after.seconds"),
+    ({"output_expires_after": {"anchor": "created_at", "seconds": 3600.5}}, "output_expires_after.seconds"),
+    ({"output_expires_after": {"anchor": "completed_at", "seconds": 3600}}, "output_expires_after.anchor"),
+    ({"output_expires_after": 3600}, "output_expires_after"),
+    ({"endpoint": "/v1/embeddings"}, "endpoint"),
+])
+def test_bad_openai_batch_options_are_a_400_naming_the_field(client, fields, field):
+    upload = (io.BytesIO(_jsonl([_line("a")])), "a.jsonl")
+    uploaded = client.post("/v1/files", data={"purpose": "batch", "file": upload})
+    body = {"input_file_id": uploaded.get_json()["id"], "endpoint": "/v1/responses", **fields}
+    response = client.post("/v1/batches", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"]["field"] == field, response.get_json()
 
 
 def test_the_readme_lists_the_csv_columns_the_export_writes(client, db):

@@ -2,12 +2,17 @@
 import base64
 import dataclasses
 import io
+import json
+import time
 import uuid
 
 import pytest
+from sqlalchemy import select
 
 from service.app import create_app
-from tests.conftest import drive_delivery, finished_job, keyed, make_image, make_key
+from service.core import batch_lifecycle, batches
+from service.core.models import BatchStatus, WebhookDelivery
+from tests.conftest import TENANT, drive_delivery, finished_job, keyed, make_image, make_key
 
 IDLE_MODEL = "tiny-idle"  # no session worker serves it, so submitted jobs stay queued
 
@@ -124,6 +129,44 @@ def test_a_tenant_may_register_only_so_many_endpoints(settings, receiver):
     client.delete(f"/v1/webhooks/{first['id']}")  # deleted ones do not count
     assert client.post("/v1/webhooks", json={"url": receiver.url}).status_code == 201
     assert second["id"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"format": "openai", "events": ["batch.completed", "job.succeeded"]}, "events"),
+    ({"format": "xml"}, "format"),
+])
+def test_bad_endpoint_formats_are_refused(client, receiver, body, field):
+    response = client.post("/v1/webhooks", json={"url": receiver.url, **body})
+    assert response.status_code == 400 and response.get_json()["error"]["details"]["field"] == field
+
+
+def test_an_openai_endpoint_gets_openais_batch_events_and_no_job_events(client, db, receiver):
+    openai_endpoint = client.post("/v1/webhooks", json={"url": receiver.url, "format": "openai"}).get_json()
+    vlq_endpoint = client.post("/v1/webhooks", json={"url": receiver.url}).get_json()
+    try:
+        assert (openai_endpoint["format"], vlq_endpoint["format"]) == ("openai", "vlq")
+        job_id = finished_job(db)
+        with db.session() as session:
+            batch = batches.create_batch(session, tenant=TENANT, endpoint=batches.RESPONSES_ENDPOINT,
+                                         input_file_id=None, completion_window="24h", priority="bulk", metadata=None,
+                                         idempotency_key=None)
+            session.flush()
+            batch_lifecycle.transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.FAILED)
+        with db.session() as session:
+            deliveries = session.scalars(select(WebhookDelivery).where(
+                WebhookDelivery.subject_id.in_([job_id, batch.id]))).all()
+    finally:
+        for endpoint in (openai_endpoint, vlq_endpoint):
+            client.delete(f"/v1/webhooks/{endpoint['id']}")
+    got = {(d.endpoint_id, d.event_type): json.loads(d.body) for d in deliveries}
+    assert set(got) == {(vlq_endpoint["id"], "job.succeeded"), (vlq_endpoint["id"], "batch.failed"),
+                        (openai_endpoint["id"], "batch.failed")}
+    event = got[(openai_endpoint["id"], "batch.failed")]
+    assert event == {"object": "event", "id": event["id"], "type": "batch.failed",
+                     "created_at": event["created_at"], "data": {"id": batch.id}}
+    assert event["id"].startswith("evt_") and abs(event["created_at"] - time.time()) < 60
+    ours = got[(vlq_endpoint["id"], "batch.failed")]
+    assert ours["type"] == "batch.failed" and ours["data"]["id"] == batch.id and ours["data"]["status"] == "failed"
 
 
 def test_loopback_receivers_need_the_development_setting(settings, receiver):

@@ -4,6 +4,8 @@ request."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -276,3 +278,52 @@ def test_counting_requests_counts_a_long_line_without_holding_it(module_db, blob
 def _sha(db: Database, file_id: str) -> str:
     with db.session() as session:
         return session.get(File, file_id).sha256
+
+
+def _responses_line(custom_id: str, content: Any, **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": batches.RESPONSES_ENDPOINT, "body": {
+        "model": MODEL, "max_output_tokens": 5, "input": [{"role": "user", "content": content}], **body}}
+
+
+def test_responses_lines_become_jobs_with_their_instructions_image_and_schema(module_db, blobs, broker, settings):
+    image = make_image(color=(5, 6, 7))
+    with module_db.session() as session:
+        image_file = batches.store_file(session, blobs, io.BytesIO(image), "r.png", "vision", TENANT).id
+        other_tenants = batches.store_file(session, blobs, io.BytesIO(image), "r.png", "vision", "someone-else").id
+    url = "data:image/png;base64," + base64.b64encode(make_image()).decode()
+    schema = {"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}
+    file_id = _input_file(module_db, blobs, [
+        _responses_line("data-url", [{"type": "input_text", "text": "Total?"},
+                                     {"type": "input_image", "image_url": url}],
+                        instructions="Be brief.", temperature=0.5,
+                        text={"format": {"type": "json_schema", "name": "r", "schema": schema}}),
+        _responses_line("file-id", [{"type": "input_image", "file_id": image_file},
+                                    {"type": "input_text", "text": "?"}]),
+        _responses_line("string", "Just words", max_output_tokens=3),
+        {**_responses_line("plain", []), "body": {"model": MODEL, "input": "no image at all"}},
+        _responses_line("foreign-file", [{"type": "input_image", "file_id": other_tenants},
+                                         {"type": "input_text", "text": "?"}]),
+        _responses_line("bad-format", [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": "?"}],
+                        text={"format": {"type": "xml"}}),
+        _responses_line("bad-tokens", [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": "?"}],
+                        max_output_tokens=0),
+    ])
+    request = dataclasses.replace(_openai(file_id), endpoint=batches.RESPONSES_ENDPOINT)
+    batch_id, _ = _submit(module_db, blobs, broker, settings, request)
+    assert _ingest(module_db, blobs, broker, settings, batch_id) == "in_progress"
+    items = _items(module_db, batch_id)
+
+    assert (items["data-url"].status, items["file-id"].status) == ("queued", "queued")
+    assert items["data-url"].messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Total?"}, {"type": "image"}]}]
+    assert items["data-url"].response_schema == schema and items["data-url"].temperature == 0.5
+    assert items["data-url"].max_tokens == 5 and items["file-id"].prompt == "?"
+    assert items["file-id"].image_sha256 == hashlib.sha256(image).hexdigest()
+    failed = {name: (job.status, job.error_code, job.error_message) for name, job in items.items()
+              if name not in ("data-url", "file-id")}
+    assert {name: code for name, (_, code, _) in failed.items()} == {
+        "string": "invalid_field", "plain": "invalid_field", "foreign-file": "invalid_field",
+        "bad-format": "invalid_response_format", "bad-tokens": "invalid_field"}
+    assert "one image" in failed["plain"][2] and other_tenants in failed["foreign-file"][2]
+    assert "'text.format'" in failed["bad-format"][2] and "max_output_tokens" in failed["bad-tokens"][2]

@@ -4,6 +4,7 @@ Each test runs on the local store and on S3 (a real S3-protocol server): S3 stam
 the grace is shortened and blobs age by waiting it out.
 """
 import dataclasses
+import hashlib
 import os
 import time
 from datetime import timedelta
@@ -79,10 +80,12 @@ def _job(db, image, *, ended_ago_s=None, status="succeeded", webhook=False):
     return job_id
 
 
-def _file(db, blobs, data, *, age_s):
+def _file(db, blobs, data, *, age_s, expires_in_s=None):
+    expires_at = None if expires_in_s is None else utcnow() + timedelta(seconds=expires_in_s)
     with db.session() as session:
         file = File(id=new_id("file"), tenant=TENANT, filename="f.jsonl", purpose="batch", bytes=len(data),
-                    sha256=_aged_blob(blobs, data), created_at=utcnow() - timedelta(seconds=age_s))
+                    sha256=_aged_blob(blobs, data), created_at=utcnow() - timedelta(seconds=age_s),
+                    expires_at=expires_at)
         session.add(file)
     return file.id
 
@@ -145,6 +148,26 @@ def test_zero_keeps_everything_forever(db, blobs, settings):
     forever = dataclasses.replace(settings, retention_images_s=0, retention_results_s=0, retention_files_s=0)
     assert purge_expired(db, blobs, forever) == {"results": 0, "images": 0, "files": 0, "blobs": 0}
     assert _get(db, Job, job_id).result_text == "the answer"
+
+
+@pytest.mark.parametrize("retention_files_s", [0, 6 * HOUR])
+def test_a_file_past_its_own_expires_at_goes_whatever_the_files_retention(db, blobs, settings, retention_files_s):
+    expired = _file(db, blobs, b"asked to expire", age_s=2 * HOUR, expires_in_s=-HOUR)
+    later = _file(db, blobs, b"expires later", age_s=2 * HOUR, expires_in_s=HOUR)
+    plain = _file(db, blobs, b"no expiry of its own", age_s=2 * HOUR)
+    read = _file(db, blobs, b"input being read", age_s=2 * HOUR, expires_in_s=-HOUR)
+    with db.session() as session:
+        batch = batches.create_batch(session, tenant=TENANT, endpoint=batches.RESPONSES_ENDPOINT, input_file_id=read,
+                                     completion_window="24h", priority="bulk", metadata=None, idempotency_key=None)
+        session.flush()
+        batch_lifecycle.transition(session, batch.id, BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
+    _let_age(blobs)
+
+    counts = purge_expired(db, blobs, dataclasses.replace(settings, retention_files_s=retention_files_s))
+
+    assert (counts["files"], counts["blobs"]) == (1, 1)
+    assert _get(db, File, expired) is None and not blobs.exists(hashlib.sha256(b"asked to expire").hexdigest())
+    assert all(_get(db, File, kept) is not None for kept in (later, plain, read))
 
 
 def _pages(db, job_id, *rows):

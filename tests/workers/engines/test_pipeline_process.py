@@ -48,3 +48,18 @@ def test_a_failing_request_alone_fails_and_the_engine_goes_on(engine):
     with pytest.raises(EngineError, match=ENGINE_FAILED):
         engine.submit(GenerationRequest("x", IMAGE, 8, json_schema=POISONED)).result(timeout=120)
     assert engine.submit(_innocent("Describe.")).result(timeout=120).completion_tokens == 24
+
+
+def test_a_generated_nul_is_dropped_from_the_text(model_cache):
+    # A byte-level vocabulary has a token for the byte 0; Postgres text cannot hold it, so the engine's text never
+    # carries it (else a sampled answer would fail on Postgres alone).
+    import openvino_genai
+
+    from workers.engines.pipeline_process import _Loop
+
+    loop = _Loop.__new__(_Loop)
+    loop._tokenizer = openvino_genai.Tokenizer(str(model_cache / f"{TINY}-fp16"))
+    ids = loop._tokenizer.encode("a\x00b").input_ids.data[0].tolist()
+    assert loop._tokenizer.decode(ids, skip_special_tokens=True) == "a\x00b"  # the token is there
+    assert loop._decode(ids) == "ab"
+    assert loop._decode(ids).startswith(loop._decode(ids[:2]))  # a shorter decode is still a prefix (streaming)

@@ -1,7 +1,7 @@
 """jobs.grounding: an extraction's grounded fields (value, confidence, page, box) and its review flag
 
-Revision ID: 0014_grounding
-Revises: 0013_batch_counters
+Revision ID: 0015_grounding
+Revises: 0014_openai_batch
 Create Date: 2026-11-29 05:00:00.000000
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0014_grounding'
-down_revision: str | None = '0013_batch_counters'
+revision: str = '0015_grounding'
+down_revision: str | None = '0014_openai_batch'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
