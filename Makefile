@@ -33,8 +33,9 @@ bench-peer: $(STAMP)  ## llama.cpp (built here from PyPI's llama-cpp-python sdis
 bench-tune: $(STAMP)  ## engine settings in paired rounds against int8 batch 8 (drift-proof ratios, ~10 min here)
 	$(BIN)/python -m bench.tuning --variants dq-group-128,dq-group-256,kv-f16,no-pinning --rounds 3 --write docs/BENCHMARKS.md
 
-eval: $(STAMP)  ## OCR quality (CER, field exact match) on synthetic receipts and invoices -> docs/BENCHMARKS.md
+eval: $(STAMP)  ## OCR quality (CER, field exact match) and grounded fields on multi-page PDF/TIFF invoices -> docs/BENCHMARKS.md
 	$(BIN)/python -m bench.ocr_eval --count 20 --write docs/BENCHMARKS.md
+	$(BIN)/python -m bench.grounding_eval --documents 4 --write docs/BENCHMARKS.md
 
 fuzz: $(STAMP) tiny  ## hostile inputs against a live API and worker: status, peak RSS and time per case
 	$(BIN)/python -m bench.fuzz

@@ -17,7 +17,7 @@ from service.adapters import metrics, token_stream
 from service.adapters.blobs import BlobNotFound, BlobStoreUnavailable
 from service.adapters.broker import RUN_JOB_TASK, SERVICE_QUEUE
 from service.adapters.db import DATABASE_UNAVAILABLE
-from service.core import batches, lifecycle, logs, structured
+from service.core import batches, grounding, lifecycle, logs, structured
 from service.core.errors import ErrorCode
 from service.core.models import Job, JobStatus
 from service.core.requests import MAX_SEED
@@ -103,16 +103,20 @@ def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
     if isinstance(outcome, _Ending):
         return _finish(runtime, job, outcome.status, result=outcome.result, seed=seed,
                        error=(outcome.code, outcome.message))
-    parsed, problem = _checked(outcome, job.response_schema)
+    result, read = outcome
+    parsed, problem = _checked(result, job.response_schema)
     if problem is not None:
-        return _finish(runtime, job, JobStatus.FAILED, result=outcome, seed=seed,
+        return _finish(runtime, job, JobStatus.FAILED, result=result, seed=seed,
                        error=(ErrorCode.INVALID_OUTPUT, problem))
-    return _finish(runtime, job, JobStatus.SUCCEEDED, result=outcome, parsed=parsed, seed=seed)
+    # No fields for output max_tokens cut off (no `json` either): there is no value to ground.
+    grounded = _ground(runtime, job, parsed, result, read) if read is not None and parsed is not None else None
+    return _finish(runtime, job, JobStatus.SUCCEEDED, result=result, parsed=parsed, seed=seed, grounded=grounded)
 
 
 def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
-               seed: int | None) -> GenerationResult | _Ending:
-    """One request: the job's image, or (document mode) all its pages, sharing the model's pixel budget."""
+               seed: int | None) -> tuple[GenerationResult, list[grounding.Page] | None] | _Ending:
+    """One request: the job's image, or (document mode) all its pages, sharing the model's pixel budget.
+    With the result, for an extraction, its pages as OCR read them (to ground its fields on)."""
     rows = pages.load(runtime, job) if job.page_mode is not None else []
     bound = _pixel_bound(runtime, job) // max(1, len(rows))
     try:
@@ -124,10 +128,19 @@ def _run_whole(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTra
     except _UNREADABLE as exc:
         return _Ending(JobStatus.FAILED, ErrorCode.IMAGE_UNREADABLE, f"The stored image could not be read: {exc}")
     numbers = [row.number for row in rows] or [1]
-    prompt = _prompt(runtime, job, [(number, blob) for number, (blob, _) in zip(numbers, prepared, strict=True)])
+    blobs = [(number, blob) for number, (blob, _) in zip(numbers, prepared, strict=True)]
+    prompt = _prompt(runtime, job, blobs)
     if isinstance(prompt, _Ending):
         return prompt
-    return _generate(runtime, job, engine, tracker, prompt, [image for _, image in prepared], seed)
+    text, read = prompt
+    result = _generate(runtime, job, engine, tracker, text, [image for _, image in prepared], seed)
+    if isinstance(result, _Ending):
+        return result
+    if not _extracts(runtime, job) or result.finish_reason == "length":
+        return result, None  # output cut off has no JSON to ground
+    if read is None:
+        read = _pages_for_grounding(runtime, job, blobs)  # still tracked: a drain waits for the OCR too
+    return result, read
 
 
 def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker,
@@ -147,8 +160,8 @@ def _run_per_page(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: Job
             return _finish(runtime, job, JobStatus.FAILED, result=pages.combined(done) if done else None, seed=seed,
                            error=(ErrorCode.IMAGE_UNREADABLE, f"Page {row.number} could not be read: {exc}"))
         prompt = _prompt(runtime, job, [(row.number, data)])
-        outcome = prompt if isinstance(prompt, _Ending) else _generate(runtime, job, engine, tracker, prompt, [image],
-                                                                       seed)
+        outcome = prompt if isinstance(prompt, _Ending) else _generate(runtime, job, engine, tracker, prompt[0],
+                                                                       [image], seed)
         if isinstance(outcome, _Ending):
             if outcome.result is not None:
                 done.append((row.number, outcome.result))
@@ -168,16 +181,19 @@ def _pixel_bound(runtime: WorkerRuntime, job: Job) -> int:
     return min(bound, job.max_pixels or bound)
 
 
-def _prompt(runtime: WorkerRuntime, job: Job, blobs: list[tuple[int, bytes]]) -> str | _Ending:
-    """The job's prompt, with what OCR reads from each page when it asks for grounding."""
+def _prompt(runtime: WorkerRuntime, job: Job,
+            blobs: list[tuple[int, bytes]]) -> tuple[str, list[grounding.Page] | None] | _Ending:
+    """The job's prompt, with what OCR reads from each page when it asks for grounding (and the pages OCR read,
+    which ground an extraction's fields too)."""
     if not job.ground_with_ocr:
-        return job.prompt
+        return job.prompt, None
     try:
-        return _grounded_prompt(runtime, job, blobs)
+        read = read_pages(runtime, blobs)
     except _OCRUnavailable as exc:
         return _Ending(JobStatus.FAILED, ErrorCode.MODEL_UNAVAILABLE, str(exc))
     except (EngineError, TimeoutError) as exc:
         return _Ending(JobStatus.FAILED, ErrorCode.INFERENCE_ERROR, f"OCR grounding failed: {exc}")
+    return _grounded_prompt(runtime, job, read), read
 
 
 def _generate(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTracker, prompt: str,
@@ -189,7 +205,7 @@ def _generate(runtime: WorkerRuntime, job: Job, engine: Engine, tracker: JobTrac
         handle = engine.submit(GenerationRequest(
             prompt=prompt, image=images[0], more_images=tuple(images[1:]), max_tokens=job.max_tokens,
             temperature=job.temperature, top_p=job.top_p, ignore_eos=job.ignore_eos, json_schema=job.response_schema,
-            messages=job.messages, stream=job.stream, seed=seed,
+            messages=job.messages, stream=job.stream, seed=seed, logprobs=_extracts(runtime, job),
         ))
     except EngineError as exc:
         return _Ending(JobStatus.FAILED, exc.code, str(exc))
@@ -276,20 +292,57 @@ def _publish_text(runtime: WorkerRuntime, job_id: str, pieces: Iterator[str]) ->
             publishing = False
 
 
-def _grounded_prompt(runtime: WorkerRuntime, job: Job, blobs: list[tuple[int, bytes]]) -> str:
-    """The job's prompt followed by the text OCR reads from each (page number, full-resolution image)."""
-    name = next((name for name, spec in runtime.settings.registry.items()
-                 if spec.engine == "rapidocr" and name in runtime.engines), None)
-    if name is None:
-        raise _OCRUnavailable(f"ground_with_ocr needs an OCR model, and this worker serving {job.model!r} has none.")
-    texts = []
-    for number, blob in blobs:
-        image = prepare_image(blob, runtime.settings.registry[name].max_pixels)
-        ocr = runtime.engines[name].submit(GenerationRequest(prompt="", image=image, max_tokens=1))
-        text = ocr.result(timeout=runtime.settings.job_timeout_s).text
-        texts.append(f"Page {number}:\n{text}" if len(blobs) > 1 else text)
-    text = "\n\n".join(texts)[: runtime.settings.max_prompt_chars]
+def _extracts(runtime: WorkerRuntime, job: Job) -> bool:
+    """Whether this worker grounds the job's fields: an extraction preset on a VLM, with an OCR engine at hand.
+
+    Not in per_page mode: there each page has its own answer, and the job's `fields` describe one answer (a
+    document-mode job's, grounded on all its pages); a per_page extraction gets its pages' results, without fields.
+    """
+    preset = runtime.settings.presets.get(job.preset or "")
+    return (runtime.settings.ground_fields and preset is not None and preset.extracts
+            and job.response_schema is not None and job.messages is None
+            and job.page_mode != "per_page"
+            and runtime.ocr is not None and runtime.engines.get(job.model) is not runtime.ocr)
+
+
+def read_pages(runtime: WorkerRuntime, pages: list[tuple[int, bytes]]) -> list[grounding.Page]:
+    """OCR each (page number, stored image) at full resolution (up to the OCR model's bound), words and all."""
+    if runtime.ocr is None:
+        raise _OCRUnavailable("ground_with_ocr needs an OCR model, and this worker has none.")
+    bound = runtime.settings.registry[runtime.ocr.name].max_pixels
+    read = []
+    for number, page in pages:
+        image = prepare_image(page, bound)
+        handle = runtime.ocr.submit(GenerationRequest(prompt="", image=image, max_tokens=1, word_boxes=True))
+        lines = handle.result(timeout=runtime.settings.job_timeout_s).lines or []
+        read.append(grounding.page_from_ocr(number, image.width, image.height, lines))
+    return read
+
+
+def _grounded_prompt(runtime: WorkerRuntime, job: Job, pages: list[grounding.Page]) -> str:
+    """The job's prompt followed by the text OCR read from its pages."""
+    text = "\n\n".join(f"Page {p.number}:\n{p.text}" if len(pages) > 1 else p.text for p in pages)
+    text = text[: runtime.settings.max_prompt_chars]
     return f"{job.prompt}\n\nText read from the image by OCR (it may contain mistakes):\n{text}"
+
+
+def _pages_for_grounding(runtime: WorkerRuntime, job: Job, blobs: list[tuple[int, bytes]]) -> list[grounding.Page]:
+    """The job's pages read by OCR; none if OCR fails, which leaves every value ungrounded (and flagged)."""
+    try:
+        return read_pages(runtime, blobs)
+    except (_OCRUnavailable, EngineError, TimeoutError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        log.warning("job %s: OCR for grounding failed (%s); its fields stay ungrounded", job.id, exc)
+        return []
+
+
+def _ground(runtime: WorkerRuntime, job: Job, parsed: Any, result: GenerationResult,
+            pages: list[grounding.Page]) -> dict[str, Any]:
+    """The extraction's grounded fields on its pages, with the tokens' logprobs where the engine gave them."""
+    trace = None
+    if result.token_ends is not None and result.token_logprobs is not None:
+        trace = grounding.TokenTrace(ends=result.token_ends, logprobs=result.token_logprobs)
+    return grounding.ground(parsed, job.response_schema, pages, text=result.text, trace=trace,
+                            review_confidence=runtime.settings.review_confidence)
 
 
 def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
@@ -306,13 +359,14 @@ def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def _finish(runtime: WorkerRuntime, job: Job, status: JobStatus, *, result: GenerationResult | None = None,
-            parsed: Any = None, error: tuple[ErrorCode, str] | None = None, seed: int | None = None) -> str | None:
+            parsed: Any = None, grounded: dict[str, Any] | None = None,
+            error: tuple[ErrorCode, str] | None = None, seed: int | None = None) -> str | None:
     values: dict[str, Any] = {} if seed is None else {"seed": seed}
     if result is not None:
         values.update(result_text=result.text, result_json=parsed, result_lines=result.lines,
                       finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
                       completion_tokens=result.completion_tokens, ttft_ms=result.ttft_ms,
-                      inference_ms=result.inference_ms, batch_size=result.batch_size)
+                      inference_ms=result.inference_ms, batch_size=result.batch_size, grounding=grounded)
     if error is not None:
         values.update(error_code=error[0], error_message=error[1])
     # The result waits out a database blip for as long as this worker lives: giving up would leave the job

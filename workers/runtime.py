@@ -22,10 +22,11 @@ from service.adapters.db import DATABASE_UNAVAILABLE
 from service.core import lifecycle
 from service.core.config import Settings
 from service.core.models import Job
+from service.core.presets import OCR_ENGINE
 from service.wiring import wire
 from workers.engines import create_engine
 from workers.engines.base import Engine, RequestHandle
-from workers.modelstore.registry import LocalModel, candidate_models
+from workers.modelstore.registry import LocalModel, candidate_models, local_model
 from workers.modelstore.remote import PullError, RemoteModels, remote_models
 from workers.webhook_pool import FairPool
 
@@ -60,6 +61,9 @@ class WorkerRuntime:
         self.redis = self.wiring.redis
         self.webhook_pool = FairPool(settings.webhook_concurrency, settings.webhook_tenant_slots, name="vlq-webhook")
         self.engines: dict[str, Engine] = {}
+        # The OCR engine that grounds this worker's VLM jobs (extraction fields, ground_with_ocr prompts): the
+        # served OCR model, or a private one loaded beside the VLMs; None if there is neither.
+        self.ocr: Engine | None = None
         self.models: dict[str, dict[str, Any]] = {}  # name -> {"status": loading|live|unavailable, "reason"?}
         self._active: dict[str, JobTracker] = {}
         self._lock = threading.Lock()
@@ -97,6 +101,8 @@ class WorkerRuntime:
             log.warning("could not withdraw presence: %s", exc)
         for engine in self.engines.values():
             engine.close()
+        if self.ocr is not None and self.ocr not in self.engines.values():
+            self.ocr.close()
         self.wiring.close()
 
     def give_up_after(self, seconds: float | None) -> Callable[[], bool]:
@@ -173,6 +179,27 @@ class WorkerRuntime:
             log.info("model %r live (%.1fs to load and warm up)", name, time.monotonic() - started)
         if not self.engines:
             log.error("no model could be loaded; this worker stays up but takes no jobs (see reasons above)")
+        self.ocr = self._grounding_ocr()
+
+    def _grounding_ocr(self) -> Engine | None:
+        """The served OCR engine; else, for a worker serving a VLM with ground_fields on, a private one loaded once
+        here (RapidOCR: about a second and ~100 MB, docs/BENCHMARKS.md "Grounded fields")."""
+        registry = self.settings.registry
+        served = [engine for name, engine in self.engines.items() if registry[name].engine == OCR_ENGINE]
+        if served or not self.settings.ground_fields:
+            return served[0] if served else None
+        spec = next((spec for spec in registry.values() if spec.engine == OCR_ENGINE), None)
+        if spec is None or not self.engines:
+            return None
+        try:
+            started = time.monotonic()
+            engine = create_engine(local_model(self.settings, spec), self.settings)
+            engine.load()
+        except Exception:
+            log.exception("the OCR engine for grounded fields failed to load; extractions stay ungrounded")
+            return None
+        log.info("OCR engine for grounded fields loaded in %.1fs", time.monotonic() - started)
+        return engine
 
     def _pull(self, remote: RemoteModels, model: LocalModel) -> bool:
         """Fetch a model this host lacks from the bucket (`vlq model push` put it there); presence shows progress.

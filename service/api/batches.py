@@ -33,7 +33,7 @@ from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import batch_lifecycle, batches, expiry, jobs
 from service.core.config import Settings
 from service.core.errors import ApiError, ErrorCode
-from service.core.exports import content_disposition, csv_lines
+from service.core.exports import content_disposition, csv_lines, field_cells, field_columns
 from service.core.models import Batch, Job, Priority
 from service.core.requests import options_model, task_model
 from service.core.shapes import Timings, Usage
@@ -254,8 +254,11 @@ def results(batch_id: str) -> ResponseReturnValue:
     fmt = read_query(ResultsQuery).format
     items = _stream_items(get_db(), batch_id)
     if fmt == "csv":
-        # `json` is not a column: it is in `text` already. Cells are neutralised for spreadsheets (exports).
-        return Response(csv_lines(_CSV_COLUMNS, items), mimetype="text/csv",
+        # `json` is not a column: it is in `text` already, and an extraction's fields get a column each, with their
+        # confidence (a first pass reads which fields there are). Cells are neutralised for spreadsheets (exports).
+        columns = _CSV_COLUMNS + field_columns(_stream_groundings(get_db(), batch_id))
+        rows = ({**item, **field_cells(item if "fields" in item else None)} for item in items)
+        return Response(csv_lines(columns, rows), mimetype="text/csv",
                         headers={"Content-Disposition": content_disposition(f"{batch_id}.csv")})
     return Response((json.dumps(item) + "\n" for item in items), mimetype="application/jsonl")
 
@@ -268,6 +271,13 @@ def _stream_items(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:
             yield _result_row(job)
 
 
+def _stream_groundings(db: Database, batch_id: str) -> Iterator[dict[str, Any] | None]:
+    query = select(Job.grounding).where(Job.batch_id == batch_id, Job.grounding.is_not(None)).order_by(
+        Job.custom_id).execution_options(yield_per=500)
+    with db.sessions() as session:
+        yield from session.scalars(query)
+
+
 def _result_row(job: Job) -> dict[str, Any]:
     usage = Usage.of(job)
     return {
@@ -275,4 +285,5 @@ def _result_row(job: Job) -> dict[str, Any]:
         "prompt_tokens": usage and usage.prompt_tokens, "completion_tokens": usage and usage.completion_tokens,
         "total_tokens": usage and usage.total_tokens, **Timings.of(job).dump(),
         "error_code": job.error_code, "error_message": job.error_message, "job_id": job.id,
+        **(job.grounding or {}),  # an extraction's fields, review and review_reasons
     }

@@ -106,6 +106,11 @@ class Settings:
     max_archive_entries: int = 100_000
     max_archive_bytes: int = 4 * 1024**3
 
+    # Grounded fields (service.core.grounding): a worker serving a VLM also loads the OCR engine, to find each
+    # extracted value on its page; a job needs review when a required value is ungrounded or below this confidence.
+    ground_fields: bool = True
+    review_confidence: float = 0.7
+
     # Reliability.
     job_timeout_s: int = 600
     max_attempts: int = 3
@@ -359,6 +364,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError('flower_basic_auth must be "user:password" (comma-separated for several users)')
     if not 2 <= settings.max_json_depth <= 200:  # deeper than ~200 and jsonschema's recursion could fail first
         raise ConfigError("max_json_depth must be between 2 and 200")
+    if not 0 <= settings.review_confidence <= 1:
+        raise ConfigError("review_confidence must be between 0 and 1")
     if settings.sync_max_queue_depth < 0:
         raise ConfigError("sync_max_queue_depth must not be negative")
     if settings.heartbeat_ttl_s <= settings.heartbeat_interval_s:

@@ -46,6 +46,27 @@ def csv_lines(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Iter
     yield buffer.getvalue()
 
 
+def field_columns(groundings: Iterable[Mapping[str, Any] | None]) -> list[str]:
+    """CSV columns for extractions' grounded fields: `fields.<path>` and `fields.<path>.confidence` for every
+    field path any of them has, in the order first seen, then `review`; none if no job was grounded."""
+    paths: dict[str, None] = {}
+    for grounding in groundings:
+        paths.update(dict.fromkeys((grounding or {}).get("fields", ())))
+    columns = [column for path in paths for column in (f"fields.{path}", f"fields.{path}.confidence")]
+    return [*columns, "review"] if columns else []
+
+
+def field_cells(grounding: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One job's cells for `field_columns`: each field's value and confidence, and its review flag."""
+    if grounding is None:
+        return {}
+    cells: dict[str, Any] = {"review": grounding["review"]}
+    for path, found in grounding["fields"].items():
+        cells[f"fields.{path}"] = found["value"]
+        cells[f"fields.{path}.confidence"] = found["confidence"]
+    return cells
+
+
 def content_disposition(filename: str, disposition: str = "attachment") -> str:
     """`attachment; filename="<ASCII fallback>"; filename*=UTF-8''<percent-encoded name>` (RFC 6266, RFC 8187).
 

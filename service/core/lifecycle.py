@@ -136,6 +136,7 @@ def complete_from_cache(session: Session, job_id: str, source: Job) -> bool:
         values={"cached_from": source.cached_from or source.id,
                 "result_text": source.result_text, "result_json": source.result_json,
                 "result_lines": source.result_lines, "finish_reason": source.finish_reason,
+                "grounding": source.grounding,
                 "prompt_tokens": 0 if source.prompt_tokens is not None else None,
                 "completion_tokens": 0 if source.completion_tokens is not None else None, "inference_ms": 0.0},
     ))

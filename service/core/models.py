@@ -243,6 +243,9 @@ class Job(TenantOwned, Base):
     finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | length | cancelled
     result_json: Mapped[dict[str, Any] | None]  # the parsed output of a schema-constrained job
     result_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # OCR: [{text, box, confidence}]
+    # An extraction's grounded fields: {fields: {path: {value, confidence, page, bbox, grounded}}, review,
+    # review_reasons} (service.core.grounding). None for other jobs.
+    grounding: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]
     ttft_ms: Mapped[float | None]

@@ -78,6 +78,11 @@ class Preset:
     ground_with_ocr: bool = False
     max_pixels: int | None = None  # lowers the model's max_pixels for this task; None: the model's
 
+    @property
+    def extracts(self) -> bool:
+        """An extraction (invoice, receipt, a user preset with a schema): its fields are grounded on the page."""
+        return self.schema is not None and not self.labels
+
     def output_schema(self) -> dict[str, Any] | None:
         if self.labels:
             return {"type": "object", "additionalProperties": False, "required": ["label", "reason", "confidence"],

@@ -62,7 +62,8 @@ def _expire_results(db: Database, now: datetime, cutoff: datetime) -> int:
             if not ids:
                 return expired
             session.execute(update(Job).where(Job.id.in_(ids), Job.result_expired_at.is_(None)).values(
-                result_text=None, result_json=None, result_lines=None, cache_key=None, result_expired_at=now))
+                result_text=None, result_json=None, result_lines=None, grounding=None, cache_key=None,
+                result_expired_at=now))
             session.execute(update(JobPage).where(JobPage.job_id.in_(ids)).values(
                 result_text=None, result_json=None, result_lines=None))
             # The deliveries' bodies hold the result; the attempt logs go with them (ON DELETE CASCADE).

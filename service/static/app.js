@@ -1,6 +1,9 @@
 // VLQ web UI: one image starts a conversation (POST /v1/chat/completions, the whole conversation on every
-// turn), one document (PDF, TIFF, HEIC) is a job (POST /v1/jobs) shown page by page, several files run as a
-// native batch (POST /v1/batches), polled until it ends. Only the public API is used.
+// turn), with an extraction preset a job (POST /v1/jobs) whose grounded fields are drawn over the image, one
+// document (PDF, TIFF, HEIC) is a job shown page by page (its fields, with an extraction preset, drawn over its
+// pages); several files run as a native batch (POST /v1/batches), polled until it ends. Only the public API is used.
+
+import { renderFields } from "./fields.js";
 
 const CONFIG = JSON.parse(document.getElementById("vlq-config").textContent);
 const ACCEPTED_TYPES = {
@@ -334,6 +337,8 @@ async function onSubmit(event) {
   }
   if (state.staged.length === 1 && isDocument(state.staged[0].file)) {
     await startDocument(state.staged[0], options);
+  } else if (state.staged.length === 1 && extracts(options.preset)) {
+    await startExtraction(state.staged[0], options);
   } else if (state.staged.length === 1) {
     await startChat(state.staged[0], options);
   } else {
@@ -362,16 +367,75 @@ async function startChat(staged, options) {
     showComposeError(error.message);
     return;
   }
+  openConversation(staged, options, { image: { url: staged.url, dataUrl, name: staged.file.name } });
+  el.replyForm.hidden = false;
+  const content = [{ type: "image_url", image_url: { url: dataUrl } }, { type: "text", text: options.prompt }];
+  await ask({ role: "user", content }, options.prompt, staged.url);
+}
+
+// -- extraction: a job, and its fields drawn over the page ------------------------------------------
+
+function extracts(preset) {
+  // The service grounds the fields of presets with a schema (invoice, receipt, user presets), not of label presets.
+  return Boolean(preset?.schema) && !preset.labels?.length;
+}
+
+function openConversation(staged, options, chat) {
   resetChat();
-  state.chat = { image: { url: staged.url, dataUrl, name: staged.file.name }, messages: [], options };
+  state.chat = { image: { url: staged.url, name: staged.file.name }, messages: [], options, ...chat };
   clearStaged({ keepUrls: true }); // the conversation keeps showing the image
   selectTab("chat");
   el.chatEmpty.hidden = true;
   el.chatHead.hidden = false;
   el.chatTitle.textContent = staged.file.name;
-  el.replyForm.hidden = false;
-  const content = [{ type: "image_url", image_url: { url: dataUrl } }, { type: "text", text: options.prompt }];
-  await ask({ role: "user", content }, options.prompt, staged.url);
+  return state.chat;
+}
+
+async function startExtraction(staged, options) {
+  setBusy(true);
+  const chat = openConversation(staged, options, {});
+  appendMessage("user", options.prompt, { imageUrl: staged.url, alt: staged.file.name });
+  const reply = appendMessage("assistant thinking", "Extracting", {});
+  reply.querySelector(".message-text").classList.add("dots");
+  const form = new FormData();
+  form.append("image", staged.file, staged.file.name);
+  form.append("preset", options.preset.name);
+  form.append("model", options.model);
+  if (options.prompt !== options.preset.prompt) form.append("prompt", options.prompt);
+  if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
+  if (options.temperature !== null) form.append("temperature", String(options.temperature));
+  const started = performance.now();
+  try {
+    let job = await api("/v1/jobs", { method: "POST", body: form });
+    while (!JOB_ENDINGS.has(job.status)) {
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS / 2));
+      if (state.chat !== chat) return; // closed meanwhile
+      job = await api(`/v1/jobs/${encodeURIComponent(job.id)}`);
+    }
+    if (state.chat !== chat) return;
+    if (job.status !== "succeeded") throw new ApiFailure(job.error?.message || `The job ended ${job.status}.`);
+    finishAnswer(reply, job.result.text, job.usage, performance.now() - started);
+    if (job.result.fields) {
+      reply.classList.add("with-fields");
+      reply.querySelector(".bubble").append(renderFields(job.result, (page) => pageImage(job, page, staged.url)));
+    }
+  } catch (error) {
+    if (state.chat !== chat) return;
+    reply.remove();
+    appendMessage("assistant error", error.message, {});
+  } finally {
+    if (state.chat === chat) setBusy(false);
+  }
+}
+
+async function pageImage(job, page, localUrl) {
+  // A single image is the one this browser sent; a document's pages are the job's rendered pages.
+  const id = encodeURIComponent(job.id);
+  if (!job.pages?.length) {
+    if (localUrl) return localUrl;
+    return URL.createObjectURL(await (await send(`/v1/jobs/${id}/image`)).blob());
+  }
+  return URL.createObjectURL(await (await send(`/v1/jobs/${id}/pages/${page}/image`)).blob());
 }
 
 async function askFollowUp(event) {
@@ -595,6 +659,10 @@ async function startDocument(staged, options) {
     if (job.status !== "succeeded") throw new ApiFailure(`${job.error?.code}: ${job.error?.message}`);
     finishAnswer(reply, job.result.text, { ...job.usage, total_time_ms: job.timings.total_ms }, 0);
     if (job.page_mode === "per_page") reply.querySelector(".bubble").append(...pageAnswers(job));
+    if (job.result.fields) { // an extraction preset's grounded fields (document mode), drawn on the rendered pages
+      reply.classList.add("with-fields");
+      reply.querySelector(".bubble").append(renderFields(job.result, (page) => pageImage(job, page)));
+    }
   } catch (error) {
     reply.remove();
     appendMessage("assistant error", error.message, {});

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,3 +422,89 @@ def test_a_live_model_is_selected_when_the_default_one_has_no_worker(browser, se
         expect(unserved).to_have_text(f"{UNSERVED_MODEL} (no worker)")
         expect(unserved).to_have_attribute("title", re.compile("No live worker serves"))
         context.close()
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+def force_answer(page: Any, values: dict[str, Any]) -> None:
+    """Add a response_format to the job the page posts whose enums leave the tiny model one answer: `values`."""
+    forced = {"type": "object", "additionalProperties": False, "required": list(values),
+              "properties": {name: {"enum": [value]} for name, value in values.items()}}
+    part = json.dumps({"type": "json_schema", "json_schema": {"name": "forced", "schema": forced}})
+
+    def add_response_format(route: Any) -> None:
+        boundary = route.request.headers["content-type"].split("boundary=")[1].encode()
+        body = route.request.post_data_buffer
+        closing = b"--" + boundary + b"--"
+        extra = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="response_format"\r\n\r\n'
+                 + part.encode() + b"\r\n")
+        route.continue_(post_data=body.replace(closing, extra + closing))
+
+    page.route("**/v1/jobs", lambda route: add_response_format(route) if route.request.method == "POST"
+               else route.continue_())
+
+
+def test_an_extraction_draws_each_grounded_field_over_the_image_and_hover_highlights_it(page, screenshot_dir):
+    from bench.documents import make_invoice
+
+    doc = make_invoice(random.Random(9), n_pages=1, items_per_page=2)
+    buffer = io.BytesIO()
+    doc.pages[0].save(buffer, format="PNG")
+    # The tiny model's values are noise: the job's own response_format (added to the form the page sends) leaves it
+    # one answer, the invoice's true total and number and an invented reference, so what is on the page is known.
+    force_answer(page, {"invoice_number": doc.values["invoice_number"], "total": doc.values["total"],
+                        "reference": "NOWHERE-123"})
+    page.set_input_files("#file-input", [upload("invoice.png", buffer.getvalue())])
+    page.select_option("#preset", "invoice")
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as posted:
+        page.click("#submit")
+    assert posted.value.status == 202
+    extraction = page.locator(".message.answered .extraction")
+    expect(extraction).to_be_visible(timeout=180_000)
+
+    expect(extraction.locator("table.fields tbody tr")).to_have_count(3)
+    expect(extraction.locator(".field-box")).to_have_count(2)  # the invented reference has no box
+    expect(extraction.locator("tr.ungrounded")).to_have_attribute("data-field", "reference")
+    expect(extraction.locator(".review.needed")).to_contain_text("reference (ungrounded)")
+    image = extraction.locator(".page img")
+    expect(image).to_have_js_property("complete", True)
+    shown = image.bounding_box()
+    box = extraction.locator('.field-box[data-field="total"]')
+    drawn = box.bounding_box()
+    left, top, right, bottom = doc.placed["total"].box
+    # The box sits where the total was printed, on the image as shown (a few pixels of OCR padding allowed).
+    assert abs(drawn["x"] - (shown["x"] + left * shown["width"])) < 0.02 * shown["width"] + 4
+    assert abs(drawn["y"] - (shown["y"] + top * shown["height"])) < 0.02 * shown["height"] + 4
+
+    row = extraction.locator('tr[data-field="total"]')
+    row.hover()
+    expect(box).to_have_class(re.compile(r"\bactive\b"))
+    expect(row).to_have_class(re.compile(r"\bactive\b"))
+    extraction.locator('.field-box[data-field="invoice_number"]').hover()
+    expect(box).not_to_have_class(re.compile(r"\bactive\b"))
+    expect(extraction.locator('tr[data-field="invoice_number"]')).to_have_class(re.compile(r"\bactive\b"))
+    snapshot(page, screenshot_dir / "extraction.png")
+
+
+def test_a_pdf_extraction_draws_its_fields_on_the_rendered_pages_they_are_on(page):
+    from bench.documents import make_invoice, to_pdf
+
+    doc = make_invoice(random.Random(6), n_pages=2, items_per_page=2)
+    assert (doc.placed["invoice_number"].page, doc.placed["total"].page) == (1, 2)
+    force_answer(page, {"invoice_number": doc.values["invoice_number"], "total": doc.values["total"]})
+    page.set_input_files("#file-input", [upload("invoice.pdf", to_pdf(doc.pages), "application/pdf")])
+    page.select_option("#preset", "invoice")
+    expect(page.locator("#submit")).to_have_text("Ask about this document")
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as posted:
+        page.click("#submit")
+    assert posted.value.status == 202
+    extraction = page.locator(".message.answered .extraction")
+    expect(extraction).to_be_visible(timeout=240_000)
+    expect(page.locator(".page-strip figure")).to_have_count(2)  # the document view's thumbnails stay
+    expect(extraction.locator("table.fields tbody tr")).to_have_count(2)
+    expect(extraction.locator("tr.ungrounded")).to_have_count(0)
+    # Each field's box is drawn on the rendered page it was found on.
+    expect(extraction.locator('figure.page[data-page="1"] .field-box[data-field="invoice_number"]')).to_have_count(1)
+    expect(extraction.locator('figure.page[data-page="2"] .field-box[data-field="total"]')).to_have_count(1)
+    rendered = extraction.locator('figure.page[data-page="2"] img').element_handle()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=rendered)  # the job's page 2, fetched

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -9,10 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.core import lifecycle
+from bench.documents import make_invoice
+from service.core import grounding, lifecycle
 from service.core.models import Job, JobEvent, new_id
 from tests.conftest import TENANT, make_image
-from workers.inference import execute_job
+from workers.inference import execute_job, read_pages
 from workers.runtime import WorkerRuntime
 
 MODEL = "tiny-unit"  # served by this module's runtime alone, and never sent to a queue: no other worker takes it
@@ -141,3 +144,40 @@ def test_a_job_that_fails_inside_the_engine_leaves_another_tenants_running_jobs_
 def test_a_thin_strip_job_succeeds(runtime, size) -> None:
     job_id = _job(runtime, image_sha256=runtime.blobs.put(make_image(size=size)))
     assert execute_job(runtime, job_id) == "succeeded", _read(runtime, job_id)[0].error_message
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_extraction_job_stores_grounded_fields_and_its_review_flag(runtime) -> None:
+    doc = make_invoice(random.Random(2), n_pages=1, items_per_page=2)
+    schema = runtime.settings.presets["invoice"].output_schema()
+    job_id = _job(runtime, image_sha256=runtime.blobs.put(_png(doc.pages[0])), preset="invoice",
+                  response_schema=schema, max_tokens=runtime.settings.presets["invoice"].max_tokens, ignore_eos=False)
+    assert execute_job(runtime, job_id) == "succeeded"
+    job, _ = _read(runtime, job_id)
+    fields = job.grounding["fields"]
+    # One field per scalar of the (random) output, each scored; the tiny model's values are noise, so some of its
+    # required values are not on the page, or its tokens were unsure: the job is flagged.
+    assert [leaf.path for leaf in grounding.leaves(job.result_json, schema)] == list(fields)
+    assert all(f["confidence"] is None or 0 <= f["confidence"] <= 1 for f in fields.values())
+    assert job.grounding["review"] is True and job.grounding["review_reasons"]
+    plain_id = _job(runtime, response_schema=schema, max_tokens=runtime.settings.presets["invoice"].max_tokens,
+                    ignore_eos=False)  # a schema, no preset
+    assert execute_job(runtime, plain_id) == "succeeded" and _read(runtime, plain_id)[0].grounding is None
+
+
+def test_a_two_page_invoice_is_read_page_by_page_and_each_field_found_on_its_page(runtime) -> None:
+    doc = make_invoice(random.Random(4), n_pages=2, items_per_page=3)
+    pages = read_pages(runtime, [(number, _png(page)) for number, page in enumerate(doc.pages, 1)])
+    assert [page.number for page in pages] == [1, 2]
+    found = grounding.ground(doc.values, runtime.settings.presets["invoice"].output_schema(), pages)
+    assert found["review"] is False
+    for path, placed in doc.placed.items():
+        field = found["fields"][path]
+        assert field["page"] == placed.page and grounding.iou(tuple(field["bbox"]), placed.box) >= 0.5, (path, field)
+    assert found["fields"]["vendor"]["page"] == 1 and found["fields"]["total"]["page"] == 2
+    assert found["fields"]["line_items[5].amount"]["page"] == 2

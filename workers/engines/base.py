@@ -39,6 +39,8 @@ class GenerationRequest:
     # going where a user turn holds {"type": "image"}.
     messages: list[dict[str, Any]] | None = None
     stream: bool = False  # pass text to the handle as it is generated (RequestHandle.stream)
+    logprobs: bool = False  # VLM: return each generated token's log-probability and where it ends in the text
+    word_boxes: bool = False  # OCR: each line also carries its words, with their own boxes and confidences
     seed: int | None = None  # sampling: the generator's seed (the same seed and request give the same text)
     # A document's further pages (or a job's further images), after `image`, each already scaled to its share of
     # the pixel budget. Only vision-language engines take them.
@@ -63,9 +65,13 @@ class GenerationResult:
     ttft_ms: float | None
     inference_ms: float
     batch_size: int  # the most sequences the engine ran together while this request was in it
-    lines: list[dict[str, Any]] | None = None  # OCR: [{text, box: [[x, y] x4], confidence}]
+    lines: list[dict[str, Any]] | None = None  # OCR: [{text, box: [[x, y] x4], confidence, words?}]
     encode_ms: float | None = None  # VLM: tokenizing the prompt and encoding the image, before prefill
     first_token_at: float | None = None  # VLM: time.monotonic() when the first token was out (for latency)
+    # VLM, when the request asked for logprobs: per generated token, its end (a character offset in `text`)
+    # and its log-probability.
+    token_ends: list[int] | None = None
+    token_logprobs: list[float] | None = None
 
 
 class RequestHandle:

@@ -191,7 +191,7 @@ def _generation(request: GenerationRequest) -> dict[str, Any]:
     """The request's generation settings as plain data for the engine process, the grammar compiled here."""
     generation: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature,
                                   "top_p": request.top_p, "ignore_eos": request.ignore_eos, "stream": request.stream,
-                                  "seed": request.seed}
+                                  "seed": request.seed, "logprobs": request.logprobs}
     if request.json_schema is not None:
         # The whitespace-free regex for schemas in the supported subset, else GenAI's own JSON-schema grammar.
         grammar = compile_schema(request.json_schema)

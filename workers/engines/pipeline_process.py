@@ -28,6 +28,7 @@ from workers.engines.base import ENGINE_FAILED, GenerationResult
 
 log = logging.getLogger(__name__)
 _SMALLEST = 1e-6  # the least temperature or top_p sent to the engine (both are practically greedy there)
+_TOKEN_WINDOW = 4  # tokens of context decoded before each token to tell its length (a UTF-8 character spans <= 4)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class _InFlight:
     peak_batch: int = 0
     cancel_requested: bool = False
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # one per token id, when the request asked for them
     finish_reason: Any = None
     encode_ms: float = 0.0  # time inside add_request: tokenizing, and encoding the image
     first_token_at: float | None = None  # time.monotonic(), a clock every process on the machine shares
@@ -306,8 +308,13 @@ class _Loop:
             raise _OutOfMemory(f"the engine dropped the request ({status.name}): out of KV-cache memory; "
                                f"raise kv_cache_gb or lower max_tokens")
         metrics = item.handle.get_perf_metrics()
+        text = self._decode(item.token_ids)
+        traced = bool(item.request[2].get("logprobs")) and len(item.logprobs) == len(item.token_ids)
+        ends = self._token_ends(item.token_ids, text) if traced else None
         return GenerationResult(
-            text=self._decode(item.token_ids),
+            text=text,
+            token_ends=ends,
+            token_logprobs=[float(v) for v in item.logprobs] if ends is not None else None,
             finish_reason=reason,
             prompt_tokens=int(metrics.get_num_input_tokens()),
             completion_tokens=int(metrics.get_num_generated_tokens()),
@@ -317,6 +324,27 @@ class _Loop:
             encode_ms=item.encode_ms,
             first_token_at=item.first_token_at,
         )
+
+
+    def _token_ends(self, ids: list[int], text: str) -> list[int] | None:
+        """Where each token's text ends in the decoded output, or None if that cannot be told exactly.
+
+        Each token's length is what it adds to a window of the few tokens before it (decoded in one batched call:
+        ~6 ms for 470 tokens, against ~500 ms decoding every prefix); a window starting inside a UTF-8 character
+        decodes that part the same with and without the token, so it cancels out.
+        """
+        windows: list[list[int]] = []
+        for index in range(len(ids)):
+            start = max(0, index - _TOKEN_WINDOW)
+            windows += [ids[start:index + 1], ids[start:index]]
+        # Without NUL, as _decode gives the text (a NUL token then adds nothing).
+        decoded = self._tokenizer.decode(windows, skip_special_tokens=True) if windows else []
+        texts = [piece.replace("\x00", "") for piece in decoded]
+        ends, total = [], 0
+        for index in range(len(ids)):
+            total += len(texts[2 * index]) - len(texts[2 * index + 1])
+            ends.append(total)
+        return ends if total == len(text) else None
 
 
 def error_code(exc: BaseException) -> ErrorCode:
@@ -335,6 +363,7 @@ def _read_tokens(item: _InFlight) -> None:
     while item.handle.can_read():
         for output in item.handle.read().values():
             item.token_ids.extend(output.generated_ids)
+            item.logprobs.extend(output.generated_log_probs)
             item.finish_reason = output.finish_reason
 
 
@@ -344,6 +373,8 @@ def _generation_config(generation: dict[str, Any]) -> Any:
     config = ov_genai.GenerationConfig()
     config.max_new_tokens = generation["max_tokens"]
     config.ignore_eos = generation["ignore_eos"]
+    if generation.get("logprobs"):
+        config.logprobs = 1  # the chosen token's log-probability (GenAI returns at most the top one)
     if generation["temperature"] > 0:
         # The engine holds both as float32, and refuses 0: a positive value below float32's range would become 0.
         config.do_sample = True

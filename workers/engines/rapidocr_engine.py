@@ -87,14 +87,21 @@ class RapidOCREngine(Engine):
 
     def _read(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
-        output = self._ocr(request.image)
+        output = self._ocr(request.image, return_word_box=request.word_boxes)
         elapsed_ms = (time.perf_counter() - started) * 1000
         lines = [
-            {"text": text, "box": [[round(float(x), 1), round(float(y), 1)] for x, y in box],
-             "confidence": round(float(score), 4)}
+            {"text": text, "box": _points(box), "confidence": round(float(score), 4)}
             for text, box, score in zip(output.txts or (), _boxes(output), output.scores or (), strict=False)
         ]
+        if request.word_boxes and len(output.word_results or ()) == len(lines):
+            for line, words in zip(lines, output.word_results, strict=True):
+                line["words"] = [{"text": text, "box": _points(box), "confidence": round(float(score), 4)}
+                                 for text, score, box in words if box is not None]
         return _result("\n".join(line["text"] for line in lines), lines, "stop", elapsed_ms)
+
+
+def _points(box: Any) -> list[list[float]]:
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in box]
 
 
 def _boxes(output: Any) -> list[Any]:

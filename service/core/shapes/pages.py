@@ -6,7 +6,7 @@ joined (a blank line between pages), their usage summed.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import MISSING, Field
 
@@ -32,8 +32,25 @@ class OcrLine(Shape):
     page: int | MISSING = MISSING  # on a multi-page job's document-level lines: the page it was read on
 
 
+class GroundedField(Shape):
+    """One extracted value: where it is on the document and how sure VLQ is of it (service.core.grounding)."""
+
+    value: Any
+    confidence: float | None = Field(description="0-1: the value's token probability and its OCR agreement")
+    page: int | None = Field(description="1-based page the value was found on; null when not grounded")
+    bbox: list[float] | None = Field(description="[x0, y0, x1, y1] on its page, normalized 0-1 (origin top left)")
+    grounded: bool = Field(description="false: no OCR text on any page matches the value")
+
+
+class ReviewReason(Shape):
+    field: str
+    reason: Literal["ungrounded", "low_confidence"]
+    confidence: float | None
+
+
 class JobResult(Shape):
-    # The output: `json` only for a schema-constrained job, `lines` only for OCR.
+    # The output: `json` only for a schema-constrained job, `lines` only for OCR; an extraction preset's job also
+    # has `fields` (keyed by path: `total`, `line_items[0].amount`), `review` and `review_reasons`.
 
     # `finish_reason` "length": max_tokens cut the text off (a schema-constrained job then has `json: null`).
 
@@ -41,10 +58,15 @@ class JobResult(Shape):
     finish_reason: str | None
     json_: Any | MISSING = Field(MISSING, alias="json")
     lines: list[OcrLine] | MISSING = MISSING
+    fields: dict[str, GroundedField] | MISSING = MISSING
+    review: bool | MISSING = Field(MISSING, description="a required field is ungrounded or below review_confidence")
+    review_reasons: list[ReviewReason] | MISSING = MISSING
 
     @classmethod
-    def of(cls, row: _Outcome, schema: dict[str, Any] | None) -> JobResult | None:
-        """The result of a job or a page; `schema` is the job's response_schema."""
+    def of(cls, row: _Outcome, schema: dict[str, Any] | None,
+           grounding: dict[str, Any] | None = None) -> JobResult | None:
+        """The result of a job or a page; `schema` is the job's response_schema, `grounding` the job's grounded
+        fields (jobs.grounding; a page has none of its own)."""
         if row.result_text is None:
             return None
         result = cls(text=row.result_text, finish_reason=row.finish_reason)
@@ -52,6 +74,10 @@ class JobResult(Shape):
             result.json_ = row.result_json
         if row.result_lines is not None:
             result.lines = [OcrLine.model_validate(line) for line in row.result_lines]
+        if grounding is not None:
+            result.fields = {path: GroundedField.model_validate(f) for path, f in grounding["fields"].items()}
+            result.review = grounding["review"]
+            result.review_reasons = [ReviewReason.model_validate(r) for r in grounding["review_reasons"]]
         return result
 
 

@@ -35,6 +35,8 @@ def test_file_registry_adds_to_the_built_in_models(tmp_path):
         ({"port": "eighty"}, "port"),
         ({"sync_timeout_s": 0}, "sync_timeout_s"),
         ({"sync_max_queue_depth": -1}, "sync_max_queue_depth"),
+        ({"review_confidence": 1.5}, "review_confidence"),
+        ({"review_confidence": -0.1}, "review_confidence"),
         ({"queue_timeout_s": {"urgent": 5}}, "queue_timeout_s: unknown priority"),
         ({"queue_timeout_s": {"bulk": -1}}, "queue_timeout_s must not be negative"),
         ({"queue_timeout_s": "[1, 2]"}, "queue_timeout_s must map"),

@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from service.core.exports import content_disposition, csv_cell, csv_lines
+from service.core.exports import content_disposition, csv_cell, csv_lines, field_cells, field_columns
 
 
 @pytest.mark.parametrize(("value", "written"), [
@@ -39,3 +39,22 @@ def test_content_disposition_has_a_safe_ascii_fallback_and_the_exact_name(name):
     fallback, exact = match.groups()
     assert not set(fallback) & set('"\\%\r\n\x00') and fallback
     assert unquote(exact, encoding="utf-8") == name
+
+
+def test_grounded_fields_get_a_value_and_a_confidence_column_each_in_the_order_first_seen():
+    def grounding(**fields):
+        return {"fields": {path: {"value": value, "confidence": 0.5, "page": 1, "bbox": None, "grounded": True}
+                           for path, value in fields.items()}, "review": False, "review_reasons": []}
+
+    first = grounding(total=12.5, **{"line_items[0].amount": 3})
+    second = grounding(vendor="=evil()", total=1.0)
+    assert field_columns([None, first, second]) == [
+        "fields.total", "fields.total.confidence", "fields.line_items[0].amount",
+        "fields.line_items[0].amount.confidence", "fields.vendor", "fields.vendor.confidence", "review"]
+    assert field_columns([None, None]) == []
+    assert field_cells(None) == {}
+    cells = field_cells(second)
+    assert cells == {"review": False, "fields.vendor": "=evil()", "fields.vendor.confidence": 0.5,
+                     "fields.total": 1.0, "fields.total.confidence": 0.5}
+    [_, row] = list(csv.reader(io.StringIO("".join(csv_lines(field_columns([second]), [cells])))))
+    assert row == ["'=evil()", "0.5", "1.0", "0.5", "False"]  # a value is a cell like any other: neutralised

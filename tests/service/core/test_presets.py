@@ -60,3 +60,9 @@ def test_an_unknown_preset_is_a_400_listing_the_available_ones():
     with pytest.raises(ApiError) as caught:
         apply_preset(load_settings(environ={}).presets, {"preset": "poem"})
     assert caught.value.code == "unknown_preset" and "receipt" in caught.value.details["available"]
+
+
+def test_presets_with_a_schema_extract_and_label_presets_do_not():
+    presets = load_settings({}, environ={}).presets
+    assert presets["invoice"].extracts and presets["receipt"].extracts
+    assert not presets["moderate"].extracts and not presets["describe"].extracts and not presets["ocr"].extracts

@@ -72,7 +72,8 @@ def _job(db, image, *, ended_ago_s=None, status="succeeded", webhook=False):
         lifecycle.claim(session, job_id, "w")
     with db.session() as session:
         lifecycle.finish(session, session.get(Job, job_id), JobStatus(status), result_text="the answer",
-                         prompt_tokens=3, completion_tokens=2)
+                         prompt_tokens=3, completion_tokens=2,
+                         grounding={"fields": {}, "review": False, "review_reasons": []})
         ended = utcnow() - timedelta(seconds=ended_ago_s)
         session.execute(update(Job).where(Job.id == job_id).values(finished_at=ended))
         session.execute(update(WebhookDelivery).where(WebhookDelivery.subject_id == job_id).values(status="succeeded"))
@@ -116,6 +117,7 @@ def test_retention_removes_what_expired_and_keeps_what_is_still_needed(db, blobs
     assert counts == {"results": 1, "images": 2, "files": 1, "blobs": 3}
     job = _get(db, Job, old_on_shared)
     assert job.result_text is None and job.result_expired_at is not None and job.cache_key is None
+    assert job.grounding is None
     assert job.image_expired_at is not None and job.status == "succeeded" and job.completion_tokens == 2
     shown = JobOut.from_row(job).dump()
     assert shown["result"] is None and shown["result_expired_at"]

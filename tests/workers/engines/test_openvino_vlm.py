@@ -171,3 +171,15 @@ def test_the_engine_process_exits_when_its_worker_is_killed(model_cache, tmp_pat
         assert gone, "the engine process outlived its worker"
     finally:
         worker.kill()
+
+
+def test_a_request_for_logprobs_gets_each_tokens_logprob_and_end_in_the_text(engine):
+    schema = {"type": "object", "additionalProperties": False, "required": ["vendor", "total"],
+              "properties": {"vendor": {"type": "string", "maxLength": 12}, "total": {"type": ["number", "null"]}}}
+    request = GenerationRequest("Extract.", IMAGE, 64, json_schema=schema, logprobs=True)
+    result = engine.submit(request).result(timeout=60)
+    assert len(result.token_ends) == len(result.token_logprobs) == result.completion_tokens
+    assert result.token_ends == sorted(result.token_ends) and result.token_ends[-1] == len(result.text)
+    assert all(logprob <= 0 for logprob in result.token_logprobs) and any(lp < 0 for lp in result.token_logprobs)
+    plain = engine.submit(GenerationRequest("Extract.", IMAGE, 8, json_schema=schema)).result(timeout=60)
+    assert plain.token_ends is None and plain.token_logprobs is None

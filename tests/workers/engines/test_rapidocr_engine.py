@@ -56,3 +56,16 @@ def test_a_request_cancelled_while_waiting_does_not_run(engine):
     waiting.cancel()
     assert waiting.result(timeout=120).finish_reason == "cancelled"
     assert busy.result(timeout=120).finish_reason == "stop"
+
+
+def test_word_boxes_split_each_line_into_its_words_inside_the_lines_box(engine):
+    doc = make_document(random.Random(3), "invoice", 2)
+    result = engine.submit(GenerationRequest("", render(doc), 1, word_boxes=True)).result(timeout=120)
+    for line in result.lines:
+        assert " ".join(word["text"] for word in line["words"]) == " ".join(line["text"].split())
+        xs, ys = [p[0] for p in line["box"]], [p[1] for p in line["box"]]
+        for word in line["words"]:
+            assert all(min(xs) - 3 <= x <= max(xs) + 3 and min(ys) - 3 <= y <= max(ys) + 3 for x, y in word["box"])
+            assert 0 < word["confidence"] <= 1
+    assert all("words" not in line for line in engine.submit(GenerationRequest("", render(doc), 1)).result(
+        timeout=120).lines)
