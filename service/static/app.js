@@ -613,6 +613,16 @@ async function copyText(text) {
 
 // -- documents -----------------------------------------------------------------------------------
 
+function appendJobOptions(form, options) {
+  // What a job and every item of a native batch take alike, as form fields.
+  form.append("prompt", options.prompt);
+  form.append("model", options.model);
+  if (options.preset) form.append("preset", options.preset.name);
+  if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
+  if (options.temperature !== null) form.append("temperature", String(options.temperature));
+  appendPageOptions(form);
+}
+
 function appendPageOptions(form) {
   // Only where a document is staged (the fields are hidden otherwise).
   if (el.documentOptions.hidden) return;
@@ -625,12 +635,7 @@ async function startDocument(staged, options) {
   setBusy(true);
   const form = new FormData();
   form.append("image", staged.file, staged.file.name);
-  form.append("prompt", options.prompt);
-  form.append("model", options.model);
-  if (options.preset) form.append("preset", options.preset.name);
-  if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
-  if (options.temperature !== null) form.append("temperature", String(options.temperature));
-  appendPageOptions(form);
+  appendJobOptions(form, options);
   let job;
   try {
     job = await api("/v1/jobs", { method: "POST", body: form });
@@ -734,12 +739,7 @@ function formatMs(ms) {
 async function startBatch(options) {
   setBusy(true);
   const form = new FormData();
-  form.append("prompt", options.prompt);
-  form.append("model", options.model);
-  if (options.preset) form.append("preset", options.preset.name);
-  if (options.maxTokens) form.append("max_tokens", String(options.maxTokens));
-  if (options.temperature !== null) form.append("temperature", String(options.temperature));
-  appendPageOptions(form);
+  appendJobOptions(form, options);
   for (const { file } of state.staged) form.append("images", file, file.name);
   try {
     const batch = await api("/v1/batches", { method: "POST", body: form });

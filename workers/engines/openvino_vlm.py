@@ -6,7 +6,6 @@ one frees its slot at once. A reader thread resolves each request's handle from 
 """
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import logging
@@ -26,6 +25,7 @@ from service.core.errors import ErrorCode
 from service.core.structured import compile_schema
 from workers.engines import pipeline_process
 from workers.engines.base import Engine, EngineError, GenerationRequest, RequestHandle
+from workers.host_lock import host_lock
 from workers.modelstore.registry import LocalModel
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,10 @@ def _compiling(cache_dir: Path) -> Iterator[None]:
     OpenVINO's cache writes race: two workers starting together on a cold cache failed one of them ("cannot set
     permissions: No such file"). The wait is bounded; past it the engine compiles anyway, as before.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".lock", "w") as handle:
-        deadline = time.monotonic() + _LOAD_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    log.warning("%s: another engine has compiled for too long; compiling anyway", cache_dir)
-                    break
-                time.sleep(0.2)
-        yield  # the lock ends with the file
+    with host_lock(cache_dir / ".lock", _LOAD_TIMEOUT_S) as held:
+        if not held:
+            log.warning("%s: another engine has compiled for too long; compiling anyway", cache_dir)
+        yield
 
 
 class OpenVINOVLMEngine(Engine):

@@ -8,7 +8,6 @@ with a ranged GET).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +24,7 @@ from typing import Any
 from service.adapters import s3
 from service.adapters.blobs import BlobNotFound, BlobStoreUnavailable
 from service.core.config import ModelSpec, Settings
+from workers.host_lock import host_lock
 from workers.modelstore.registry import LocalModel
 
 log = logging.getLogger(__name__)
@@ -189,16 +189,8 @@ def _replace_dir(staging: Path, target: Path) -> None:
 @contextmanager
 def _host_lock(path: Path) -> Iterator[None]:
     """One pull of a model per host at a time (workers on one host share its model cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BlobStoreUnavailable(f"{path}: another pull held the lock too long") from None
-                time.sleep(0.2)
+    with host_lock(path, _LOCK_WAIT_S) as held:
+        if not held:
+            raise BlobStoreUnavailable(f"{path}: another pull held the lock too long")
         yield
 
