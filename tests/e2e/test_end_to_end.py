@@ -114,5 +114,5 @@ def test_a_job_survives_its_worker_being_killed_mid_generation(client, start_wor
 def test_readyz_lists_live_models_once_a_worker_is_up(client, worker):
     body = client.get("/readyz").get_json()
     assert body["status"] == "ready" and TINY in body["models"]
-    assert body["checks"] == {"database": "ok", "redis": "ok"}
+    assert body["checks"] == {"database": "ok", "redis": "ok", "storage": "ok"}
     assert client.get("/healthz").get_json() == {"status": "ok"}

@@ -97,9 +97,10 @@ def busy_worker(client_app, start_worker, api_key):
 
 @pytest.fixture
 def busy(busy_worker, client):
-    """Before each test: the worker holds two long jobs and one more waits in the queue. On a fast machine a
-    4,000-token job on the tiny model takes a second or two, so they are topped up for every test."""
-    _keep_busy(client, busy_worker, queued=1)
+    """Before each test: the worker holds two long jobs and three more wait in the queue. On a quiet machine a
+    4,000-token job on the tiny model takes a second or two (one queued job was gone before a test's third call), so
+    they are topped up for every test."""
+    _keep_busy(client, busy_worker, queued=3)
 
 
 def _keep_busy(client, blockers: list[str], queued: int) -> None:
