@@ -148,8 +148,10 @@ def run_openvino(config: dict[str, Any], images: list[Any]) -> dict[str, Any]:
     spec = ModelSpec(name="qwen3-vl-2b-random", source="builtin:qwen3-vl-2b-random",
                      weight_format=config["weight_format"], max_pixels=config["max_pixels"])
     engine = create_engine(LocalModel(spec=spec, path=Path(config["model_dir"])), settings)
-    engine.load()
-    engine.warmup()
+    imported_s = since_launch(config)  # the interpreter, VLQ's and OpenVINO's imports, the settings
+    engine.load()  # the engine process: reading the model, compiling it (or reading the compiled cache)
+    loaded_s = since_launch(config)
+    engine.warmup()  # one short generation, as the worker does before it takes jobs (llama-server does too)
     ready_s = since_launch(config)
 
     started = time.perf_counter()
@@ -162,6 +164,7 @@ def run_openvino(config: dict[str, Any], images: list[Any]) -> dict[str, Any]:
     engine.close()
     return {
         "ready_s": ready_s, "elapsed_s": elapsed,
+        "ready_parts_s": {"imports": imported_s, "load": loaded_s - imported_s, "warmup": ready_s - loaded_s},
         "generated": sum(result.completion_tokens for result in results),
         "prompt_tokens": [result.prompt_tokens for result in results],
         "ttft_s": [result.first_token_at - at for result, at in zip(results, submitted, strict=True)],

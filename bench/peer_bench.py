@@ -52,8 +52,10 @@ def llama_source(cache: Path) -> Path:
     name, version = PEER.split("==")
     source = cache / f"{name.replace('-', '_')}-{version}" / "vendor" / "llama.cpp"
     if not (source / "CMakeLists.txt").is_file():
+        # pip reads the sdist's metadata in an isolated environment with its build backend (scikit-build-core,
+        # from the index): nothing is compiled, and nothing lands in VLQ's environment.
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        "--no-build-isolation", "-d", str(cache), PEER], check=True)
+                        "-d", str(cache), PEER], check=True)
         with tarfile.open(next(cache.glob(f"{name.replace('-', '_')}-{version}.tar.gz"))) as archive:
             archive.extractall(cache, filter="data")
     return source
@@ -217,7 +219,8 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, int]]:
 def run_one(name: str, batch: int, args: argparse.Namespace, peer: tuple[Path, dict[str, Path], Path],
             urls: list[str]) -> dict:
     requests = max(batch, args.requests)
-    common = {"images": args.images, "tokens": args.tokens, "cache": str(args.bench_cache)}
+    common = {"images": args.images, "tokens": args.tokens, "cache": str(args.bench_cache),
+              "kv_cache_gb": args.kv_cache_gb}
     if name.startswith("llama.cpp"):
         binaries, models, mmproj = peer
         return run_llama(binaries, models[name.split()[-1]], mmproj, batch, urls, requests, args.tokens)
@@ -275,6 +278,17 @@ def where_time_goes(rows: list[Row]) -> list[str]:
                       for total, first in zip(m["engine_ms"], m["engine_ttft_ms"], strict=True)]
             lines.append(f"| {row.name} | {statistics.median(prompt):.0f} (encoding "
                          f"{statistics.median(m['encode_ms']):.0f}) | {statistics.median(decode):.0f} |")
+    lines += ["", "### Where the load time goes (batch 1, s from process start)", "",
+              "| engine | ready | imports | load (read + compile, or the compiled cache) | warm-up generation |",
+              "|---|---|---|---|---|"]
+    for row in rows:
+        m = row.measured
+        if row.batch == 1 and "ready_parts_s" in m:
+            parts = m["ready_parts_s"]
+            lines.append(f"| {row.name} | {m['ready_s']:.1f} | {parts['imports']:.1f} | {parts['load']:.1f} "
+                         f"| {parts['warmup']:.1f} |")
+        elif row.batch == 1 and "prompt_ms" in m:
+            lines.append(f"| {row.name} | {m['ready_s']:.1f} | (one binary) | | |")
     return lines
 
 
@@ -288,7 +302,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8, help="requests per run (at least the batch)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-service", dest="service", action="store_false")
+    parser.add_argument("--kv-cache-gb", type=int, default=1,
+                        help="VLQ engine's KV cache (llama.cpp's 8 slots x 1024 tokens hold 0.9 GiB)")
     parser.add_argument("--write", type=Path, help="update this markdown file's section")
+    parser.add_argument("--prepare", action="store_true",
+                        help="build llama.cpp, the GGUF files and VLQ's exports, then stop (nothing is timed)")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -297,6 +315,9 @@ def main() -> None:
     models, mmproj = gguf_files(args.cache, args.bench_cache, binaries)
     for label in ("int8", "int4"):
         openvino(args.bench_cache, EXPORTS[label])  # exported before anything is timed
+    if args.prepare:
+        print(f"prepared: {binaries}, {', '.join(str(path) for path in models.values())}, {mmproj}", flush=True)
+        return
     urls = data_urls(args.images)
 
     measured: dict[tuple[str, int], list[dict]] = {}

@@ -4,7 +4,8 @@
 
 For each database, on a scratch database (a SQLite file; a private Postgres schema, dropped afterwards), a real API
 (gunicorn, one process, `vlq api --workers 1`) and a scratch Redis db:
-1. submits: --submits jobs over HTTP from --clients threads (a small PNG each, multipart), jobs/s for that process;
+1. submits: --submits jobs over HTTP from --clients threads (a small PNG each, multipart), jobs/s for that process,
+   and the API process's CPU per job (what bounds its jobs/s on a core of its own, as the client takes the other);
 2. ingest: an OpenAI batch file of --items lines (each its own PNG as a data URL) uploaded over HTTP, then ingested
    by the worker's code path (`batches.ingest`, run in this process, broker included): lines/s;
 3. polls at --items stored items: GET /v1/jobs/{id} and GET /v1/batches/{id}, p50/p95 over --polls requests, and
@@ -172,8 +173,17 @@ def timed(calls: int, *targets: Callable[[], Any]) -> list[tuple[float, float]]:
     return [(statistics.median(times), sorted(times)[int(len(times) * 0.95) - 1]) for times in samples]
 
 
-def bench_submits(http_for: Callable[[], requests.Session], count: int, clients: int) -> float:
-    """Jobs accepted per second, `clients` threads each with its own connection; each job its own image."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process tree has used."""
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(sum(process.cpu_times()[:2]) for process in tree)
+
+
+def bench_submits(http_for: Callable[[], requests.Session], count: int, clients: int, api_pid: int
+                  ) -> tuple[float, float]:
+    """(jobs accepted per second, the API's CPU ms per job), `clients` threads each with its own connection; each
+    job its own image. The CPU per job bounds what one API process does on a core of its own, whatever else
+    shares the machine."""
     images = [png(index, side=64) for index in range(count + clients)]
     local = threading.local()
 
@@ -188,9 +198,9 @@ def bench_submits(http_for: Callable[[], requests.Session], count: int, clients:
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(submit, range(count, count + clients)))  # each thread's connection, before the clock
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_s(api_pid)
         list(pool.map(submit, range(count)))
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), (cpu_s(api_pid) - cpu_started) / count * 1000
 
 
 def bench_ingest(http: requests.Session, db: Database, settings: Settings, items: int) -> tuple[str, float, float]:
@@ -259,9 +269,10 @@ def run(kind: str, args: argparse.Namespace, base: Settings) -> None:
             http = http_for()
             try:
                 with api_process(settings_file) as api:
-                    rate = bench_submits(http_for, args.submits, args.clients)
+                    rate, cpu_ms = bench_submits(http_for, args.submits, args.clients, api.pid)
                     print(f"{kind:8} submits        {rate:8.0f} jobs/s  ({args.submits} jobs, {args.clients} client "
-                          f"threads, one API process)", flush=True)
+                          f"threads, one API process); {cpu_ms:.2f} ms of the API's CPU per job "
+                          f"(= {1000 / cpu_ms:.0f} jobs/s on a core of its own)", flush=True)
                     batch_id, upload_s, ingest_s = bench_ingest(http, db, settings, args.items)
                     print(f"{kind:8} ingest          {args.items / ingest_s:8.0f} lines/s ({args.items} lines in "
                           f"{ingest_s:.1f} s; upload {upload_s:.1f} s)", flush=True)

@@ -14,6 +14,7 @@ from service.adapters.db import Database
 from service.adapters.job_endings import JobEndings
 from service.adapters.ratelimit import RateLimiter
 from service.core.config import Settings, load_settings
+from service.core.group_commit import GroupCommit
 from service.wiring import Wiring, wire
 
 # Multipart and JSON bodies carry one image plus small fields; base64 inflates by 4/3.
@@ -27,6 +28,7 @@ def init_app(app: Flask, config: Settings | Mapping[str, Any] | None = None) -> 
     app.extensions["vlq"] = wire(settings, send_backoff_s=_SEND_BACKOFF_S)
     app.extensions["vlq.job_endings"] = JobEndings(settings.redis_url)
     app.extensions["vlq.ratelimit"] = RateLimiter(settings.redis_url)
+    app.extensions["vlq.group_commit"] = GroupCommit(get_db(app), get_broker(app))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 + _BODY_OVERHEAD_BYTES
     app.json.sort_keys = False
     app.teardown_appcontext(_close_request_session)
@@ -48,8 +50,13 @@ def get_blobs() -> BlobStore:
     return get_wiring().blobs
 
 
-def get_broker() -> Broker:
-    return get_wiring().broker
+def get_broker(app: Flask | None = None) -> Broker:
+    return get_wiring(app).broker
+
+
+def get_group_commit() -> GroupCommit:
+    """What inserts, commits and sends new jobs, in groups, for this process's requests."""
+    return current_app.extensions["vlq.group_commit"]
 
 
 def get_redis() -> redis.Redis:

@@ -11,7 +11,15 @@ from service.adapters.blobs import BlobNotFound
 from service.api import model_warnings
 from service.api.auth import current_caller
 from service.api.common import PageQuery, get_or_404, idempotency_key, newest_first, page, read_query, request_values
-from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_session, get_settings
+from service.api.context import (
+    get_blobs,
+    get_broker,
+    get_db,
+    get_group_commit,
+    get_job_endings,
+    get_session,
+    get_settings,
+)
 from service.api.openapi import JSON, MULTIPART, operation, text_response
 from service.core import jobs
 from service.core.config import Settings
@@ -42,7 +50,7 @@ def create_job() -> ResponseReturnValue:
     job_request = jobs.job_request(settings, body, body.image)
     key = idempotency_key()
 
-    job, replayed = jobs.submit(get_session(), get_blobs(), get_broker(), job_request, body.image, key,
+    job, replayed = jobs.submit(get_session(), get_blobs(), get_group_commit(), job_request, body.image, key,
                                 current_caller())
     out = model_warnings.job_out(job, model_warnings.live_workers())
     headers = [("Location", f"/v1/jobs/{job.id}"), *model_warnings.headers(out.warnings)]

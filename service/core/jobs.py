@@ -17,8 +17,9 @@ from service.core import documents, lifecycle, logs
 from service.core.config import Settings
 from service.core.documents import Page, Source
 from service.core.errors import ApiError, ErrorCode
+from service.core.group_commit import GroupCommit
 from service.core.images import ImageInfo
-from service.core.models import Job, JobPage, JobStatus, new_id
+from service.core.models import Job, JobStatus, new_id
 from service.core.ports import Sender
 from service.core.requests import generation_model
 from service.core.tenancy import Caller
@@ -247,11 +248,15 @@ def webhook(settings: Settings, url: str | None, secret: str | None) -> dict[str
 
 
 def submit(
-    session: Session, blobs: BlobStore, broker: Sender, request: JobRequest, inputs: bytes | list[bytes],
+    session: Session, blobs: BlobStore, committer: GroupCommit, request: JobRequest, inputs: bytes | list[bytes],
     idempotency_key: str | None, caller: Caller,
 ) -> tuple[Job, bool]:
     """Create and enqueue a job for the caller's tenant; returns (job, replayed) where replayed means the key
-    matched an earlier job of that tenant. A new job must fit the caller's quota (429 otherwise)."""
+    matched an earlier job of that tenant. A new job must fit the caller's quota (429 otherwise).
+
+    The job is inserted, committed and sent by `committer`, with whatever other requests of this process submit
+    at the same moment; an identical earlier request's result (`cache_key`) answers it at once instead.
+    """
     fingerprint = request.fingerprint()
     tenant = caller.tenant
     if idempotency_key:
@@ -265,8 +270,7 @@ def submit(
     cache_key = request.cache_key()
     job_id = new_id("job")
     logs.bind(job_id=job_id)  # the request's lines from here on are about this job (reset when it ends)
-    job = lifecycle.create_job(
-        session,
+    fields = dict(
         id=job_id,
         tenant=tenant,
         priority=request.priority,
@@ -284,11 +288,12 @@ def submit(
         stream=request.stream,
         page_mode=request.document.mode if request.document is not None else None,
     )
-    if request.document is not None:
-        session.add_all(JobPage(**row) for row in page_rows(job_id, request.document))
-    cached = cache_key is not None and not request.no_cache and _answer_from_cache(session, job, cache_key)
+    source = _cached(session, tenant, cache_key) if cache_key is not None and not request.no_cache else None
     try:
-        session.commit()
+        if source is not None:
+            return _answer_from_cache(session, fields, source), False
+        pages = page_rows(job_id, request.document) if request.document is not None else []
+        job = committer.accept(fields, pages)
     except IntegrityError:
         # Two requests with one Idempotency-Key raced; the other one's insert won.
         session.rollback()
@@ -296,13 +301,7 @@ def submit(
         if existing is None:
             raise
         return existing, True
-    if cached:
-        session.refresh(job)
-        return job, False
-
-    # Accepted once committed. If the broker does not take the task now (Redis down), the job waits in the
-    # database, unsent, and the dispatcher pass sends it when Redis is back.
-    broker.enqueue([job])
+    log.info("job %s: queued (%s)", job.id, job.model)
     return job, False
 
 
@@ -317,20 +316,25 @@ def page_rows(job_id: str, document: Pages) -> list[dict[str, Any]]:
     return rows
 
 
-def _answer_from_cache(session: Session, job: Job, cache_key: str) -> bool:
-    """Finish `job` with the newest succeeded result of an identical request of its tenant, if there is one.
+def _cached(session: Session, tenant: str, cache_key: str) -> Job | None:
+    """The newest succeeded result of an identical request of this tenant, if there is one.
 
     Tenants never share results: a hit would tell one tenant that another sent the same image and prompt.
     """
-    source = session.scalars(
-        select(Job).where(Job.cache_key == cache_key, Job.tenant == job.tenant, Job.status == JobStatus.SUCCEEDED.value,
-                          Job.id != job.id)
+    return session.scalars(
+        select(Job).where(Job.cache_key == cache_key, Job.tenant == tenant, Job.status == JobStatus.SUCCEEDED.value)
         .order_by(Job.finished_at.desc()).limit(1)
     ).first()
-    if source is None:
-        return False
+
+
+def _answer_from_cache(session: Session, fields: dict[str, Any], source: Job) -> Job:
+    """Insert the job and finish it with `source`'s result, in the request's own transaction."""
+    job = lifecycle.create_job(session, **fields)
     session.flush()  # the new row must exist for its conditional UPDATE
-    return lifecycle.complete_from_cache(session, job.id, source)
+    lifecycle.complete_from_cache(session, job.id, source)
+    session.commit()
+    session.refresh(job)
+    return job
 
 
 def _by_idempotency_key(session: Session, tenant: str, key: str, fingerprint: str) -> Job | None:

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 
 from service.adapters import presence, token_stream
 from service.api.auth import current_caller
-from service.api.context import get_blobs, get_broker, get_db, get_job_endings, get_redis, get_session, get_settings
+from service.api.context import (
+    get_blobs,
+    get_broker,
+    get_db,
+    get_group_commit,
+    get_job_endings,
+    get_redis,
+    get_session,
+    get_settings,
+)
 from service.api.errors import as_api_error
 from service.core import availability, jobs
 from service.core.errors import ApiError, ErrorCode
@@ -54,7 +63,7 @@ def admit(model: str) -> None:
 def submit(request: jobs.JobRequest, inputs: bytes | list[bytes]) -> Job:
     """Admit the request, then create and enqueue its job (it may come back already answered from the cache)."""
     admit(request.task.options.model)
-    job, _ = jobs.submit(get_session(), get_blobs(), get_broker(), request, inputs, None, current_caller())
+    job, _ = jobs.submit(get_session(), get_blobs(), get_group_commit(), request, inputs, None, current_caller())
     return job
 
 

@@ -237,7 +237,11 @@ class ChaosRun:
         while not self._done.wait(0.2):
             self._restart_exited_workers()
             progress = len(self.accepted) / self.config.jobs
-            if not self.figures.redis_restarts and progress >= 1 / 3:
+            # The first SIGKILL lands before Redis restarts: the restart can end every worker (see
+            # `_restart_exited_workers`), and on a fast machine their replacements might not settle again before the
+            # run is nearly done, leaving a run without a kill.
+            kill_pending = self.config.kill_every_s > 0 and not self.figures.kills and not self._nearly_done()
+            if not self.figures.redis_restarts and progress >= 1 / 3 and not kill_pending:
                 self._restart_redis()
             elif not self.figures.postgres_cuts and progress >= 2 / 3:
                 self._cut_postgres()
