@@ -280,8 +280,13 @@ def run(kind: str, args: argparse.Namespace, base: Settings) -> None:
                     (job_p50, job_p95), (batch_p50, batch_p95) = timed(
                         args.polls, lambda: http.get(f"{BASE}/v1/jobs/{job_id}"),
                         lambda: http.get(f"{BASE}/v1/batches/{batch_id}"))
+                    cpu_started = cpu_s(api.pid)
+                    for _ in range(args.polls):
+                        http.get(f"{BASE}/v1/jobs/{job_id}")
+                    poll_cpu_ms = (cpu_s(api.pid) - cpu_started) / args.polls * 1000
                     stored = args.items + args.submits
-                    print(f"{kind:8} job poll        {job_p50:8.1f} ms p50 ({job_p95:.1f} p95; {stored} jobs stored)")
+                    print(f"{kind:8} job poll        {job_p50:8.1f} ms p50 ({job_p95:.1f} p95; {stored} jobs stored); "
+                          f"{poll_cpu_ms:.2f} ms of the API's CPU per poll (the floor of an authenticated request)")
                     print(f"{kind:8} batch poll      {batch_p50:8.1f} ms p50 ({batch_p95:.1f} p95; {args.items} "
                           f"items); the recount it did before: {recount_ms(db, batch_id, 20):.1f} ms p50",
                           flush=True)

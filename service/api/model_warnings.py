@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from service.adapters import presence
 from service.adapters.broker import BROKER_ERRORS
 from service.api.context import get_redis, get_settings
-from service.core import availability, batch_lifecycle
+from service.core import availability, batch_lifecycle, batches
 from service.core.models import Batch, BatchStatus, Job, JobStatus
 from service.core.shapes import BatchOut, JobOut, ModelWarning
 
@@ -54,10 +54,17 @@ def batch_out(session: Session, batch: Batch, workers: Workers, models: Iterable
     have: the native form's `models`)."""
     out = batch_lifecycle.render(batch)
     if batch.status in WAITING_BATCH:
-        waiting = session.scalars(select(Job.model).where(
-            Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value).distinct()).all()
-        out.warnings = for_models([*models, *sorted(waiting)], batch.priority, workers)
+        out.warnings = for_models([*models, *waiting_models(session, batch)], batch.priority, workers)
     return out
+
+
+def waiting_models(session: Session, batch: Batch) -> list[str]:
+    """The models the batch's unfinished items ask for. A batch of one model (its `model`, set at ingest) says so
+    from its row's counts: reading its items would cost a scan of them on every poll (100,000 items: 30 ms)."""
+    if batch.model is not None:
+        return [batch.model] if batches.pending(batch) else []
+    return sorted(session.scalars(select(Job.model).where(
+        Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value).distinct()).all())
 
 
 def headers(warnings: Iterable[ModelWarning]) -> list[tuple[str, str]]:

@@ -51,6 +51,8 @@ _NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)  # JSON text can carry a NU
 WINDOW_PATTERN = r"[1-9][0-9]{0,3}[hm]"  # 24h, 90m: a whole number of hours or minutes, not zero
 _WINDOW = re.compile(r"^(\d{1,4})([hm])$")
 _SPOOL_BYTES = 8 * 1024 * 1024
+# An ingest of at least this many items has the planner's statistics refreshed (`Database.refresh_statistics`).
+_BULK_ROWS = 1000
 
 
 
@@ -437,6 +439,8 @@ def ingest(db: Database, blobs: BlobStore, broker: Sender, settings: Settings, b
     queued, result = started
     log.info("batch %s: %d items ingested, %d queued, %d malformed lines",
              batch_id, len(result.rows), len(queued), result.error_count)
+    if len(result.rows) >= _BULK_ROWS:
+        db.refresh_statistics(Job.__tablename__)  # before the sends' records look the new rows up
     send_started(db, blobs, broker, batch_id, queued)
     with db.session() as session:
         return session.scalar(select(Batch.status).where(Batch.id == batch_id))

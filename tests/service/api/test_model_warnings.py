@@ -2,6 +2,7 @@
 what fixes it (or, synchronously, refused at once), and /readyz naming every such model. Presence is written as
 workers write it (service.adapters.presence), for models no real worker in the session serves."""
 import io
+import json
 import zipfile
 
 import pytest
@@ -96,3 +97,34 @@ def test_a_sync_request_for_a_model_no_worker_can_load_is_refused_without_retry_
     for model, code in (("tiny-drain", "model_loading"), (NOBODY, "no_worker")):
         waiting = client.post("/v1/chat/completions", json={**body, "model": model})
         assert waiting.get_json()["error"]["code"] == code and waiting.headers["Retry-After"] == "5"
+
+
+def _ingested_batch(client, app, models):
+    """An OpenAI batch with one line for each of `models`, ingested here (no worker needs to take its ingest)."""
+    from service.api.context import get_wiring
+    from service.core import batches
+
+    lines = [json.dumps({"custom_id": f"line-{index}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": [
+                             {"type": "text", "text": "Total?"},
+                             {"type": "image_url", "image_url": {"url": data_url(make_image())}}]}]}})
+             for index, model in enumerate(models)]
+    file = client.post("/v1/files", data={"purpose": "batch",
+                                          "file": (io.BytesIO("\n".join(lines).encode()), "in.jsonl")}).get_json()
+    batch = client.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                                             "completion_window": "24h"}).get_json()
+    wiring = get_wiring(app)
+    batches.ingest(wiring.db, wiring.blobs, wiring.broker, wiring.settings, batch["id"], give_up=lambda: True)
+    return batch["id"]  # ingested here, or by a session worker that took its task first
+
+
+def test_an_ingested_batch_warns_for_each_model_its_waiting_items_ask_for(client, app):
+    one = _ingested_batch(client, app, [NOBODY, NOBODY])  # one model: read from the batch's row
+    mixed = _ingested_batch(client, app, [NOBODY, "tiny-drain"])  # several: read from its queued items
+    for batch_id, expected in ((one, [NOBODY]), (mixed, sorted([NOBODY, "tiny-drain"]))):
+        response = client.get(f"/v1/batches/{batch_id}")
+        assert response.get_json()["status"] == "in_progress"
+        assert [(item["code"], item["model"]) for item in response.get_json()["warnings"]] == \
+            [("no_worker", model) for model in expected]
+        client.post(f"/v1/batches/{batch_id}/cancel")
+        assert client.get(f"/v1/batches/{batch_id}").get_json()["warnings"] == []
