@@ -1,6 +1,7 @@
 """The API process's wiring, attached to the Flask app; views reach settings and adapters through here."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,12 +11,14 @@ from sqlalchemy.orm import Session
 
 from service.adapters.blobs import BlobStore
 from service.adapters.broker import Broker
-from service.adapters.db import Database
+from service.adapters.db import DATABASE_UNAVAILABLE, Database
 from service.adapters.job_endings import JobEndings
 from service.adapters.ratelimit import RateLimiter
 from service.core.config import Settings, load_settings
 from service.core.group_commit import GroupCommit
 from service.wiring import Wiring, wire
+
+log = logging.getLogger(__name__)
 
 # Multipart and JSON bodies carry one image plus small fields; base64 inflates by 4/3.
 _BODY_OVERHEAD_BYTES = 1024 * 1024
@@ -81,4 +84,9 @@ def get_session() -> Session:
 def _close_request_session(_exc: BaseException | None) -> None:
     session = g.pop("db_session", None)
     if session is not None:
-        session.close()
+        try:
+            session.close()  # rolls back what the request left open
+        except DATABASE_UNAVAILABLE as exc:
+            # The answer is already made: a rollback the lost connection could not take must not turn it into a
+            # 500 (the server ends the transaction itself, and the pool drops the connection).
+            log.warning("request session not closed cleanly: %s", str(exc).splitlines()[0])

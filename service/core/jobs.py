@@ -293,6 +293,9 @@ def submit(
         if source is not None:
             return _answer_from_cache(session, fields, source), False
         pages = page_rows(job_id, request.document) if request.document is not None else []
+        # The request's reads end before the job is accepted: if the database went away, that fails now, as a
+        # 503 the client retries, not after the job exists, where it would hide an accepted job behind an error.
+        session.commit()
         job = committer.accept(fields, pages)
     except IntegrityError:
         # Two requests with one Idempotency-Key raced; the other one's insert won.
