@@ -52,7 +52,7 @@ class GroupCommit:
         self._waiting: deque[_Waiting] = deque()
         self._arrived = threading.Condition()
         self._pid = 0  # the process the committer thread runs in (a forked child starts its own)
-        self.groups = 0  # groups committed in this process (what the grouping saved shows beside the jobs)
+        self.groups = 0  # groups committed by this process: fewer than its jobs when requests arrive together
 
     def accept(self, row: dict[str, Any], pages: list[dict[str, Any]]) -> Job:
         """Insert a queued job (a row for `lifecycle.create_jobs`) and its page rows, commit, and send it; the job,
