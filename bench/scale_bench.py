@@ -135,10 +135,14 @@ def _wait_up(process: subprocess.Popen[bytes], settings_file: Path) -> None:
     raise RuntimeError(f"the API did not come up:\n{tail}")
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and its children: gunicorn's arbiter and its worker."""
+    return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+
+
 def rss_mb(pid: int) -> float:
-    """The RSS of a process tree (gunicorn's arbiter and its worker), in MB."""
-    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return sum(process.memory_info().rss for process in tree) / 2**20
+    """The RSS of a process tree, in MB."""
+    return sum(process.memory_info().rss for process in process_tree(pid)) / 2**20
 
 
 @contextmanager
@@ -175,8 +179,7 @@ def timed(calls: int, *targets: Callable[[], Any]) -> list[tuple[float, float]]:
 
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process tree has used."""
-    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return sum(sum(process.cpu_times()[:2]) for process in tree)
+    return sum(sum(process.cpu_times()[:2]) for process in process_tree(pid))
 
 
 def bench_submits(http_for: Callable[[], requests.Session], count: int, clients: int, api_pid: int

@@ -610,6 +610,7 @@ def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-pr
 
     job_id = new_id("job")
     fields.setdefault("tenant", TENANT)
+    ending = {name: fields.pop(name) for name in ("error_code", "error_message") if name in fields}  # set by `finish`
     with database.session() as session:
         lifecycle.create_job(session, id=job_id, model=model, prompt="p", priority="bulk", image_sha256="0" * 64,
                              image_format="PNG", image_width=1, image_height=1, max_tokens=4, temperature=0.0,
@@ -619,7 +620,7 @@ def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-pr
     with database.session() as session:
         job = session.get(Job, job_id)
         assert lifecycle.finish(session, job, JobStatus(status), result_text="forty-two", prompt_tokens=3,
-                                completion_tokens=2)
+                                completion_tokens=2, **ending)
     return job_id
 
 

@@ -333,10 +333,9 @@ def _cached(session: Session, tenant: str, cache_key: str) -> Job | None:
 def _answer_from_cache(session: Session, fields: dict[str, Any], source: Job) -> Job:
     """Insert the job and finish it with `source`'s result, in the request's own transaction."""
     job = lifecycle.create_job(session, **fields)
-    session.flush()  # the new row must exist for its conditional UPDATE
     lifecycle.complete_from_cache(session, job.id, source)
     session.commit()
-    session.refresh(job)
+    session.refresh(job)  # the transition was an UPDATE of the row, not of this object
     return job
 
 

@@ -56,13 +56,10 @@ ENDING_COUNTS: dict[JobStatus, str] = {
 
 
 def create_job(session: Session, **fields: Any) -> Job:
-    """Add a new queued job (and its first event) to the session."""
-    job = Job(status=JobStatus.QUEUED.value, attempts=0, **_stamps(INITIAL[JobStatus.QUEUED], utcnow()), **fields)
-    session.add(job)
-    log.info("job %s: queued (%s)", job.id, job.model)
-    session.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, worker=None, created_at=job.created_at))
-    if job.batch_id is not None:
-        batch_lifecycle.add_to_counts(session, job.batch_id, {"request_total": 1})
+    """Insert one new queued job (and its first event), as `create_jobs` does; the job, loaded."""
+    create_jobs(session, [fields])
+    job = session.get(Job, fields["id"])
+    assert job is not None
     return job
 
 
