@@ -9,7 +9,8 @@ For each database, on a scratch database (a SQLite file; a private Postgres sche
 2. ingest: an OpenAI batch file of --items lines (each its own PNG as a data URL) uploaded over HTTP, then ingested
    by the worker's code path (`batches.ingest`, run in this process, broker included): lines/s;
 3. polls at --items stored items: GET /v1/jobs/{id} and GET /v1/batches/{id}, p50/p95 over --polls requests, and
-   beside them the per-read recount of the items that GET /v1/batches/{id} did before its counts were kept;
+   beside them the per-read recount of the items that GET /v1/batches/{id} did before its counts were kept; then
+   the job poll again with --items other keys in Redis, beside the presence SCAN a poll did before;
 4. results: GET /v1/batches/{id}/results as JSONL and as CSV, streamed to the end: seconds, and the API's RSS
    before and at its peak during the read (sampled every 10 ms);
 5. cancel: POST /v1/batches/{id}/cancel with every item queued: seconds until it answers (the batch `cancelled`).
@@ -237,6 +238,24 @@ def recount_ms(db: Database, batch_id: str, calls: int) -> float:
     return timed(calls, recount)[0][0]
 
 
+def crowd_redis(keys: int) -> None:
+    """Fill the scratch Redis db with `keys` other keys, as a busy deployment's holds (token streams, rate-limit
+    buckets, another application's keys on a shared Redis)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    pipe = client.pipeline(transaction=False)
+    for index in range(keys):
+        pipe.set(f"bench:other:{index}", b"x", ex=3600)
+    pipe.execute()
+    client.close()
+
+
+def scan_presence() -> None:
+    """The presence read a queued job's poll made before workers were indexed: a SCAN over every key."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.mget(list(client.scan_iter(match="vlq:worker:*", count=500)) or ["vlq:worker:none"])
+    client.close()
+
+
 def read_results(http: requests.Session, batch_id: str, fmt: str) -> tuple[float, int]:
     """(seconds, lines) to stream the batch's results to the end."""
     started = time.perf_counter()
@@ -292,6 +311,13 @@ def run(kind: str, args: argparse.Namespace, base: Settings) -> None:
                           f"{poll_cpu_ms:.2f} ms of the API's CPU per poll (the floor of an authenticated request)")
                     print(f"{kind:8} batch poll      {batch_p50:8.1f} ms p50 ({batch_p95:.1f} p95; {args.items} "
                           f"items); the recount it did before: {recount_ms(db, batch_id, 20):.1f} ms p50",
+                          flush=True)
+                    crowd_redis(args.items)
+                    # Timed apart: a SCAN between polls slows the poll after it by a millisecond on 2 cores.
+                    [(crowded_p50, crowded_p95)] = timed(args.polls, lambda: http.get(f"{BASE}/v1/jobs/{job_id}"))
+                    [(scan_p50, _)] = timed(20, scan_presence)
+                    print(f"{kind:8} job poll        {crowded_p50:8.1f} ms p50 ({crowded_p95:.1f} p95) beside "
+                          f"{args.items} other Redis keys; the presence SCAN it did before: {scan_p50:.1f} ms p50",
                           flush=True)
                     for fmt in ("jsonl", "csv"):
                         with peak_rss(api.pid) as rss:
