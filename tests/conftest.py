@@ -602,6 +602,23 @@ def receiver(settings: Settings) -> Iterator[Receiver]:
     server.close()
 
 
+def queued_job(runtime: Any, model: str, **fields: Any) -> str:
+    """A queued job row for `model`, its image in the runtime's blob store, created by the state machine and never
+    sent: the test hands it to `execute_job` itself."""
+    from service.core import lifecycle
+    from service.core.models import new_id
+
+    job_id = new_id("job")
+    fields.setdefault("image_sha256", runtime.blobs.put(make_image()))
+    fields.setdefault("max_tokens", 8)
+    with runtime.db.session() as session:
+        lifecycle.create_job(session, id=job_id, tenant=fields.pop("tenant", TENANT), model=model,
+                             prompt="What is this?", priority="bulk", image_format="PNG", image_width=96,
+                             image_height=64, temperature=fields.pop("temperature", 0.0),
+                             ignore_eos=fields.pop("ignore_eos", True), request_sha256="x", **fields)
+    return job_id
+
+
 def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-priority", **fields: Any) -> str:
     """A job (of the session key's tenant unless `tenant` says otherwise) taken through queued -> running ->
     `status` by the state machine, and so through the outbox."""

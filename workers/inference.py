@@ -24,7 +24,7 @@ from service.core.requests import MAX_SEED
 from workers import pages
 from workers.engines.base import Engine, EngineError, GenerationRequest, GenerationResult
 from workers.engines.images import prepare_image
-from workers.runtime import JobTracker, WorkerRuntime, current_runtime, set_current_runtime
+from workers.runtime import JobTracker, Stopping, WorkerRuntime, current_runtime, set_current_runtime
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +45,35 @@ def run_job(job_id: str) -> None:
         # job is still queued: put its message back instead of acknowledging it away.
         log.warning("job %s: the database stayed unavailable, its task goes back to the queue", job_id)
         raise Reject(exc, requeue=True) from exc
+    except Stopping as exc:  # still queued, for the next worker of its model
+        log.info("job %s: this worker is stopping, its task goes back to the queue", job_id)
+        raise Reject(exc, requeue=True) from exc
 
 
 def execute_job(runtime: WorkerRuntime, job_id: str) -> str | None:
-    """Claim the job, run it on its engine and record how it ended. Returns the final status, or None if not ours."""
-    job = runtime.db.retrying(lambda session: _claim(runtime, session, job_id), what=f"job {job_id}: claim",
-                              give_up=runtime.give_up_after(_CLAIM_RETRY_S))
-    if job is None:
-        # Already ended, cancelled while queued, or a redelivered duplicate: nothing to do.
-        log.info("job %s: not claimable, skipping", job_id)
-        return None
-    logs.bind(batch_id=job.batch_id)  # the task's prerun bound the job id; the batch is known only now
-    try:
-        return _run_claimed(runtime, job)
-    except Exception as exc:
-        # A claimed job must end: left `running` under a live worker, nothing would ever recover it.
-        log.exception("job %s: unexpected error", job.id)
-        return _finish(runtime, job, JobStatus.FAILED, error=(ErrorCode.INFERENCE_ERROR, f"Unexpected error: {exc!r}"))
-
+    """Claim the job, run it on its engine and record how it ended. Returns the final status, or None if not ours
+    (or handed back by a stop). Raises Stopping, the job left queued, once this worker's stop began."""
+    with runtime.tracking(job_id) as tracker:
+        if tracker is None:
+            log.info("job %s: already running here, skipping a redelivered message", job_id)
+            return None
+        job = runtime.db.retrying(lambda session: _claim(runtime, session, job_id), what=f"job {job_id}: claim",
+                                  give_up=runtime.give_up_after(_CLAIM_RETRY_S))
+        if job is None:
+            # Already ended, cancelled while queued, or a redelivered duplicate: nothing to do.
+            log.info("job %s: not claimable, skipping", job_id)
+            return None
+        runtime.claimed(tracker, job)
+        if tracker.requeued:  # a stop's grace ran out during the claim
+            return None
+        logs.bind(batch_id=job.batch_id)  # the task's prerun bound the job id; the batch is known only now
+        try:
+            return _run_claimed(runtime, job, tracker)
+        except Exception as exc:
+            # A claimed job must end: left `running` under a live worker, nothing would ever recover it.
+            log.exception("job %s: unexpected error", job.id)
+            return _finish(runtime, job, JobStatus.FAILED,
+                           error=(ErrorCode.INFERENCE_ERROR, f"Unexpected error: {exc!r}"))
 
 
 @dataclass(frozen=True)
@@ -82,24 +93,22 @@ class _Requeued(Exception):
 _UNREADABLE = (BlobNotFound, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def _run_claimed(runtime: WorkerRuntime, job: Job) -> str | None:
-    with runtime.tracking(job) as tracker:
-        if job.cancel_requested_at is not None or tracker.cancelled:
-            return _finish(runtime, job, JobStatus.CANCELLED,
-                           error=(ErrorCode.CANCELLED, "Cancelled before it started."))
-        engine = runtime.engines.get(job.model)
-        if engine is None:  # only consumed queues reach here, so this means a misrouted task
-            return _finish(runtime, job, JobStatus.FAILED,
-                           error=(ErrorCode.MODEL_UNAVAILABLE, f"This worker does not serve {job.model!r}."))
-        seed = _seed(job)
-        try:
-            if job.page_mode == "per_page":
-                return _run_per_page(runtime, job, engine, tracker, seed)
-            outcome = _run_whole(runtime, job, engine, tracker, seed)
-        except _Requeued:
-            return None
-        except BlobStoreUnavailable as exc:
-            return _retry_for_storage(runtime, job, exc)
+def _run_claimed(runtime: WorkerRuntime, job: Job, tracker: JobTracker) -> str | None:
+    if job.cancel_requested_at is not None or tracker.cancelled:
+        return _finish(runtime, job, JobStatus.CANCELLED, error=(ErrorCode.CANCELLED, "Cancelled before it started."))
+    engine = runtime.engines.get(job.model)
+    if engine is None:  # only consumed queues reach here, so this means a misrouted task
+        return _finish(runtime, job, JobStatus.FAILED,
+                       error=(ErrorCode.MODEL_UNAVAILABLE, f"This worker does not serve {job.model!r}."))
+    seed = _seed(job)
+    try:
+        if job.page_mode == "per_page":
+            return _run_per_page(runtime, job, engine, tracker, seed)
+        outcome = _run_whole(runtime, job, engine, tracker, seed)
+    except _Requeued:
+        return None
+    except BlobStoreUnavailable as exc:
+        return _retry_for_storage(runtime, job, exc)
     if isinstance(outcome, _Ending):
         return _finish(runtime, job, outcome.status, result=outcome.result, seed=seed,
                        error=(outcome.code, outcome.message))
@@ -252,10 +261,10 @@ def _claim(runtime: WorkerRuntime, session: Session, job_id: str) -> Job | None:
     job = lifecycle.claim(session, job_id, runtime.name)
     if job is not None:
         return job
-    # A claim retried after a lost answer to its commit finds the job already running here, but untracked.
+    # A claim retried after a lost answer to its commit finds the job already running here. No other thread of
+    # this worker runs it: this one holds its tracking.
     job = session.get(Job, job_id)
-    if (job is not None and job.status == JobStatus.RUNNING.value and job.worker == runtime.name
-            and not runtime.is_running(job_id)):
+    if job is not None and job.status == JobStatus.RUNNING.value and job.worker == runtime.name:
         return job
     return None
 

@@ -39,6 +39,10 @@ _EXIT_AFTER_REQUEUE_S = 20.0
 _current: WorkerRuntime | None = None
 
 
+class Stopping(Exception):
+    """A stop began: this worker claims no more jobs, and the task's message goes back to the queue."""
+
+
 def current_runtime() -> WorkerRuntime:
     if _current is None:
         raise RuntimeError("no worker runtime in this process; start workers with `vlq worker`")
@@ -83,7 +87,11 @@ class WorkerRuntime:
         self._spawn("cancel-listener", self._cancel_loop)
 
     def begin_drain(self, grace_s: float) -> None:
-        """A stop began (Celery takes no new tasks): running jobs get `grace_s` to finish, then are requeued."""
+        """A stop began (Celery takes no new tasks): running jobs get `grace_s` to finish, then are requeued.
+
+        Runs in Celery's signal handler, so it takes no lock the interrupted thread could hold: `tracking` checks
+        the event after registering, which is what makes a claim racing the stop visible to one side or the other.
+        """
         if self._draining.is_set():
             return
         self._draining.set()
@@ -126,27 +134,30 @@ class WorkerRuntime:
             return
         self._halting.set()
         self._requeue_running()
-        time.sleep(_EXIT_AFTER_REQUEUE_S)
+        if self._stopping.wait(_EXIT_AFTER_REQUEUE_S):
+            return
         log.error("still not stopped %.0fs after requeueing its jobs; exiting now", _EXIT_AFTER_REQUEUE_S)
         os._exit(1)
 
     def _requeue_running(self) -> None:
-        """Hand every job still running here back to the queue, and stop their generations."""
-        with self._lock:
-            trackers = [tracker for tracker in self._active.values() if not tracker.requeued]
+        """Hand every job still running here back to the queue, and stop their generations. Safe to run twice at
+        once (the drain and a late claim): the state machine moves each attempt back only once."""
+        with self._lock:  # a job still being claimed has no attempt to requeue yet: see `claimed`
+            claimed = [(tracker, tracker.job) for tracker in self._active.values()
+                       if tracker.job is not None and not tracker.requeued]
         requeued = []
-        for tracker in trackers:
+        for tracker, job in claimed:
             try:
                 with self.db.session() as session:
-                    if lifecycle.requeue(session, tracker.job):
-                        requeued.append(tracker)
+                    if lifecycle.requeue(session, job):
+                        requeued.append((tracker, job))
             except DATABASE_UNAVAILABLE as exc:  # left running: the orphan pass requeues it once we are gone
-                log.warning("job %s not requeued, the database is unavailable: %s", tracker.job.id, exc)
-        for tracker in requeued:
+                log.warning("job %s not requeued, the database is unavailable: %s", job.id, exc)
+        for tracker, job in requeued:
             tracker.requeued = True
-            self.cancel(tracker.job.id)
+            self.cancel(job.id)
         if requeued:
-            self.broker.enqueue([tracker.job for tracker in requeued])
+            self.broker.enqueue([job for _, job in requeued])
             log.warning("stopping: requeued %d job(s) that could not finish in time", len(requeued))
 
     def queues(self) -> list[str]:
@@ -230,16 +241,34 @@ class WorkerRuntime:
     # -- running jobs and cancellation ----------------------------------------------------
 
     @contextmanager
-    def tracking(self, job: Job) -> Iterator[JobTracker]:
-        """Register a claimed job as running here, so a cancel signal (or a stop) can reach its engine request."""
-        tracker = JobTracker(self, job)
+    def tracking(self, job_id: str) -> Iterator[JobTracker | None]:
+        """Register a job before its claim, so that a cancel or a stop reaches it from the claim on; yields None if
+        it is already tracked here (a redelivered message). Raises Stopping once a stop began: claimed after the
+        drain looked, the job would run unseen past the stop's grace."""
+        tracker = JobTracker(self, job_id)
         with self._lock:
-            self._active[job.id] = tracker
+            if job_id in self._active:
+                tracker = None
+            else:
+                self._active[job_id] = tracker
+        if tracker is None:
+            yield None
+            return
         try:
+            if self._draining.is_set():  # after registering: a drain that began first sees it, or it sees the drain
+                raise Stopping(job_id)
             yield tracker
         finally:
             with self._lock:
-                self._active.pop(job.id, None)
+                self._active.pop(job_id, None)
+
+    def claimed(self, tracker: JobTracker, job: Job) -> None:
+        """The tracked job is claimed: this attempt is the one a stop requeues. If the stop's grace ran out while
+        it was being claimed (the drain skipped it, having no attempt to requeue), hand it back now."""
+        with self._lock:
+            tracker.job = job
+        if self._halting.is_set():
+            self._requeue_running()
 
     def is_running(self, job_id: str) -> bool:
         with self._lock:
@@ -318,11 +347,12 @@ class WorkerRuntime:
 
 
 class JobTracker:
-    """A job running here: its engine handle, and whether it was cancelled or handed back by a stop."""
+    """A job running here (or being claimed): its engine handle, and whether a cancel or a stop reached it."""
 
-    def __init__(self, runtime: WorkerRuntime, job: Job) -> None:
+    def __init__(self, runtime: WorkerRuntime, job_id: str) -> None:
         self._runtime = runtime
-        self.job = job
+        self.job_id = job_id
+        self.job: Job | None = None  # set once claimed
         self.handle: RequestHandle | None = None
         self.cancelled = False
         self.requeued = False  # a stop requeued it; its outcome here no longer counts

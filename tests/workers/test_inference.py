@@ -14,7 +14,7 @@ from sqlalchemy import select
 from bench.documents import make_invoice
 from service.core import grounding, lifecycle
 from service.core.models import Job, JobEvent, new_id
-from tests.conftest import TENANT, make_image
+from tests.conftest import make_image, queued_job
 from workers.inference import execute_job, read_pages
 from workers.runtime import WorkerRuntime
 
@@ -31,17 +31,7 @@ def runtime(settings, exported_models) -> Iterator[WorkerRuntime]:
 
 
 def _job(runtime: WorkerRuntime, **fields: Any) -> str:
-    """A queued job row, created by the state machine and never enqueued."""
-    job_id = new_id("job")
-    fields.setdefault("image_sha256", runtime.blobs.put(make_image()))
-    fields.setdefault("max_tokens", 8)
-    with runtime.db.session() as session:
-        lifecycle.create_job(session, id=job_id, tenant=fields.pop("tenant", TENANT), model=fields.pop("model", MODEL),
-                             prompt="What is this?", priority="bulk", image_format="PNG", image_width=96,
-                             image_height=64, temperature=fields.pop("temperature", 0.0),
-                             ignore_eos=fields.pop("ignore_eos", True), request_sha256="x",
-                             **fields)
-    return job_id
+    return queued_job(runtime, fields.pop("model", MODEL), **fields)
 
 
 def _read(runtime: WorkerRuntime, job_id: str) -> tuple[Job, list[str]]:
