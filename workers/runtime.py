@@ -89,13 +89,13 @@ class WorkerRuntime:
     def begin_drain(self, grace_s: float) -> None:
         """A stop began (Celery takes no new tasks): running jobs get `grace_s` to finish, then are requeued.
 
-        Runs in Celery's signal handler, so it takes no lock the interrupted thread could hold: `tracking` checks
-        the event after registering, which is what makes a claim racing the stop visible to one side or the other.
+        Runs in Celery's signal handler, so it only sets an event and starts the drain: the runtime's lock could be
+        held by the thread the signal interrupted. `tracking` checks the event after registering a job, so a claim
+        racing the stop is seen by the drain, or sees the stop itself.
         """
         if self._draining.is_set():
             return
         self._draining.set()
-        log.info("stopping: %d running job(s) get %.0fs to finish", self.running_count(), grace_s)
         self._spawn("drain", lambda: self._drain(grace_s))
 
     def stop(self) -> None:
@@ -127,6 +127,7 @@ class WorkerRuntime:
             return len(self._active)
 
     def _drain(self, grace_s: float) -> None:
+        log.info("stopping: %d running job(s) get %.0fs to finish", self.running_count(), grace_s)
         deadline = time.monotonic() + grace_s
         while self.running_count() and time.monotonic() < deadline:
             self._halting.wait(0.1)
