@@ -619,6 +619,15 @@ def queued_job(runtime: Any, model: str, **fields: Any) -> str:
     return job_id
 
 
+def read_job(runtime: Any, job_id: str) -> tuple[Any, list[str]]:
+    """A job's row and its event types, in order."""
+    from service.core import lifecycle
+    from service.core.models import Job
+
+    with runtime.db.session() as session:
+        return session.get(Job, job_id), [event.type for event in lifecycle.events(session, job_id)]
+
+
 def finished_job(database: Any, status: str = "succeeded", model: str = "tiny-priority", **fields: Any) -> str:
     """A job (of the session key's tenant unless `tenant` says otherwise) taken through queued -> running ->
     `status` by the state machine, and so through the outbox."""

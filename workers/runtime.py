@@ -271,10 +271,6 @@ class WorkerRuntime:
         if self._halting.is_set():
             self._requeue_running()
 
-    def is_running(self, job_id: str) -> bool:
-        with self._lock:
-            return job_id in self._active
-
     def cancel(self, job_id: str) -> bool:
         """Cancel `job_id` if it runs here; True if it does."""
         with self._lock:

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from service.adapters import presence
 from service.adapters.broker import job_queue
-from service.core.models import Job, JobEvent, new_id
-from tests.conftest import TINY, queued_job
+from service.core.models import new_id
+from tests.conftest import TINY, queued_job, read_job
 from workers.inference import execute_job
 from workers.modelstore.registry import LocalModel, local_model
 from workers.modelstore.remote import RemoteModels, remote_models
@@ -82,11 +81,8 @@ def serving(settings: Any, exported_models: Path) -> Iterator[WorkerRuntime]:
 
 
 def _state(runtime: WorkerRuntime, job_id: str) -> tuple[str, int, list[str]]:
-    with runtime.db.session() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        events = session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
-        return job.status, job.attempts, list(events)
+    job, events = read_job(runtime, job_id)
+    return job.status, job.attempts, events
 
 
 def _sent(runtime: WorkerRuntime, job_id: str) -> bool:
